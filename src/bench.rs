@@ -1,0 +1,90 @@
+//! `reasonrl bench`: training and sampling throughput of each preset on this machine.
+
+use crate::error::Result;
+use crate::model::{presets, CausalLm};
+use crate::rng::Rng;
+use crate::sample::{generate, SamplingConfig};
+use crate::tokenizer::Tokenizer;
+use std::time::Instant;
+use tch::nn::OptimizerConfig;
+use tch::{nn, Device, Kind, Tensor};
+
+/// Throughput of one preset.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchResult {
+    pub preset: String,
+    pub parameters: i64,
+    /// Forward + backward + AdamW step on a batch of `train_batch` x `train_seq` tokens.
+    pub train_tokens_per_s: f64,
+    pub train_step_ms: f64,
+    /// (batch rows, new tokens per second) with the KV cache, temperature 1.
+    pub sampling_tokens_per_s: Vec<(usize, f64)>,
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub device: Device,
+    pub kind: Kind,
+    pub train_batch: i64,
+    pub train_seq: i64,
+    pub train_steps: usize,
+    pub sample_batches: Vec<usize>,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+}
+
+/// Measures one preset with a tokenizer of the given vocabulary.
+pub fn bench_preset(name: &str, tokenizer: &Tokenizer, cfg: &BenchConfig) -> Result<BenchResult> {
+    let vocab = tokenizer.vocab_size() as i64;
+    let config = presets::preset(name, vocab, (cfg.prompt_tokens + cfg.new_tokens).max(cfg.train_seq as usize) as i64)?;
+    let mut model = CausalLm::new(&config, cfg.device, false)?;
+    model.vs.set_kind(cfg.kind);
+    let mut rng = Rng::new(7);
+    let mut random_ids = |n: usize| -> Vec<i64> { (0..n).map(|_| rng.range(3, vocab - 1)).collect() };
+
+    let mut opt = nn::AdamW::default().build(&model.vs, 1e-4)?;
+    let ids = Tensor::from_slice(&random_ids((cfg.train_batch * cfg.train_seq) as usize))
+        .view([cfg.train_batch, cfg.train_seq])
+        .to_device(cfg.device);
+    let mut step = || {
+        let logits = model.forward_logits(&ids.narrow(1, 0, cfg.train_seq - 1));
+        let loss = logits
+            .reshape([-1, vocab])
+            .to_kind(Kind::Float)
+            .cross_entropy_for_logits(&ids.narrow(1, 1, cfg.train_seq - 1).reshape([-1]));
+        opt.backward_step(&loss);
+        loss.double_value(&[]) // waits for the device
+    };
+    step(); // warm-up: allocations, kernel selection
+    let start = Instant::now();
+    for _ in 0..cfg.train_steps {
+        step();
+    }
+    let per_step = start.elapsed().as_secs_f64() / cfg.train_steps as f64;
+
+    let mut sampling = Vec::new();
+    for &batch in &cfg.sample_batches {
+        let prompts: Vec<Vec<u32>> =
+            (0..batch).map(|_| random_ids(cfg.prompt_tokens).into_iter().map(|t| t as u32).collect()).collect();
+        let sampling_cfg = SamplingConfig {
+            max_new_tokens: cfg.new_tokens,
+            temperature: 1.0,
+            batch_size: batch,
+            stop_after_answer_line: false,
+            ..SamplingConfig::default()
+        };
+        generate(&model, tokenizer, &prompts[..1], &sampling_cfg)?; // warm-up
+        let start = Instant::now();
+        let generations = generate(&model, tokenizer, &prompts, &sampling_cfg)?;
+        let tokens: usize = generations.iter().map(|g| g.tokens.len()).sum();
+        sampling.push((batch, tokens as f64 / start.elapsed().as_secs_f64()));
+    }
+    Ok(BenchResult {
+        preset: name.to_string(),
+        parameters: model.num_parameters(),
+        train_tokens_per_s: (cfg.train_batch * cfg.train_seq) as f64 / per_step,
+        train_step_ms: per_step * 1e3,
+        sampling_tokens_per_s: sampling,
+    })
+}

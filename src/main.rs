@@ -1,0 +1,329 @@
+//! The `reasonrl` command line: parse, dispatch, report errors. The work lives in the library.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use reasonrl::model::{presets, CausalLm};
+use reasonrl::rollout::{rollout, Episode};
+use reasonrl::sample::SamplingConfig;
+use reasonrl::task::{Split, TaskSpec};
+use reasonrl::{bench, fsutil, parse_device};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "reasonrl", version, about = "Teach language models to reason with reinforcement learning")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Math word problem data sets.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Create and inspect models.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Sample solutions from a model and check their answers.
+    Sample(SampleArgs),
+    /// Measure training and sampling throughput of the presets on this machine.
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum TaskCommand {
+    /// Write a task's train and test splits as JSONL (GSM8K format plus an `id` field).
+    Make {
+        /// Task: builtin[:LEVEL[:SEED]], gsm8k:PATH, svamp:FILE or jsonl:FILE[:QFIELD:AFIELD].
+        #[arg(long, default_value = "builtin")]
+        task: String,
+        /// Output folder; receives train.jsonl and test.jsonl.
+        #[arg(long)]
+        out: PathBuf,
+        /// Problems in the train split (default: the task's own size).
+        #[arg(long)]
+        train: Option<usize>,
+        /// Problems in the test split (default: the task's own size).
+        #[arg(long)]
+        test: Option<usize>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Create a fresh from-scratch model and a BPE tokenizer trained on a task's text.
+    Init {
+        /// Model size: tiny (~0.9M parameters), small (~4.7M) or medium (~24M).
+        #[arg(long, default_value = "small")]
+        preset: String,
+        /// Task whose train split the tokenizer learns from.
+        #[arg(long, default_value = "builtin")]
+        task: String,
+        /// Tokenizer vocabulary size (special tokens included).
+        #[arg(long, default_value_t = 1024)]
+        vocab_size: usize,
+        /// Longest sequence (prompt + response) the model handles.
+        #[arg(long, default_value_t = 512)]
+        max_positions: i64,
+        /// Seed of the weight initialisation.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output model folder (Hugging Face layout).
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing folder.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Describe a model folder and check that its files agree.
+    Info {
+        /// Model folder (config.json, safetensors, tokenizer.json).
+        path: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    /// Model folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Task to draw questions from.
+    #[arg(long, default_value = "builtin")]
+    task: String,
+    /// Split to draw questions from: train or test.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Number of questions (the first N of the split).
+    #[arg(long, default_value_t = 8)]
+    limit: usize,
+    /// Samples per question.
+    #[arg(short = 'k', long, default_value_t = 1)]
+    k: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Maximum new tokens per solution.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Rows decoded together.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Stop strings (repeatable); generation also stops at EOS and after a complete "#### N" line.
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Write the episodes as JSONL here instead of printing a summary of each.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Overwrite an existing output file.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Presets to measure, comma-separated.
+    #[arg(long, default_value = "tiny,small,medium", value_delimiter = ',')]
+    presets: Vec<String>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Parameter type: f32, or bf16 (CUDA).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Timed training steps per preset.
+    #[arg(long, default_value_t = 5)]
+    train_steps: usize,
+    /// Sampling batch sizes, comma-separated.
+    #[arg(long, default_value = "16,64", value_delimiter = ',')]
+    sample_batches: Vec<usize>,
+    /// New tokens per sampled row.
+    #[arg(long, default_value_t = 128)]
+    new_tokens: usize,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() {
+    if let Err(err) = run(Cli::parse()) {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Task(TaskCommand::Make { task, out, train, test, force }) => {
+            let spec = TaskSpec::parse(&task)?;
+            for (split, limit) in [(Split::Train, train), (Split::Test, test)] {
+                let problems = spec.load(split, limit)?;
+                let path = out.join(format!("{split}.jsonl"));
+                reasonrl::task::write_jsonl(&path, &problems, force)?;
+                println!("wrote {} {split} problems to {}", problems.len(), path.display());
+            }
+        }
+        Command::Model(ModelCommand::Init { preset, task, vocab_size, max_positions, seed, out, force }) => {
+            fsutil::check_overwrite(&out, force)?;
+            let problems = TaskSpec::parse(&task)?.load(Split::Train, None)?;
+            let corpus = problems
+                .iter()
+                .map(|p| format!("{}\n{}", reasonrl::rollout::plain_prompt(&p.question), p.reference_solution));
+            let (model, tokenizer) = presets::init_from_scratch(&preset, corpus, vocab_size, max_positions, seed)?;
+            model.save_with_tokenizer(&tokenizer, &out, force)?;
+            println!(
+                "initialised preset `{preset}`: {} parameters, {} tokens, saved to {}",
+                model.num_parameters(),
+                tokenizer.vocab_size(),
+                out.display()
+            );
+        }
+        Command::Model(ModelCommand::Info { path }) => info(&path)?,
+        Command::Sample(args) => sample(args)?,
+        Command::Bench(args) => run_bench(args)?,
+    }
+    Ok(())
+}
+
+fn info(path: &std::path::Path) -> Result<()> {
+    let (model, tokenizer) = CausalLm::load_with_tokenizer(path, tch::Device::Cpu, false)?;
+    let c = model.config();
+    let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_else(|| "-".into());
+    println!("model        {}", path.display());
+    println!("architecture {} ({})", c.architectures[0], c.model_type);
+    println!("parameters   {}", model.num_parameters());
+    println!(
+        "shape        {} layers, hidden {}, mlp {}, {} heads / {} kv heads of {}",
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_attention_heads,
+        c.kv_heads(),
+        c.head_dim()
+    );
+    println!("positions    {} (rope theta {})", c.max_position_embeddings, c.rope_theta);
+    println!("vocabulary   {} embeddings, {} tokenizer tokens", c.vocab_size, tokenizer.vocab_size());
+    println!(
+        "special      bos {} eos {} pad {}",
+        name(tokenizer.bos_id()),
+        name(Some(tokenizer.eos_id())),
+        name(Some(tokenizer.pad_id()))
+    );
+    println!("tied         {}", c.tie_word_embeddings);
+    println!("scalar head  {}", if model.has_head() { "yes" } else { "no" });
+    println!("chat         {}", if tokenizer.chat_template().is_some() { "template" } else { "none" });
+    Ok(())
+}
+
+fn sample(args: SampleArgs) -> Result<()> {
+    let split = match args.split.as_str() {
+        "train" => Split::Train,
+        "test" => Split::Test,
+        other => bail!("unknown split `{other}` (use train or test)"),
+    };
+    if let Some(out) = &args.out {
+        fsutil::check_overwrite(out, args.force)?;
+    }
+    let device = parse_device(&args.device)?;
+    let (model, tokenizer) = CausalLm::load_with_tokenizer(&args.model, device, false)?;
+    let problems = TaskSpec::parse(&args.task)?.load(split, Some(args.limit))?;
+    let cfg = SamplingConfig {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        samples_per_prompt: args.k,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        stop_strings: args.stop,
+        stop_after_answer_line: true,
+    };
+    let start = std::time::Instant::now();
+    let episodes = rollout(&model, &tokenizer, &problems, &cfg)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let tokens: usize = episodes.iter().map(|e| e.response_tokens.len()).sum();
+    let correct = episodes.iter().filter(|e| e.correct).count();
+    match &args.out {
+        Some(out) => {
+            fsutil::write_atomic(out, |w| {
+                for e in &episodes {
+                    serde_json::to_writer(&mut *w, e)?;
+                    w.write_all(b"\n")?;
+                }
+                Ok(())
+            })?;
+            println!("wrote {} samples to {}", episodes.len(), out.display());
+        }
+        None => episodes.iter().for_each(print_episode),
+    }
+    println!(
+        "{correct}/{} correct; {tokens} tokens in {seconds:.1}s ({:.0} tokens/s)",
+        episodes.len(),
+        tokens as f64 / seconds
+    );
+    Ok(())
+}
+
+fn print_episode(e: &Episode) {
+    let mark = if e.correct { "correct" } else { "wrong" };
+    println!(
+        "--- {} #{} ({mark}; answer {:?}, reference {})",
+        e.problem_id, e.sample_index, e.extracted_answer, e.reference_answer
+    );
+    println!("{}", e.text.trim_end());
+}
+
+fn run_bench(args: BenchArgs) -> Result<()> {
+    let kind = match args.dtype.as_str() {
+        "f32" => tch::Kind::Float,
+        "bf16" => tch::Kind::BFloat16,
+        other => bail!("unknown dtype `{other}` (use f32 or bf16)"),
+    };
+    let cfg = bench::BenchConfig {
+        device: parse_device(&args.device)?,
+        kind,
+        train_batch: 16,
+        train_seq: 128,
+        train_steps: args.train_steps,
+        sample_batches: args.sample_batches,
+        prompt_tokens: 32,
+        new_tokens: args.new_tokens,
+    };
+    let problems = TaskSpec::parse("builtin")?.load(Split::Train, Some(2000))?;
+    let corpus = problems.iter().map(|p| format!("{}\n{}", p.question, p.reference_solution));
+    let tokenizer = reasonrl::tokenizer::Tokenizer::train_bpe(corpus, 1024)?;
+    println!("device {:?}, dtype {}, threads {}", cfg.device, args.dtype, tch::get_num_threads());
+    println!(
+        "{:<8} {:>11} {:>14} {:>10} {:>20}",
+        "preset", "parameters", "train tok/s", "step ms", "sample tok/s (batch)"
+    );
+    let mut results = Vec::new();
+    for preset in &args.presets {
+        let r = bench::bench_preset(preset, &tokenizer, &cfg).with_context(|| format!("preset {preset}"))?;
+        let sampling: Vec<String> = r.sampling_tokens_per_s.iter().map(|(b, t)| format!("{t:.0} ({b})")).collect();
+        println!(
+            "{:<8} {:>11} {:>14.0} {:>10.1} {:>20}",
+            r.preset,
+            r.parameters,
+            r.train_tokens_per_s,
+            r.train_step_ms,
+            sampling.join(", ")
+        );
+        results.push(r);
+    }
+    if let Some(path) = args.json {
+        let text = serde_json::to_string_pretty(&results)?;
+        fsutil::write_atomic(&path, |w| w.write_all(text.as_bytes()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! A model as a Hugging Face folder: `config.json`, `model.safetensors` (or shards listed in
+//! `model.safetensors.index.json`), `generation_config.json`, and our scalar head in
+//! `head.safetensors`. Tensor names are HF's, so `transformers` loads what we save and we load
+//! what it saves.
+
+use super::config::ModelConfig;
+use super::llama::{Llama, HEAD_PREFIX};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::tokenizer::Tokenizer;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Kind, Tensor};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+pub const HEAD_FILE: &str = "head.safetensors";
+pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
+
+/// A causal language model: the transformer and the store that owns its parameters.
+pub struct CausalLm {
+    pub vs: nn::VarStore,
+    pub net: Llama,
+}
+
+impl std::ops::Deref for CausalLm {
+    type Target = Llama;
+    fn deref(&self) -> &Llama {
+        &self.net
+    }
+}
+
+impl CausalLm {
+    /// A freshly initialised model (f32).
+    pub fn new(config: &ModelConfig, device: Device, with_head: bool) -> Result<Self> {
+        config.validate().map_err(Error::Invalid)?;
+        let vs = nn::VarStore::new(device);
+        let net = Llama::new(&vs.root(), config, with_head);
+        Ok(CausalLm { vs, net })
+    }
+
+    /// Loads a HF model folder. With `with_head`, the scalar head comes from `head.safetensors`
+    /// when present and is freshly initialised otherwise; a folder with a head file always loads
+    /// its head.
+    pub fn load(dir: &Path, device: Device, with_head: bool) -> Result<Self> {
+        let config = ModelConfig::load(&dir.join(CONFIG_FILE))?;
+        let head_file = dir.join(HEAD_FILE);
+        let model = CausalLm::new(&config, device, with_head || head_file.exists())?;
+        let mut tensors = HashMap::new();
+        for file in weight_files(dir)? {
+            for (name, t) in Tensor::read_safetensors(&file).map_err(|e| Error::file(&file, e.to_string()))? {
+                tensors.insert(name, (t, file.clone()));
+            }
+        }
+        if head_file.exists() {
+            for (name, t) in Tensor::read_safetensors(&head_file).map_err(|e| Error::file(&head_file, e.to_string()))? {
+                tensors.insert(name, (t, head_file.clone()));
+            }
+        }
+        let mut vars: Vec<_> = model.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        tch::no_grad(|| {
+            for (name, mut var) in vars {
+                let is_head = name.starts_with(HEAD_PREFIX);
+                match tensors.get(&name) {
+                    Some((t, file)) => {
+                        if t.size() != var.size() {
+                            return Err(Error::file(
+                                file,
+                                format!(
+                                    "tensor `{name}` has shape {:?}, config.json implies {:?}",
+                                    t.size(),
+                                    var.size()
+                                ),
+                            ));
+                        }
+                        var.copy_(t);
+                    }
+                    None if is_head && !head_file.exists() => {} // fresh head
+                    None => {
+                        let file = if is_head { head_file.clone() } else { dir.to_path_buf() };
+                        return Err(Error::file(file, format!("tensor `{name}` is missing")));
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(model)
+    }
+
+    /// Saves config.json, model.safetensors, generation_config.json and, with a head,
+    /// head.safetensors. Each file is written to a temp file and renamed into place.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut config = self.net.config.clone();
+        config.extra.insert("torch_dtype".into(), dtype_name(self.vs.kind()).into());
+        config.save(&dir.join(CONFIG_FILE))?;
+        let mut body = BTreeMap::new();
+        let mut head = BTreeMap::new();
+        for (name, t) in self.vs.variables() {
+            let t = t.detach().to_device(Device::Cpu).contiguous();
+            if name.starts_with(HEAD_PREFIX) {
+                head.insert(name, t);
+            } else {
+                body.insert(name, t);
+            }
+        }
+        write_safetensors(&dir.join(WEIGHTS_FILE), &body)?;
+        if !head.is_empty() {
+            write_safetensors(&dir.join(HEAD_FILE), &head)?;
+        }
+        let mut generation = serde_json::Map::new();
+        for (key, value) in [("bos_token_id", &config.bos_token_id), ("eos_token_id", &config.eos_token_id)] {
+            if let Some(v) = value {
+                generation.insert(key.into(), v.clone());
+            }
+        }
+        let text = serde_json::to_string_pretty(&generation).expect("json");
+        fsutil::write_atomic(&dir.join(GENERATION_CONFIG_FILE), |w| w.write_all(text.as_bytes()))
+    }
+
+    /// Loads a model folder and its tokenizer, checking that every token id has an embedding.
+    pub fn load_with_tokenizer(dir: &Path, device: Device, with_head: bool) -> Result<(Self, Tokenizer)> {
+        let model = CausalLm::load(dir, device, with_head)?;
+        let tokenizer = Tokenizer::load(dir)?;
+        let (tokens, embeddings) = (tokenizer.vocab_size() as i64, model.config().vocab_size);
+        if tokens > embeddings {
+            return Err(Error::file(
+                dir,
+                format!("tokenizer.json has {tokens} tokens but config.json's vocab_size is {embeddings}"),
+            ));
+        }
+        Ok((model, tokenizer))
+    }
+
+    /// Saves the model and its tokenizer into a folder that is complete or absent: written
+    /// beside `dir`, then renamed into place (replacing an existing one only with `force`).
+    pub fn save_with_tokenizer(&self, tokenizer: &Tokenizer, dir: &Path, force: bool) -> Result<()> {
+        fsutil::check_overwrite(dir, force)?;
+        fsutil::replace_dir(dir, |tmp| {
+            self.save(tmp)?;
+            tokenizer.save(tmp)
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.net.config
+    }
+
+    /// Parameters of the language model (the scalar head excluded).
+    pub fn num_parameters(&self) -> i64 {
+        self.vs.variables().iter().filter(|(n, _)| !n.starts_with(HEAD_PREFIX)).map(|(_, t)| t.numel() as i64).sum()
+    }
+}
+
+/// The safetensors files of a folder: the shards named by the index, or model.safetensors.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join(INDEX_FILE);
+    if index.exists() {
+        let text = fsutil::read_to_string(&index)?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(&index, e.to_string()))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::file(&index, "missing object field `weight_map`"))?;
+        let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
+        files.sort();
+        files.dedup();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join(WEIGHTS_FILE);
+    if single.exists() {
+        Ok(vec![single])
+    } else {
+        Err(Error::file(dir, format!("no {WEIGHTS_FILE} or {INDEX_FILE}")))
+    }
+}
+
+fn dtype_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::BFloat16 => "bfloat16",
+        Kind::Half => "float16",
+        _ => "float32",
+    }
+}
+
+/// A CPU tensor seen as raw bytes for the safetensors writer.
+struct View {
+    bytes: Vec<u8>,
+    shape: Vec<usize>,
+    dtype: safetensors::Dtype,
+}
+
+impl safetensors::View for &View {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        (&self.bytes[..]).into()
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Writes named tensors with the `{"format": "pt"}` metadata `transformers` looks for, through a
+/// temp file and a rename.
+pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|(name, t)| {
+            let dtype = match t.kind() {
+                Kind::Float => safetensors::Dtype::F32,
+                Kind::BFloat16 => safetensors::Dtype::BF16,
+                Kind::Half => safetensors::Dtype::F16,
+                Kind::Int64 => safetensors::Dtype::I64,
+                k => return Err(Error::Invalid(format!("tensor `{name}`: cannot save dtype {k:?}"))),
+            };
+            let numel = t.numel();
+            let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+            t.f_copy_data_u8(&mut bytes, numel)?;
+            let shape = t.size().iter().map(|&d| d as usize).collect();
+            Ok((name.clone(), View { bytes, shape, dtype }))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    let data = safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), &metadata)
+        .map_err(|e| Error::file(path, e.to_string()))?;
+    fsutil::write_atomic(path, |w| w.write_all(&data))
+}

@@ -1,0 +1,240 @@
+//! The Llama-family decoder (Llama, Qwen2, Mistral), written to match Hugging Face's modeling
+//! code tensor for tensor: RMSNorm, rotate-half RoPE, grouped-query attention through
+//! `scaled_dot_product_attention`, SwiGLU MLP, optional tied embeddings and q/k/v biases.
+//! Variable names are the Hugging Face ones, so safetensors files map one to one.
+
+use super::config::ModelConfig;
+use tch::nn::{self, Init};
+use tch::{Kind, Tensor};
+
+/// A linear layer `y = x W^T + b` with HF's `weight` / `bias` names.
+#[derive(Debug)]
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn new(p: nn::Path, in_dim: i64, out_dim: i64, bias: bool, std: f64) -> Self {
+        let weight = p.var("weight", &[out_dim, in_dim], Init::Randn { mean: 0.0, stdev: std });
+        let bias = bias.then(|| p.var("bias", &[out_dim], Init::Const(0.0)));
+        Linear { weight, bias }
+    }
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    input_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Keys and values of every layer for the tokens seen so far, preallocated to `capacity`
+/// positions so a decoding step writes in place instead of concatenating.
+#[derive(Debug)]
+pub struct KvCache {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    len: i64,
+}
+
+impl KvCache {
+    /// Number of positions filled.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Keeps only the batch rows `rows` (an int64 index tensor): finished sequences stop costing
+    /// compute.
+    pub fn select_rows(&mut self, rows: &Tensor) {
+        for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            *t = t.index_select(0, rows);
+        }
+    }
+    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        let t = k.size()[2];
+        let end = self.len + t;
+        assert!(end <= self.keys[layer].size()[2], "KV cache capacity exceeded");
+        self.keys[layer].narrow(2, self.len, t).copy_(k);
+        self.values[layer].narrow(2, self.len, t).copy_(v);
+        (self.keys[layer].narrow(2, 0, end), self.values[layer].narrow(2, 0, end))
+    }
+}
+
+/// The transformer: `forward` gives final hidden states, `logits` and `head_values` read them.
+#[derive(Debug)]
+pub struct Llama {
+    pub config: ModelConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Option<Linear>,
+    /// Optional scalar head (value or reward) on the final hidden state.
+    head: Option<Linear>,
+    inv_freq: Tensor,
+}
+
+/// Variable-name prefix of the scalar head; it is saved in its own file.
+pub const HEAD_PREFIX: &str = "score";
+
+impl Llama {
+    /// Creates the variables under `root` (HF names) with GPT-2 style initialisation: N(0, 0.02),
+    /// residual projections scaled by 1/sqrt(2 * layers).
+    pub fn new(root: &nn::Path, config: &ModelConfig, with_head: bool) -> Self {
+        let c = config;
+        let (h, hd) = (c.hidden_size, c.head_dim());
+        let (nh, nkv) = (c.num_attention_heads, c.kv_heads());
+        let std = 0.02;
+        let resid_std = std / (2.0 * c.num_hidden_layers as f64).sqrt();
+        let model = root / "model";
+        let blocks = (0..c.num_hidden_layers)
+            .map(|i| {
+                let p = &model / "layers" / i;
+                let attn = &p / "self_attn";
+                let mlp = &p / "mlp";
+                Block {
+                    input_norm: (&p / "input_layernorm").ones("weight", &[h]),
+                    q: Linear::new(&attn / "q_proj", h, nh * hd, c.qkv_bias(), std),
+                    k: Linear::new(&attn / "k_proj", h, nkv * hd, c.qkv_bias(), std),
+                    v: Linear::new(&attn / "v_proj", h, nkv * hd, c.qkv_bias(), std),
+                    o: Linear::new(&attn / "o_proj", nh * hd, h, c.o_bias(), resid_std),
+                    post_norm: (&p / "post_attention_layernorm").ones("weight", &[h]),
+                    gate: Linear::new(&mlp / "gate_proj", h, c.intermediate_size, c.mlp_bias, std),
+                    up: Linear::new(&mlp / "up_proj", h, c.intermediate_size, c.mlp_bias, std),
+                    down: Linear::new(&mlp / "down_proj", c.intermediate_size, h, c.mlp_bias, resid_std),
+                }
+            })
+            .collect();
+        let embed = (&model / "embed_tokens").var("weight", &[c.vocab_size, h], Init::Randn { mean: 0.0, stdev: std });
+        let lm_head = (!c.tie_word_embeddings).then(|| Linear::new(root / "lm_head", h, c.vocab_size, false, std));
+        let head = with_head.then(|| Linear::new(root / HEAD_PREFIX, h, 1, true, std));
+        // 1 / theta^(2i/d), as HF computes it.
+        let inv_freq: Vec<f32> =
+            (0..hd / 2).map(|i| (1.0 / c.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32).collect();
+        let inv_freq = Tensor::from_slice(&inv_freq).to_device(root.device());
+        let norm = (&model / "norm").ones("weight", &[h]);
+        Llama { config: config.clone(), embed, blocks, norm, lm_head, head, inv_freq }
+    }
+
+    /// An empty cache for `batch` rows and up to `capacity` positions.
+    pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
+        let c = &self.config;
+        let shape = [batch, c.kv_heads(), capacity, c.head_dim()];
+        let opts = (self.embed.kind(), self.embed.device());
+        let n = self.blocks.len();
+        KvCache {
+            keys: (0..n).map(|_| Tensor::zeros(shape, opts)).collect(),
+            values: (0..n).map(|_| Tensor::zeros(shape, opts)).collect(),
+            len: 0,
+        }
+    }
+
+    /// Final (normed) hidden states `[B, T, H]` for token ids `[B, T]` at `positions` `[B, T]`.
+    ///
+    /// `mask` (bool, broadcastable to `[B, 1, T, T_keys]`, true = attend) is needed whenever the
+    /// batch has padding or the cache already holds positions and `T > 1`; without it attention
+    /// is causal. With `cache`, keys and values are appended to it.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        let (cos, sin) = self.rope(positions);
+        let norm =
+            |x: &Tensor, weight: &Tensor| x.rms_norm([self.config.hidden_size], Some(weight), self.config.rms_norm_eps);
+        let mut x = Tensor::embedding(&self.embed, ids, -1, false, false);
+        for (i, b) in self.blocks.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
+            let h = &x + self.attention(b, &norm(&x, &b.input_norm), &cos, &sin, mask, layer_cache);
+            let hn = norm(&h, &b.post_norm);
+            x = &h + b.down.forward(&(b.gate.forward(&hn).silu() * b.up.forward(&hn)));
+        }
+        if let Some(cache) = cache {
+            cache.len += ids.size()[1];
+        }
+        norm(&x, &self.norm)
+    }
+
+    fn attention(
+        &self,
+        b: &Block,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor {
+        let (bs, t, _) = x.size3().expect("hidden is [B, T, H]");
+        let c = &self.config;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
+        let heads = |y: Tensor, n: i64| y.view([bs, t, n, hd]).transpose(1, 2);
+        let q = apply_rope(&heads(b.q.forward(x), nh), cos, sin);
+        let k = apply_rope(&heads(b.k.forward(x), nkv), cos, sin);
+        let v = heads(b.v.forward(x), nkv);
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, &k, &v),
+            None => (k, v),
+        };
+        let causal = mask.is_none() && t > 1;
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, causal, None, nkv != nh);
+        b.o.forward(&y.transpose(1, 2).reshape([bs, t, nh * hd]))
+    }
+
+    /// cos and sin tables `[B, 1, T, head_dim]` for the positions (HF rotate-half layout).
+    fn rope(&self, positions: &Tensor) -> (Tensor, Tensor) {
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+        let kind = self.embed.kind();
+        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+    }
+
+    /// Next-token logits `[B, T, V]` from hidden states.
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(&self.embed.tr()),
+        }
+    }
+
+    /// The scalar head's values `[B, T]`, if the model has one.
+    pub fn head_values(&self, hidden: &Tensor) -> Option<Tensor> {
+        self.head.as_ref().map(|h| h.forward(hidden).squeeze_dim(-1))
+    }
+
+    pub fn device(&self) -> tch::Device {
+        self.embed.device()
+    }
+
+    pub fn has_head(&self) -> bool {
+        self.head.is_some()
+    }
+
+    /// Logits `[B, T, V]` of unpadded (or right-padded) sequences: positions 0.., causal.
+    pub fn forward_logits(&self, ids: &Tensor) -> Tensor {
+        let (b, t) = ids.size2().expect("ids are [B, T]");
+        let positions = Tensor::arange(t, (Kind::Int64, ids.device())).unsqueeze(0).expand([b, t], false);
+        self.logits(&self.forward(ids, &positions, None, None))
+    }
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    Tensor::cat(&[x.narrow(3, half, half).neg(), x.narrow(3, 0, half)], 3)
+}
+
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    x * cos + rotate_half(x) * sin
+}

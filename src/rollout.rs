@@ -1,0 +1,68 @@
+//! Problems -> Episodes: prompt, sample, extract and check the answer. Every algorithm and the
+//! evaluator consume Episodes, so this is the one path from a policy to scored samples.
+
+use crate::error::Result;
+use crate::model::Llama;
+use crate::sample::{generate, Finish, SamplingConfig};
+use crate::task::{answers_match, extract_answer, Problem};
+use crate::tokenizer::Tokenizer;
+
+/// One sampled solution of one problem, with everything training and evaluation need.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Episode {
+    pub problem_id: String,
+    pub sample_index: usize,
+    pub prompt_tokens: Vec<u32>,
+    pub response_tokens: Vec<u32>,
+    pub text: String,
+    /// Behaviour-policy log-probabilities of `response_tokens` (see `sample::Generation`).
+    pub logprobs: Vec<f32>,
+    pub finish: Finish,
+    pub extracted_answer: Option<String>,
+    pub reference_answer: String,
+    pub correct: bool,
+}
+
+/// The plain prompt: the question, then the solution starts on the next line.
+pub fn plain_prompt(question: &str) -> String {
+    format!("Question: {question}\nAnswer:\n")
+}
+
+/// Prompt token ids: BOS (if the tokenizer has one) then the prompt text.
+pub fn encode_prompt(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    let mut ids: Vec<u32> = tokenizer.bos_id().into_iter().collect();
+    ids.extend(tokenizer.encode(text)?);
+    Ok(ids)
+}
+
+/// Samples `cfg.samples_per_prompt` solutions per problem and checks each answer.
+pub fn rollout(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    problems: &[Problem],
+    cfg: &SamplingConfig,
+) -> Result<Vec<Episode>> {
+    let prompts =
+        problems.iter().map(|p| encode_prompt(tokenizer, &plain_prompt(&p.question))).collect::<Result<Vec<_>>>()?;
+    let generations = generate(model, tokenizer, &prompts, cfg)?;
+    Ok(generations
+        .into_iter()
+        .map(|g| {
+            let problem = &problems[g.prompt_index];
+            let extracted_answer = extract_answer(&g.text);
+            let correct = extracted_answer.as_deref().is_some_and(|a| answers_match(a, &problem.answer));
+            Episode {
+                problem_id: problem.id.clone(),
+                sample_index: g.sample_index,
+                prompt_tokens: prompts[g.prompt_index].clone(),
+                response_tokens: g.tokens,
+                text: g.text,
+                logprobs: g.logprobs,
+                finish: g.finish,
+                extracted_answer,
+                reference_answer: problem.answer.clone(),
+                correct,
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,297 @@
+//! Math word problems: loading GSM8K / SVAMP / generic JSONL, the built-in generator, and
+//! reading answers out of solutions.
+//!
+//! A data source is named by a [`TaskSpec`] string (see [`TaskSpec::parse`]); every loader
+//! yields [`Problem`]s whose `reference_solution` is GSM8K-format text ending in "#### N".
+
+pub mod answer;
+pub mod gsm8k;
+pub mod svamp;
+pub mod synth;
+
+pub use answer::{
+    answers_match, extract_answer, intermediate_results, is_correct, normalize_number, parse_number, step_results,
+};
+pub use gsm8k::{load_gsm8k, load_jsonl};
+pub use svamp::load_svamp;
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One math word problem with its worked solution.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Problem {
+    /// Stable identifier (from the data, or "{file_stem}-{line}", or "builtin-L2-train-7").
+    pub id: String,
+    /// The word problem as shown to the model.
+    pub question: String,
+    /// Full GSM8K-format worked solution, including the final "#### N" line (what SFT trains on).
+    pub reference_solution: String,
+    /// The canonical final answer as text ("72", "0.5", "-3").
+    pub answer: String,
+}
+
+/// Which half of a data source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// Problems to train on.
+    Train,
+    /// Held-out problems to evaluate on.
+    Test,
+}
+
+impl Split {
+    /// Lower-case name, as used in ids and file names ("train" / "test").
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "test",
+        }
+    }
+}
+
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Default number of generated problems per split for `builtin` when no limit is given.
+pub const BUILTIN_DEFAULT_TRAIN: usize = 20_000;
+/// See [`BUILTIN_DEFAULT_TRAIN`].
+pub const BUILTIN_DEFAULT_TEST: usize = 500;
+/// Level of plain "builtin".
+pub const BUILTIN_DEFAULT_LEVEL: u32 = 2;
+/// Seed of "builtin" / "builtin:LEVEL".
+pub const BUILTIN_DEFAULT_SEED: u64 = 1234;
+
+/// Where problems come from. Parsed from a CLI/config string by [`TaskSpec::parse`]:
+///
+/// * `builtin` | `builtin:LEVEL` | `builtin:LEVEL:SEED` -> [`TaskSpec::Builtin`] (level 2 and
+///   seed 1234 by default; level in 1..=5, see [`synth`] for the level table)
+/// * `gsm8k:DIR_OR_FILE` -> [`TaskSpec::Gsm8k`]: a DIR holds `train.jsonl` / `test.jsonl`; a
+///   FILE is used as-is whatever the split
+/// * `svamp:FILE` -> [`TaskSpec::Svamp`] (SVAMP.json). SVAMP has no official split, so a
+///   problem is Test iff FNV-1a(ID) % 5 == 0 (a fixed ~80/20 split that never changes with
+///   file order)
+/// * `jsonl:FILE[:QUESTION_FIELD:ANSWER_FIELD]` -> [`TaskSpec::Jsonl`] (fields default to
+///   "question" / "answer"; the answer may be a GSM8K-style solution ending in "#### N" or just
+///   a number; the file is used as-is whatever the split). With fields given, the last two
+///   ":"-separated parts are the fields and the rest is the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskSpec {
+    /// The built-in seeded generator ([`synth::generate`]).
+    Builtin {
+        /// Difficulty 1..=5.
+        level: u32,
+        /// Generator seed.
+        seed: u64,
+    },
+    /// GSM8K JSONL: a directory with train.jsonl/test.jsonl, or one file.
+    Gsm8k {
+        /// Directory or file.
+        path: PathBuf,
+    },
+    /// SVAMP.json.
+    Svamp {
+        /// The JSON file.
+        path: PathBuf,
+    },
+    /// Any JSONL file with a question and an answer field.
+    Jsonl {
+        /// The JSONL file.
+        path: PathBuf,
+        /// Name of the question field.
+        question_field: String,
+        /// Name of the answer field.
+        answer_field: String,
+    },
+}
+
+const SPEC_FORMS: &str = "expected builtin[:LEVEL[:SEED]], gsm8k:DIR_OR_FILE, svamp:FILE or \
+                          jsonl:FILE[:QUESTION_FIELD:ANSWER_FIELD]";
+
+impl TaskSpec {
+    /// Parses a task string (forms listed on [`TaskSpec`]).
+    pub fn parse(s: &str) -> Result<Self> {
+        let s = s.trim();
+        let bad = |why: &str| Error::Invalid(format!("task {s:?}: {why} ({SPEC_FORMS})"));
+        let (kind, rest) = match s.split_once(':') {
+            Some((k, r)) => (k, Some(r)),
+            None => (s, None),
+        };
+        let path = |r: Option<&str>| match r {
+            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+            _ => Err(bad("missing path")),
+        };
+        match kind {
+            "builtin" => {
+                let mut parts = rest.map(|r| r.split(':').collect::<Vec<_>>()).unwrap_or_default();
+                if parts.len() > 2 {
+                    return Err(bad("too many parts"));
+                }
+                parts.resize(2, "");
+                let level = match parts[0] {
+                    "" => BUILTIN_DEFAULT_LEVEL,
+                    l => l.parse().ok().filter(|l| synth::LEVELS.contains(l)).ok_or_else(|| {
+                        bad(&format!("level must be {}..={}", synth::LEVELS.start(), synth::LEVELS.end()))
+                    })?,
+                };
+                let seed = match parts[1] {
+                    "" => BUILTIN_DEFAULT_SEED,
+                    x => x.parse().map_err(|_| bad("seed must be a non-negative integer"))?,
+                };
+                Ok(TaskSpec::Builtin { level, seed })
+            }
+            "gsm8k" => Ok(TaskSpec::Gsm8k { path: path(rest)? }),
+            "svamp" => Ok(TaskSpec::Svamp { path: path(rest)? }),
+            "jsonl" => {
+                let parts: Vec<&str> = rest.unwrap_or("").split(':').collect();
+                let (file, q, a) = match parts.len() {
+                    1 => (parts[0].to_string(), "question", "answer"),
+                    2 => return Err(bad("give both QUESTION_FIELD and ANSWER_FIELD")),
+                    n => (parts[..n - 2].join(":"), parts[n - 2], parts[n - 1]),
+                };
+                if q.is_empty() || a.is_empty() {
+                    return Err(bad("empty field name"));
+                }
+                Ok(TaskSpec::Jsonl {
+                    path: path(Some(&file))?,
+                    question_field: q.to_string(),
+                    answer_field: a.to_string(),
+                })
+            }
+            _ => Err(bad("unknown kind")),
+        }
+    }
+
+    /// Loads the problems of `split`, at most `limit` of them (the first ones in file order;
+    /// for `builtin`, `limit` is how many to generate: default 20,000 train / 500 test).
+    ///
+    /// A file source that yields no problems is an error (unless `limit` is 0).
+    pub fn load(&self, split: Split, limit: Option<usize>) -> Result<Vec<Problem>> {
+        let (mut problems, path) = match self {
+            TaskSpec::Builtin { level, seed } => {
+                let n = limit.unwrap_or(match split {
+                    Split::Train => BUILTIN_DEFAULT_TRAIN,
+                    Split::Test => BUILTIN_DEFAULT_TEST,
+                });
+                return Ok(synth::generate(*level, split, n, *seed));
+            }
+            TaskSpec::Gsm8k { path } => {
+                let file = if path.is_dir() { path.join(format!("{split}.jsonl")) } else { path.clone() };
+                (load_gsm8k(&file)?, file)
+            }
+            TaskSpec::Svamp { path } => {
+                let mut all = load_svamp(path)?;
+                all.retain(|p| svamp::split_of(&p.id) == split);
+                (all, path.clone())
+            }
+            TaskSpec::Jsonl { path, question_field, answer_field } => {
+                (load_jsonl(path, question_field, answer_field)?, path.clone())
+            }
+        };
+        if let Some(n) = limit {
+            problems.truncate(n);
+        }
+        if problems.is_empty() && limit != Some(0) {
+            return Err(Error::file(path, format!("no {split} problems")));
+        }
+        Ok(problems)
+    }
+}
+
+impl fmt::Display for TaskSpec {
+    /// The spec string [`TaskSpec::parse`] reads back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskSpec::Builtin { level, seed } => write!(f, "builtin:{level}:{seed}"),
+            TaskSpec::Gsm8k { path } => write!(f, "gsm8k:{}", path.display()),
+            TaskSpec::Svamp { path } => write!(f, "svamp:{}", path.display()),
+            TaskSpec::Jsonl { path, question_field, answer_field } => {
+                write!(f, "jsonl:{}:{question_field}:{answer_field}", path.display())
+            }
+        }
+    }
+}
+
+/// Write problems as JSONL in GSM8K's format plus an id:
+/// `{"id":..,"question":..,"answer": reference_solution}`, atomically, refusing to overwrite
+/// an existing file unless `force`.
+pub fn write_jsonl(path: &Path, problems: &[Problem], force: bool) -> Result<()> {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        id: &'a str,
+        question: &'a str,
+        answer: &'a str,
+    }
+    fsutil::check_overwrite(path, force)?;
+    fsutil::write_atomic(path, |w: &mut dyn Write| {
+        for p in problems {
+            let row = Row { id: &p.id, question: &p.question, answer: &p.reference_solution };
+            serde_json::to_writer(&mut *w, &row)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+}
+
+/// 64-bit FNV-1a: a tiny stable hash for deterministic splits (never changes across versions,
+/// unlike std's hasher).
+pub(crate) fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        assert_eq!(TaskSpec::parse("builtin").unwrap(), TaskSpec::Builtin { level: 2, seed: 1234 });
+        assert_eq!(TaskSpec::parse("builtin:5").unwrap(), TaskSpec::Builtin { level: 5, seed: 1234 });
+        assert_eq!(TaskSpec::parse("builtin:1:7").unwrap(), TaskSpec::Builtin { level: 1, seed: 7 });
+        assert_eq!(TaskSpec::parse("gsm8k:data/gsm8k").unwrap(), TaskSpec::Gsm8k { path: "data/gsm8k".into() });
+        assert_eq!(
+            TaskSpec::parse("jsonl:a/b.jsonl:q:sol").unwrap(),
+            TaskSpec::Jsonl { path: "a/b.jsonl".into(), question_field: "q".into(), answer_field: "sol".into() }
+        );
+        for bad in [
+            "",
+            "builtin:0",
+            "builtin:6",
+            "builtin:x",
+            "builtin:2:-1",
+            "gsm8k",
+            "gsm8k:",
+            "svamp:",
+            "jsonl:f:q",
+            "foo:bar",
+        ] {
+            assert!(TaskSpec::parse(bad).is_err(), "{bad:?} should fail");
+        }
+        for s in ["builtin:3:9", "gsm8k:x", "svamp:y.json", "jsonl:z:q:a"] {
+            assert_eq!(TaskSpec::parse(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn fnv1a_known_values() {
+        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn write_jsonl_round_trips_and_refuses_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let problems = synth::generate(2, Split::Train, 5, 1);
+        write_jsonl(&path, &problems, false).unwrap();
+        assert!(write_jsonl(&path, &problems, false).is_err());
+        write_jsonl(&path, &problems, true).unwrap();
+        assert_eq!(load_gsm8k(&path).unwrap(), problems);
+    }
+}

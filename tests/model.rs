@@ -1,0 +1,215 @@
+//! The transformer: gradients, KV-cache decoding, HF folders.
+
+use reasonrl::model::{CausalLm, ModelConfig};
+use reasonrl::sample::Decoder;
+use std::collections::BTreeMap;
+use tch::{Device, Kind, Tensor};
+
+fn tiny_config(architecture: &str) -> ModelConfig {
+    let mut c = ModelConfig::llama(61, 32, 48, 2, 4, 2, 64, false);
+    c.architectures = vec![architecture.into()];
+    c.rope_theta = 500.0;
+    c
+}
+
+/// Seeded ids from our own generator: torch's global one is shared by tests running in parallel.
+fn random_ids(b: i64, t: i64, vocab: i64, seed: u64) -> Tensor {
+    let mut rng = reasonrl::rng::Rng::new(seed);
+    let ids: Vec<i64> = (0..b * t).map(|_| rng.range(0, vocab - 1)).collect();
+    Tensor::from_slice(&ids).view([b, t])
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn every_parameter_gets_a_finite_nonzero_gradient() {
+    for arch in ["LlamaForCausalLM", "Qwen2ForCausalLM"] {
+        for tied in [false, true] {
+            let mut config = tiny_config(arch);
+            config.tie_word_embeddings = tied;
+            let model = CausalLm::new(&config, Device::Cpu, true).unwrap();
+            let ids = random_ids(3, 9, config.vocab_size, 1);
+            let t = ids.size()[1];
+            let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([3, t], false);
+            let hidden = model.forward(&ids, &positions, None, None);
+            let logits = model.logits(&hidden);
+            let lm_loss = logits
+                .narrow(1, 0, t - 1)
+                .reshape([-1, config.vocab_size])
+                .cross_entropy_for_logits(&ids.narrow(1, 1, t - 1).reshape([-1]));
+            let loss = lm_loss + model.head_values(&hidden).unwrap().square().mean(Kind::Float);
+            loss.backward();
+            let vars = model.vs.variables();
+            assert!(!vars.is_empty());
+            for (name, var) in vars {
+                let grad = var.grad();
+                assert!(grad.defined(), "{arch}: no gradient for {name}");
+                let norm = grad.norm().double_value(&[]);
+                assert!(norm.is_finite() && norm > 0.0, "{arch} tied={tied}: gradient of {name} has norm {norm}");
+            }
+        }
+    }
+}
+
+#[test]
+fn kv_cache_decoding_matches_full_forward_on_mixed_length_batch() {
+    let config = tiny_config("LlamaForCausalLM");
+    let model = CausalLm::new(&config, Device::Cpu, false).unwrap();
+    let prompts: Vec<Vec<u32>> = vec![vec![5, 9, 2], vec![7, 3, 3, 8, 1, 4, 6], vec![11, 12, 13, 14, 15]];
+    let continuation: Vec<Vec<u32>> = vec![vec![20, 21, 22, 23], vec![30, 31, 32, 33], vec![40, 41, 42, 43]];
+    let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+    tch::no_grad(|| {
+        let (mut decoder, mut logits) = Decoder::prefill(&model, &refs, 0, 4);
+        let mut per_step = vec![logits.shallow_clone()];
+        for step in 0..3 {
+            let tokens: Vec<i64> = continuation.iter().map(|c| c[step] as i64).collect();
+            logits = decoder.step(&Tensor::from_slice(&tokens));
+            per_step.push(logits.shallow_clone());
+        }
+        for (r, prompt) in prompts.iter().enumerate() {
+            let full: Vec<i64> = prompt.iter().chain(&continuation[r][..3]).map(|&t| t as i64).collect();
+            let reference = model.forward_logits(&Tensor::from_slice(&full).unsqueeze(0)).squeeze_dim(0);
+            for (step, logits) in per_step.iter().enumerate() {
+                let expected = reference.get(prompt.len() as i64 - 1 + step as i64);
+                let diff = max_diff(&logits.get(r as i64), &expected);
+                assert!(diff < 1e-4, "row {r} step {step}: max abs logit difference {diff}");
+            }
+        }
+        // Dropping a row keeps the others exact.
+        decoder.select_rows(&Tensor::from_slice(&[0i64, 2]));
+        let logits = decoder.step(&Tensor::from_slice(&[continuation[0][3] as i64, continuation[2][3] as i64]));
+        for (slot, r) in [0usize, 2].into_iter().enumerate() {
+            let full: Vec<i64> = prompts[r].iter().chain(&continuation[r]).map(|&t| t as i64).collect();
+            let reference = model.forward_logits(&Tensor::from_slice(&full).unsqueeze(0)).squeeze_dim(0);
+            let diff = max_diff(&logits.get(slot as i64), &reference.get(full.len() as i64 - 1));
+            assert!(diff < 1e-4, "row {r} after compaction: {diff}");
+        }
+    });
+}
+
+fn logits_and_values(model: &CausalLm) -> (Tensor, Option<Tensor>) {
+    let ids = random_ids(2, 7, model.config().vocab_size, 3);
+    let positions = Tensor::arange(7, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([2, 7], false);
+    tch::no_grad(|| {
+        let hidden = model.forward(&ids, &positions, None, None);
+        (model.logits(&hidden), model.head_values(&hidden))
+    })
+}
+
+#[test]
+fn save_then_load_gives_bit_identical_logits_and_head_values() {
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, tied) in [("LlamaForCausalLM", true), ("Qwen2ForCausalLM", false), ("MistralForCausalLM", false)] {
+        let mut config = tiny_config(arch);
+        config.tie_word_embeddings = tied;
+        let path = dir.path().join(arch);
+        let model = CausalLm::new(&config, Device::Cpu, true).unwrap();
+        model.save(&path).unwrap();
+        let loaded = CausalLm::load(&path, Device::Cpu, false).unwrap();
+        assert!(loaded.has_head(), "head.safetensors is loaded with the model");
+        let (a, va) = logits_and_values(&model);
+        let (b, vb) = logits_and_values(&loaded);
+        assert!(a.equal(&b), "{arch}: logits differ after reload");
+        assert!(va.unwrap().equal(&vb.unwrap()), "{arch}: head values differ after reload");
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path.join("config.json")).unwrap()).unwrap();
+        assert_eq!(written["architectures"][0], arch);
+        assert_eq!(written["torch_dtype"], "float32");
+        let names: Vec<String> =
+            Tensor::read_safetensors(path.join("model.safetensors")).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert!(names.contains(&"model.layers.1.mlp.down_proj.weight".to_string()));
+        assert_eq!(names.contains(&"lm_head.weight".to_string()), !tied);
+        assert_eq!(names.contains(&"model.layers.0.self_attn.q_proj.bias".to_string()), arch == "Qwen2ForCausalLM");
+        assert!(!names.iter().any(|n| n.starts_with("score")), "the head has its own file");
+    }
+}
+
+#[test]
+fn sharded_safetensors_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config("LlamaForCausalLM");
+    let model = CausalLm::new(&config, Device::Cpu, false).unwrap();
+    model.save(dir.path()).unwrap();
+    let tensors = Tensor::read_safetensors(dir.path().join("model.safetensors")).unwrap();
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let mut weight_map = serde_json::Map::new();
+    let mut shards = [BTreeMap::new(), BTreeMap::new()];
+    for (i, (name, t)) in tensors.into_iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i % 2 + 1);
+        weight_map.insert(name.clone(), file.into());
+        shards[i % 2].insert(name, t);
+    }
+    for (i, shard) in shards.iter().enumerate() {
+        let path = dir.path().join(format!("model-0000{}-of-00002.safetensors", i + 1));
+        reasonrl::model::hf::write_safetensors(&path, shard).unwrap();
+    }
+    let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let loaded = CausalLm::load(dir.path(), Device::Cpu, false).unwrap();
+    assert!(logits_and_values(&model).0.equal(&logits_and_values(&loaded).0));
+}
+
+#[test]
+fn qwen2_config_with_qkv_biases_loads_from_hf_json() {
+    // A config.json as transformers writes it for Qwen2 (no `attention_bias` field: biases are
+    // implied by the architecture), with extra fields we must keep.
+    let json = r#"{
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 61,
+        "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0, "max_position_embeddings": 64, "tie_word_embeddings": true,
+        "hidden_act": "silu", "sliding_window": 32768, "use_sliding_window": false,
+        "bos_token_id": 1, "eos_token_id": [2, 3], "torch_dtype": "bfloat16"
+    }"#;
+    let dir = tempfile::tempdir().unwrap();
+    let config: ModelConfig = serde_json::from_str(json).unwrap();
+    assert!(config.qkv_bias() && !config.o_bias());
+    let model = CausalLm::new(&config, Device::Cpu, false).unwrap();
+    let vars = model.vs.variables();
+    assert!(vars.contains_key("model.layers.0.self_attn.k_proj.bias"));
+    assert!(!vars.contains_key("model.layers.0.self_attn.o_proj.bias"));
+    model.save(dir.path()).unwrap();
+    let loaded = CausalLm::load(dir.path(), Device::Cpu, false).unwrap();
+    assert_eq!(loaded.config().extra["use_sliding_window"], false);
+    assert_eq!(loaded.config().eos_token_id, Some(serde_json::json!([2, 3])));
+    assert!(logits_and_values(&model).0.equal(&logits_and_values(&loaded).0));
+}
+
+#[test]
+fn bad_folders_fail_with_messages_that_name_the_culprit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config("LlamaForCausalLM");
+    CausalLm::new(&config, Device::Cpu, false).unwrap().save(dir.path()).unwrap();
+
+    // A tensor of the wrong shape.
+    let mut tensors: BTreeMap<String, Tensor> =
+        Tensor::read_safetensors(dir.path().join("model.safetensors")).unwrap().into_iter().collect();
+    tensors.insert("model.norm.weight".into(), Tensor::ones([7], (Kind::Float, Device::Cpu)));
+    reasonrl::model::hf::write_safetensors(&dir.path().join("model.safetensors"), &tensors).unwrap();
+    let err = CausalLm::load(dir.path(), Device::Cpu, false).err().unwrap().to_string();
+    assert!(err.contains("model.norm.weight") && err.contains("[7]"), "{err}");
+
+    // A missing tensor.
+    tensors.remove("model.norm.weight");
+    reasonrl::model::hf::write_safetensors(&dir.path().join("model.safetensors"), &tensors).unwrap();
+    let err = CausalLm::load(dir.path(), Device::Cpu, false).err().unwrap().to_string();
+    assert!(err.contains("`model.norm.weight` is missing"), "{err}");
+
+    // An unsupported architecture and a missing field.
+    let config_path = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(&config_path, text.replace("LlamaForCausalLM", "GPT2LMHeadModel")).unwrap();
+    let err = CausalLm::load(dir.path(), Device::Cpu, false).err().unwrap().to_string();
+    assert!(err.contains("config.json") && err.contains("GPT2LMHeadModel"), "{err}");
+    std::fs::write(&config_path, text.replace("\"hidden_size\"", "\"hidden\"")).unwrap();
+    let err = CausalLm::load(dir.path(), Device::Cpu, false).err().unwrap().to_string();
+    assert!(err.contains("config.json") && err.contains("hidden_size"), "{err}");
+
+    // No weights at all.
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    std::fs::write(&config_path, &text).unwrap();
+    let err = CausalLm::load(dir.path(), Device::Cpu, false).err().unwrap().to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+}
