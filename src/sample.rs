@@ -310,6 +310,49 @@ fn top_p_filter(logits: &Tensor, p: f64) -> Tensor {
     let (sorted, index) = logits.sort(-1, true);
     let probs = sorted.softmax(-1, Kind::Float);
     let mass_before = probs.cumsum(-1, Kind::Float) - &probs;
-    let sorted = sorted.masked_fill(&mass_before.gt(p), f64::NEG_INFINITY);
+    let outside = mass_before.ge(p);
+    let _ = outside.narrow(-1, 0, 1).fill_(0); // the top token always stays
+    let sorted = sorted.masked_fill(&outside, f64::NEG_INFINITY);
     logits.full_like(f64::NEG_INFINITY).scatter(-1, &index, &sorted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_line_ends_after_its_newline() {
+        assert_eq!(answer_line_end("a\n#### 12\nmore"), Some(10));
+        assert_eq!(answer_line_end("a\n#### 12"), None, "the line is not complete yet");
+        assert_eq!(answer_line_end("#### \n"), None, "no number yet");
+    }
+
+    #[test]
+    fn stop_strings_cut_at_the_earliest_match() {
+        let cfg = SamplingConfig { stop_strings: vec!["Question:".into(), "\n\n".into()], ..Default::default() };
+        let stops = Stops { ids: vec![], cfg: &cfg };
+        assert_eq!(stops.text_end("x = 3\n\nQuestion: y"), Some(7));
+        assert_eq!(stops.text_end("#### 4\nQuestion:"), Some(7));
+        assert_eq!(stops.text_end("nothing yet"), None);
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_nucleus() {
+        let logits = Tensor::from_slice(&[0.2f32, 0.5, 0.3]).log().unsqueeze(0);
+        let kept = |p: f64| Vec::<bool>::try_from(top_p_filter(&logits, p).isfinite().squeeze_dim(0)).unwrap();
+        assert_eq!(kept(0.45), vec![false, true, false]);
+        assert_eq!(kept(0.55), vec![false, true, true]);
+        assert_eq!(kept(0.95), vec![true, true, true]);
+        assert_eq!(kept(0.0), vec![false, true, false], "the top token always stays");
+    }
+
+    #[test]
+    fn inverse_cdf_sampling_follows_the_distribution() {
+        let logits = Tensor::from_slice(&[0.1f32, 0.6, 0.3]).log().unsqueeze(0).repeat([4, 1]);
+        let cfg = SamplingConfig { temperature: 1.0, ..Default::default() };
+        let (next, logp) = choose(&logits, &Tensor::from_slice(&[0.05f32, 0.2, 0.69, 0.95]), &cfg);
+        assert_eq!(Vec::<i64>::try_from(next).unwrap(), vec![0, 1, 1, 2]);
+        let logp = Vec::<f32>::try_from(logp).unwrap();
+        assert!((logp[0] - 0.1f32.ln()).abs() < 1e-6 && (logp[3] - 0.3f32.ln()).abs() < 1e-6);
+    }
 }
