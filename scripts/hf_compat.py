@@ -13,7 +13,7 @@ import transformers
 
 
 def logits_of(model_dir, ids):
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0]

@@ -55,3 +55,14 @@ pub fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result
     }
     Ok(())
 }
+
+/// Writes one JSON object per line, atomically.
+pub fn write_jsonl<T: serde::Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -> Result<()> {
+    write_atomic(path, |w| {
+        for row in rows {
+            serde_json::to_writer(&mut *w, &row)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+}

@@ -167,9 +167,13 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Task(TaskCommand::Make { task, out, train, test, force }) => {
             let spec = TaskSpec::parse(&task)?;
+            let path = |split: Split| out.join(format!("{split}.jsonl"));
+            for split in [Split::Train, Split::Test] {
+                fsutil::check_overwrite(&path(split), force)?; // both, before writing either
+            }
             for (split, limit) in [(Split::Train, train), (Split::Test, test)] {
                 let problems = spec.load(split, limit)?;
-                let path = out.join(format!("{split}.jsonl"));
+                let path = path(split);
                 reasonrl::task::write_jsonl(&path, &problems, force)?;
                 println!("wrote {} {split} problems to {}", problems.len(), path.display());
             }
@@ -255,13 +259,7 @@ fn sample(args: SampleArgs) -> Result<()> {
     let correct = episodes.iter().filter(|e| e.correct).count();
     match &args.out {
         Some(out) => {
-            fsutil::write_atomic(out, |w| {
-                for e in &episodes {
-                    serde_json::to_writer(&mut *w, e)?;
-                    w.write_all(b"\n")?;
-                }
-                Ok(())
-            })?;
+            fsutil::write_jsonl(out, &episodes)?;
             println!("wrote {} samples to {}", episodes.len(), out.display());
         }
         None => episodes.iter().for_each(print_episode),

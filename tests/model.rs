@@ -213,3 +213,17 @@ fn bad_folders_fail_with_messages_that_name_the_culprit() {
     let err = CausalLm::load(dir.path(), Device::Cpu, false).err().unwrap().to_string();
     assert!(err.contains("model.safetensors"), "{err}");
 }
+
+#[test]
+fn transformers_5_rope_parameters_set_theta() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config("LlamaForCausalLM");
+    config.extra.insert("rope_parameters".into(), serde_json::json!({"rope_type": "default", "rope_theta": 123.0}));
+    let path = dir.path().join("config.json");
+    config.save(&path).unwrap();
+    assert_eq!(ModelConfig::load(&path).unwrap().rope_theta, 123.0);
+    config.extra.insert("rope_parameters".into(), serde_json::json!({"rope_type": "yarn", "factor": 4.0}));
+    config.save(&path).unwrap();
+    let err = ModelConfig::load(&path).unwrap_err().to_string();
+    assert!(err.contains("config.json") && err.contains("yarn"), "{err}");
+}

@@ -109,7 +109,8 @@ impl ModelConfig {
     /// Reads and checks `config.json`; errors name the file and the field.
     pub fn load(path: &Path) -> Result<Self> {
         let text = crate::fsutil::read_to_string(path)?;
-        let config: ModelConfig = serde_json::from_str(&text).map_err(|e| Error::file(path, e.to_string()))?;
+        let mut config: ModelConfig = serde_json::from_str(&text).map_err(|e| Error::file(path, e.to_string()))?;
+        config.read_rope_parameters().map_err(|msg| Error::file(path, msg))?;
         config.validate().map_err(|msg| Error::file(path, msg))?;
         Ok(config)
     }
@@ -118,6 +119,22 @@ impl ModelConfig {
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).expect("config serialises");
         crate::fsutil::write_atomic(path, |w| w.write_all(text.as_bytes()))
+    }
+
+    /// transformers 5 writes RoPE settings as `rope_parameters: {rope_type, rope_theta}` instead
+    /// of a top-level `rope_theta` / `rope_scaling`.
+    fn read_rope_parameters(&mut self) -> std::result::Result<(), String> {
+        let Some(params) = self.extra.get("rope_parameters").filter(|v| !v.is_null()) else {
+            return Ok(());
+        };
+        let kind = params.get("rope_type").and_then(|t| t.as_str()).unwrap_or("default");
+        if kind != "default" {
+            return Err(format!("unsupported `rope_parameters.rope_type` {kind:?} (only plain RoPE)"));
+        }
+        if let Some(theta) = params.get("rope_theta").and_then(|t| t.as_f64()) {
+            self.rope_theta = theta;
+        }
+        Ok(())
     }
 
     /// Checks that the architecture is supported and the shapes are consistent.

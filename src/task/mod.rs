@@ -18,7 +18,6 @@ pub use svamp::load_svamp;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// One math word problem with its worked solution.
@@ -229,14 +228,10 @@ pub fn write_jsonl(path: &Path, problems: &[Problem], force: bool) -> Result<()>
         answer: &'a str,
     }
     fsutil::check_overwrite(path, force)?;
-    fsutil::write_atomic(path, |w: &mut dyn Write| {
-        for p in problems {
-            let row = Row { id: &p.id, question: &p.question, answer: &p.reference_solution };
-            serde_json::to_writer(&mut *w, &row)?;
-            w.write_all(b"\n")?;
-        }
-        Ok(())
-    })
+    fsutil::write_jsonl(
+        path,
+        problems.iter().map(|p| Row { id: &p.id, question: &p.question, answer: &p.reference_solution }),
+    )
 }
 
 /// 64-bit FNV-1a: a tiny stable hash for deterministic splits (never changes across versions,

@@ -1,0 +1,93 @@
+//! The command line end to end: outputs, refusals to overwrite, and error messages that name
+//! the culprit.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn reasonrl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_reasonrl")).args(args).output().expect("run reasonrl")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = reasonrl(args);
+    assert!(out.status.success(), "reasonrl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = reasonrl(args);
+    assert!(!out.status.success(), "reasonrl {args:?} should fail");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn pipeline_runs_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (task, model, samples) = (dir.path().join("task"), dir.path().join("model"), dir.path().join("s.jsonl"));
+    ok(&["task", "make", "--task", "builtin:1", "--out", s(&task), "--train", "50", "--test", "10"]);
+    assert_eq!(std::fs::read_to_string(task.join("test.jsonl")).unwrap().lines().count(), 10);
+    let err = fails(&["task", "make", "--task", "builtin:1", "--out", s(&task)]);
+    assert!(err.contains("train.jsonl") && err.contains("--force"), "{err}");
+    ok(&["task", "make", "--task", "builtin:1", "--out", s(&task), "--train", "60", "--force"]);
+    assert_eq!(std::fs::read_to_string(task.join("train.jsonl")).unwrap().lines().count(), 60);
+
+    let gsm = format!("gsm8k:{}", s(&task));
+    ok(&["model", "init", "--preset", "tiny", "--task", &gsm, "--vocab-size", "300", "--out", s(&model)]);
+    let err = fails(&["model", "init", "--preset", "tiny", "--task", &gsm, "--out", s(&model)]);
+    assert!(err.contains("already exists"), "{err}");
+    let info = ok(&["model", "info", s(&model)]);
+    assert!(info.contains("LlamaForCausalLM") && info.contains("bos <s> eos </s> pad <pad>"), "{info}");
+
+    let args = ["sample", "--model", s(&model), "--task", &gsm, "--limit", "3", "-k", "2", "--temperature", "1"];
+    ok(&[&args[..], &["--max-new-tokens", "8", "--out", s(&samples)]].concat());
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&samples).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 6);
+    assert!(lines.iter().all(|e| e["correct"].is_boolean() && e["response_tokens"].as_array().unwrap().len() <= 8));
+    let err = fails(&[&args[..], &["--out", s(&samples)]].concat());
+    assert!(err.contains("s.jsonl"), "{err}");
+}
+
+#[test]
+fn bad_inputs_end_in_one_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    let task = dir.path().join("bad.jsonl");
+    ok(&["task", "make", "--task", "builtin:1", "--out", s(&dir.path().join("t")), "--train", "40", "--test", "5"]);
+    let corpus = format!("gsm8k:{}", s(&dir.path().join("t")));
+    ok(&["model", "init", "--preset", "tiny", "--task", &corpus, "--vocab-size", "300", "--out", s(&model)]);
+
+    // A malformed JSONL line names the file and the line.
+    std::fs::write(&task, "{\"question\": \"1+1?\", \"answer\": \"#### 2\"}\n{\"question\": \"oops\"\n").unwrap();
+    let err = fails(&["sample", "--model", s(&model), "--task", &format!("gsm8k:{}", s(&task))]);
+    assert!(err.contains("bad.jsonl:2"), "{err}");
+
+    // An unwritable output.
+    let err = fails(&["task", "make", "--task", "builtin:1", "--out", "/proc/reasonrl-cannot-write"]);
+    assert!(err.contains("/proc/reasonrl-cannot-write"), "{err}");
+
+    // A tokenizer bigger than the embedding table.
+    let big = dir.path().join("big");
+    ok(&["model", "init", "--preset", "tiny", "--task", "builtin:1", "--vocab-size", "600", "--out", s(&big)]);
+    let small_tokenizer = std::fs::read(model.join("tokenizer.json")).unwrap();
+    std::fs::copy(big.join("tokenizer.json"), model.join("tokenizer.json")).unwrap();
+    let err = fails(&["model", "info", s(&model)]);
+    assert!(err.contains("tokenizer.json has") && err.contains("vocab_size"), "{err}");
+    std::fs::write(model.join("tokenizer.json"), small_tokenizer).unwrap();
+
+    // An unsupported architecture.
+    let config_path = model.join("config.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    json["architectures"] = serde_json::json!(["GPTNeoXForCausalLM"]);
+    std::fs::write(&config_path, json.to_string()).unwrap();
+    let err = fails(&["model", "info", s(&model)]);
+    assert!(err.contains("config.json") && err.contains("GPTNeoXForCausalLM"), "{err}");
+
+    // Unknown names.
+    assert!(fails(&["model", "init", "--preset", "huge", "--out", s(&dir.path().join("x"))]).contains("huge"));
+    assert!(fails(&["sample", "--model", s(&model), "--device", "tpu"]).contains("tpu"));
+}
