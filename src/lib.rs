@@ -5,14 +5,19 @@
 //! KV cache, scored `Episode`s) -> algorithms -> checkpoints (`model`, HF folders).
 
 pub mod bench;
+pub mod config;
 pub mod error;
+pub mod eval;
 pub mod fsutil;
 pub mod model;
+pub mod plot;
+pub mod prompt;
 pub mod rng;
 pub mod rollout;
 pub mod sample;
 pub mod task;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
 

@@ -26,8 +26,62 @@ enum Command {
     Model(ModelCommand),
     /// Sample solutions from a model and check their answers.
     Sample(SampleArgs),
+    /// Pretrain a from-scratch model on a domain corpus (the "pretrained" init).
+    Pretrain(RunArgs),
+    /// Supervised fine-tuning on a task's reference solutions.
+    Sft(RunArgs),
+    /// Evaluate a model: maj@1, maj@k, pass@k, rerank@k with 95% intervals.
+    Eval(ConfigArgs),
+    /// Line charts (PNG and SVG) from runs' metrics.jsonl.
+    Plot(PlotArgs),
     /// Measure training and sampling throughput of the presets on this machine.
     Bench(BenchArgs),
+}
+
+/// A config file and overrides.
+#[derive(Args)]
+struct ConfigArgs {
+    /// TOML config (see configs/); without one, the defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. --set train.lr=3e-4 --set run.name=try2 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Overwrite existing outputs.
+    #[arg(long)]
+    force: bool,
+}
+
+/// A training run: config, overrides, and how to treat an existing run folder.
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Continue the run from its newest valid checkpoint.
+    #[arg(long, conflicts_with = "force")]
+    resume: bool,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// Run folders (each with a metrics.jsonl).
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Metrics to draw, comma-separated (e.g. loss or eval/maj@1).
+    #[arg(long, default_value = "loss", value_delimiter = ',')]
+    metrics: Vec<String>,
+    /// The x axis: step, samples_seen or tokens_seen.
+    #[arg(long, default_value = "step")]
+    x: String,
+    /// Output path without extension; writes OUT.png and OUT.svg.
+    #[arg(long)]
+    out: PathBuf,
+    /// Chart title.
+    #[arg(long)]
+    title: Option<String>,
+    /// Logarithmic y axis.
+    #[arg(long)]
+    log_y: bool,
 }
 
 #[derive(Subcommand)]
@@ -181,9 +235,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Model(ModelCommand::Init { preset, task, vocab_size, max_positions, seed, out, force }) => {
             fsutil::check_overwrite(&out, force)?;
             let problems = TaskSpec::parse(&task)?.load(Split::Train, None)?;
-            let corpus = problems
-                .iter()
-                .map(|p| format!("{}\n{}", reasonrl::rollout::plain_prompt(&p.question), p.reference_solution));
+            let corpus =
+                problems.iter().map(|p| format!("{}\n{}", reasonrl::prompt::plain(&p.question), p.reference_solution));
             let (model, tokenizer) = presets::init_from_scratch(&preset, corpus, vocab_size, max_positions, seed)?;
             model.save_with_tokenizer(&tokenizer, &out, force)?;
             println!(
@@ -195,9 +248,44 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Model(ModelCommand::Info { path }) => info(&path)?,
         Command::Sample(args) => sample(args)?,
+        Command::Pretrain(args) => {
+            let cfg: reasonrl::train::pretrain::PretrainConfig = load_config(&args.config)?;
+            let out = reasonrl::train::pretrain::run(&cfg, args.resume, args.config.force)?;
+            println!("pretrained model saved to {}", out.display());
+        }
+        Command::Sft(args) => {
+            let cfg: reasonrl::train::sft::SftConfig = load_config(&args.config)?;
+            let out = reasonrl::train::sft::run(&cfg, args.resume, args.config.force)?;
+            println!(
+                "fine-tuned model saved to {} (best by validation maj@1 in {})",
+                out.display(),
+                cfg.run.dir().join("best").display()
+            );
+        }
+        Command::Eval(args) => {
+            let cfg: reasonrl::eval::run::EvalConfig = load_config(&args)?;
+            reasonrl::eval::run::run(&cfg, args.force)?;
+        }
+        Command::Plot(args) => {
+            let request = reasonrl::plot::PlotRequest {
+                runs: args.runs,
+                metrics: args.metrics,
+                x: args.x,
+                out: args.out,
+                title: args.title,
+                log_y: args.log_y,
+            };
+            for path in reasonrl::plot::plot(&request)? {
+                println!("wrote {}", path.display());
+            }
+        }
         Command::Bench(args) => run_bench(args)?,
     }
     Ok(())
+}
+
+fn load_config<T: serde::de::DeserializeOwned + serde::Serialize>(args: &ConfigArgs) -> Result<T> {
+    Ok(reasonrl::config::load(args.config.as_deref(), &args.set)?)
 }
 
 fn info(path: &std::path::Path) -> Result<()> {
@@ -253,7 +341,7 @@ fn sample(args: SampleArgs) -> Result<()> {
         stop_after_answer_line: true,
     };
     let start = std::time::Instant::now();
-    let episodes = rollout(&model, &tokenizer, &problems, &cfg)?;
+    let episodes = rollout(&model, &tokenizer, &reasonrl::prompt::Prompter::plain(), &problems, &cfg)?;
     let seconds = start.elapsed().as_secs_f64();
     let tokens: usize = episodes.iter().map(|e| e.response_tokens.len()).sum();
     let correct = episodes.iter().filter(|e| e.correct).count();

@@ -3,6 +3,7 @@
 
 use crate::error::Result;
 use crate::model::Llama;
+use crate::prompt::Prompter;
 use crate::sample::{generate, Finish, SamplingConfig};
 use crate::task::{answers_match, extract_answer, Problem};
 use crate::tokenizer::Tokenizer;
@@ -23,28 +24,19 @@ pub struct Episode {
     pub correct: bool,
 }
 
-/// The plain prompt: the question, then the solution starts on the next line.
-pub fn plain_prompt(question: &str) -> String {
-    format!("Question: {question}\nAnswer:\n")
-}
-
-/// Prompt token ids: BOS (if the tokenizer has one) then the prompt text.
-pub fn encode_prompt(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
-    let mut ids: Vec<u32> = tokenizer.bos_id().into_iter().collect();
-    ids.extend(tokenizer.encode(text)?);
-    Ok(ids)
-}
-
 /// Samples `cfg.samples_per_prompt` solutions per problem and checks each answer.
+/// The prompter's stop strings are added to `cfg`'s.
 pub fn rollout(
     model: &Llama,
     tokenizer: &Tokenizer,
+    prompter: &Prompter,
     problems: &[Problem],
     cfg: &SamplingConfig,
 ) -> Result<Vec<Episode>> {
-    let prompts =
-        problems.iter().map(|p| encode_prompt(tokenizer, &plain_prompt(&p.question))).collect::<Result<Vec<_>>>()?;
-    let generations = generate(model, tokenizer, &prompts, cfg)?;
+    let prompts = problems.iter().map(|p| prompter.encode(tokenizer, &p.question)).collect::<Result<Vec<_>>>()?;
+    let mut cfg = cfg.clone();
+    cfg.stop_strings.extend(prompter.stop_strings());
+    let generations = generate(model, tokenizer, &prompts, &cfg)?;
     Ok(generations
         .into_iter()
         .map(|g| {

@@ -45,20 +45,26 @@ impl CausalLm {
     /// its head.
     pub fn load(dir: &Path, device: Device, with_head: bool) -> Result<Self> {
         let config = ModelConfig::load(&dir.join(CONFIG_FILE))?;
+        let mut model = CausalLm::new(&config, device, with_head || dir.join(HEAD_FILE).exists())?;
+        model.load_weights(dir)?;
+        Ok(model)
+    }
+
+    /// Copies the weights of a model folder into this model; every tensor must be there with
+    /// this model's shape (a head missing from the folder keeps its values).
+    pub fn load_weights(&mut self, dir: &Path) -> Result<()> {
         let head_file = dir.join(HEAD_FILE);
-        let model = CausalLm::new(&config, device, with_head || head_file.exists())?;
         let mut tensors = HashMap::new();
-        for file in weight_files(dir)? {
+        let mut files = weight_files(dir)?;
+        if head_file.exists() {
+            files.push(head_file.clone());
+        }
+        for file in files {
             for (name, t) in Tensor::read_safetensors(&file).map_err(|e| Error::file(&file, e.to_string()))? {
                 tensors.insert(name, (t, file.clone()));
             }
         }
-        if head_file.exists() {
-            for (name, t) in Tensor::read_safetensors(&head_file).map_err(|e| Error::file(&head_file, e.to_string()))? {
-                tensors.insert(name, (t, head_file.clone()));
-            }
-        }
-        let mut vars: Vec<_> = model.vs.variables().into_iter().collect();
+        let mut vars: Vec<_> = self.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         tch::no_grad(|| {
             for (name, mut var) in vars {
@@ -85,8 +91,7 @@ impl CausalLm {
                 }
             }
             Ok(())
-        })?;
-        Ok(model)
+        })
     }
 
     /// Saves config.json, model.safetensors, generation_config.json and, with a head,

@@ -5,6 +5,7 @@
 //! yields [`Problem`]s whose `reference_solution` is GSM8K-format text ending in "#### N".
 
 pub mod answer;
+pub mod corpus;
 pub mod gsm8k;
 pub mod svamp;
 pub mod synth;

@@ -1,0 +1,775 @@
+//! Evaluation metrics of the paper: maj@1 (greedy accuracy), maj@k (majority vote), unbiased
+//! pass@k, rerank@k (best-of-k under a scorer such as the ORM) and the number of distinct correct
+//! solutions, each with a 95% bootstrap interval over problems.
+//!
+//! Everything works on [`Episode`]s, so saved samples (see [`read_episodes`]) can be re-scored
+//! without sampling again.
+
+pub mod run;
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::rng::Rng;
+use crate::rollout::Episode;
+use crate::task::normalize_number;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Unbiased pass@k estimator (Chen et al. 2021) for `c` correct out of `n` samples:
+/// `1 - C(n-c, k) / C(n, k)`, computed as the stable product `1 - prod_{i=n-c+1..=n} (1 - k/i)`
+/// (no huge binomials); exactly 1.0 when `n - c < k`.
+///
+/// # Panics
+/// If `k == 0`, `k > n` or `c > n`: these are caller bugs, not data errors.
+pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
+    assert!(k >= 1, "pass@k needs k >= 1");
+    assert!(k <= n, "pass@{k} needs at least {k} samples, got n = {n}");
+    assert!(c <= n, "c = {c} correct out of n = {n} samples");
+    if n - c < k {
+        return 1.0;
+    }
+    let miss: f64 = (n - c + 1..=n).map(|i| 1.0 - k as f64 / i as f64).product();
+    1.0 - miss
+}
+
+/// Index of the majority answer's first occurrence, or None if every answer is None.
+///
+/// Answers are grouped by their normalised number text (they normally arrive normalised
+/// already; normalising again makes "3.0" and "3" one vote). Ties go to the answer seen first,
+/// so the result never depends on hash order.
+fn majority_index(answers: &[Option<String>]) -> Option<usize> {
+    // key -> (votes, first index)
+    let mut groups: HashMap<String, (usize, usize)> = HashMap::new();
+    for (i, a) in answers.iter().enumerate() {
+        if let Some(a) = a {
+            let key = normalize_number(a).unwrap_or_else(|| a.clone());
+            groups.entry(key).or_insert((0, i)).0 += 1;
+        }
+    }
+    // Max votes, then smallest first index.
+    groups.into_values().max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1))).map(|(_, first)| first)
+}
+
+/// Majority vote over extracted answers (None ignored). Ties are broken deterministically: the
+/// answer whose first occurrence is earliest wins. Returns the text of that first occurrence;
+/// None if there are no answers.
+pub fn majority_vote(answers: &[Option<String>]) -> Option<String> {
+    majority_index(answers).and_then(|i| answers[i].clone())
+}
+
+/// Ranks samples (the ORM later; anything now). Higher is better.
+pub trait Scorer {
+    /// One score per episode, in the same order.
+    fn score(&self, episodes: &[Episode]) -> Result<Vec<f64>>;
+}
+
+/// A scorer for tests and baselines: the mean behaviour log-prob (sum of `logprobs` / length),
+/// i.e. the policy's own confidence. An empty response scores `-inf` (ranked last), since
+/// it has no confidence to speak of.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MeanLogprobScorer;
+
+impl Scorer for MeanLogprobScorer {
+    fn score(&self, episodes: &[Episode]) -> Result<Vec<f64>> {
+        Ok(episodes
+            .iter()
+            .map(|e| {
+                if e.logprobs.is_empty() {
+                    f64::NEG_INFINITY
+                } else {
+                    e.logprobs.iter().map(|&x| x as f64).sum::<f64>() / e.logprobs.len() as f64
+                }
+            })
+            .collect())
+    }
+}
+
+/// 95% percentile bootstrap interval of the mean of per-problem `values`: resamples the
+/// problems with replacement `resamples` times using `Rng::new(seed)`, and returns
+/// `(mean, lo, hi)` with lo/hi the 2.5% / 97.5% quantiles (linear interpolation) of the
+/// resampled means. With `resamples == 0` the interval collapses to the mean; with no values
+/// all three are NaN.
+pub fn bootstrap_ci(values: &[f64], resamples: usize, seed: u64) -> (f64, f64, f64) {
+    let n = values.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let mean = values.iter().sum::<f64>() / n as f64;
+    if resamples == 0 {
+        return (mean, mean, mean);
+    }
+    let mut rng = Rng::new(seed);
+    let mut means: Vec<f64> = (0..resamples)
+        .map(|_| (0..n).map(|_| values[rng.range(0, n as i64 - 1) as usize]).sum::<f64>() / n as f64)
+        .collect();
+    means.sort_by(f64::total_cmp);
+    (mean, quantile(&means, 0.025), quantile(&means, 0.975))
+}
+
+/// Linear-interpolation quantile of sorted, non-empty data.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let pos = q * (sorted.len() - 1) as f64;
+    let (i, t) = (pos.floor() as usize, pos.fract());
+    let j = (i + 1).min(sorted.len() - 1);
+    // a + (b - a) * t is exactly a when a == b, so constant data gives a zero-width interval.
+    sorted[i] + (sorted[j] - sorted[i]) * t
+}
+
+/// A mean over problems with its 95% bootstrap interval (all fractions in [0, 1] for rates).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Metric {
+    pub value: f64,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+impl Metric {
+    fn bootstrap(values: &[f64], opts: &EvalOptions) -> Self {
+        let (value, lo, hi) = bootstrap_ci(values, opts.bootstrap_resamples, opts.seed);
+        Metric { value, lo, hi }
+    }
+}
+
+/// One sample of one problem, as written to records.jsonl.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SampleRecord {
+    pub text: String,
+    pub extracted_answer: Option<String>,
+    pub correct: bool,
+    /// The scorer's score, when scores were given (a non-finite score is written as null).
+    pub score: Option<f64>,
+    /// Number of response tokens.
+    pub tokens: usize,
+}
+
+/// Per-problem record written to records.jsonl.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ProblemRecord {
+    pub problem_id: String,
+    pub reference_answer: String,
+    /// The greedy sample (maj@1).
+    pub greedy: Option<SampleRecord>,
+    /// The n temperature samples, in `sample_index` order.
+    pub samples: Vec<SampleRecord>,
+    /// How many of `samples` are correct.
+    pub correct_samples: usize,
+    /// Distinct correct texts among `samples` (whitespace-normalised).
+    pub distinct_correct: usize,
+    /// k -> majority answer of the first k samples.
+    pub majority: BTreeMap<usize, Option<String>>,
+    /// k -> unbiased pass@k from all n samples.
+    pub pass: BTreeMap<usize, f64>,
+    /// k -> is the top-scored of the first k samples correct (empty without scores).
+    pub rerank: BTreeMap<usize, bool>,
+}
+
+/// Aggregate metrics over all problems.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EvalSummary {
+    pub problems: usize,
+    /// n: temperature samples per problem (0 for a greedy-only evaluation).
+    pub samples_per_problem: usize,
+    /// Sampling temperature of `samples`, as passed in [`EvalOptions`].
+    pub temperature: Option<f64>,
+    /// Greedy accuracy (None without greedy episodes).
+    pub maj1: Option<Metric>,
+    pub maj: BTreeMap<usize, Metric>,
+    pub pass: BTreeMap<usize, Metric>,
+    /// Empty without scores.
+    pub rerank: BTreeMap<usize, Metric>,
+    pub mean_distinct_correct: f64,
+    /// Mean response length of the temperature samples (of the greedy ones if there are none).
+    pub mean_response_tokens: f64,
+}
+
+/// What to compute.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalOptions {
+    /// The k of maj@k, pass@k and rerank@k; each must be in 1..=n.
+    pub ks: Vec<usize>,
+    /// Bootstrap resamples for the 95% intervals.
+    pub bootstrap_resamples: usize,
+    /// Bootstrap seed (the same resamples are used for every metric).
+    pub seed: u64,
+    /// Sampling temperature, only recorded in the summary.
+    pub temperature: Option<f64>,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions { ks: vec![1], bootstrap_resamples: 1000, seed: 0, temperature: None }
+    }
+}
+
+/// Texts compared after whitespace normalisation, so line-wrapping differences don't count as
+/// distinct solutions.
+fn normalize_whitespace(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn sample_record(e: &Episode, score: Option<f64>) -> SampleRecord {
+    SampleRecord {
+        text: e.text.clone(),
+        extracted_answer: e.extracted_answer.clone(),
+        correct: e.correct,
+        score,
+        tokens: e.response_tokens.len(),
+    }
+}
+
+/// One problem's episodes, gathered before computing.
+struct Group<'a> {
+    id: &'a str,
+    reference: &'a str,
+    greedy: Option<&'a Episode>,
+    /// (episode, score), sorted by sample_index later.
+    samples: Vec<(&'a Episode, Option<f64>)>,
+}
+
+/// Groups episodes by problem (order of first appearance in `greedy`, then `samples`) and
+/// computes every metric.
+///
+/// - maj@k and rerank@k use the FIRST k samples by `sample_index`: deterministic, and equal to
+///   the paper's maj@96 when n = k = 96. pass@k uses all n samples (unbiased estimator).
+/// - A majority answer counts as correct when the episode that first gave it is `correct`, so
+///   eval agrees with whatever checker produced the episodes.
+/// - rerank@k picks the highest score among the first k samples (ties: lowest `sample_index`).
+/// - `scores`: one per sample episode, in the order of `samples` (e.g. from a [`Scorer`]);
+///   rerank is computed only when given.
+/// - distinct_correct: distinct correct sample texts after whitespace normalisation.
+///
+/// Errors ([`Error::Invalid`]): a k of 0 or larger than n; problems with different numbers of
+/// samples; a repeated `sample_index` or greedy episode for one problem; a problem without a
+/// greedy episode when others have one; episodes of one problem disagreeing on the reference
+/// answer; `scores` of the wrong length or containing NaN; no episodes at all.
+pub fn evaluate(
+    greedy: &[Episode],
+    samples: &[Episode],
+    scores: Option<&[f64]>,
+    opts: &EvalOptions,
+) -> Result<(Vec<ProblemRecord>, EvalSummary)> {
+    if let Some(s) = scores {
+        if s.len() != samples.len() {
+            return Err(Error::Invalid(format!("{} scores for {} sample episodes", s.len(), samples.len())));
+        }
+        if let Some(i) = s.iter().position(|x| x.is_nan()) {
+            return Err(Error::Invalid(format!("score {i} is NaN")));
+        }
+    }
+
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut groups: Vec<Group> = Vec::new();
+    for (i, e) in greedy.iter().chain(samples).enumerate() {
+        let g = match index.get(e.problem_id.as_str()) {
+            Some(&g) => g,
+            None => {
+                index.insert(&e.problem_id, groups.len());
+                groups.push(Group { id: &e.problem_id, reference: &e.reference_answer, greedy: None, samples: vec![] });
+                groups.len() - 1
+            }
+        };
+        let group = &mut groups[g];
+        if group.reference != e.reference_answer {
+            return Err(Error::Invalid(format!(
+                "problem {:?}: episodes disagree on the reference answer ({:?} vs {:?})",
+                e.problem_id, group.reference, e.reference_answer
+            )));
+        }
+        if i < greedy.len() {
+            if group.greedy.is_some() {
+                return Err(Error::Invalid(format!("problem {:?} has more than one greedy episode", e.problem_id)));
+            }
+            group.greedy = Some(e);
+        } else {
+            let j = i - greedy.len();
+            group.samples.push((e, scores.map(|s| s[j])));
+        }
+    }
+    if groups.is_empty() {
+        return Err(Error::Invalid("no episodes to evaluate".into()));
+    }
+
+    let (n, first_id) = (groups[0].samples.len(), groups[0].id);
+    for g in &mut groups {
+        if g.samples.len() != n {
+            return Err(Error::Invalid(format!(
+                "problem {:?} has {} samples but problem {:?} has {n}; every problem needs the same number",
+                g.id,
+                g.samples.len(),
+                first_id
+            )));
+        }
+        if !greedy.is_empty() && g.greedy.is_none() {
+            return Err(Error::Invalid(format!("problem {:?} has no greedy episode", g.id)));
+        }
+        g.samples.sort_by_key(|(e, _)| e.sample_index);
+        if let Some(w) = g.samples.windows(2).find(|w| w[0].0.sample_index == w[1].0.sample_index) {
+            return Err(Error::Invalid(format!("problem {:?} has sample_index {} twice", g.id, w[0].0.sample_index)));
+        }
+    }
+    for &k in &opts.ks {
+        if k == 0 || k > n {
+            return Err(Error::Invalid(format!("k = {k} is not in 1..=n, with n = {n} samples per problem")));
+        }
+    }
+    let ks: BTreeSet<usize> = opts.ks.iter().copied().collect();
+
+    // Per-problem values that the summary bootstraps, keyed like the summary maps.
+    let mut maj1 = Vec::new();
+    let mut maj: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut pass: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut rerank: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut distinct = Vec::new();
+    let mut records = Vec::with_capacity(groups.len());
+
+    for g in &groups {
+        let correct_samples = g.samples.iter().filter(|(e, _)| e.correct).count();
+        let distinct_correct = g
+            .samples
+            .iter()
+            .filter(|(e, _)| e.correct)
+            .map(|(e, _)| normalize_whitespace(&e.text))
+            .collect::<HashSet<_>>()
+            .len();
+        let answers: Vec<Option<String>> = g.samples.iter().map(|(e, _)| e.extracted_answer.clone()).collect();
+
+        let mut rec_majority = BTreeMap::new();
+        let mut rec_pass = BTreeMap::new();
+        let mut rec_rerank = BTreeMap::new();
+        for &k in &ks {
+            let top = majority_index(&answers[..k]);
+            rec_majority.insert(k, top.and_then(|i| answers[i].clone()));
+            maj.entry(k).or_default().push(top.is_some_and(|i| g.samples[i].0.correct) as u8 as f64);
+
+            let p = pass_at_k(n, correct_samples, k);
+            rec_pass.insert(k, p);
+            pass.entry(k).or_default().push(p);
+
+            if scores.is_some() {
+                // Highest score wins; ties go to the earlier sample (hence the reversed index order).
+                let score = |i: usize| g.samples[i].1.unwrap_or(f64::NEG_INFINITY);
+                let best = (0..k).max_by(|&i, &j| score(i).total_cmp(&score(j)).then(j.cmp(&i))).expect("k >= 1");
+                let ok = g.samples[best].0.correct;
+                rec_rerank.insert(k, ok);
+                rerank.entry(k).or_default().push(ok as u8 as f64);
+            }
+        }
+        if let Some(e) = g.greedy {
+            maj1.push(e.correct as u8 as f64);
+        }
+        distinct.push(distinct_correct as f64);
+
+        records.push(ProblemRecord {
+            problem_id: g.id.to_string(),
+            reference_answer: g.reference.to_string(),
+            greedy: g.greedy.map(|e| sample_record(e, None)),
+            samples: g.samples.iter().map(|(e, s)| sample_record(e, *s)).collect(),
+            correct_samples,
+            distinct_correct,
+            majority: rec_majority,
+            pass: rec_pass,
+            rerank: rec_rerank,
+        });
+    }
+
+    let lengths: Vec<f64> =
+        if samples.is_empty() { greedy } else { samples }.iter().map(|e| e.response_tokens.len() as f64).collect();
+    let boot = |m: BTreeMap<usize, Vec<f64>>| -> BTreeMap<usize, Metric> {
+        m.into_iter().map(|(k, v)| (k, Metric::bootstrap(&v, opts))).collect()
+    };
+    let summary = EvalSummary {
+        problems: groups.len(),
+        samples_per_problem: n,
+        temperature: opts.temperature,
+        maj1: (!maj1.is_empty()).then(|| Metric::bootstrap(&maj1, opts)),
+        maj: boot(maj),
+        pass: boot(pass),
+        rerank: boot(rerank),
+        mean_distinct_correct: distinct.iter().sum::<f64>() / distinct.len() as f64,
+        mean_response_tokens: mean_or_zero(&lengths),
+    };
+    Ok((records, summary))
+}
+
+fn mean_or_zero(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+/// A markdown table of the summary: one row per metric (maj@1, maj@k, pass@k, rerank@k) with
+/// its value and 95% interval as percentages, e.g. `| pass@16 | 63.2% | [58.1, 68.0] |`, then a
+/// line with the number of problems, samples per problem, temperature and the means.
+pub fn summary_markdown(summary: &EvalSummary, title: &str) -> String {
+    let mut out = String::new();
+    let row = |out: &mut String, name: String, m: &Metric| {
+        let _ = writeln!(out, "| {name} | {:.1}% | [{:.1}, {:.1}] |", 100.0 * m.value, 100.0 * m.lo, 100.0 * m.hi);
+    };
+    let _ = writeln!(out, "## {title}\n");
+    out.push_str("| metric | value | 95% CI |\n|---|---:|---|\n");
+    if let Some(m) = &summary.maj1 {
+        row(&mut out, "maj@1".into(), m);
+    }
+    for (prefix, map) in [("maj", &summary.maj), ("pass", &summary.pass), ("rerank", &summary.rerank)] {
+        for (k, m) in map {
+            row(&mut out, format!("{prefix}@{k}"), m);
+        }
+    }
+    let temperature = summary.temperature.map_or_else(|| "-".to_string(), |t| format!("{t}"));
+    let _ = writeln!(
+        out,
+        "\nProblems: {}, samples per problem: {}, temperature: {temperature}, mean distinct correct: {:.2}, \
+         mean response tokens: {:.1}",
+        summary.problems, summary.samples_per_problem, summary.mean_distinct_correct, summary.mean_response_tokens
+    );
+    out
+}
+
+/// Writes records.jsonl, summary.json and summary.md into `dir` (created if missing), each
+/// atomically.
+pub fn write_report(dir: &Path, records: &[ProblemRecord], summary: &EvalSummary, title: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    fsutil::write_jsonl(&dir.join("records.jsonl"), records)?;
+    fsutil::write_atomic(&dir.join("summary.json"), |w| {
+        serde_json::to_writer_pretty(&mut *w, summary)?;
+        w.write_all(b"\n")
+    })?;
+    let md = summary_markdown(summary, title);
+    fsutil::write_atomic(&dir.join("summary.md"), |w| w.write_all(md.as_bytes()))
+}
+
+/// Reads an episodes JSONL file (as written by `reasonrl sample --out`: one JSON [`Episode`]
+/// per line; blank lines skipped), so saved samples can be evaluated without resampling. A
+/// malformed line is an error naming the file and line.
+pub fn read_episodes(path: &Path) -> Result<Vec<Episode>> {
+    let text = fsutil::read_to_string(path)?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let e = serde_json::from_str(line).map_err(|e| Error::line(path, i + 1, format!("bad episode: {e}")))?;
+        out.push(e);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::Finish;
+    use proptest::prelude::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    /// C(n, k) as f64 from exact u128 arithmetic (fine for n <= 20).
+    fn binom(n: usize, k: usize) -> f64 {
+        if k > n {
+            return 0.0;
+        }
+        let mut r: u128 = 1;
+        for i in 0..k {
+            r = r * (n - i) as u128 / (i + 1) as u128;
+        }
+        r as f64
+    }
+
+    #[test]
+    fn pass_at_k_hand_values() {
+        assert_eq!(pass_at_k(5, 0, 1), 0.0);
+        assert_eq!(pass_at_k(5, 0, 5), 0.0);
+        assert_eq!(pass_at_k(5, 5, 1), 1.0);
+        assert_eq!(pass_at_k(4, 1, 4), 1.0);
+        assert!(close(pass_at_k(4, 1, 2), 0.5));
+        assert!(close(pass_at_k(10, 3, 1), 0.3));
+        assert!(close(pass_at_k(5, 2, 3), 0.9));
+    }
+
+    #[test]
+    fn pass_at_k_matches_binomials() {
+        for n in 1..=20 {
+            for c in 0..=n {
+                for k in 1..=n {
+                    let direct = 1.0 - binom(n - c, k) / binom(n, k);
+                    let got = pass_at_k(n, c, k);
+                    assert!((got - direct).abs() < 1e-9, "n={n} c={c} k={k}: {got} vs {direct}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "pass@6 needs at least 6 samples")]
+    fn pass_at_k_rejects_k_above_n() {
+        pass_at_k(5, 1, 6);
+    }
+
+    #[test]
+    #[should_panic(expected = "k >= 1")]
+    fn pass_at_k_rejects_k_zero() {
+        pass_at_k(5, 1, 0);
+    }
+
+    proptest! {
+        #[test]
+        fn pass_at_k_is_monotone(n in 1usize..200, c_frac in 0.0f64..=1.0, k_frac in 0.0f64..=1.0) {
+            let c = ((n as f64 * c_frac) as usize).min(n);
+            let k = ((n as f64 * k_frac) as usize).clamp(1, n);
+            let p = pass_at_k(n, c, k);
+            prop_assert!((0.0..=1.0).contains(&p));
+            if k < n {
+                prop_assert!(pass_at_k(n, c, k + 1) >= p - 1e-12);
+            }
+            if c < n {
+                prop_assert!(pass_at_k(n, c + 1, k) >= p - 1e-12);
+            }
+        }
+    }
+
+    fn answers(xs: &[Option<&str>]) -> Vec<Option<String>> {
+        xs.iter().map(|x| x.map(String::from)).collect()
+    }
+
+    #[test]
+    fn majority_vote_cases() {
+        let s = |x| Some(x);
+        assert_eq!(majority_vote(&answers(&[s("1"), s("2"), s("2"), None, s("2"), s("1")])), Some("2".into()));
+        assert_eq!(majority_vote(&answers(&[s("3"), s("5"), s("5"), s("3")])), Some("3".into()));
+        assert_eq!(majority_vote(&answers(&[s("5"), s("3"), s("3"), s("5")])), Some("5".into()));
+        // None never votes, even when it is the most common.
+        assert_eq!(majority_vote(&answers(&[None, None, s("4")])), Some("4".into()));
+        assert_eq!(majority_vote(&answers(&[None, None])), None);
+        assert_eq!(majority_vote(&[]), None);
+        // "3.0" and "3" are one answer.
+        assert_eq!(majority_vote(&answers(&[s("7"), s("3"), s("3.0")])), Some("3".into()));
+    }
+
+    #[test]
+    fn bootstrap_constant_values() {
+        assert_eq!(bootstrap_ci(&[0.5; 10], 200, 1), (0.5, 0.5, 0.5));
+        assert_eq!(bootstrap_ci(&[0.0, 1.0], 0, 1), (0.5, 0.5, 0.5));
+    }
+
+    #[test]
+    fn bootstrap_interval_contains_mean_and_is_deterministic() {
+        let values: Vec<f64> = (0..40).map(|i| (i % 3 == 0) as u8 as f64).collect(); // 14 of 40
+        let (mean, lo, hi) = bootstrap_ci(&values, 1000, 7);
+        assert!(close(mean, 14.0 / 40.0));
+        assert!(lo < mean && mean < hi, "{lo} {mean} {hi}");
+        assert!(lo >= 0.0 && hi <= 1.0);
+        assert_eq!(bootstrap_ci(&values, 1000, 7), (mean, lo, hi));
+        assert_ne!(bootstrap_ci(&values, 1000, 8), (mean, lo, hi));
+    }
+
+    #[test]
+    fn bootstrap_wider_for_fewer_problems() {
+        let few: Vec<f64> = (0..10).map(|i| (i % 2) as f64).collect();
+        let many: Vec<f64> = (0..400).map(|i| (i % 2) as f64).collect();
+        let (_, lo_f, hi_f) = bootstrap_ci(&few, 1000, 3);
+        let (_, lo_m, hi_m) = bootstrap_ci(&many, 1000, 3);
+        // Standard errors are 0.158 and 0.025: the widths differ by far more than noise.
+        assert!(hi_f - lo_f > 3.0 * (hi_m - lo_m), "{} vs {}", hi_f - lo_f, hi_m - lo_m);
+    }
+
+    fn ep(pid: &str, reference: &str, idx: usize, text: &str, answer: Option<&str>, logprobs: &[f32]) -> Episode {
+        Episode {
+            problem_id: pid.into(),
+            sample_index: idx,
+            prompt_tokens: vec![1, 2],
+            response_tokens: vec![7; logprobs.len()],
+            text: text.into(),
+            logprobs: logprobs.to_vec(),
+            finish: Finish::Stop,
+            extracted_answer: answer.map(String::from),
+            correct: answer == Some(reference),
+            reference_answer: reference.into(),
+        }
+    }
+
+    /// Three problems, greedy + 4 samples each; samples deliberately out of order.
+    ///
+    /// A (ref 10): answers 10, 7, 10, 10; two texts equal up to whitespace; s0 (right) and s1
+    /// (wrong) tie on the top score -> s0.
+    /// B (ref 5):  answers 6, 5, 5, 6 (tie -> "6", wrong); s1 and s2 tie on score -> s1 (right).
+    /// C (ref 1):  answers -, -, -, 2; nothing correct.
+    fn fixture() -> (Vec<Episode>, Vec<Episode>) {
+        let greedy = vec![
+            ep("A", "10", 0, "g", Some("10"), &[-0.5; 3]),
+            ep("B", "5", 0, "g", Some("6"), &[-0.5; 3]),
+            ep("C", "1", 0, "g", Some("1"), &[-0.5; 3]),
+        ];
+        let samples = vec![
+            ep("B", "5", 3, "w2", Some("6"), &[-1.0]),
+            ep("A", "10", 3, "other", Some("10"), &[-3.0]),
+            ep("A", "10", 1, "wrong", Some("7"), &[-0.125]),
+            ep("B", "5", 0, "w1", Some("6"), &[-0.5]),
+            ep("B", "5", 1, "x", Some("5"), &[-0.25]),
+            ep("B", "5", 2, "y", Some("5"), &[-0.5, 0.0]),
+            ep("A", "10", 0, "a  b\n", Some("10"), &[-0.25, 0.0]),
+            ep("A", "10", 2, "a b", Some("10"), &[-2.0]),
+            ep("C", "1", 0, "?", None, &[-1.0]),
+            ep("C", "1", 1, "?", None, &[-1.0]),
+            ep("C", "1", 2, "?", None, &[-1.0]),
+            ep("C", "1", 3, "2", Some("2"), &[-1.0]),
+        ];
+        (greedy, samples)
+    }
+
+    fn opts(ks: &[usize]) -> EvalOptions {
+        EvalOptions { ks: ks.to_vec(), bootstrap_resamples: 200, seed: 5, temperature: Some(0.7) }
+    }
+
+    #[test]
+    fn evaluate_hand_made_set() {
+        let (greedy, samples) = fixture();
+        let scores = MeanLogprobScorer.score(&samples).unwrap();
+        let (records, s) = evaluate(&greedy, &samples, Some(&scores), &opts(&[4, 2])).unwrap();
+
+        let ids: Vec<&str> = records.iter().map(|r| r.problem_id.as_str()).collect();
+        assert_eq!(ids, ["A", "B", "C"]);
+        let a = &records[0];
+        let idx_texts: Vec<&str> = a.samples.iter().map(|r| r.text.as_str()).collect();
+        assert_eq!(idx_texts, ["a  b\n", "wrong", "a b", "other"]);
+        assert_eq!(a.samples[1].score, Some(-0.125));
+        assert_eq!((a.correct_samples, a.distinct_correct), (3, 2));
+        assert_eq!(a.majority[&4], Some("10".into()));
+        assert_eq!(a.majority[&2], Some("10".into())); // 10 vs 7: earliest wins
+        assert_eq!(a.pass[&2], 1.0);
+        assert_eq!((a.rerank[&2], a.rerank[&4]), (true, true));
+        assert!(a.greedy.as_ref().unwrap().correct);
+
+        let b = &records[1];
+        assert_eq!((b.correct_samples, b.distinct_correct), (2, 2));
+        assert_eq!(b.majority[&4], Some("6".into()));
+        assert!(close(b.pass[&2], 5.0 / 6.0));
+        assert_eq!((b.rerank[&2], b.rerank[&4]), (true, true));
+
+        let c = &records[2];
+        assert_eq!((c.correct_samples, c.distinct_correct), (0, 0));
+        assert_eq!(c.majority[&2], None);
+        assert_eq!(c.majority[&4], Some("2".into()));
+        assert_eq!(c.pass[&2], 0.0);
+
+        assert_eq!((s.problems, s.samples_per_problem, s.temperature), (3, 4, Some(0.7)));
+        assert!(close(s.maj1.as_ref().unwrap().value, 2.0 / 3.0));
+        assert!(close(s.maj[&4].value, 1.0 / 3.0));
+        assert!(close(s.maj[&2].value, 1.0 / 3.0));
+        assert!(close(s.pass[&2].value, 11.0 / 18.0));
+        assert_eq!(s.pass[&4].value, 2.0 / 3.0);
+        assert!(close(s.rerank[&4].value, 2.0 / 3.0));
+        assert!(close(s.rerank[&2].value, 2.0 / 3.0));
+        assert!(close(s.mean_distinct_correct, 4.0 / 3.0));
+        assert!(close(s.mean_response_tokens, 14.0 / 12.0));
+        let m = &s.pass[&2];
+        assert!(m.lo <= m.value && m.value <= m.hi);
+    }
+
+    #[test]
+    fn evaluate_without_greedy_or_scores() {
+        let (_, samples) = fixture();
+        let (records, s) = evaluate(&[], &samples, None, &opts(&[4])).unwrap();
+        // First appearance in `samples`: B, then A, then C.
+        let ids: Vec<&str> = records.iter().map(|r| r.problem_id.as_str()).collect();
+        assert_eq!(ids, ["B", "A", "C"]);
+        assert!(s.maj1.is_none() && s.rerank.is_empty() && records.iter().all(|r| r.rerank.is_empty()));
+        assert!(records.iter().all(|r| r.greedy.is_none() && r.samples.iter().all(|x| x.score.is_none())));
+        assert!(close(s.maj[&4].value, 1.0 / 3.0));
+    }
+
+    #[test]
+    fn evaluate_greedy_only() {
+        let (greedy, _) = fixture();
+        let (_, s) = evaluate(&greedy, &[], None, &opts(&[])).unwrap();
+        assert_eq!(s.samples_per_problem, 0);
+        assert!(close(s.maj1.unwrap().value, 2.0 / 3.0));
+        assert_eq!(s.mean_response_tokens, 3.0);
+        let err = evaluate(&greedy, &[], None, &opts(&[1])).unwrap_err().to_string();
+        assert!(err.contains("k = 1") && err.contains("n = 0"), "{err}");
+    }
+
+    #[test]
+    fn evaluate_errors() {
+        let (greedy, samples) = fixture();
+        let err = evaluate(&greedy, &samples, None, &opts(&[2, 5])).unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)));
+        let msg = err.to_string();
+        assert!(msg.contains("k = 5") && msg.contains("n = 4"), "{msg}");
+        assert!(evaluate(&greedy, &samples, None, &opts(&[0])).is_err());
+        // Wrong number of scores, NaN scores.
+        assert!(evaluate(&greedy, &samples, Some(&[0.0; 3]), &opts(&[2])).is_err());
+        let mut nan = vec![0.0; samples.len()];
+        nan[4] = f64::NAN;
+        assert!(evaluate(&greedy, &samples, Some(&nan), &opts(&[2])).is_err());
+        // Uneven sample counts.
+        let msg = evaluate(&greedy, &samples[1..], None, &opts(&[2])).unwrap_err().to_string();
+        assert!(msg.contains("\"B\" has 3 samples"), "{msg}");
+        // A repeated sample index.
+        let mut dup = samples.clone();
+        dup[1].sample_index = 1;
+        assert!(evaluate(&greedy, &dup, None, &opts(&[2])).unwrap_err().to_string().contains("sample_index 1 twice"));
+        // A problem without its greedy episode.
+        assert!(evaluate(&greedy[..2], &samples, None, &opts(&[2])).unwrap_err().to_string().contains("\"C\""));
+        assert!(evaluate(&[], &[], None, &opts(&[])).is_err());
+    }
+
+    #[test]
+    fn markdown_rows() {
+        let m = |value, lo, hi| Metric { value, lo, hi };
+        let summary = EvalSummary {
+            problems: 500,
+            samples_per_problem: 16,
+            temperature: Some(0.7),
+            maj1: Some(m(0.41, 0.38, 0.44)),
+            maj: BTreeMap::from([(16, m(0.5, 0.45, 0.55))]),
+            pass: BTreeMap::from([(16, m(0.632, 0.581, 0.68))]),
+            rerank: BTreeMap::new(),
+            mean_distinct_correct: 3.214,
+            mean_response_tokens: 120.0,
+        };
+        let md = summary_markdown(&summary, "SFT");
+        assert!(md.starts_with("## SFT\n"));
+        assert!(md.contains("| maj@1 | 41.0% | [38.0, 44.0] |\n| maj@16 | 50.0% | [45.0, 55.0] |\n"), "{md}");
+        assert!(md.contains("| pass@16 | 63.2% | [58.1, 68.0] |"), "{md}");
+        assert!(!md.contains("rerank"));
+        assert!(md.contains("Problems: 500, samples per problem: 16, temperature: 0.7, mean distinct correct: 3.21"));
+    }
+
+    #[test]
+    fn report_files_round_trip() {
+        let (greedy, samples) = fixture();
+        let (records, summary) = evaluate(&greedy, &samples, None, &opts(&[2])).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("eval/run1");
+        write_report(&out, &records, &summary, "test").unwrap();
+        let json = std::fs::read_to_string(out.join("summary.json")).unwrap();
+        assert_eq!(serde_json::from_str::<EvalSummary>(&json).unwrap(), summary);
+        let lines = std::fs::read_to_string(out.join("records.jsonl")).unwrap();
+        let back: Vec<ProblemRecord> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(back, records);
+        assert_eq!(std::fs::read_to_string(out.join("summary.md")).unwrap(), summary_markdown(&summary, "test"));
+    }
+
+    #[test]
+    fn read_episodes_round_trip_and_errors() {
+        let (_, samples) = fixture();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("episodes.jsonl");
+        fsutil::write_jsonl(&path, &samples).unwrap();
+        assert_eq!(read_episodes(&path).unwrap(), samples);
+
+        let good = serde_json::to_string(&samples[0]).unwrap();
+        std::fs::write(&path, format!("{good}\n\n{{\"problem_id\": 3}}\n")).unwrap();
+        let err = read_episodes(&path).unwrap_err();
+        assert!(matches!(err, Error::Line { line: 3, .. }), "{err}");
+        assert!(err.to_string().contains("episodes.jsonl:3:"), "{err}");
+
+        let missing = dir.path().join("nope.jsonl");
+        assert!(read_episodes(&missing).unwrap_err().to_string().contains("nope.jsonl"));
+    }
+}

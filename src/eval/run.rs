@@ -1,0 +1,146 @@
+//! `reasonrl eval`: one greedy pass (maj@1) and one pass of n samples at temperature T per
+//! problem, from which every metric is computed; or the same metrics from the episodes of an
+//! earlier run (`reuse`), without sampling again.
+
+use super::{
+    evaluate, read_episodes, summary_markdown, write_report, EvalOptions, EvalSummary, MeanLogprobScorer, Scorer,
+};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::model::CausalLm;
+use crate::prompt::{PromptConfig, Prompter};
+use crate::rollout::{rollout, Episode};
+use crate::sample::SamplingConfig;
+use crate::task::{Split, TaskSpec};
+use std::path::{Path, PathBuf};
+
+/// `reasonrl eval` settings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Model folder.
+    pub model: PathBuf,
+    pub task: String,
+    /// "test" or "train".
+    pub split: String,
+    /// Problems evaluated (the first N of the split; 0 = all).
+    pub problems: usize,
+    /// Samples per problem for maj@k / pass@k / rerank@k (0 = greedy only).
+    pub samples: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    /// The k of maj@k, pass@k and rerank@k (each at most `samples`).
+    pub ks: Vec<usize>,
+    pub max_new_tokens: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub bootstrap_resamples: usize,
+    /// Scorer for rerank@k: "" (none) or "mean-logprob" (the policy's own confidence).
+    pub scorer: String,
+    pub prompt: PromptConfig,
+    /// Output folder: greedy.jsonl, samples.jsonl, records.jsonl, summary.json, summary.md.
+    pub out: PathBuf,
+    /// Score the episodes saved in this earlier output folder instead of sampling.
+    pub reuse: Option<PathBuf>,
+    pub device: String,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            model: PathBuf::new(),
+            task: "builtin".into(),
+            split: "test".into(),
+            problems: 0,
+            samples: 16,
+            temperature: 0.7,
+            top_p: 1.0,
+            ks: vec![1, 4, 16],
+            max_new_tokens: 256,
+            batch_size: 64,
+            seed: 0,
+            bootstrap_resamples: 1000,
+            scorer: String::new(),
+            prompt: PromptConfig::default(),
+            out: "runs/eval".into(),
+            reuse: None,
+            device: "cpu".into(),
+        }
+    }
+}
+
+/// Samples (or reloads) and evaluates; writes everything into `cfg.out`.
+pub fn run(cfg: &EvalConfig, force: bool) -> Result<EvalSummary> {
+    fsutil::check_overwrite(&cfg.out.join("summary.json"), force)?;
+    let (greedy, samples) = match &cfg.reuse {
+        Some(dir) => (read_optional(&dir.join("greedy.jsonl"))?, read_optional(&dir.join("samples.jsonl"))?),
+        None => sample(cfg)?,
+    };
+    let scores = match cfg.scorer.as_str() {
+        "" => None,
+        "mean-logprob" => Some(MeanLogprobScorer.score(&samples)?),
+        other => return Err(Error::Invalid(format!("unknown scorer `{other}` (use mean-logprob)"))),
+    };
+    let opts = EvalOptions {
+        ks: if samples.is_empty() { vec![] } else { cfg.ks.clone() },
+        bootstrap_resamples: cfg.bootstrap_resamples,
+        seed: cfg.seed,
+        temperature: (!samples.is_empty()).then_some(cfg.temperature),
+    };
+    let (records, summary) = evaluate(&greedy, &samples, scores.as_deref(), &opts)?;
+    if cfg.reuse.as_deref() != Some(cfg.out.as_path()) {
+        fsutil::write_jsonl(&cfg.out.join("greedy.jsonl"), &greedy)?;
+        fsutil::write_jsonl(&cfg.out.join("samples.jsonl"), &samples)?;
+    }
+    let title = format!("{} on {} ({})", cfg.model.display(), cfg.task, cfg.split);
+    fsutil::write_atomic(&cfg.out.join("config.toml"), |w| w.write_all(crate::config::to_toml(cfg).as_bytes()))?;
+    write_report(&cfg.out, &records, &summary, &title)?;
+    print!("{}", summary_markdown(&summary, &title));
+    Ok(summary)
+}
+
+fn sample(cfg: &EvalConfig) -> Result<(Vec<Episode>, Vec<Episode>)> {
+    let split = match cfg.split.as_str() {
+        "test" => Split::Test,
+        "train" => Split::Train,
+        other => return Err(Error::Invalid(format!("unknown split `{other}` (use test or train)"))),
+    };
+    let device = crate::parse_device(&cfg.device)?;
+    let (model, tokenizer) = CausalLm::load_with_tokenizer(&cfg.model, device, false)?;
+    let task = TaskSpec::parse(&cfg.task)?;
+    let problems = task.load(split, (cfg.problems > 0).then_some(cfg.problems))?;
+    let prompter = Prompter::new(&cfg.prompt, &task.load(Split::Train, Some(cfg.prompt.shots.max(1)))?)?;
+    let base = SamplingConfig {
+        max_new_tokens: cfg.max_new_tokens,
+        batch_size: cfg.batch_size,
+        seed: cfg.seed,
+        top_p: cfg.top_p,
+        ..SamplingConfig::default()
+    };
+    let start = std::time::Instant::now();
+    let greedy =
+        rollout(&model, &tokenizer, &prompter, &problems, &SamplingConfig { temperature: 0.0, ..base.clone() })?;
+    let samples = if cfg.samples > 0 {
+        let sampled = SamplingConfig { temperature: cfg.temperature, samples_per_prompt: cfg.samples, ..base };
+        rollout(&model, &tokenizer, &prompter, &problems, &sampled)?
+    } else {
+        Vec::new()
+    };
+    let tokens: usize = greedy.iter().chain(&samples).map(|e| e.response_tokens.len()).sum();
+    let seconds = start.elapsed().as_secs_f64();
+    eprintln!(
+        "sampled {} problems x (1 greedy + {} samples): {tokens} tokens in {seconds:.1}s ({:.0} tokens/s)",
+        problems.len(),
+        cfg.samples,
+        tokens as f64 / seconds
+    );
+    Ok((greedy, samples))
+}
+
+fn read_optional(path: &Path) -> Result<Vec<Episode>> {
+    if path.exists() {
+        read_episodes(path)
+    } else {
+        Ok(Vec::new())
+    }
+}

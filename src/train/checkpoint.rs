@@ -1,0 +1,192 @@
+//! Run folders: `metrics.jsonl`, `checkpoints/step-N/` (HF model folder + tokenizer +
+//! `optimizer.safetensors` + `trainer_state.json`) and `best/`. Every checkpoint records the
+//! size and CRC-32 of its files, so a truncated or corrupted one is refused on resume and the
+//! previous good one is used instead.
+
+use super::{AdamW, Metrics};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::model::hf::write_safetensors;
+use crate::model::CausalLm;
+use crate::tokenizer::Tokenizer;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const STATE_FILE: &str = "trainer_state.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// Where a run stands: enough to continue it exactly (the data order is a function of the seed
+/// and the epoch, so the position in it is all that is needed).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainerState {
+    pub step: usize,
+    pub epoch: usize,
+    pub batch_in_epoch: usize,
+    pub samples_seen: u64,
+    pub tokens_seen: u64,
+    pub last_loss: f64,
+    /// Best value so far of the trainer's `best_metric`.
+    pub best: Option<f64>,
+    /// Size and CRC-32 of every other file of the checkpoint.
+    #[serde(default)]
+    pub files: BTreeMap<String, FileSum>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FileSum {
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+fn file_sum(path: &Path) -> Result<FileSum> {
+    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(FileSum { bytes: data.len() as u64, crc32: crc32fast::hash(&data) })
+}
+
+/// The checkpoints and metrics of one run folder.
+pub struct Checkpoints {
+    run_dir: PathBuf,
+    keep: usize,
+}
+
+impl Checkpoints {
+    pub fn new(run_dir: &Path, keep: usize) -> Self {
+        Checkpoints { run_dir: run_dir.to_path_buf(), keep: keep.max(1) }
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.run_dir.join("checkpoints")
+    }
+
+    /// `step-N` folders, newest first.
+    pub fn list(&self) -> Vec<(usize, PathBuf)> {
+        let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(self.dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let step = e.file_name().to_str()?.strip_prefix("step-")?.parse().ok()?;
+                Some((step, e.path()))
+            })
+            .collect();
+        found.sort_by_key(|f| std::cmp::Reverse(f.0));
+        found
+    }
+
+    /// Writes `checkpoints/step-N` (complete or absent) and drops the oldest beyond `keep`.
+    pub fn save(&self, model: &CausalLm, tokenizer: &Tokenizer, optimizer: &AdamW, state: &TrainerState) -> Result<()> {
+        let dir = self.dir().join(format!("step-{}", state.step));
+        fsutil::replace_dir(&dir, |tmp| {
+            model.save(tmp)?;
+            tokenizer.save(tmp)?;
+            write_safetensors(&tmp.join(OPTIMIZER_FILE), &optimizer.state())?;
+            write_state(tmp, state)
+        })?;
+        for (_, old) in self.list().into_iter().skip(self.keep) {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(old, e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `best/`: the model and tokenizer (no optimizer).
+    pub fn save_best(&self, model: &CausalLm, tokenizer: &Tokenizer, state: &TrainerState) -> Result<()> {
+        fsutil::replace_dir(&self.run_dir.join("best"), |tmp| {
+            model.save(tmp)?;
+            tokenizer.save(tmp)?;
+            write_state(tmp, state)
+        })
+    }
+
+    /// Loads the newest checkpoint that passes its checks into `model` and `optimizer`; a bad
+    /// one is reported and skipped. The metrics log is cut back to that step.
+    pub fn load_latest(&self, model: &mut CausalLm, optimizer: &mut AdamW) -> Result<(PathBuf, TrainerState)> {
+        let candidates = self.list();
+        if candidates.is_empty() {
+            return Err(Error::file(self.dir(), "no checkpoint to resume from"));
+        }
+        for (_, dir) in candidates {
+            match load_checkpoint(&dir, model, optimizer) {
+                Ok(state) => {
+                    self.truncate_metrics(state.step)?;
+                    return Ok((dir, state));
+                }
+                Err(err) => eprintln!("warning: refusing checkpoint: {err}"),
+            }
+        }
+        Err(Error::file(self.dir(), "no usable checkpoint (all failed their checks; see the warnings above)"))
+    }
+
+    /// Appends one line to `metrics.jsonl`.
+    pub fn log(&self, line: &Metrics) -> Result<()> {
+        let path = self.run_dir.join(METRICS_FILE);
+        std::fs::create_dir_all(&self.run_dir).map_err(|e| Error::io(&self.run_dir, e))?;
+        let mut file =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let text = serde_json::to_string(line).expect("metrics serialise");
+        writeln!(file, "{text}").map_err(|e| Error::io(&path, e))
+    }
+
+    /// Keeps only the metrics lines up to `step` (a resumed run rewrites what came after).
+    fn truncate_metrics(&self, step: usize) -> Result<()> {
+        let path = self.run_dir.join(METRICS_FILE);
+        if !path.exists() {
+            return Ok(());
+        }
+        let text = fsutil::read_to_string(&path)?;
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("step").and_then(|s| s.as_f64()))
+                    .is_some_and(|s| s <= step as f64)
+            })
+            .collect();
+        fsutil::write_atomic(&path, |w| kept.iter().try_for_each(|l| writeln!(w, "{l}")))
+    }
+}
+
+fn write_state(dir: &Path, state: &TrainerState) -> Result<()> {
+    let mut state = state.clone();
+    state.files.clear();
+    let mut names: Vec<PathBuf> =
+        std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten().map(|e| e.path()).collect();
+    names.sort();
+    for path in names {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        state.files.insert(name, file_sum(&path)?);
+    }
+    let text = serde_json::to_string_pretty(&state).expect("state serialises");
+    fsutil::write_atomic(&dir.join(STATE_FILE), |w| w.write_all(text.as_bytes()))
+}
+
+/// Checks a checkpoint's files against its recorded sums, then loads it.
+pub fn load_checkpoint(dir: &Path, model: &mut CausalLm, optimizer: &mut AdamW) -> Result<TrainerState> {
+    let state_path = dir.join(STATE_FILE);
+    let text = fsutil::read_to_string(&state_path)?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::file(&state_path, e.to_string()))?;
+    if !state.files.contains_key(OPTIMIZER_FILE) {
+        return Err(Error::file(&state_path, format!("lists no {OPTIMIZER_FILE}")));
+    }
+    for (name, sum) in &state.files {
+        let path = dir.join(name);
+        let actual = file_sum(&path)?;
+        if &actual != sum {
+            return Err(Error::file(
+                &path,
+                format!(
+                    "is corrupted or truncated ({} bytes, crc {:08x}; expected {} bytes, crc {:08x})",
+                    actual.bytes, actual.crc32, sum.bytes, sum.crc32
+                ),
+            ));
+        }
+    }
+    model.load_weights(dir)?;
+    let optimizer_path = dir.join(OPTIMIZER_FILE);
+    let tensors =
+        tch::Tensor::read_safetensors(&optimizer_path).map_err(|e| Error::file(&optimizer_path, e.to_string()))?;
+    optimizer.load_state(tensors.into_iter().collect(), state.step as i64, &optimizer_path)?;
+    Ok(state)
+}

@@ -1,0 +1,573 @@
+//! What every trainer shares: AdamW, the learning-rate schedule, gradient clipping and
+//! accumulation, token-budget batching, loss masking, checkpoints with `--resume`, metrics and
+//! the progress bar. The algorithms (`sft`, `pretrain`, later EI/PPO/...) only say what the
+//! examples are and what to evaluate.
+
+pub mod checkpoint;
+pub mod pretrain;
+pub mod sft;
+
+use crate::error::{Error, Result};
+use crate::model::CausalLm;
+use crate::rng::Rng;
+use crate::tokenizer::Tokenizer;
+use checkpoint::{Checkpoints, TrainerState};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Kind, Reduction, Tensor};
+
+/// Optimisation settings (`[train]` in configs).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// "cosine" (decay to `min_lr_ratio * lr`) or "constant", after linear warm-up.
+    pub schedule: String,
+    pub warmup_steps: usize,
+    pub min_lr_ratio: f64,
+    /// Optimizer steps; 0 means `epochs` passes over the data.
+    pub max_steps: usize,
+    pub epochs: f64,
+    /// AdamW, decoupled weight decay on matrices only (not norms, biases).
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    pub grad_clip: f64,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Token budget of a micro-batch, padding included (rows x longest row).
+    pub batch_tokens: usize,
+    /// Longer examples are cut to this many tokens.
+    pub max_seq_len: usize,
+    /// Seed of the data order.
+    pub seed: u64,
+    pub log_every: usize,
+    /// Evaluate every N steps (0 = only at the end).
+    pub eval_every: usize,
+    /// Checkpoint every N steps (0 = only at the end).
+    pub save_every: usize,
+    /// Checkpoints kept (the newest); `best/` is kept apart.
+    pub keep_checkpoints: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            lr: 1e-3,
+            schedule: "cosine".into(),
+            warmup_steps: 50,
+            min_lr_ratio: 0.1,
+            max_steps: 0,
+            epochs: 1.0,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: 1.0,
+            grad_accum: 1,
+            batch_tokens: 4096,
+            max_seq_len: 512,
+            seed: 0,
+            log_every: 10,
+            eval_every: 0,
+            save_every: 0,
+            keep_checkpoints: 2,
+        }
+    }
+}
+
+/// Where a run writes (`[run]` in configs): `OUT_DIR/NAME/`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    pub name: String,
+    pub out_dir: PathBuf,
+    /// cpu, cuda or cuda:N.
+    pub device: String,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig { name: "run".into(), out_dir: "runs".into(), device: "cpu".into() }
+    }
+}
+
+impl RunConfig {
+    pub fn dir(&self) -> PathBuf {
+        self.out_dir.join(&self.name)
+    }
+}
+
+/// A token sequence; the loss covers the tokens from `targets_from` on (the response), not the
+/// prompt before it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub tokens: Vec<u32>,
+    pub targets_from: usize,
+}
+
+/// Learning rate at `step` (0-based): linear warm-up, then constant or cosine decay.
+pub fn learning_rate(cfg: &TrainConfig, step: usize, total_steps: usize) -> f64 {
+    if step < cfg.warmup_steps {
+        return cfg.lr * (step + 1) as f64 / cfg.warmup_steps as f64;
+    }
+    match cfg.schedule.as_str() {
+        "constant" => cfg.lr,
+        _ => {
+            let span = total_steps.saturating_sub(cfg.warmup_steps).max(1) as f64;
+            let progress = ((step - cfg.warmup_steps) as f64 / span).min(1.0);
+            let min = cfg.lr * cfg.min_lr_ratio;
+            min + (cfg.lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        }
+    }
+}
+
+/// Groups example indices into micro-batches of at most `budget` tokens (rows x longest row).
+/// Examples are shuffled with (seed, epoch), then sorted by length within pools of ~64
+/// batches so that rows in a batch have similar lengths (little padding), and the batch order
+/// is shuffled again. Deterministic, so a resumed run sees the same batches.
+pub fn make_batches(lengths: &[usize], budget: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+    let mut rng = Rng::new(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    rng.shuffle(&mut order);
+    let mean = lengths.iter().sum::<usize>() / lengths.len().max(1);
+    let pool = (64 * budget / mean.max(1)).max(1);
+    let mut batches = Vec::new();
+    for chunk in order.chunks_mut(pool) {
+        chunk.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        let mut batch: Vec<usize> = Vec::new();
+        for &i in chunk.iter() {
+            // Sorted longest first: the batch's longest row is its first.
+            let longest = batch.first().map_or(lengths[i], |&j| lengths[j]);
+            if !batch.is_empty() && longest * (batch.len() + 1) > budget {
+                batches.push(std::mem::take(&mut batch));
+            }
+            batch.push(i);
+        }
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+    }
+    rng.shuffle(&mut batches);
+    batches
+}
+
+/// Right-padded inputs `[B, T-1]` and targets `[B, T-1]` (-100 where no loss is taken: the
+/// prompt and the padding).
+pub fn collate(examples: &[&Example], pad: u32, device: tch::Device) -> (Tensor, Tensor) {
+    let t = examples.iter().map(|e| e.tokens.len()).max().unwrap_or(2).max(2);
+    let b = examples.len();
+    let mut inputs = vec![pad as i64; b * (t - 1)];
+    let mut targets = vec![-100i64; b * (t - 1)];
+    for (r, e) in examples.iter().enumerate() {
+        for j in 0..e.tokens.len().saturating_sub(1) {
+            inputs[r * (t - 1) + j] = e.tokens[j] as i64;
+            if j + 1 >= e.targets_from {
+                targets[r * (t - 1) + j] = e.tokens[j + 1] as i64;
+            }
+        }
+    }
+    let shape = [b as i64, t as i64 - 1];
+    (
+        Tensor::from_slice(&inputs).view(shape).to_device(device),
+        Tensor::from_slice(&targets).view(shape).to_device(device),
+    )
+}
+
+/// Summed cross-entropy over the target positions, and how many there are.
+pub fn masked_lm_loss(model: &CausalLm, inputs: &Tensor, targets: &Tensor) -> (Tensor, i64) {
+    let logits = model.forward_logits(inputs);
+    let vocab = logits.size()[2];
+    let loss = logits.reshape([-1, vocab]).to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
+        &targets.reshape([-1]),
+        None,
+        Reduction::Sum,
+        -100,
+        0.0,
+    );
+    (loss, targets.ne(-100).sum(Kind::Int64).int64_value(&[]))
+}
+
+/// AdamW with decoupled weight decay, written out so its state can be checkpointed exactly.
+pub struct AdamW {
+    params: Vec<(String, Tensor)>,
+    exp_avg: Vec<Tensor>,
+    exp_avg_sq: Vec<Tensor>,
+    pub steps: i64,
+}
+
+impl AdamW {
+    pub fn new(model: &CausalLm) -> Self {
+        let mut params: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let exp_avg = params.iter().map(|(_, p)| p.zeros_like()).collect();
+        let exp_avg_sq = params.iter().map(|(_, p)| p.zeros_like()).collect();
+        AdamW { params, exp_avg, exp_avg_sq, steps: 0 }
+    }
+
+    /// Global gradient norm, after scaling the gradients down to `max_norm` if it is above.
+    pub fn clip_grad_norm(&self, max_norm: f64) -> f64 {
+        tch::no_grad(|| {
+            let squares: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|(_, p)| p.grad())
+                .filter(|g| g.defined())
+                .map(|g| g.square().sum(Kind::Float))
+                .collect();
+            let norm = Tensor::stack(&squares, 0).sum(Kind::Float).sqrt().double_value(&[]);
+            if max_norm > 0.0 && norm > max_norm {
+                for (_, p) in &self.params {
+                    let mut g = p.grad();
+                    if g.defined() {
+                        let _ = g.g_mul_scalar_(max_norm / (norm + 1e-6));
+                    }
+                }
+            }
+            norm
+        })
+    }
+
+    pub fn step(&mut self, cfg: &TrainConfig, lr: f64) {
+        self.steps += 1;
+        let (b1, b2) = (cfg.beta1, cfg.beta2);
+        let bias1 = 1.0 - b1.powi(self.steps as i32);
+        let bias2 = 1.0 - b2.powi(self.steps as i32);
+        tch::no_grad(|| {
+            for (i, (name, p)) in self.params.iter_mut().enumerate() {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let decays = p.dim() >= 2 && !name.contains("norm");
+                if decays && cfg.weight_decay > 0.0 {
+                    let _ = p.g_mul_scalar_(1.0 - lr * cfg.weight_decay);
+                }
+                let _ = self.exp_avg[i].g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
+                let _ = self.exp_avg_sq[i].g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
+                let denom = (&self.exp_avg_sq[i] / bias2).sqrt() + cfg.eps;
+                let _ = p.g_sub_(&(&self.exp_avg[i] / &denom * (lr / bias1)));
+            }
+        });
+    }
+
+    pub fn zero_grad(&mut self) {
+        for (_, p) in self.params.iter_mut() {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.detach_().zero_();
+            }
+        }
+    }
+
+    /// Moment tensors by name, for checkpoints.
+    pub fn state(&self) -> BTreeMap<String, Tensor> {
+        let mut out = BTreeMap::new();
+        for (i, (name, _)) in self.params.iter().enumerate() {
+            out.insert(format!("exp_avg.{name}"), self.exp_avg[i].to_device(tch::Device::Cpu));
+            out.insert(format!("exp_avg_sq.{name}"), self.exp_avg_sq[i].to_device(tch::Device::Cpu));
+        }
+        out
+    }
+
+    pub fn load_state(&mut self, mut state: BTreeMap<String, Tensor>, steps: i64, file: &Path) -> Result<()> {
+        for (i, (name, p)) in self.params.iter().enumerate() {
+            for (prefix, slot) in [("exp_avg", &mut self.exp_avg[i]), ("exp_avg_sq", &mut self.exp_avg_sq[i])] {
+                let key = format!("{prefix}.{name}");
+                let t = state.remove(&key).ok_or_else(|| Error::file(file, format!("tensor `{key}` is missing")))?;
+                if t.size() != p.size() {
+                    return Err(Error::file(
+                        file,
+                        format!("tensor `{key}` has shape {:?}, expected {:?}", t.size(), p.size()),
+                    ));
+                }
+                *slot = t.to_device(p.device()).to_kind(p.kind());
+            }
+        }
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+/// Metrics of one log line (`metrics.jsonl`).
+pub type Metrics = BTreeMap<String, f64>;
+
+/// Evaluates the model during training; returns metrics such as `eval/maj@1`.
+pub type EvalFn<'a> = dyn FnMut(&CausalLm, &TrainerState) -> Result<Metrics> + 'a;
+
+/// The training loop shared by every trainer.
+pub struct Trainer<'a> {
+    pub model: &'a mut CausalLm,
+    pub tokenizer: &'a Tokenizer,
+    pub cfg: TrainConfig,
+    pub checkpoints: Checkpoints,
+    pub state: TrainerState,
+    optimizer: AdamW,
+    /// Metric that decides `best/` (higher is better), e.g. "eval/maj@1".
+    pub best_metric: Option<String>,
+}
+
+impl<'a> Trainer<'a> {
+    /// A trainer writing into `run_dir`. With `resume`, model, optimizer and position come from
+    /// the newest valid checkpoint there.
+    pub fn new(
+        model: &'a mut CausalLm,
+        tokenizer: &'a Tokenizer,
+        cfg: TrainConfig,
+        run_dir: &Path,
+        resume: bool,
+    ) -> Result<Self> {
+        if cfg.batch_tokens < 2 || cfg.grad_accum == 0 || cfg.max_seq_len < 2 {
+            return Err(Error::Invalid(
+                "train.batch_tokens, train.grad_accum and train.max_seq_len must be positive".into(),
+            ));
+        }
+        let checkpoints = Checkpoints::new(run_dir, cfg.keep_checkpoints);
+        let mut optimizer = AdamW::new(model);
+        let mut state = TrainerState::default();
+        if resume {
+            let (dir, loaded) = checkpoints.load_latest(model, &mut optimizer)?;
+            eprintln!("resuming from {} (step {})", dir.display(), loaded.step);
+            state = loaded;
+        }
+        Ok(Trainer { model, tokenizer, cfg, checkpoints, state, optimizer, best_metric: None })
+    }
+
+    /// Trains on `examples` until `max_steps` (or `epochs`), logging, evaluating and
+    /// checkpointing on the way.
+    pub fn train(&mut self, examples: &[Example], eval: &mut EvalFn) -> Result<()> {
+        if examples.is_empty() {
+            return Err(Error::Invalid("no training examples".into()));
+        }
+        let examples: Vec<Example> = examples
+            .iter()
+            .map(|e| Example {
+                tokens: e.tokens[..e.tokens.len().min(self.cfg.max_seq_len)].to_vec(),
+                targets_from: e.targets_from,
+            })
+            .collect();
+        let lengths: Vec<usize> = examples.iter().map(|e| e.tokens.len()).collect();
+        let per_epoch = make_batches(&lengths, self.cfg.batch_tokens, self.cfg.seed, 0).len();
+        let total = if self.cfg.max_steps > 0 {
+            self.cfg.max_steps
+        } else {
+            ((self.cfg.epochs * per_epoch as f64) / self.cfg.grad_accum as f64).ceil().max(1.0) as usize
+        };
+        let progress = progress_bar(total as u64, self.state.step as u64);
+        let device = self.model.device();
+        let pad = self.tokenizer.pad_id();
+        let mut batches = make_batches(&lengths, self.cfg.batch_tokens, self.cfg.seed, self.state.epoch);
+        let mut window = (Instant::now(), 0usize); // tokens since the last log line
+        let mut loss_window = (0.0f64, 0usize);
+        while self.state.step < total {
+            // Gather this step's micro-batches, moving to the next epoch as needed.
+            let mut micro = Vec::with_capacity(self.cfg.grad_accum);
+            while micro.len() < self.cfg.grad_accum {
+                if self.state.batch_in_epoch >= batches.len() {
+                    self.state.epoch += 1;
+                    self.state.batch_in_epoch = 0;
+                    batches = make_batches(&lengths, self.cfg.batch_tokens, self.cfg.seed, self.state.epoch);
+                }
+                micro.push(batches[self.state.batch_in_epoch].clone());
+                self.state.batch_in_epoch += 1;
+            }
+            let lr = learning_rate(&self.cfg, self.state.step, total);
+            let collated: Vec<(Tensor, Tensor)> = micro
+                .iter()
+                .map(|b| collate(&b.iter().map(|&i| &examples[i]).collect::<Vec<_>>(), pad, device))
+                .collect();
+            let target_tokens: i64 = collated.iter().map(|(_, t)| t.ne(-100).sum(Kind::Int64).int64_value(&[])).sum();
+            self.optimizer.zero_grad();
+            let mut loss_sum = 0.0;
+            for (inputs, targets) in &collated {
+                let (loss, _) = masked_lm_loss(self.model, inputs, targets);
+                let value = loss.double_value(&[]);
+                if !value.is_finite() {
+                    return Err(Error::Invalid(format!(
+                        "loss is {value} at step {}: stopping (lower train.lr?)",
+                        self.state.step + 1
+                    )));
+                }
+                loss_sum += value;
+                (loss / target_tokens.max(1) as f64).backward();
+            }
+            let grad_norm = self.optimizer.clip_grad_norm(self.cfg.grad_clip);
+            self.optimizer.step(&self.cfg, lr);
+            let loss = loss_sum / target_tokens.max(1) as f64;
+            self.state.step += 1;
+            self.state.samples_seen += micro.iter().map(Vec::len).sum::<usize>() as u64;
+            let tokens: usize = micro.iter().flatten().map(|&i| lengths[i]).sum();
+            self.state.tokens_seen += tokens as u64;
+            self.state.last_loss = loss;
+            window.1 += tokens;
+            loss_window = (loss_window.0 + loss, loss_window.1 + 1);
+            progress.set_position(self.state.step as u64);
+            progress.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
+
+            let step = self.state.step;
+            let at_end = step == total;
+            let mut line = Metrics::new();
+            if every(step, self.cfg.log_every) || at_end || step == 1 {
+                let seconds = window.0.elapsed().as_secs_f64();
+                line.insert("loss".into(), loss_window.0 / loss_window.1.max(1) as f64);
+                line.insert("lr".into(), lr);
+                line.insert("grad_norm".into(), grad_norm);
+                line.insert("tokens_per_s".into(), window.1 as f64 / seconds.max(1e-9));
+                window = (Instant::now(), 0);
+                loss_window = (0.0, 0);
+            }
+            if every(step, self.cfg.eval_every) || at_end {
+                progress.set_message("evaluating".to_string());
+                let metrics = eval(self.model, &self.state)?;
+                if let Some(name) = &self.best_metric {
+                    if let Some(&value) = metrics.get(name) {
+                        if self.state.best.is_none_or(|b| value > b) {
+                            self.state.best = Some(value);
+                            self.checkpoints.save_best(self.model, self.tokenizer, &self.state)?;
+                        }
+                    }
+                }
+                progress.println(format!("step {step}: {}", format_metrics(&metrics)));
+                line.extend(metrics);
+            }
+            if !line.is_empty() {
+                line.insert("step".into(), step as f64);
+                line.insert("epoch".into(), self.state.epoch as f64);
+                line.insert("samples_seen".into(), self.state.samples_seen as f64);
+                line.insert("tokens_seen".into(), self.state.tokens_seen as f64);
+                self.checkpoints.log(&line)?;
+            }
+            if every(step, self.cfg.save_every) || at_end {
+                self.checkpoints.save(self.model, self.tokenizer, &self.optimizer, &self.state)?;
+            }
+        }
+        progress.finish_and_clear();
+        Ok(())
+    }
+}
+
+/// Whether a periodic action (every `n` steps; 0 = never) falls on `step`.
+fn every(step: usize, n: usize) -> bool {
+    n > 0 && step.is_multiple_of(n)
+}
+
+fn format_metrics(metrics: &Metrics) -> String {
+    metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ")
+}
+
+fn progress_bar(total: u64, position: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("valid template"),
+    );
+    bar.set_position(position);
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_then_cosine_to_the_floor() {
+        let cfg = TrainConfig { lr: 1.0, warmup_steps: 4, min_lr_ratio: 0.1, ..TrainConfig::default() };
+        assert_eq!(learning_rate(&cfg, 0, 14), 0.25);
+        assert_eq!(learning_rate(&cfg, 3, 14), 1.0);
+        assert!((learning_rate(&cfg, 9, 14) - 0.55).abs() < 1e-12, "half way: mid between 1 and 0.1");
+        assert!((learning_rate(&cfg, 14, 14) - 0.1).abs() < 1e-12);
+        let constant = TrainConfig { schedule: "constant".into(), ..cfg };
+        assert_eq!(learning_rate(&constant, 10, 14), 1.0);
+    }
+
+    #[test]
+    fn batches_respect_the_budget_and_cover_every_example_once() {
+        let lengths: Vec<usize> = (0..500).map(|i| 10 + (i * 37) % 90).collect();
+        let batches = make_batches(&lengths, 400, 3, 0);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..500).collect::<Vec<_>>());
+        for b in &batches {
+            let longest = b.iter().map(|&i| lengths[i]).max().unwrap();
+            assert!(longest * b.len() <= 400 || b.len() == 1);
+        }
+        let padded: usize = batches.iter().map(|b| b.iter().map(|&i| lengths[i]).max().unwrap() * b.len()).sum();
+        let real: usize = lengths.iter().sum();
+        assert!((padded as f64) < 1.1 * real as f64, "bucketing keeps padding small: {padded} vs {real}");
+        assert_eq!(make_batches(&lengths, 400, 3, 0), batches, "deterministic");
+        assert_ne!(make_batches(&lengths, 400, 3, 1), batches, "a new order each epoch");
+    }
+
+    #[test]
+    fn collate_masks_the_prompt_and_the_padding() {
+        let a = Example { tokens: vec![1, 2, 3, 4, 5], targets_from: 3 };
+        let b = Example { tokens: vec![1, 6, 7], targets_from: 1 };
+        let (inputs, targets) = collate(&[&a, &b], 0, tch::Device::Cpu);
+        assert_eq!(Vec::<i64>::try_from(inputs.reshape([-1])).unwrap(), vec![1, 2, 3, 4, 1, 6, 0, 0]);
+        // Row a predicts tokens 4 and 5 only (positions 2 and 3); row b predicts 6 and 7.
+        assert_eq!(Vec::<i64>::try_from(targets.reshape([-1])).unwrap(), vec![-100, -100, 4, 5, 6, 7, -100, -100]);
+    }
+}
+
+/// Evaluation during training (`[eval]` in configs): greedy accuracy (maj@1) on held-out
+/// problems.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalDuringTraining {
+    /// Problems held out for validation (0 = no evaluation).
+    pub problems: usize,
+    pub max_new_tokens: usize,
+    pub batch_size: usize,
+}
+
+impl Default for EvalDuringTraining {
+    fn default() -> Self {
+        EvalDuringTraining { problems: 200, max_new_tokens: 200, batch_size: 64 }
+    }
+}
+
+/// Greedy accuracy of `model` on `problems`, as `eval/maj@1`.
+pub fn greedy_accuracy(
+    model: &CausalLm,
+    tokenizer: &Tokenizer,
+    prompter: &crate::prompt::Prompter,
+    problems: &[crate::task::Problem],
+    cfg: &EvalDuringTraining,
+) -> Result<Metrics> {
+    if problems.is_empty() {
+        return Ok(Metrics::new());
+    }
+    let sampling = crate::sample::SamplingConfig {
+        max_new_tokens: cfg.max_new_tokens,
+        temperature: 0.0,
+        batch_size: cfg.batch_size,
+        ..Default::default()
+    };
+    let episodes = crate::rollout::rollout(model, tokenizer, prompter, problems, &sampling)?;
+    let correct = episodes.iter().filter(|e| e.correct).count();
+    Ok(Metrics::from([("eval/maj@1".to_string(), correct as f64 / episodes.len() as f64)]))
+}
+
+/// Makes the run folder and writes its resolved `config.toml`. A folder that already holds a
+/// run is only reused with `resume`, or wiped with `force`.
+pub fn prepare_run_dir(dir: &Path, config_toml: &str, resume: bool, force: bool) -> Result<()> {
+    let used = dir.join("checkpoints").exists() || dir.join(checkpoint::METRICS_FILE).exists();
+    if resume && !used {
+        return Err(Error::file(dir, "nothing to resume: the run folder has no checkpoints"));
+    }
+    if used && !resume {
+        if !force {
+            return Err(Error::file(
+                dir,
+                "already holds a run (pass --resume to continue it or --force to start over)",
+            ));
+        }
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    crate::fsutil::write_atomic(&dir.join("config.toml"), |w| w.write_all(config_toml.as_bytes()))
+}

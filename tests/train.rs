@@ -1,0 +1,138 @@
+//! The shared training machinery: learning, exact resume after a kill, refusing bad checkpoints.
+
+use reasonrl::model::{CausalLm, ModelConfig};
+use reasonrl::task::{synth, Split};
+use reasonrl::tokenizer::Tokenizer;
+use reasonrl::train::checkpoint::{load_checkpoint, Checkpoints, TrainerState};
+use reasonrl::train::{AdamW, Example, Metrics, TrainConfig, Trainer};
+use std::path::Path;
+use tch::Device;
+
+fn setup(dir: &Path) -> (Tokenizer, Vec<Example>) {
+    let problems = synth::generate(1, Split::Train, 120, 5);
+    let tokenizer =
+        Tokenizer::train_bpe(problems.iter().map(|p| format!("{}\n{}", p.question, p.reference_solution)), 300)
+            .unwrap();
+    let examples = problems
+        .iter()
+        .map(|p| {
+            let mut tokens = vec![tokenizer.bos_id().unwrap()];
+            tokens.extend(tokenizer.encode(&p.question).unwrap());
+            let targets_from = tokens.len();
+            tokens.extend(tokenizer.encode(&p.reference_solution).unwrap());
+            Example { tokens, targets_from }
+        })
+        .collect();
+    let config = ModelConfig::llama(tokenizer.vocab_size() as i64, 32, 64, 2, 4, 2, 256, true);
+    CausalLm::new(&config, Device::Cpu, false).unwrap().save(&dir.join("init")).unwrap();
+    (tokenizer, examples)
+}
+
+fn config() -> TrainConfig {
+    TrainConfig {
+        lr: 1e-2,
+        warmup_steps: 2,
+        max_steps: 12,
+        grad_accum: 2,
+        batch_tokens: 600,
+        eval_every: 1,
+        save_every: 4,
+        log_every: 1,
+        ..TrainConfig::default()
+    }
+}
+
+fn no_eval(_: &CausalLm, _: &TrainerState) -> reasonrl::Result<Metrics> {
+    Ok(Metrics::new())
+}
+
+fn weights(model: &CausalLm) -> Vec<(String, tch::Tensor)> {
+    let mut v: Vec<_> = model.vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn training_lowers_the_loss_and_resume_after_a_kill_matches_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tokenizer, examples) = setup(dir.path());
+
+    let mut a = CausalLm::load(&dir.path().join("init"), Device::Cpu, false).unwrap();
+    let mut trainer = Trainer::new(&mut a, &tokenizer, config(), &dir.path().join("a"), false).unwrap();
+    trainer.train(&examples, &mut no_eval).unwrap();
+    let final_a = trainer.state.clone();
+    let log = std::fs::read_to_string(dir.path().join("a/metrics.jsonl")).unwrap();
+    let losses: Vec<f64> = log.lines().map(|l| serde_json::from_str::<Metrics>(l).unwrap()["loss"]).collect();
+    assert!(losses.last().unwrap() < &(losses[0] * 0.8), "loss should fall: {losses:?}");
+
+    // The same run, killed after step 6 (its last checkpoint is step 4) ...
+    let mut b = CausalLm::load(&dir.path().join("init"), Device::Cpu, false).unwrap();
+    let mut trainer = Trainer::new(&mut b, &tokenizer, config(), &dir.path().join("b"), false).unwrap();
+    let mut kill = |_: &CausalLm, s: &TrainerState| {
+        if s.step == 6 {
+            Err(reasonrl::Error::Invalid("killed".into()))
+        } else {
+            Ok(Metrics::new())
+        }
+    };
+    assert!(trainer.train(&examples, &mut kill).is_err());
+    // ... then resumed in a fresh model.
+    let mut b = CausalLm::load(&dir.path().join("init"), Device::Cpu, false).unwrap();
+    let mut trainer = Trainer::new(&mut b, &tokenizer, config(), &dir.path().join("b"), true).unwrap();
+    assert_eq!(trainer.state.step, 4);
+    trainer.train(&examples, &mut no_eval).unwrap();
+    let final_b = trainer.state.clone();
+    assert_eq!(final_b.step, 12);
+    assert!((final_a.last_loss - final_b.last_loss).abs() < 1e-5, "{} vs {}", final_a.last_loss, final_b.last_loss);
+    assert_eq!((final_a.samples_seen, final_a.tokens_seen), (final_b.samples_seen, final_b.tokens_seen));
+    for ((name, x), (_, y)) in weights(&a).iter().zip(weights(&b).iter()) {
+        let diff = (x - y).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{name} differs by {diff}");
+    }
+    // The log has each step once, in order.
+    let steps: Vec<f64> = std::fs::read_to_string(dir.path().join("b/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Metrics>(l).unwrap()["step"])
+        .collect();
+    assert_eq!(steps, (1..=12).map(|s| s as f64).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_corrupted_or_truncated_checkpoint_is_refused_and_the_previous_one_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tokenizer, examples) = setup(dir.path());
+    let run = dir.path().join("run");
+    let mut model = CausalLm::load(&dir.path().join("init"), Device::Cpu, false).unwrap();
+    let cfg = TrainConfig { max_steps: 8, ..config() };
+    Trainer::new(&mut model, &tokenizer, cfg.clone(), &run, false).unwrap().train(&examples, &mut no_eval).unwrap();
+
+    // Truncate the newest checkpoint's weights.
+    let weights_file = run.join("checkpoints/step-8/model.safetensors");
+    let bytes = std::fs::read(&weights_file).unwrap();
+    std::fs::write(&weights_file, &bytes[..bytes.len() / 2]).unwrap();
+    let mut optimizer = AdamW::new(&model);
+    let err = load_checkpoint(&run.join("checkpoints/step-8"), &mut model, &mut optimizer).unwrap_err().to_string();
+    assert!(err.contains("step-8/model.safetensors") && err.contains("corrupted or truncated"), "{err}");
+
+    // Flip a byte of the older one's optimizer state: same refusal.
+    let opt_file = run.join("checkpoints/step-4/optimizer.safetensors");
+    let mut bytes = std::fs::read(&opt_file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&opt_file, &bytes).unwrap();
+    assert!(load_checkpoint(&run.join("checkpoints/step-4"), &mut model, &mut optimizer).is_err());
+    bytes[last] ^= 0xff;
+    std::fs::write(&opt_file, &bytes).unwrap();
+
+    // Resuming skips step-8 and continues from step-4.
+    let (used, state) = Checkpoints::new(&run, 2).load_latest(&mut model, &mut optimizer).unwrap();
+    assert!(used.ends_with("step-4"));
+    assert_eq!(state.step, 4);
+    let mut trainer = Trainer::new(&mut model, &tokenizer, cfg, &run, true).unwrap();
+    assert_eq!(trainer.state.step, 4);
+    trainer.train(&examples, &mut no_eval).unwrap();
+    // The resumed run wrote a good step-8 again.
+    let mut optimizer = AdamW::new(&model);
+    assert_eq!(load_checkpoint(&run.join("checkpoints/step-8"), &mut model, &mut optimizer).unwrap().step, 8);
+}
