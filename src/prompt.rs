@@ -78,3 +78,25 @@ impl Prompter {
 pub fn plain(question: &str) -> String {
     format!("Question: {question}\nAnswer:\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{synth, Split};
+
+    #[test]
+    fn few_shot_prompt_format() {
+        let ex = synth::generate(1, Split::Train, 2, 1);
+        let q = "Tom has 3 pens. How many pens does Tom have?";
+        let want = format!(
+            "Question: {}\nAnswer:\n{}\n\nQuestion: {}\nAnswer:\n{}\n\nQuestion: {q}\nAnswer:\n",
+            ex[0].question, ex[0].reference_solution, ex[1].question, ex[1].reference_solution
+        );
+        let cfg = PromptConfig { format: "few-shot".into(), shots: 2 };
+        let prompter = Prompter::new(&cfg, &ex).unwrap();
+        assert_eq!(prompter.text(q), want);
+        assert_eq!(Prompter::plain().text(q), format!("Question: {q}\nAnswer:\n"));
+        assert!(prompter.stop_strings().contains(&"Question:".to_string()));
+        assert!(Prompter::new(&PromptConfig { shots: 3, ..cfg }, &ex).is_err());
+    }
+}

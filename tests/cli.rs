@@ -91,3 +91,46 @@ fn bad_inputs_end_in_one_clear_message() {
     assert!(fails(&["model", "init", "--preset", "huge", "--out", s(&dir.path().join("x"))]).contains("huge"));
     assert!(fails(&["sample", "--model", s(&model), "--device", "tpu"]).contains("tpu"));
 }
+
+#[test]
+fn eval_on_a_gsm8k_slice_then_rescore_the_saved_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let gsm8k = format!("gsm8k:{}/../shared/data/gsm8k", env!("CARGO_MANIFEST_DIR"));
+    let (model, out) = (dir.path().join("model"), dir.path().join("eval"));
+    ok(&["model", "init", "--preset", "tiny", "--task", &gsm8k, "--vocab-size", "400", "--out", s(&model)]);
+    let set = |kv: String| ["--set".to_string(), kv];
+    let mut args: Vec<String> = vec!["eval".into()];
+    for kv in [
+        format!("model={}", s(&model)),
+        format!("task={gsm8k}"),
+        "problems=5".into(),
+        "samples=3".into(),
+        "ks=[1,3]".into(),
+        "max_new_tokens=12".into(),
+        "scorer=mean-logprob".into(),
+        "prompt.format=few-shot".into(),
+        "prompt.shots=1".into(),
+        format!("out={}", s(&out)),
+    ] {
+        args.extend(set(kv));
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let table = ok(&argv);
+    assert!(table.contains("| pass@3 |") && table.contains("| rerank@3 |"), "{table}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["problems"], 5);
+    assert_eq!(summary["samples_per_problem"], 3);
+    assert_eq!(std::fs::read_to_string(out.join("records.jsonl")).unwrap().lines().count(), 5);
+    assert_eq!(std::fs::read_to_string(out.join("samples.jsonl")).unwrap().lines().count(), 15);
+    assert!(fails(&argv).contains("--force"), "an existing report is not overwritten");
+
+    // Re-scoring the saved episodes gives the same summary without sampling.
+    let rescored = dir.path().join("rescored");
+    let reuse: Vec<String> =
+        [&args[..], &set(format!("reuse={}", s(&out)))[..], &set(format!("out={}", s(&rescored)))[..]].concat();
+    ok(&reuse.iter().map(String::as_str).collect::<Vec<_>>());
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rescored.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(again, summary);
+}

@@ -136,3 +136,17 @@ fn a_corrupted_or_truncated_checkpoint_is_refused_and_the_previous_one_used() {
     let mut optimizer = AdamW::new(&model);
     assert_eq!(load_checkpoint(&run.join("checkpoints/step-8"), &mut model, &mut optimizer).unwrap().step, 8);
 }
+
+#[test]
+fn the_loss_covers_the_response_tokens_only() {
+    let config = ModelConfig::llama(50, 32, 64, 2, 4, 2, 64, true);
+    let model = CausalLm::new(&config, Device::Cpu, false).unwrap();
+    let example = Example { tokens: vec![1, 7, 9, 11, 13, 21, 23, 25], targets_from: 5 };
+    let (inputs, targets) = reasonrl::train::collate(&[&example], 0, Device::Cpu);
+    let loss = reasonrl::train::masked_lm_loss(&model, &inputs, &targets).double_value(&[]);
+    let ids: Vec<i64> = example.tokens.iter().map(|&t| t as i64).collect();
+    let logp = model.forward_logits(&tch::Tensor::from_slice(&ids[..7]).unsqueeze(0)).log_softmax(-1, tch::Kind::Float);
+    // Positions 4, 5, 6 predict tokens 5, 6, 7: the response. Positions 0-3 (the prompt) do not count.
+    let expected: f64 = (4..7).map(|j| -logp.double_value(&[0, j, ids[j as usize + 1]])).sum();
+    assert!((loss - expected).abs() < 1e-4, "{loss} vs {expected}");
+}

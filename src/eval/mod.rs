@@ -412,7 +412,7 @@ pub fn summary_markdown(summary: &EvalSummary, title: &str) -> String {
     let _ = writeln!(out, "## {title}\n");
     out.push_str("| metric | value | 95% CI |\n|---|---:|---|\n");
     if let Some(m) = &summary.maj1 {
-        row(&mut out, "maj@1".into(), m);
+        row(&mut out, "maj@1 (greedy)".into(), m);
     }
     for (prefix, map) in [("maj", &summary.maj), ("pass", &summary.pass), ("rerank", &summary.rerank)] {
         for (k, m) in map {
@@ -734,7 +734,7 @@ mod tests {
         };
         let md = summary_markdown(&summary, "SFT");
         assert!(md.starts_with("## SFT\n"));
-        assert!(md.contains("| maj@1 | 41.0% | [38.0, 44.0] |\n| maj@16 | 50.0% | [45.0, 55.0] |\n"), "{md}");
+        assert!(md.contains("| maj@1 (greedy) | 41.0% | [38.0, 44.0] |\n| maj@16 | 50.0% | [45.0, 55.0] |\n"), "{md}");
         assert!(md.contains("| pass@16 | 63.2% | [58.1, 68.0] |"), "{md}");
         assert!(!md.contains("rerank"));
         assert!(md.contains("Problems: 500, samples per problem: 16, temperature: 0.7, mean distinct correct: 3.21"));

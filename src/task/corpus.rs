@@ -2,7 +2,7 @@
 //! [`synth`] (its stories, its step phrasing, its calculator notes, arithmetic at the level's
 //! number ranges) WITHOUT the supervised "Question: ...\nAnswer:\n...\n#### N" format, so that
 //! a model language-modelled on it is a stand-in for the paper's *pretrained* init: it solves
-//! some problems only when shown a few solved examples ([`few_shot_prompt`]).
+//! some problems only when shown a few solved examples (`crate::prompt::Prompter`).
 //!
 //! Documents come in three kinds, mixed evenly: every block of three consecutive documents
 //! holds one of each, in a seeded random order (so a corpus of `n` documents has `n / 3` of
@@ -106,17 +106,6 @@ pub fn pretraining_documents(level: u32, n_docs: usize, seed: u64) -> Vec<(DocKi
             (kind, doc)
         })
         .collect()
-}
-
-/// A few-shot prompt: `shots` solved examples in the supervised format, separated by blank lines, then the new question:
-/// "Question: {q1}\nAnswer:\n{solution1}\n\nQuestion: {q2}\nAnswer:\n{solution2}\n\nQuestion: {q}\nAnswer:\n"
-pub fn few_shot_prompt(examples: &[Problem], question: &str) -> String {
-    let mut out = String::new();
-    for p in examples {
-        out.push_str(&format!("Question: {}\nAnswer:\n{}\n\n", p.question, p.reference_solution.trim_end()));
-    }
-    out.push_str(&format!("Question: {question}\nAnswer:\n"));
-    out
 }
 
 /// Openers of a story's concluding sentence.
@@ -543,18 +532,5 @@ mod tests {
                 assert!(!all.contains(&p.question));
             }
         }
-    }
-
-    #[test]
-    fn few_shot_prompt_format() {
-        let ex = synth::generate(1, Split::Train, 2, 1);
-        let q = "Tom has 3 pens. How many pens does Tom have?";
-        let want = format!(
-            "Question: {}\nAnswer:\n{}\n\nQuestion: {}\nAnswer:\n{}\n\nQuestion: {q}\nAnswer:\n",
-            ex[0].question, ex[0].reference_solution, ex[1].question, ex[1].reference_solution
-        );
-        assert_eq!(few_shot_prompt(&ex, q), want);
-        assert_eq!(few_shot_prompt(&[], q), format!("Question: {q}\nAnswer:\n"));
-        assert!(ex[0].reference_solution.ends_with(&format!("#### {}", ex[0].answer)));
     }
 }

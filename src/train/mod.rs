@@ -178,18 +178,17 @@ pub fn collate(examples: &[&Example], pad: u32, device: tch::Device) -> (Tensor,
     )
 }
 
-/// Summed cross-entropy over the target positions, and how many there are.
-pub fn masked_lm_loss(model: &CausalLm, inputs: &Tensor, targets: &Tensor) -> (Tensor, i64) {
+/// Summed cross-entropy over the target positions (targets of -100 are skipped).
+pub fn masked_lm_loss(model: &CausalLm, inputs: &Tensor, targets: &Tensor) -> Tensor {
     let logits = model.forward_logits(inputs);
     let vocab = logits.size()[2];
-    let loss = logits.reshape([-1, vocab]).to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
+    logits.reshape([-1, vocab]).to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
         &targets.reshape([-1]),
         None,
         Reduction::Sum,
         -100,
         0.0,
-    );
-    (loss, targets.ne(-100).sum(Kind::Int64).int64_value(&[]))
+    )
 }
 
 /// AdamW with decoupled weight decay, written out so its state can be checkpointed exactly.
@@ -384,7 +383,7 @@ impl<'a> Trainer<'a> {
             self.optimizer.zero_grad();
             let mut loss_sum = 0.0;
             for (inputs, targets) in &collated {
-                let (loss, _) = masked_lm_loss(self.model, inputs, targets);
+                let loss = masked_lm_loss(self.model, inputs, targets);
                 let value = loss.double_value(&[]);
                 if !value.is_finite() {
                     return Err(Error::Invalid(format!(
@@ -431,7 +430,7 @@ impl<'a> Trainer<'a> {
                         }
                     }
                 }
-                progress.println(format!("step {step}: {}", format_metrics(&metrics)));
+                progress.suspend(|| eprintln!("step {step}: {}", format_metrics(&metrics)));
                 line.extend(metrics);
             }
             if !line.is_empty() {
