@@ -6,16 +6,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::Path;
 
-/// Loads `path` (or an empty table), applies each `key.path=value` override (the value is read
-/// as TOML — `3`, `0.5`, `true`, `"text"`, `[1, 2]` — and as a plain string when that fails),
-/// and deserialises. Unknown keys are errors, so typos do not pass silently.
-pub fn load<T: DeserializeOwned + Serialize>(path: Option<&Path>, overrides: &[String]) -> Result<T> {
-    let mut table = match path {
-        Some(p) => crate::fsutil::read_to_string(p)?
+/// Starts from `T::default()`, merges `path` into it, applies each `key.path=value` override
+/// (the value is read as TOML — `3`, `0.5`, `true`, `"text"`, `[1, 2]` — and as a plain string
+/// when that fails), and deserialises. Unknown keys are errors, so typos do not pass silently.
+pub fn load<T: DeserializeOwned + Serialize + Default>(path: Option<&Path>, overrides: &[String]) -> Result<T> {
+    let mut table = toml::Table::try_from(T::default()).expect("defaults serialise to a TOML table");
+    if let Some(p) = path {
+        let file = crate::fsutil::read_to_string(p)?
             .parse::<toml::Table>()
-            .map_err(|e| Error::file(p, format!("invalid TOML: {e}")))?,
-        None => toml::Table::new(),
-    };
+            .map_err(|e| Error::file(p, format!("invalid TOML: {e}")))?;
+        merge(&mut table, file);
+    }
     for item in overrides {
         let (key, value) = item
             .split_once('=')
@@ -31,6 +32,18 @@ pub fn load<T: DeserializeOwned + Serialize>(path: Option<&Path>, overrides: &[S
 /// The config as TOML text, for the run folder.
 pub fn to_toml<T: Serialize>(config: &T) -> String {
     toml::to_string_pretty(config).expect("configs serialise to TOML")
+}
+
+/// Deep merge: tables merge key by key, anything else replaces.
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
 }
 
 fn parse_value(text: &str) -> toml::Value {
@@ -85,6 +98,18 @@ mod tests {
 
     fn inner() -> Inner {
         Inner { lr: 1.0, name: "x".into() }
+    }
+
+    impl Default for Outer {
+        fn default() -> Self {
+            Outer { steps: 1, train: Inner { lr: 2.0, name: "default".into() } }
+        }
+    }
+
+    #[test]
+    fn nested_defaults_survive_a_partial_table() {
+        let c: Outer = load(None, &["train.lr=0.5".into()]).unwrap();
+        assert_eq!(c, Outer { steps: 1, train: Inner { lr: 0.5, name: "default".into() } });
     }
 
     #[test]

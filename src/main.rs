@@ -30,6 +30,8 @@ enum Command {
     Pretrain(RunArgs),
     /// Supervised fine-tuning on a task's reference solutions.
     Sft(RunArgs),
+    /// Expert Iteration: sample, keep the correct solutions, fine-tune on them; for several rounds.
+    Ei(ConfigArgs),
     /// Evaluate a model: maj@1, maj@k, pass@k, rerank@k with 95% intervals.
     Eval(ConfigArgs),
     /// Line charts (PNG and SVG) from runs' metrics.jsonl.
@@ -262,6 +264,11 @@ fn run(cli: Cli) -> Result<()> {
                 cfg.run.dir().join("best").display()
             );
         }
+        Command::Ei(args) => {
+            let cfg: reasonrl::train::ei::EiConfig = load_config(&args)?;
+            let out = reasonrl::train::ei::run(&cfg, args.force)?;
+            println!("expert-iteration policy saved to {}", out.display());
+        }
         Command::Eval(args) => {
             let cfg: reasonrl::eval::run::EvalConfig = load_config(&args)?;
             reasonrl::eval::run::run(&cfg, args.force)?;
@@ -284,7 +291,7 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn load_config<T: serde::de::DeserializeOwned + serde::Serialize>(args: &ConfigArgs) -> Result<T> {
+fn load_config<T: serde::de::DeserializeOwned + serde::Serialize + Default>(args: &ConfigArgs) -> Result<T> {
     Ok(reasonrl::config::load(args.config.as_deref(), &args.set)?)
 }
 

@@ -134,3 +134,39 @@ fn eval_on_a_gsm8k_slice_then_rescore_the_saved_samples() {
         serde_json::from_str(&std::fs::read_to_string(rescored.join("summary.json")).unwrap()).unwrap();
     assert_eq!(again, summary);
 }
+
+#[test]
+fn expert_iteration_runs_its_rounds_and_counts_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    ok(&["model", "init", "--preset", "tiny", "--task", "builtin:1", "--vocab-size", "300", "--out", s(&model)]);
+    let mut args = vec!["ei".to_string()];
+    for kv in [
+        format!("model={}", s(&model)),
+        "task=builtin:1".into(),
+        format!("run.out_dir={}", s(dir.path())),
+        "rounds=2".into(),
+        "questions=6".into(),
+        "samples_per_question=3".into(),
+        "max_new_tokens=8".into(),
+        "include_references=true".into(),
+        "train.max_steps=2".into(),
+        "eval.problems=4".into(),
+        "eval.samples=2".into(),
+        "eval.ks=[1,2]".into(),
+        "eval.max_new_tokens=8".into(),
+    ] {
+        args.extend(["--set".to_string(), kv]);
+    }
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("ei/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let samples: Vec<f64> = lines.iter().map(|l| l["samples_seen"].as_f64().unwrap()).collect();
+    assert_eq!(samples, vec![0.0, 18.0, 36.0], "cumulative samples per round");
+    assert!(lines[1]["pool_size"].as_f64().unwrap() >= 6.0, "references are in the pool");
+    assert!(lines.iter().all(|l| l["eval/maj@1"].is_number() && l["eval/pass@2"].is_number()));
+    assert!(dir.path().join("ei/final/model.safetensors").exists());
+}

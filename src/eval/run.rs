@@ -110,19 +110,48 @@ fn sample(cfg: &EvalConfig) -> Result<(Vec<Episode>, Vec<Episode>)> {
     let task = TaskSpec::parse(&cfg.task)?;
     let problems = task.load(split, (cfg.problems > 0).then_some(cfg.problems))?;
     let prompter = Prompter::new(&cfg.prompt, &task.load(Split::Train, Some(cfg.prompt.shots.max(1)))?)?;
-    let base = SamplingConfig {
+    let spec = SampleSpec {
+        samples: cfg.samples,
+        temperature: cfg.temperature,
+        top_p: cfg.top_p,
         max_new_tokens: cfg.max_new_tokens,
         batch_size: cfg.batch_size,
         seed: cfg.seed,
-        top_p: cfg.top_p,
+    };
+    sample_episodes(&model, &tokenizer, &prompter, &problems, &spec)
+}
+
+/// What an evaluation samples per problem: one greedy solution and `samples` at `temperature`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleSpec {
+    pub samples: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_new_tokens: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+/// The greedy episodes and the sampled ones, for [`evaluate`].
+pub fn sample_episodes(
+    model: &CausalLm,
+    tokenizer: &crate::tokenizer::Tokenizer,
+    prompter: &Prompter,
+    problems: &[crate::task::Problem],
+    spec: &SampleSpec,
+) -> Result<(Vec<Episode>, Vec<Episode>)> {
+    let base = SamplingConfig {
+        max_new_tokens: spec.max_new_tokens,
+        batch_size: spec.batch_size,
+        seed: spec.seed,
+        top_p: spec.top_p,
         ..SamplingConfig::default()
     };
     let start = std::time::Instant::now();
-    let greedy =
-        rollout(&model, &tokenizer, &prompter, &problems, &SamplingConfig { temperature: 0.0, ..base.clone() })?;
-    let samples = if cfg.samples > 0 {
-        let sampled = SamplingConfig { temperature: cfg.temperature, samples_per_prompt: cfg.samples, ..base };
-        rollout(&model, &tokenizer, &prompter, &problems, &sampled)?
+    let greedy = rollout(model, tokenizer, prompter, problems, &SamplingConfig { temperature: 0.0, ..base.clone() })?;
+    let samples = if spec.samples > 0 {
+        let sampled = SamplingConfig { temperature: spec.temperature, samples_per_prompt: spec.samples, ..base };
+        rollout(model, tokenizer, prompter, problems, &sampled)?
     } else {
         Vec::new()
     };
@@ -131,7 +160,7 @@ fn sample(cfg: &EvalConfig) -> Result<(Vec<Episode>, Vec<Episode>)> {
     eprintln!(
         "sampled {} problems x (1 greedy + {} samples): {tokens} tokens in {seconds:.1}s ({:.0} tokens/s)",
         problems.len(),
-        cfg.samples,
+        spec.samples,
         tokens as f64 / seconds
     );
     Ok((greedy, samples))

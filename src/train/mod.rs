@@ -4,6 +4,7 @@
 //! examples are and what to evaluate.
 
 pub mod checkpoint;
+pub mod ei;
 pub mod pretrain;
 pub mod sft;
 
@@ -430,7 +431,9 @@ impl<'a> Trainer<'a> {
                         }
                     }
                 }
-                progress.suspend(|| eprintln!("step {step}: {}", format_metrics(&metrics)));
+                if !metrics.is_empty() {
+                    progress.suspend(|| eprintln!("step {step}: {}", format_metrics(&metrics)));
+                }
                 line.extend(metrics);
             }
             if !line.is_empty() {

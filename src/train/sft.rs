@@ -60,16 +60,9 @@ pub fn run(cfg: &SftConfig, resume: bool, force: bool) -> Result<PathBuf> {
         problems.truncate(cfg.train_problems);
     }
     let prompter = Prompter::new(&cfg.prompt, &problems)?;
-    let eos = tokenizer.eos_id();
     let examples = problems
         .iter()
-        .map(|p| {
-            let mut tokens = prompter.encode(&tokenizer, &p.question)?;
-            let targets_from = tokens.len();
-            tokens.extend(tokenizer.encode(p.reference_solution.trim_end())?);
-            tokens.push(eos);
-            Ok(Example { tokens, targets_from })
-        })
+        .map(|p| solution_example(&tokenizer, &prompter, &p.question, &p.reference_solution))
         .collect::<Result<Vec<_>>>()?;
     eprintln!(
         "sft: {} examples, {} validation problems, run folder {}",
@@ -86,4 +79,18 @@ pub fn run(cfg: &SftConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let last = dir.join("final");
     model.save_with_tokenizer(&tokenizer, &last, true)?;
     Ok(last)
+}
+
+/// A prompt and a solution (then EOS) as a training example with the loss on the solution.
+pub fn solution_example(
+    tokenizer: &crate::tokenizer::Tokenizer,
+    prompter: &Prompter,
+    question: &str,
+    solution: &str,
+) -> Result<Example> {
+    let mut tokens = prompter.encode(tokenizer, question)?;
+    let targets_from = tokens.len();
+    tokens.extend(tokenizer.encode(solution.trim_end())?);
+    tokens.push(tokenizer.eos_id());
+    Ok(Example { tokens, targets_from })
 }
