@@ -1,0 +1,110 @@
+//! AdamW with decoupled weight decay (Loshchilov & Hutter, 2019), written out so that its state
+//! can be checkpointed and restored exactly.
+
+use super::TrainConfig;
+use crate::error::{Error, Result};
+use crate::model::CausalLm;
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// AdamW with decoupled weight decay, written out so its state can be checkpointed exactly.
+pub struct AdamW {
+    params: Vec<(String, Tensor)>,
+    exp_avg: Vec<Tensor>,
+    exp_avg_sq: Vec<Tensor>,
+    pub steps: i64,
+}
+
+impl AdamW {
+    pub fn new(model: &CausalLm) -> Self {
+        let mut params: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let exp_avg = params.iter().map(|(_, p)| p.zeros_like()).collect();
+        let exp_avg_sq = params.iter().map(|(_, p)| p.zeros_like()).collect();
+        AdamW { params, exp_avg, exp_avg_sq, steps: 0 }
+    }
+
+    /// Global gradient norm, after scaling the gradients down to `max_norm` if it is above.
+    pub fn clip_grad_norm(&self, max_norm: f64) -> f64 {
+        tch::no_grad(|| {
+            let squares: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|(_, p)| p.grad())
+                .filter(|g| g.defined())
+                .map(|g| g.square().sum(Kind::Float))
+                .collect();
+            let norm = Tensor::stack(&squares, 0).sum(Kind::Float).sqrt().double_value(&[]);
+            if max_norm > 0.0 && norm > max_norm {
+                for (_, p) in &self.params {
+                    let mut g = p.grad();
+                    if g.defined() {
+                        let _ = g.g_mul_scalar_(max_norm / (norm + 1e-6));
+                    }
+                }
+            }
+            norm
+        })
+    }
+
+    pub fn step(&mut self, cfg: &TrainConfig, lr: f64) {
+        self.steps += 1;
+        let (b1, b2) = (cfg.beta1, cfg.beta2);
+        let bias1 = 1.0 - b1.powi(self.steps as i32);
+        let bias2 = 1.0 - b2.powi(self.steps as i32);
+        tch::no_grad(|| {
+            for (i, (name, p)) in self.params.iter_mut().enumerate() {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let decays = p.dim() >= 2 && !name.contains("norm");
+                if decays && cfg.weight_decay > 0.0 {
+                    let _ = p.g_mul_scalar_(1.0 - lr * cfg.weight_decay);
+                }
+                let _ = self.exp_avg[i].g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
+                let _ = self.exp_avg_sq[i].g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
+                let denom = (&self.exp_avg_sq[i] / bias2).sqrt() + cfg.eps;
+                let _ = p.g_sub_(&(&self.exp_avg[i] / &denom * (lr / bias1)));
+            }
+        });
+    }
+
+    pub fn zero_grad(&mut self) {
+        for (_, p) in self.params.iter_mut() {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.detach_().zero_();
+            }
+        }
+    }
+
+    /// Moment tensors by name, for checkpoints.
+    pub fn state(&self) -> BTreeMap<String, Tensor> {
+        let mut out = BTreeMap::new();
+        for (i, (name, _)) in self.params.iter().enumerate() {
+            out.insert(format!("exp_avg.{name}"), self.exp_avg[i].to_device(tch::Device::Cpu));
+            out.insert(format!("exp_avg_sq.{name}"), self.exp_avg_sq[i].to_device(tch::Device::Cpu));
+        }
+        out
+    }
+
+    pub fn load_state(&mut self, mut state: BTreeMap<String, Tensor>, steps: i64, file: &Path) -> Result<()> {
+        for (i, (name, p)) in self.params.iter().enumerate() {
+            for (prefix, slot) in [("exp_avg", &mut self.exp_avg[i]), ("exp_avg_sq", &mut self.exp_avg_sq[i])] {
+                let key = format!("{prefix}.{name}");
+                let t = state.remove(&key).ok_or_else(|| Error::file(file, format!("tensor `{key}` is missing")))?;
+                if t.size() != p.size() {
+                    return Err(Error::file(
+                        file,
+                        format!("tensor `{key}` has shape {:?}, expected {:?}", t.size(), p.size()),
+                    ));
+                }
+                *slot = t.to_device(p.device()).to_kind(p.kind());
+            }
+        }
+        self.steps = steps;
+        Ok(())
+    }
+}
