@@ -227,7 +227,8 @@ fn evaluate_policy(
     if let Some(m) = &summary.maj1 {
         put("eval/maj@1".into(), m);
     }
-    for (k, m) in &summary.maj {
+    // maj@1 is the greedy figure; the sampled "maj@1" (one sample's answer) is pass@1's twin.
+    for (k, m) in summary.maj.iter().filter(|(k, _)| **k > 1) {
         put(format!("eval/maj@{k}"), m);
     }
     for (k, m) in &summary.pass {
