@@ -372,50 +372,6 @@ fn progress_bar(total: u64, position: u64) -> indicatif::ProgressBar {
     bar
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn warmup_then_cosine_to_the_floor() {
-        let cfg = TrainConfig { lr: 1.0, warmup_steps: 4, min_lr_ratio: 0.1, ..TrainConfig::default() };
-        assert_eq!(learning_rate(&cfg, 0, 14), 0.25);
-        assert_eq!(learning_rate(&cfg, 3, 14), 1.0);
-        assert!((learning_rate(&cfg, 9, 14) - 0.55).abs() < 1e-12, "half way: mid between 1 and 0.1");
-        assert!((learning_rate(&cfg, 14, 14) - 0.1).abs() < 1e-12);
-        let constant = TrainConfig { schedule: "constant".into(), ..cfg };
-        assert_eq!(learning_rate(&constant, 10, 14), 1.0);
-    }
-
-    #[test]
-    fn batches_respect_the_budget_and_cover_every_example_once() {
-        let lengths: Vec<usize> = (0..500).map(|i| 10 + (i * 37) % 90).collect();
-        let batches = make_batches(&lengths, 400, 3, 0);
-        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
-        seen.sort();
-        assert_eq!(seen, (0..500).collect::<Vec<_>>());
-        for b in &batches {
-            let longest = b.iter().map(|&i| lengths[i]).max().unwrap();
-            assert!(longest * b.len() <= 400 || b.len() == 1);
-        }
-        let padded: usize = batches.iter().map(|b| b.iter().map(|&i| lengths[i]).max().unwrap() * b.len()).sum();
-        let real: usize = lengths.iter().sum();
-        assert!((padded as f64) < 1.1 * real as f64, "bucketing keeps padding small: {padded} vs {real}");
-        assert_eq!(make_batches(&lengths, 400, 3, 0), batches, "deterministic");
-        assert_ne!(make_batches(&lengths, 400, 3, 1), batches, "a new order each epoch");
-    }
-
-    #[test]
-    fn collate_masks_the_prompt_and_the_padding() {
-        let a = Example { tokens: vec![1, 2, 3, 4, 5], targets_from: 3 };
-        let b = Example { tokens: vec![1, 6, 7], targets_from: 1 };
-        let (inputs, targets) = collate(&[&a, &b], 0, tch::Device::Cpu);
-        assert_eq!(Vec::<i64>::try_from(inputs.reshape([-1])).unwrap(), vec![1, 2, 3, 4, 1, 6, 0, 0]);
-        // Row a predicts tokens 4 and 5 only (positions 2 and 3); row b predicts 6 and 7.
-        assert_eq!(Vec::<i64>::try_from(targets.reshape([-1])).unwrap(), vec![-100, -100, 4, 5, 6, 7, -100, -100]);
-    }
-}
-
 /// Evaluation during training (`[eval]` in configs): greedy accuracy (maj@1) on held-out
 /// problems.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -473,4 +429,48 @@ pub fn prepare_run_dir(dir: &Path, config_toml: &str, resume: bool, force: bool)
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     crate::fsutil::write_atomic(&dir.join("config.toml"), |w| w.write_all(config_toml.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_then_cosine_to_the_floor() {
+        let cfg = TrainConfig { lr: 1.0, warmup_steps: 4, min_lr_ratio: 0.1, ..TrainConfig::default() };
+        assert_eq!(learning_rate(&cfg, 0, 14), 0.25);
+        assert_eq!(learning_rate(&cfg, 3, 14), 1.0);
+        assert!((learning_rate(&cfg, 9, 14) - 0.55).abs() < 1e-12, "half way: mid between 1 and 0.1");
+        assert!((learning_rate(&cfg, 14, 14) - 0.1).abs() < 1e-12);
+        let constant = TrainConfig { schedule: "constant".into(), ..cfg };
+        assert_eq!(learning_rate(&constant, 10, 14), 1.0);
+    }
+
+    #[test]
+    fn batches_respect_the_budget_and_cover_every_example_once() {
+        let lengths: Vec<usize> = (0..500).map(|i| 10 + (i * 37) % 90).collect();
+        let batches = make_batches(&lengths, 400, 3, 0);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..500).collect::<Vec<_>>());
+        for b in &batches {
+            let longest = b.iter().map(|&i| lengths[i]).max().unwrap();
+            assert!(longest * b.len() <= 400 || b.len() == 1);
+        }
+        let padded: usize = batches.iter().map(|b| b.iter().map(|&i| lengths[i]).max().unwrap() * b.len()).sum();
+        let real: usize = lengths.iter().sum();
+        assert!((padded as f64) < 1.1 * real as f64, "bucketing keeps padding small: {padded} vs {real}");
+        assert_eq!(make_batches(&lengths, 400, 3, 0), batches, "deterministic");
+        assert_ne!(make_batches(&lengths, 400, 3, 1), batches, "a new order each epoch");
+    }
+
+    #[test]
+    fn collate_masks_the_prompt_and_the_padding() {
+        let a = Example { tokens: vec![1, 2, 3, 4, 5], targets_from: 3 };
+        let b = Example { tokens: vec![1, 6, 7], targets_from: 1 };
+        let (inputs, targets) = collate(&[&a, &b], 0, tch::Device::Cpu);
+        assert_eq!(Vec::<i64>::try_from(inputs.reshape([-1])).unwrap(), vec![1, 2, 3, 4, 1, 6, 0, 0]);
+        // Row a predicts tokens 4 and 5 only (positions 2 and 3); row b predicts 6 and 7.
+        assert_eq!(Vec::<i64>::try_from(targets.reshape([-1])).unwrap(), vec![-100, -100, 4, 5, 6, 7, -100, -100]);
+    }
 }
