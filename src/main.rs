@@ -239,7 +239,8 @@ fn run(cli: Cli) -> Result<()> {
             let problems = TaskSpec::parse(&task)?.load(Split::Train, None)?;
             let corpus =
                 problems.iter().map(|p| format!("{}\n{}", reasonrl::prompt::plain(&p.question), p.reference_solution));
-            let (model, tokenizer) = presets::init_from_scratch(&preset, corpus, vocab_size, max_positions, seed)?;
+            let (model, tokenizer) =
+                presets::init_from_scratch(&preset, corpus, vocab_size, max_positions, seed, tch::Device::Cpu)?;
             model.save_with_tokenizer(&tokenizer, &out, force)?;
             println!(
                 "initialised preset `{preset}`: {} parameters, {} tokens, saved to {}",

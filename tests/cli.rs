@@ -170,3 +170,41 @@ fn expert_iteration_runs_its_rounds_and_counts_samples() {
     assert!(lines.iter().all(|l| l["eval/maj@1"].is_number() && l["eval/pass@2"].is_number()));
     assert!(dir.path().join("ei/final/model.safetensors").exists());
 }
+
+#[test]
+fn pretrain_then_sft_write_their_run_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = format!("run.out_dir={}", s(dir.path()));
+    let common =
+        ["--set", &out_dir, "--set", "train.max_steps=3", "--set", "eval.problems=2", "--set", "eval.max_new_tokens=8"];
+    let pretrain = [
+        &["pretrain", "--set", "init.preset=tiny", "--set", "init.vocab_size=300", "--set", "corpus.documents=60"][..],
+        &["--set", "task=builtin:1", "--set", "train.max_seq_len=64", "--set", "prompt.shots=1"],
+        &common,
+    ]
+    .concat();
+    ok(&pretrain);
+    let pre = dir.path().join("pretrain");
+    for file in
+        ["config.toml", "metrics.jsonl", "final/model.safetensors", "final/tokenizer.json", "checkpoints/step-3"]
+    {
+        assert!(pre.join(file).exists(), "pretrain wrote no {file}");
+    }
+    let model = format!("model={}", s(&pre.join("final")));
+    let sft =
+        [&["sft", "--set", &model, "--set", "task=builtin:1", "--set", "train_problems=20"][..], &common].concat();
+    ok(&sft);
+    let run = dir.path().join("sft");
+    assert!(run.join("best/model.safetensors").exists() && run.join("final/model.safetensors").exists());
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("train_problems = 20") && config.contains("[train]"), "{config}");
+    let last: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().last().unwrap())
+            .unwrap();
+    assert_eq!(last["step"], 3.0);
+    assert!(last["eval/maj@1"].is_number() && last["loss"].is_number() && last["tokens_per_s"].is_number());
+    // A finished run is neither silently overwritten nor resumed by accident.
+    assert!(fails(&sft).contains("--resume"));
+    ok(&[&sft[..], &["--resume"]].concat());
+    ok(&[&sft[..], &["--force"]].concat());
+}

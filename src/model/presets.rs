@@ -28,6 +28,7 @@ pub fn init_from_scratch(
     vocab_size: usize,
     max_positions: i64,
     seed: u64,
+    device: tch::Device,
 ) -> Result<(super::CausalLm, crate::tokenizer::Tokenizer)> {
     let mut tokenizer = crate::tokenizer::Tokenizer::train_bpe(corpus, vocab_size)?;
     tokenizer.set_model_max_length(max_positions as usize);
@@ -36,6 +37,6 @@ pub fn init_from_scratch(
     config.eos_token_id = Some(tokenizer.eos_id().into());
     config.pad_token_id = Some(tokenizer.pad_id().into());
     tch::manual_seed(seed as i64);
-    let model = super::CausalLm::new(&config, tch::Device::Cpu, false)?;
+    let model = super::CausalLm::new(&config, device, false)?;
     Ok((model, tokenizer))
 }

@@ -77,14 +77,14 @@ pub fn run(cfg: &PretrainConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let documents = corpus::pretraining_corpus(cfg.corpus.level, cfg.corpus.documents, cfg.corpus.seed);
     // The tokenizer also learns the words of the prompt format, which the corpus never shows.
     let tokenizer_text = documents.iter().cloned().chain(std::iter::once(crate::prompt::plain("How many?")));
-    let (model, tokenizer) = presets::init_from_scratch(
+    let (mut model, tokenizer) = presets::init_from_scratch(
         &cfg.init.preset,
         tokenizer_text,
         cfg.init.vocab_size,
         cfg.init.max_positions,
         cfg.init.seed,
+        device,
     )?;
-    let mut model = if device == tch::Device::Cpu { model } else { to_device(model, device)? };
 
     // Pack the documents, separated by EOS, into rows of max_seq_len tokens that start with BOS.
     let mut stream = Vec::new();
@@ -119,11 +119,4 @@ pub fn run(cfg: &PretrainConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let last = dir.join("final");
     model.save_with_tokenizer(&tokenizer, &last, true)?;
     Ok(last)
-}
-
-/// Moves a freshly initialised model to `device` (through a save and load, which keeps names).
-fn to_device(model: crate::model::CausalLm, device: tch::Device) -> Result<crate::model::CausalLm> {
-    let tmp = tempfile::tempdir().map_err(|e| crate::error::Error::io(std::env::temp_dir(), e))?;
-    model.save(tmp.path())?;
-    crate::model::CausalLm::load(tmp.path(), device, false)
 }
