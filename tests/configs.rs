@@ -1,0 +1,26 @@
+//! Every shipped config parses into its command's settings (unknown keys are errors).
+
+use reasonrl::config::load;
+use std::path::Path;
+
+fn config(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(name)
+}
+
+#[test]
+fn shipped_configs_parse() {
+    let p: reasonrl::train::pretrain::PretrainConfig = load(Some(&config("pretrain.toml")), &[]).unwrap();
+    assert_eq!((p.corpus.level, p.prompt.format.as_str()), (1, "few-shot"));
+    for name in ["sft.toml", "sft-gsm8k.toml"] {
+        let s: reasonrl::train::sft::SftConfig = load(Some(&config(name)), &[]).unwrap();
+        assert!(s.train.lr > 0.0, "{name}");
+    }
+    for name in ["eval.toml", "eval-gsm8k.toml"] {
+        let e: reasonrl::eval::run::EvalConfig = load(Some(&config(name)), &[]).unwrap();
+        assert!(e.ks.iter().all(|&k| k <= e.samples) || e.samples == 0, "{name}: every k needs k <= samples");
+    }
+    let ei: reasonrl::train::ei::EiConfig = load(Some(&config("ei.toml")), &["rounds=1".into()]).unwrap();
+    assert_eq!((ei.rounds, ei.run.name.as_str()), (1, "ei"));
+    let names: Vec<_> = std::fs::read_dir(config("")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(names.len(), 6, "a new config file needs a line here: {names:?}");
+}
