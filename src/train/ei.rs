@@ -120,6 +120,8 @@ pub fn run(cfg: &EiConfig, force: bool) -> Result<PathBuf> {
             pool.push((i, q.reference_solution.clone()));
         }
     }
+    let index: std::collections::HashMap<&str, usize> =
+        questions.iter().enumerate().map(|(i, q)| (q.id.as_str(), i)).collect();
     let mut samples_seen = 0usize;
     let mut line = evaluate_policy(&policy, &tokenizer, &prompter, &test, cfg)?;
     line.extend([("round".into(), 0.0), ("samples_seen".into(), 0.0), ("step".into(), 0.0)]);
@@ -139,8 +141,6 @@ pub fn run(cfg: &EiConfig, force: bool) -> Result<PathBuf> {
         let episodes = rollout(&policy, &tokenizer, &prompter, &questions, &sampling)?;
         samples_seen += episodes.len();
         // 2. Keep the correct ones, deduplicated, in the pool of all rounds.
-        let index: std::collections::HashMap<&str, usize> =
-            questions.iter().enumerate().map(|(i, q)| (q.id.as_str(), i)).collect();
         let mut solved = HashSet::new();
         for e in episodes.iter().filter(|e| e.correct) {
             let i = index[e.problem_id.as_str()];

@@ -113,6 +113,14 @@ pub struct Example {
     pub targets_from: usize,
 }
 
+impl Example {
+    /// Positions that carry a loss (the targets `collate` keeps): known on the host, so the
+    /// training step needs no device round trip to normalise the loss.
+    pub fn target_count(&self) -> usize {
+        self.tokens.len().saturating_sub(self.targets_from.max(1))
+    }
+}
+
 /// Learning rate at `step` (0-based): linear warm-up, then constant or cosine decay.
 pub fn learning_rate(cfg: &TrainConfig, step: usize, total_steps: usize) -> f64 {
     if step < cfg.warmup_steps {
@@ -281,7 +289,7 @@ impl<'a> Trainer<'a> {
                 .iter()
                 .map(|b| collate(&b.iter().map(|&i| &examples[i]).collect::<Vec<_>>(), pad, device))
                 .collect();
-            let target_tokens: i64 = collated.iter().map(|(_, t)| t.ne(-100).sum(Kind::Int64).int64_value(&[])).sum();
+            let target_tokens: usize = micro.iter().flatten().map(|&i| examples[i].target_count()).sum();
             self.optimizer.zero_grad();
             let mut loss_sum = 0.0;
             for (inputs, targets) in &collated {
@@ -469,6 +477,8 @@ mod tests {
         let a = Example { tokens: vec![1, 2, 3, 4, 5], targets_from: 3 };
         let b = Example { tokens: vec![1, 6, 7], targets_from: 1 };
         let (inputs, targets) = collate(&[&a, &b], 0, tch::Device::Cpu);
+        assert_eq!((a.target_count(), b.target_count()), (2, 2));
+        assert_eq!(targets.ne(-100).sum(Kind::Int64).int64_value(&[]), 4);
         assert_eq!(Vec::<i64>::try_from(inputs.reshape([-1])).unwrap(), vec![1, 2, 3, 4, 1, 6, 0, 0]);
         // Row a predicts tokens 4 and 5 only (positions 2 and 3); row b predicts 6 and 7.
         assert_eq!(Vec::<i64>::try_from(targets.reshape([-1])).unwrap(), vec![-100, -100, 4, 5, 6, 7, -100, -100]);
