@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod model;
 pub mod plot;
 pub mod prompt;
+pub mod reward;
 pub mod rng;
 pub mod rollout;
 pub mod sample;

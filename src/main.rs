@@ -32,8 +32,12 @@ enum Command {
     Sft(RunArgs),
     /// Expert Iteration: sample, keep the correct solutions, fine-tune on them; for several rounds.
     Ei(ConfigArgs),
+    /// Train an Outcome Reward Model on a policy's own solutions, labelled by final answer.
+    Orm(RunArgs),
+    /// Return-Conditioned RL: learn from [GOOD]/[BAD]-labelled solutions, sample as [GOOD].
+    Rcrl(ConfigArgs),
     /// Evaluate a model: maj@1, maj@k, pass@k, rerank@k with 95% intervals.
-    Eval(ConfigArgs),
+    Eval(EvalArgs),
     /// Line charts (PNG and SVG) from runs' metrics.jsonl.
     Plot(PlotArgs),
     /// Measure training and sampling throughput of the presets on this machine.
@@ -62,6 +66,16 @@ struct RunArgs {
     /// Continue the run from its newest valid checkpoint.
     #[arg(long, conflicts_with = "force")]
     resume: bool,
+}
+
+/// `reasonrl eval`: a config and overrides, plus the reranking scorer.
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Rerank samples (rerank@k) with this ORM folder, or `mean-logprob`.
+    #[arg(long)]
+    scorer: Option<String>,
 }
 
 #[derive(Args)]
@@ -270,9 +284,26 @@ fn run(cli: Cli) -> Result<()> {
             let out = reasonrl::train::ei::run(&cfg, args.force)?;
             println!("expert-iteration policy saved to {}", out.display());
         }
+        Command::Orm(args) => {
+            let cfg: reasonrl::train::orm::OrmConfig = load_config(&args.config)?;
+            let out = reasonrl::train::orm::run(&cfg, args.resume, args.config.force)?;
+            println!(
+                "outcome reward model saved to {} (best by held-out AUROC in {})",
+                out.display(),
+                cfg.run.dir().join("best").display()
+            );
+        }
+        Command::Rcrl(args) => {
+            let cfg: reasonrl::train::rcrl::RcrlConfig = load_config(&args)?;
+            let out = reasonrl::train::rcrl::run(&cfg, args.force)?;
+            println!("return-conditioned policy saved to {} (sample it with prompt.condition=[GOOD])", out.display());
+        }
         Command::Eval(args) => {
-            let cfg: reasonrl::eval::run::EvalConfig = load_config(&args)?;
-            reasonrl::eval::run::run(&cfg, args.force)?;
+            let mut cfg: reasonrl::eval::run::EvalConfig = load_config(&args.config)?;
+            if let Some(scorer) = args.scorer {
+                cfg.scorer = scorer;
+            }
+            reasonrl::eval::run::run(&cfg, args.config.force)?;
         }
         Command::Plot(args) => {
             let request = reasonrl::plot::PlotRequest {
@@ -346,7 +377,7 @@ fn sample(args: SampleArgs) -> Result<()> {
         batch_size: args.batch_size,
         seed: args.seed,
         stop_strings: args.stop,
-        stop_after_answer_line: true,
+        ..SamplingConfig::default()
     };
     let start = std::time::Instant::now();
     let episodes = rollout(&model, &tokenizer, &reasonrl::prompt::Prompter::plain(), &problems, &cfg)?;

@@ -13,31 +13,44 @@ pub struct PromptConfig {
     pub format: String,
     /// Solved examples in a few-shot prompt (taken from the start of the train split).
     pub shots: usize,
+    /// A control token that opens the response, e.g. "[GOOD]" to sample a return-conditioned
+    /// (RCRL) model as a good solver; "" for none.
+    pub condition: String,
+    /// Open every line (step) of the response with the control token too (per-step RCRL).
+    pub condition_every_step: bool,
 }
 
 impl Default for PromptConfig {
     fn default() -> Self {
-        PromptConfig { format: "plain".into(), shots: 4 }
+        PromptConfig { format: "plain".into(), shots: 4, condition: String::new(), condition_every_step: false }
     }
 }
 
-/// Turns questions into prompt text.
-#[derive(Debug, Clone)]
+/// Turns questions into prompts.
+#[derive(Debug, Clone, Default)]
 pub struct Prompter {
     examples: Vec<Problem>,
+    condition: Option<String>,
+    condition_every_step: bool,
 }
 
 impl Prompter {
     /// The plain template.
     pub fn plain() -> Self {
-        Prompter { examples: Vec::new() }
+        Prompter::default()
     }
 
     /// From a config; few-shot examples come from `train` (the first `shots` problems).
     pub fn new(cfg: &PromptConfig, train: &[Problem]) -> Result<Self> {
+        let mut prompter = Prompter::plain();
+        if !cfg.condition.is_empty() {
+            prompter = prompter.conditioned(&cfg.condition, cfg.condition_every_step);
+        }
         match cfg.format.as_str() {
-            "plain" => Ok(Prompter::plain()),
-            "few-shot" if cfg.shots <= train.len() => Ok(Prompter { examples: train[..cfg.shots].to_vec() }),
+            "plain" => Ok(prompter),
+            "few-shot" if cfg.shots <= train.len() => {
+                Ok(Prompter { examples: train[..cfg.shots].to_vec(), ..prompter })
+            }
             "few-shot" => {
                 Err(Error::Invalid(format!("prompt.shots = {} but the train split has {}", cfg.shots, train.len())))
             }
@@ -57,11 +70,45 @@ impl Prompter {
         out
     }
 
-    /// Prompt token ids: BOS (if the tokenizer has one), then the text.
+    /// The same prompts, with the response opened by the control token `token` (and, with
+    /// `every_step`, each of its lines too).
+    pub fn conditioned(self, token: &str, every_step: bool) -> Self {
+        Prompter { condition: Some(token.to_string()), condition_every_step: every_step, ..self }
+    }
+
+    /// Without a control token.
+    pub fn unconditioned(self) -> Self {
+        Prompter { condition: None, condition_every_step: false, ..self }
+    }
+
+    /// Prompt token ids: BOS (if the tokenizer has one), the text, then the control token.
     pub fn encode(&self, tokenizer: &Tokenizer, question: &str) -> Result<Vec<u32>> {
         let mut ids: Vec<u32> = tokenizer.bos_id().into_iter().collect();
         ids.extend(tokenizer.encode(&self.text(question))?);
+        ids.extend(self.condition_id(tokenizer)?);
         Ok(ids)
+    }
+
+    /// The control token to feed at the start of every new response line, if any.
+    pub fn step_condition(&self, tokenizer: &Tokenizer) -> Result<Option<u32>> {
+        if self.condition_every_step {
+            self.condition_id(tokenizer)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn condition_id(&self, tokenizer: &Tokenizer) -> Result<Option<u32>> {
+        self.condition
+            .as_deref()
+            .map(|token| {
+                tokenizer.token_to_id(token).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "prompt.condition: the tokenizer has no token `{token}` (not an RCRL model?)"
+                    ))
+                })
+            })
+            .transpose()
     }
 
     /// Strings that end a response: a few-shot model goes on to invent the next question.
@@ -92,7 +139,7 @@ mod tests {
             "Question: {}\nAnswer:\n{}\n\nQuestion: {}\nAnswer:\n{}\n\nQuestion: {q}\nAnswer:\n",
             ex[0].question, ex[0].reference_solution, ex[1].question, ex[1].reference_solution
         );
-        let cfg = PromptConfig { format: "few-shot".into(), shots: 2 };
+        let cfg = PromptConfig { format: "few-shot".into(), shots: 2, ..PromptConfig::default() };
         let prompter = Prompter::new(&cfg, &ex).unwrap();
         assert_eq!(prompter.text(q), want);
         assert_eq!(Prompter::plain().text(q), format!("Question: {q}\nAnswer:\n"));

@@ -25,7 +25,8 @@ pub struct Episode {
 }
 
 /// Samples `cfg.samples_per_prompt` solutions per problem and checks each answer.
-/// The prompter's stop strings are added to `cfg`'s.
+/// The prompter's stop strings are added to `cfg`'s, and its per-step control token (if any)
+/// becomes the step prefix.
 pub fn rollout(
     model: &Llama,
     tokenizer: &Tokenizer,
@@ -36,6 +37,7 @@ pub fn rollout(
     let prompts = problems.iter().map(|p| prompter.encode(tokenizer, &p.question)).collect::<Result<Vec<_>>>()?;
     let mut cfg = cfg.clone();
     cfg.stop_strings.extend(prompter.stop_strings());
+    cfg.step_prefix = cfg.step_prefix.or(prompter.step_condition(tokenizer)?);
     let generations = generate(model, tokenizer, &prompts, &cfg)?;
     Ok(generations
         .into_iter()

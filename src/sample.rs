@@ -30,6 +30,9 @@ pub struct SamplingConfig {
     pub stop_strings: Vec<String>,
     /// Stop once a `#### N` answer line is complete (followed by a newline).
     pub stop_after_answer_line: bool,
+    /// A token fed after every token that ends a line, before sampling goes on: per-step RCRL
+    /// conditions each step on `[GOOD]` this way. It is part of the response, with log-prob 0.
+    pub step_prefix: Option<u32>,
 }
 
 impl Default for SamplingConfig {
@@ -43,6 +46,7 @@ impl Default for SamplingConfig {
             seed: 0,
             stop_strings: Vec::new(),
             stop_after_answer_line: true,
+            step_prefix: None,
         }
     }
 }
@@ -100,7 +104,11 @@ pub fn generate(
         (0..prompts.len()).flat_map(|p| (0..cfg.samples_per_prompt).map(move |s| (p, s))).collect();
     // Longest prompts first, so each batch holds similar lengths and little padding.
     rows.sort_by_key(|&(p, _)| std::cmp::Reverse(prompts[p].len()));
-    let stops = Stops { ids: tokenizer.stop_ids(), cfg };
+    let stops = Stops {
+        ids: tokenizer.stop_ids(),
+        ends_line: if cfg.step_prefix.is_some() { tokenizer.newline_counts()? } else { Vec::new() },
+        cfg,
+    };
     let mut out = Vec::with_capacity(rows.len());
     tch::no_grad(|| -> Result<()> {
         for chunk in rows.chunks(cfg.batch_size) {
@@ -114,6 +122,8 @@ pub fn generate(
 
 struct Stops<'a> {
     ids: Vec<u32>,
+    /// Newlines in each token (only with a step prefix).
+    ends_line: Vec<u8>,
     cfg: &'a SamplingConfig,
 }
 
@@ -141,6 +151,8 @@ struct Row {
     finish: Option<Finish>,
     text: String,
     rng: Rng,
+    /// The last token ended a line: the step prefix comes next.
+    at_line_start: bool,
 }
 
 /// A batch being decoded: the KV cache plus which key positions are real (not padding) and the
@@ -227,6 +239,7 @@ fn generate_batch(
             finish: None,
             text: String::new(),
             rng: Rng::new(Rng::new(cfg.seed).next_u64() ^ ((p as u64) << 24) ^ s as u64),
+            at_line_start: false,
         })
         .collect();
     let mut active: Vec<usize> = (0..rows.len()).collect(); // batch slot -> row
@@ -236,11 +249,20 @@ fn generate_batch(
         let next_host = Vec::<i64>::try_from(&next.to_device(Device::Cpu))?;
         let logprob_host = Vec::<f32>::try_from(&logprob.to_device(Device::Cpu))?;
         let mut keep = Vec::with_capacity(active.len());
+        let mut forced = false;
+        let mut fed = next_host.clone();
         for (slot, &r) in active.iter().enumerate() {
             let row = &mut rows[r];
-            let token = next_host[slot] as u32;
+            let (token, logprob) = match cfg.step_prefix {
+                Some(prefix) if row.at_line_start => (prefix, 0.0),
+                _ => (next_host[slot] as u32, logprob_host[slot]),
+            };
+            forced |= token as i64 != next_host[slot];
+            fed[slot] = token as i64;
+            row.at_line_start = cfg.step_prefix.is_some_and(|p| p != token)
+                && stops.ends_line.get(token as usize).is_some_and(|&n| n > 0);
             row.tokens.push(token);
-            row.logprobs.push(logprob_host[slot]);
+            row.logprobs.push(logprob);
             if stops.ids.contains(&token) {
                 row.finish = Some(Finish::Eos);
             } else {
@@ -258,6 +280,9 @@ fn generate_batch(
         }
         if keep.is_empty() {
             break;
+        }
+        if forced {
+            next = Tensor::from_slice(&fed).to_device(model.device());
         }
         if keep.len() < active.len() {
             let index = Tensor::from_slice(&keep).to_device(model.device());
@@ -330,7 +355,7 @@ mod tests {
     #[test]
     fn stop_strings_cut_at_the_earliest_match() {
         let cfg = SamplingConfig { stop_strings: vec!["Question:".into(), "\n\n".into()], ..Default::default() };
-        let stops = Stops { ids: vec![], cfg: &cfg };
+        let stops = Stops { ids: vec![], ends_line: vec![], cfg: &cfg };
         assert_eq!(stops.text_end("x = 3\n\nQuestion: y"), Some(7));
         assert_eq!(stops.text_end("#### 4\nQuestion:"), Some(7));
         assert_eq!(stops.text_end("nothing yet"), None);

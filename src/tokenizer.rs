@@ -327,6 +327,12 @@ impl Tokenizer {
         tokens.iter().map(|t| self.inner.token_to_id(t).expect("a token just added is in the vocabulary")).collect()
     }
 
+    /// For every id, the number of newlines in its text (special tokens count none): a token
+    /// with a newline ends a step of a solution.
+    pub fn newline_counts(&self) -> Result<Vec<u8>> {
+        (0..self.vocab_size() as u32).map(|id| Ok(self.decode(&[id], true)?.matches('\n').count() as u8)).collect()
+    }
+
     /// The id of a token (model or added vocabulary), if present.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

@@ -147,8 +147,8 @@ fn expert_iteration_runs_its_rounds_and_counts_samples() {
         format!("run.out_dir={}", s(dir.path())),
         "rounds=2".into(),
         "questions=6".into(),
-        "samples_per_question=3".into(),
-        "max_new_tokens=8".into(),
+        "sampling.samples_per_question=3".into(),
+        "sampling.max_new_tokens=8".into(),
         "include_references=true".into(),
         "train.max_steps=2".into(),
         "eval.problems=4".into(),
@@ -207,4 +207,107 @@ fn pretrain_then_sft_write_their_run_folders() {
     assert!(fails(&sft).contains("--resume"));
     ok(&[&sft[..], &["--resume"]].concat());
     ok(&[&sft[..], &["--force"]].concat());
+}
+
+/// `command` then `--set KEY=VALUE` for each setting, then `extra`.
+fn with_sets(command: &[&str], sets: &[String], extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = command.iter().map(|a| a.to_string()).collect();
+    for kv in sets {
+        args.extend(["--set".to_string(), kv.clone()]);
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn orm_reranks_and_rcrl_learns_from_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, samples) = (dir.path().join("model"), dir.path().join("samples.jsonl"));
+    ok(&["model", "init", "--preset", "tiny", "--task", "builtin:1", "--vocab-size", "300", "--out", s(&model)]);
+    // A from-scratch model is never right; mark every other solution right so the ORM has both
+    // classes (this test is about the plumbing; tests/train.rs checks that an ORM learns).
+    let sample = ["sample", "--model", s(&model), "--task", "builtin:1", "--limit", "8", "-k", "2"];
+    ok(&[&sample[..], &["--temperature", "1", "--max-new-tokens", "10", "--out", s(&samples)]].concat());
+    let marked: Vec<String> = std::fs::read_to_string(&samples)
+        .unwrap()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut e: serde_json::Value = serde_json::from_str(l).unwrap();
+            e["correct"] = i.is_multiple_of(2).into();
+            e.to_string()
+        })
+        .collect();
+    std::fs::write(&samples, marked.join("\n")).unwrap();
+    let out_dir = format!("run.out_dir={}", s(dir.path()));
+    let orm_sets = [
+        format!("policy={}", s(&model)),
+        format!("episodes={}", s(&samples)),
+        out_dir.clone(),
+        "holdout=0.25".into(),
+        "train.max_steps=3".into(),
+        "train.eval_every=1".into(),
+    ];
+    ok(&strs(&with_sets(&["orm"], &orm_sets, &[])));
+    let orm = dir.path().join("orm/final");
+    assert!(orm.join("head.safetensors").exists() && orm.join("tokenizer.json").exists());
+    let metrics = std::fs::read_to_string(dir.path().join("orm/metrics.jsonl")).unwrap();
+    assert!(metrics.contains("orm/auroc") && metrics.contains("orm/ece"), "{metrics}");
+
+    // Reranking with it.
+    let eval_sets = [
+        format!("model={}", s(&model)),
+        "task=builtin:1".into(),
+        "problems=3".into(),
+        "samples=2".into(),
+        "ks=[1,2]".into(),
+        "max_new_tokens=8".into(),
+        format!("out={}", s(&dir.path().join("eval"))),
+    ];
+    assert!(ok(&strs(&with_sets(&["eval", "--scorer", s(&orm)], &eval_sets, &[]))).contains("rerank@2"));
+    let err = fails(&strs(&with_sets(&["eval", "--scorer", s(&model)], &eval_sets, &["--force"])));
+    assert!(err.contains("head.safetensors"), "the policy itself is not an ORM: {err}");
+
+    // RCRL with per-step labels from the ORM, the references in the pool.
+    let rcrl_sets = [
+        format!("model={}", s(&model)),
+        "task=builtin:1".into(),
+        out_dir,
+        "labels=orm".into(),
+        format!("orm={}", s(&orm)),
+        "rounds=2".into(),
+        "questions=4".into(),
+        "include_references=true".into(),
+        "sampling.samples_per_question=2".into(),
+        "sampling.max_new_tokens=8".into(),
+        "train.max_steps=2".into(),
+        "eval.problems=3".into(),
+        "eval.samples=2".into(),
+        "eval.ks=[1,2]".into(),
+        "eval.max_new_tokens=8".into(),
+    ];
+    ok(&strs(&with_sets(&["rcrl"], &rcrl_sets, &[])));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("rcrl/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen: Vec<f64> = lines.iter().map(|l| l["samples_seen"].as_f64().unwrap()).collect();
+    assert_eq!(seen, vec![0.0, 8.0, 16.0]);
+    assert!(lines[1]["pool_size"].as_f64().unwrap() >= 4.0 && lines[2]["pool_good_label_fraction"].is_number());
+
+    // The policy keeps its control tokens and samples conditioned on [GOOD] before every step;
+    // the base model has no such token.
+    let mut conditioned = eval_sets.to_vec();
+    conditioned[0] = format!("model={}", s(&dir.path().join("rcrl/final")));
+    conditioned.extend(["prompt.condition=[GOOD]".into(), "prompt.condition_every_step=true".into()]);
+    ok(&strs(&with_sets(&["eval"], &conditioned, &["--force"])));
+    let mut unknown = eval_sets.to_vec();
+    unknown.push("prompt.condition=[GOOD]".into());
+    let err = fails(&strs(&with_sets(&["eval"], &unknown, &["--force"])));
+    assert!(err.contains("[GOOD]"), "{err}");
 }

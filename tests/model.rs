@@ -227,3 +227,30 @@ fn transformers_5_rope_parameters_set_theta() {
     let err = ModelConfig::load(&path).unwrap_err().to_string();
     assert!(err.contains("config.json") && err.contains("yarn"), "{err}");
 }
+
+#[test]
+fn control_tokens_survive_save_and_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = (0..50).map(|i| format!("Tom has {i} apples.\n#### {i}"));
+    let mut tokenizer = reasonrl::tokenizer::Tokenizer::train_bpe(corpus, 300).unwrap();
+    let config = ModelConfig::llama(tokenizer.vocab_size() as i64, 32, 64, 2, 4, 2, 64, true);
+    let mut model = CausalLm::new(&config, Device::Cpu, false).unwrap();
+    let old_vocab = model.config().vocab_size;
+    let controls = reasonrl::train::rcrl::Controls::add(&mut model, &mut tokenizer).unwrap();
+    assert_eq!(model.config().vocab_size, old_vocab + 2);
+    let embed = |m: &CausalLm| m.vs.variables()["model.embed_tokens.weight"].copy();
+    let grown = embed(&model);
+    assert!(
+        max_diff(&grown.get(controls.good as i64), &grown.narrow(0, 0, old_vocab).mean_dim(0, false, Kind::Float))
+            < 1e-6
+    );
+    model.save_with_tokenizer(&tokenizer, &dir.path().join("m"), false).unwrap();
+    let (loaded, loaded_tokenizer) = CausalLm::load_with_tokenizer(&dir.path().join("m"), Device::Cpu, false).unwrap();
+    assert_eq!(loaded_tokenizer.token_to_id("[GOOD]"), Some(controls.good));
+    assert_eq!(loaded_tokenizer.token_to_id("[BAD]"), Some(controls.bad));
+    assert!(embed(&loaded).equal(&grown));
+    // Special: one token each, and gone from decoded text.
+    let ids = loaded_tokenizer.encode("[GOOD]Tom has 3 apples.").unwrap();
+    assert_eq!(ids[0], controls.good);
+    assert_eq!(loaded_tokenizer.decode(&ids, true).unwrap(), "Tom has 3 apples.");
+}

@@ -34,8 +34,7 @@ fn sampling(temperature: f64, seed: u64) -> SamplingConfig {
         samples_per_prompt: 3,
         batch_size: 4,
         seed,
-        stop_strings: vec![],
-        stop_after_answer_line: true,
+        ..SamplingConfig::default()
     }
 }
 
@@ -57,7 +56,6 @@ fn same_seed_repeats_exactly_and_other_seeds_differ() {
         assert!(g.tokens.len() <= 12);
         assert!(g.logprobs.iter().all(|&lp| lp <= 0.0 && lp.is_finite()));
     }
-    // A row's samples do not depend on the batch it was decoded in.
     // A row's samples do not depend on the batch it was decoded in (log-probs up to float
     // rounding of different batch shapes).
     let mut small_batches = sampling(1.0, 7);
@@ -109,4 +107,26 @@ fn bad_requests_are_refused() {
     cfg.max_new_tokens = 1000;
     let err = generate(&model, &tokenizer, &prompts(&tokenizer), &cfg).unwrap_err().to_string();
     assert!(err.contains("128 positions"), "{err}");
+}
+
+#[test]
+fn a_step_prefix_follows_every_line_end() {
+    let (model, tokenizer) = setup();
+    let prompts = prompts(&tokenizer);
+    let newlines = tokenizer.newline_counts().unwrap();
+    let prefix = 7; // any token will do for the sampler
+    let mut cfg = sampling(3.0, 1);
+    (cfg.max_new_tokens, cfg.samples_per_prompt, cfg.top_p, cfg.stop_after_answer_line) = (60, 8, 1.0, false);
+    cfg.step_prefix = Some(prefix);
+    let mut line_ends = 0;
+    for g in generate(&model, &tokenizer, &prompts, &cfg).unwrap() {
+        for (i, pair) in g.tokens.windows(2).enumerate() {
+            if newlines[pair[0] as usize] > 0 && pair[0] != prefix {
+                line_ends += 1;
+                assert_eq!(pair[1], prefix, "after a line end comes the prefix");
+                assert_eq!(g.logprobs[i + 1], 0.0, "a forced token has log-prob 0");
+            }
+        }
+    }
+    assert!(line_ends > 0, "the random model wrote no line end: the test checked nothing");
 }

@@ -20,7 +20,7 @@ fn setup(dir: &Path) -> (Tokenizer, Vec<Example>) {
             tokens.extend(tokenizer.encode(&p.question).unwrap());
             let targets_from = tokens.len();
             tokens.extend(tokenizer.encode(&p.reference_solution).unwrap());
-            Example { tokens, targets_from }
+            Example::new(tokens, targets_from)
         })
         .collect();
     let config = ModelConfig::llama(tokenizer.vocab_size() as i64, 32, 64, 2, 4, 2, 256, true);
@@ -141,12 +141,72 @@ fn a_corrupted_or_truncated_checkpoint_is_refused_and_the_previous_one_used() {
 fn the_loss_covers_the_response_tokens_only() {
     let config = ModelConfig::llama(50, 32, 64, 2, 4, 2, 64, true);
     let model = CausalLm::new(&config, Device::Cpu, false).unwrap();
-    let example = Example { tokens: vec![1, 7, 9, 11, 13, 21, 23, 25], targets_from: 5 };
-    let (inputs, targets) = reasonrl::train::collate(&[&example], 0, Device::Cpu);
+    let example = Example::new(vec![1, 7, 9, 11, 13, 21, 23, 25], 5);
+    let (inputs, targets) = reasonrl::train::collate(&[&example], 0, &[], Device::Cpu);
     let loss = reasonrl::train::masked_lm_loss(&model, &inputs, &targets).double_value(&[]);
     let ids: Vec<i64> = example.tokens.iter().map(|&t| t as i64).collect();
     let logp = model.forward_logits(&tch::Tensor::from_slice(&ids[..7]).unsqueeze(0)).log_softmax(-1, tch::Kind::Float);
     // Positions 4, 5, 6 predict tokens 5, 6, 7: the response. Positions 0-3 (the prompt) do not count.
     let expected: f64 = (4..7).map(|j| -logp.double_value(&[0, j, ids[j as usize + 1]])).sum();
     assert!((loss - expected).abs() < 1e-4, "{loss} vs {expected}");
+}
+
+#[test]
+fn the_orm_loss_covers_the_response_tokens_only_and_reaches_every_used_parameter() {
+    let config = ModelConfig::llama(50, 32, 64, 2, 4, 2, 64, true);
+    let model = CausalLm::new(&config, Device::Cpu, true).unwrap();
+    let mut example = Example::new(vec![1, 7, 9, 11, 13, 21], 3);
+    example.label = Some(1.0);
+    let loss = reasonrl::train::outcome_loss(&model, &[&example], 0, 2.0).unwrap();
+    let ids: Vec<i64> = example.tokens.iter().map(|&t| t as i64).collect();
+    let values = model.head_values(&model.forward_hidden(&tch::Tensor::from_slice(&ids).unsqueeze(0))).unwrap();
+    // Label 1 with weight 2 at positions 3, 4, 5 (after each response token): 2 * softplus(-v).
+    let expected: f64 = (3..6).map(|j| 2.0 * (1.0 + (-values.double_value(&[0, j])).exp()).ln()).sum();
+    assert!((loss.double_value(&[]) - expected).abs() < 1e-4, "{loss} vs {expected}");
+    loss.backward();
+    for (name, p) in model.vs.variables() {
+        let reached = p.grad().defined() && p.grad().abs().sum(tch::Kind::Float).double_value(&[]) > 0.0;
+        // The output embedding is tied to the input one, which the loss does reach.
+        assert!(reached, "no gradient reaches {name}");
+    }
+}
+
+#[test]
+fn an_orm_learns_which_solutions_are_right() {
+    // Right solutions contain token 5 somewhere, wrong ones token 6; the rest is noise.
+    let mut rng = reasonrl::rng::Rng::new(3);
+    let episode = |i: usize, rng: &mut reasonrl::rng::Rng| {
+        let correct = i.is_multiple_of(2);
+        let mut response: Vec<u32> = (0..8).map(|_| rng.range(10, 29) as u32).collect();
+        response[rng.range(0, 7) as usize] = if correct { 5 } else { 6 };
+        reasonrl::rollout::Episode {
+            problem_id: format!("q{}", i / 4),
+            sample_index: i % 4,
+            prompt_tokens: vec![1, rng.range(10, 29) as u32],
+            response_tokens: response,
+            text: String::new(),
+            logprobs: vec![],
+            finish: reasonrl::sample::Finish::Stop,
+            extracted_answer: None,
+            reference_answer: String::new(),
+            correct,
+        }
+    };
+    let episodes: Vec<_> = (0..240).map(|i| episode(i, &mut rng)).collect();
+    let (train, heldout) = episodes.split_at(200);
+    let examples: Vec<Example> = train.iter().map(reasonrl::train::orm::outcome_example).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = Tokenizer::train_bpe(["ab".to_string()], 300).unwrap();
+    let config = ModelConfig::llama(32, 32, 64, 2, 4, 2, 64, true);
+    let mut model = CausalLm::new(&config, Device::Cpu, true).unwrap();
+    let before = reasonrl::reward::outcome_probabilities(&model, heldout, 4096).unwrap();
+    let auroc = |p: &[Vec<f32>]| reasonrl::train::orm::classifier_metrics(heldout, p)["orm/auroc"];
+    let cfg = TrainConfig { lr: 3e-3, max_steps: 40, warmup_steps: 4, batch_tokens: 400, ..TrainConfig::default() };
+    let mut trainer = Trainer::new(&mut model, &tokenizer, cfg, dir.path(), false).unwrap();
+    trainer.objective = reasonrl::train::Objective::Outcome { positive_weight: 1.0 };
+    trainer.train(&examples, &mut no_eval).unwrap();
+    let after = reasonrl::reward::outcome_probabilities(&model, heldout, 4096).unwrap();
+    assert!(auroc(&after) > 0.9, "held-out AUROC {} (before training {})", auroc(&after), auroc(&before));
+    // A prefix before the telling token knows less than the whole solution.
+    assert_eq!(after[0].len(), 9, "one probability before the response and one per token");
 }

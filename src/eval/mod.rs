@@ -117,6 +117,42 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[i] + (sorted[j] - sorted[i]) * t
 }
 
+/// Area under the ROC curve of `scores` for binary `labels`: the probability that a random
+/// positive scores above a random negative, ties counting one half (the Mann-Whitney U
+/// statistic). NaN when either class is absent.
+pub fn auroc(scores: &[f64], labels: &[bool]) -> f64 {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Mid-ranks (1-based) over groups of tied scores.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        let mid_rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += order[i..=j].iter().filter(|&&k| labels[k]).count() as f64 * mid_rank;
+        i = j + 1;
+    }
+    let positives = labels.iter().filter(|&&l| l).count() as f64;
+    let negatives = labels.len() as f64 - positives;
+    (rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives)
+}
+
+/// Expected calibration error of probabilities against binary outcomes over `bins` equal-width
+/// bins: the sample-weighted mean of |mean probability - fraction positive| per bin.
+pub fn expected_calibration_error(probabilities: &[f64], labels: &[bool], bins: usize) -> f64 {
+    let mut sums = vec![(0.0, 0.0, 0usize); bins];
+    for (&p, &l) in probabilities.iter().zip(labels) {
+        let b = ((p * bins as f64) as usize).min(bins - 1);
+        sums[b] = (sums[b].0 + p, sums[b].1 + l as u8 as f64, sums[b].2 + 1);
+    }
+    let n = probabilities.len().max(1) as f64;
+    // Per bin |sum p / c - sum l / c| * c / n = |sum p - sum l| / n.
+    sums.iter().map(|&(p, l, _)| (p - l).abs() / n).sum()
+}
+
 /// A mean over problems with its 95% bootstrap interval (all fractions in [0, 1] for rates).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Metric {
@@ -771,5 +807,18 @@ mod tests {
 
         let missing = dir.path().join("nope.jsonl");
         assert!(read_episodes(&missing).unwrap_err().to_string().contains("nope.jsonl"));
+    }
+
+    #[test]
+    fn auroc_and_calibration_by_hand() {
+        // Positives 0.9, 0.4; negatives 0.4, 0.1: pairs (0.9>0.4, 0.9>0.1, 0.4=0.4, 0.4>0.1) = 3.5/4.
+        assert!(close(auroc(&[0.9, 0.4, 0.4, 0.1], &[true, true, false, false]), 0.875));
+        assert!(close(auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]), 1.0));
+        assert!(close(auroc(&[0.1, 0.2, 0.8, 0.9], &[true, true, false, false]), 0.0));
+        assert!(auroc(&[0.5, 0.6], &[true, true]).is_nan(), "one class only");
+        // Bin [0.2, 0.3): p 0.25, 0.25, outcomes 1, 0 -> |0.25 - 0.5| = 0.25 on half the data;
+        // bin [0.9, 1.0]: p 0.95, 1.0, outcomes 1, 1 -> |0.975 - 1| = 0.025 on the other half.
+        let ece = expected_calibration_error(&[0.25, 0.25, 0.95, 1.0], &[true, false, true, true], 10);
+        assert!(close(ece, 0.5 * 0.25 + 0.5 * 0.025), "{ece}");
     }
 }

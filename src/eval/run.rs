@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::model::CausalLm;
 use crate::prompt::{PromptConfig, Prompter};
+use crate::reward::Orm;
 use crate::rollout::{rollout, Episode};
 use crate::sample::SamplingConfig;
 use crate::task::{Split, TaskSpec};
@@ -35,7 +36,8 @@ pub struct EvalConfig {
     pub batch_size: usize,
     pub seed: u64,
     pub bootstrap_resamples: usize,
-    /// Scorer for rerank@k: "" (none) or "mean-logprob" (the policy's own confidence).
+    /// Scorer for rerank@k: "" (none), "mean-logprob" (the policy's own confidence) or the
+    /// folder of an ORM trained with `reasonrl orm`.
     pub scorer: String,
     pub prompt: PromptConfig,
     /// Output folder: greedy.jsonl, samples.jsonl, records.jsonl, summary.json, summary.md.
@@ -79,7 +81,7 @@ pub fn run(cfg: &EvalConfig, force: bool) -> Result<EvalSummary> {
     let scores = match cfg.scorer.as_str() {
         "" => None,
         "mean-logprob" => Some(MeanLogprobScorer.score(&samples)?),
-        other => return Err(Error::Invalid(format!("unknown scorer `{other}` (use mean-logprob)"))),
+        path => Some(Orm::load(Path::new(path), crate::parse_device(&cfg.device)?)?.score(&samples)?),
     };
     let opts = EvalOptions {
         ks: if samples.is_empty() { vec![] } else { cfg.ks.clone() },

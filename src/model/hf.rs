@@ -149,6 +149,34 @@ impl CausalLm {
         })
     }
 
+    /// Grows the vocabulary to `vocab_size` (for added tokens such as RCRL's control tokens);
+    /// the new embedding and output rows start at the mean of the existing rows. No-op when the
+    /// model already has that many rows.
+    pub fn grow_vocab(&mut self, vocab_size: i64) -> Result<()> {
+        let old = self.config().vocab_size;
+        if vocab_size <= old {
+            return Ok(());
+        }
+        let mut config = self.config().clone();
+        config.vocab_size = vocab_size;
+        let mut grown = CausalLm::new(&config, self.vs.device(), self.has_head())?;
+        grown.vs.set_kind(self.vs.kind());
+        let current = self.vs.variables();
+        tch::no_grad(|| {
+            for (name, mut var) in grown.vs.variables() {
+                let src = &current[&name];
+                if src.size() == var.size() {
+                    var.copy_(src);
+                } else {
+                    var.narrow(0, 0, old).copy_(src);
+                    var.narrow(0, old, vocab_size - old).copy_(&src.mean_dim(0, true, src.kind()));
+                }
+            }
+        });
+        *self = grown;
+        Ok(())
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.net.config
     }

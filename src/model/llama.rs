@@ -222,11 +222,17 @@ impl Llama {
         self.head.is_some()
     }
 
-    /// Logits `[B, T, V]` of unpadded (or right-padded) sequences: positions 0.., causal.
-    pub fn forward_logits(&self, ids: &Tensor) -> Tensor {
+    /// Final hidden states `[B, T, H]` of unpadded (or right-padded) sequences: positions 0..,
+    /// causal.
+    pub fn forward_hidden(&self, ids: &Tensor) -> Tensor {
         let (b, t) = ids.size2().expect("ids are [B, T]");
         let positions = Tensor::arange(t, (Kind::Int64, ids.device())).unsqueeze(0).expand([b, t], false);
-        self.logits(&self.forward(ids, &positions, None, None))
+        self.forward(ids, &positions, None, None)
+    }
+
+    /// Logits `[B, T, V]` of unpadded (or right-padded) sequences.
+    pub fn forward_logits(&self, ids: &Tensor) -> Tensor {
+        self.logits(&self.forward_hidden(ids))
     }
 }
 

@@ -6,7 +6,10 @@
 pub mod checkpoint;
 pub mod ei;
 pub mod optim;
+pub mod orm;
 pub mod pretrain;
+pub mod rcrl;
+pub mod rounds;
 pub mod sft;
 
 use crate::error::{Error, Result};
@@ -111,13 +114,58 @@ impl RunConfig {
 pub struct Example {
     pub tokens: Vec<u32>,
     pub targets_from: usize,
+    /// What the ORM learns to predict at every response token: 1 when the final answer is right.
+    /// None for language modelling.
+    pub label: Option<f32>,
 }
 
 impl Example {
-    /// Positions that carry a loss (the targets `collate` keeps): known on the host, so the
-    /// training step needs no device round trip to normalise the loss.
-    pub fn target_count(&self) -> usize {
-        self.tokens.len().saturating_sub(self.targets_from.max(1))
+    pub fn new(tokens: Vec<u32>, targets_from: usize) -> Self {
+        Example { tokens, targets_from, label: None }
+    }
+}
+
+/// What a trainer minimises. Both losses are sums over positions, normalised by the summed
+/// [`Objective::weight`] of the step's examples, which is known on the host (no device sync).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Objective {
+    /// Next-token cross-entropy on the response tokens. Tokens in `context_only` (RCRL's
+    /// control tokens) are read but never predicted.
+    LanguageModel { context_only: Vec<u32> },
+    /// Binary cross-entropy of the scalar head against the example's label at every response
+    /// token (the ORM); positive examples weigh `positive_weight`, negative ones 1.
+    Outcome { positive_weight: f64 },
+}
+
+impl Default for Objective {
+    fn default() -> Self {
+        Objective::LanguageModel { context_only: Vec::new() }
+    }
+}
+
+impl Objective {
+    /// The example's share of the normaliser: its weighted number of loss terms.
+    pub fn weight(&self, e: &Example) -> f64 {
+        match self {
+            Objective::LanguageModel { context_only } => {
+                (e.targets_from.max(1)..e.tokens.len()).filter(|&j| !context_only.contains(&e.tokens[j])).count() as f64
+            }
+            Objective::Outcome { positive_weight } => {
+                let w = if e.label.unwrap_or(0.0) >= 0.5 { *positive_weight } else { 1.0 };
+                e.tokens.len().saturating_sub(e.targets_from) as f64 * w
+            }
+        }
+    }
+
+    /// The summed loss of a micro-batch.
+    pub fn loss(&self, model: &CausalLm, batch: &[&Example], pad: u32) -> Result<Tensor> {
+        match self {
+            Objective::LanguageModel { context_only } => {
+                let (inputs, targets) = collate(batch, pad, context_only, model.device());
+                Ok(masked_lm_loss(model, &inputs, &targets))
+            }
+            Objective::Outcome { positive_weight } => outcome_loss(model, batch, pad, *positive_weight),
+        }
     }
 }
 
@@ -168,8 +216,8 @@ pub fn make_batches(lengths: &[usize], budget: usize, seed: u64, epoch: usize) -
 }
 
 /// Right-padded inputs `[B, T-1]` and targets `[B, T-1]` (-100 where no loss is taken: the
-/// prompt and the padding).
-pub fn collate(examples: &[&Example], pad: u32, device: tch::Device) -> (Tensor, Tensor) {
+/// prompt, the padding and `context_only` tokens).
+pub fn collate(examples: &[&Example], pad: u32, context_only: &[u32], device: tch::Device) -> (Tensor, Tensor) {
     let t = examples.iter().map(|e| e.tokens.len()).max().unwrap_or(2).max(2);
     let b = examples.len();
     let mut inputs = vec![pad as i64; b * (t - 1)];
@@ -177,7 +225,7 @@ pub fn collate(examples: &[&Example], pad: u32, device: tch::Device) -> (Tensor,
     for (r, e) in examples.iter().enumerate() {
         for j in 0..e.tokens.len().saturating_sub(1) {
             inputs[r * (t - 1) + j] = e.tokens[j] as i64;
-            if j + 1 >= e.targets_from {
+            if j + 1 >= e.targets_from && !context_only.contains(&e.tokens[j + 1]) {
                 targets[r * (t - 1) + j] = e.tokens[j + 1] as i64;
             }
         }
@@ -202,6 +250,35 @@ pub fn masked_lm_loss(model: &CausalLm, inputs: &Tensor, targets: &Tensor) -> Te
     )
 }
 
+/// Summed binary cross-entropy of the scalar head's logit at every response token (the hidden
+/// state after reading it) against the example's label; see [`Objective::Outcome`].
+pub fn outcome_loss(model: &CausalLm, batch: &[&Example], pad: u32, positive_weight: f64) -> Result<Tensor> {
+    let t = batch.iter().map(|e| e.tokens.len()).max().unwrap_or(1);
+    let b = batch.len();
+    let mut ids = vec![pad as i64; b * t];
+    let mut labels = vec![0f32; b * t];
+    let mut weights = vec![0f32; b * t];
+    for (r, e) in batch.iter().enumerate() {
+        let label = e.label.ok_or_else(|| Error::Invalid("an ORM training example has no label".into()))?;
+        let w = if label >= 0.5 { positive_weight as f32 } else { 1.0 };
+        for (j, &token) in e.tokens.iter().enumerate() {
+            ids[r * t + j] = token as i64;
+            if j >= e.targets_from {
+                (labels[r * t + j], weights[r * t + j]) = (label, w);
+            }
+        }
+    }
+    let device = model.device();
+    let shape = [b as i64, t as i64];
+    let hidden = model.forward_hidden(&Tensor::from_slice(&ids).view(shape).to_device(device));
+    let logits = model
+        .head_values(&hidden)
+        .ok_or_else(|| Error::Invalid("the ORM objective needs a model with a scalar head".into()))?;
+    let labels = Tensor::from_slice(&labels).view(shape).to_device(device);
+    let weights = Tensor::from_slice(&weights).view(shape).to_device(device);
+    Ok(logits.to_kind(Kind::Float).binary_cross_entropy_with_logits(&labels, Some(&weights), None, Reduction::Sum))
+}
+
 /// Metrics of one log line (`metrics.jsonl`).
 pub type Metrics = BTreeMap<String, f64>;
 
@@ -218,6 +295,7 @@ pub struct Trainer<'a> {
     optimizer: AdamW,
     /// Metric that decides `best/` (higher is better), e.g. "eval/maj@1".
     pub best_metric: Option<String>,
+    pub objective: Objective,
 }
 
 impl<'a> Trainer<'a> {
@@ -243,7 +321,16 @@ impl<'a> Trainer<'a> {
             eprintln!("resuming from {} (step {})", dir.display(), loaded.step);
             state = loaded;
         }
-        Ok(Trainer { model, tokenizer, cfg, checkpoints, state, optimizer, best_metric: None })
+        Ok(Trainer {
+            model,
+            tokenizer,
+            cfg,
+            checkpoints,
+            state,
+            optimizer,
+            best_metric: None,
+            objective: Objective::default(),
+        })
     }
 
     /// Trains on `examples` until `max_steps` (or `epochs`), logging, evaluating and
@@ -254,10 +341,7 @@ impl<'a> Trainer<'a> {
         }
         let examples: Vec<Example> = examples
             .iter()
-            .map(|e| Example {
-                tokens: e.tokens[..e.tokens.len().min(self.cfg.max_seq_len)].to_vec(),
-                targets_from: e.targets_from,
-            })
+            .map(|e| Example { tokens: e.tokens[..e.tokens.len().min(self.cfg.max_seq_len)].to_vec(), ..e.clone() })
             .collect();
         let lengths: Vec<usize> = examples.iter().map(|e| e.tokens.len()).collect();
         let per_epoch = make_batches(&lengths, self.cfg.batch_tokens, self.cfg.seed, 0).len();
@@ -267,7 +351,6 @@ impl<'a> Trainer<'a> {
             ((self.cfg.epochs * per_epoch as f64) / self.cfg.grad_accum as f64).ceil().max(1.0) as usize
         };
         let progress = progress_bar(total as u64, self.state.step as u64);
-        let device = self.model.device();
         let pad = self.tokenizer.pad_id();
         let mut batches = make_batches(&lengths, self.cfg.batch_tokens, self.cfg.seed, self.state.epoch);
         let mut window = (Instant::now(), 0usize); // tokens since the last log line
@@ -285,15 +368,13 @@ impl<'a> Trainer<'a> {
                 self.state.batch_in_epoch += 1;
             }
             let lr = learning_rate(&self.cfg, self.state.step, total);
-            let collated: Vec<(Tensor, Tensor)> = micro
-                .iter()
-                .map(|b| collate(&b.iter().map(|&i| &examples[i]).collect::<Vec<_>>(), pad, device))
-                .collect();
-            let target_tokens: usize = micro.iter().flatten().map(|&i| examples[i].target_count()).sum();
+            let weight: f64 = micro.iter().flatten().map(|&i| self.objective.weight(&examples[i])).sum();
+            let weight = weight.max(1e-9);
             self.optimizer.zero_grad();
             let mut loss_sum = 0.0;
-            for (inputs, targets) in &collated {
-                let loss = masked_lm_loss(self.model, inputs, targets);
+            for batch in &micro {
+                let batch: Vec<&Example> = batch.iter().map(|&i| &examples[i]).collect();
+                let loss = self.objective.loss(self.model, &batch, pad)?;
                 let value = loss.double_value(&[]);
                 if !value.is_finite() {
                     return Err(Error::Invalid(format!(
@@ -302,11 +383,11 @@ impl<'a> Trainer<'a> {
                     )));
                 }
                 loss_sum += value;
-                (loss / target_tokens.max(1) as f64).backward();
+                (loss / weight).backward();
             }
             let grad_norm = self.optimizer.clip_grad_norm(self.cfg.grad_clip);
             self.optimizer.step(&self.cfg, lr);
-            let loss = loss_sum / target_tokens.max(1) as f64;
+            let loss = loss_sum / weight;
             self.state.step += 1;
             self.state.samples_seen += micro.iter().map(Vec::len).sum::<usize>() as u64;
             let tokens: usize = micro.iter().flatten().map(|&i| lengths[i]).sum();
@@ -474,10 +555,11 @@ mod tests {
 
     #[test]
     fn collate_masks_the_prompt_and_the_padding() {
-        let a = Example { tokens: vec![1, 2, 3, 4, 5], targets_from: 3 };
-        let b = Example { tokens: vec![1, 6, 7], targets_from: 1 };
-        let (inputs, targets) = collate(&[&a, &b], 0, tch::Device::Cpu);
-        assert_eq!((a.target_count(), b.target_count()), (2, 2));
+        let a = Example::new(vec![1, 2, 3, 4, 5], 3);
+        let b = Example::new(vec![1, 6, 7], 1);
+        let (inputs, targets) = collate(&[&a, &b], 0, &[], tch::Device::Cpu);
+        let objective = Objective::default();
+        assert_eq!((objective.weight(&a), objective.weight(&b)), (2.0, 2.0));
         assert_eq!(targets.ne(-100).sum(Kind::Int64).int64_value(&[]), 4);
         assert_eq!(Vec::<i64>::try_from(inputs.reshape([-1])).unwrap(), vec![1, 2, 3, 4, 1, 6, 0, 0]);
         // Row a predicts tokens 4 and 5 only (positions 2 and 3); row b predicts 6 and 7.

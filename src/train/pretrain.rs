@@ -62,7 +62,7 @@ impl Default for PretrainConfig {
             init: InitConfig::default(),
             corpus: CorpusConfig::default(),
             task: "builtin".into(),
-            prompt: PromptConfig { format: "few-shot".into(), shots: 4 },
+            prompt: PromptConfig { format: "few-shot".into(), shots: 4, ..PromptConfig::default() },
             train: TrainConfig::default(),
             eval: EvalDuringTraining::default(),
         }
@@ -97,7 +97,7 @@ pub fn run(cfg: &PretrainConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let examples: Vec<Example> = stream
         .chunks(row)
         .filter(|c| c.len() == row)
-        .map(|c| Example { tokens: bos.iter().chain(c).copied().collect(), targets_from: 1 })
+        .map(|c| Example::new(bos.iter().chain(c).copied().collect(), 1))
         .collect();
 
     let mut problems = TaskSpec::parse(&cfg.task)?.load(Split::Train, None)?;

@@ -92,5 +92,5 @@ pub fn solution_example(
     let targets_from = tokens.len();
     tokens.extend(tokenizer.encode(solution.trim_end())?);
     tokens.push(tokenizer.eos_id());
-    Ok(Example { tokens, targets_from })
+    Ok(Example::new(tokens, targets_from))
 }

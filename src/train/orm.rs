@@ -1,0 +1,161 @@
+//! The Outcome Reward Model (Havrilla et al. 2024, section 3; Cobbe et al. 2021's verifier):
+//! sample K solutions per training question from a policy, label each by whether its final
+//! answer is right, deduplicate, and train the policy's copy with a scalar head to predict, at
+//! every response token, p(final answer right | question, prefix) with binary cross-entropy.
+//! Held-out questions measure it: accuracy, AUROC and calibration of the final-token prediction.
+
+use super::rounds::{dedup_key, RoundSampling};
+use super::{prepare_run_dir, Example, Metrics, Objective, RunConfig, TrainConfig, Trainer};
+use crate::error::{Error, Result};
+use crate::eval::{auroc, expected_calibration_error, read_episodes};
+use crate::model::CausalLm;
+use crate::prompt::{PromptConfig, Prompter};
+use crate::reward::outcome_probabilities;
+use crate::rollout::{rollout, Episode};
+use crate::task::{Split, TaskSpec};
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+/// `reasonrl orm` settings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrmConfig {
+    pub run: RunConfig,
+    /// The policy whose solutions the ORM learns to judge; the ORM starts as a copy of it.
+    pub policy: PathBuf,
+    pub task: String,
+    /// Training questions sampled (the first N of the train split; 0 = all).
+    pub questions: usize,
+    /// Fraction of those questions held out to measure the ORM.
+    pub holdout: f64,
+    /// Weigh right and wrong solutions equally in the loss (true) or as they come.
+    pub balance: bool,
+    /// Drop duplicate solutions of a question (whitespace-normalised text).
+    pub dedup: bool,
+    /// Learn from these episodes (e.g. an earlier run's `samples.jsonl`) instead of sampling.
+    pub episodes: Option<PathBuf>,
+    pub seed: u64,
+    pub prompt: PromptConfig,
+    pub sampling: RoundSampling,
+    pub train: TrainConfig,
+    /// Token budget of a batch when scoring held-out solutions.
+    pub eval_batch_tokens: usize,
+}
+
+impl Default for OrmConfig {
+    fn default() -> Self {
+        OrmConfig {
+            run: RunConfig { name: "orm".into(), ..RunConfig::default() },
+            policy: PathBuf::new(),
+            task: "builtin".into(),
+            questions: 0,
+            holdout: 0.1,
+            balance: true,
+            dedup: true,
+            episodes: None,
+            seed: 0,
+            prompt: PromptConfig::default(),
+            sampling: RoundSampling::default(),
+            train: TrainConfig::default(),
+            eval_batch_tokens: 16384,
+        }
+    }
+}
+
+/// Runs ORM training; the ORM ends in `RUN/final` and, by held-out AUROC, `RUN/best`.
+pub fn run(cfg: &OrmConfig, resume: bool, force: bool) -> Result<PathBuf> {
+    if !(0.0..1.0).contains(&cfg.holdout) {
+        return Err(Error::Invalid(format!("holdout {} must be in [0, 1)", cfg.holdout)));
+    }
+    let dir = cfg.run.dir();
+    prepare_run_dir(&dir, &crate::config::to_toml(cfg), resume, force)?;
+    let device = crate::parse_device(&cfg.run.device)?;
+    let (mut model, tokenizer) = CausalLm::load_with_tokenizer(&cfg.policy, device, true)?;
+    let task = TaskSpec::parse(&cfg.task)?;
+    let questions = task.load(Split::Train, (cfg.questions > 0).then_some(cfg.questions))?;
+
+    // 1. Solutions from the policy, labelled by their final answers (sampled once; a resumed
+    //    run reads them back).
+    let samples_file = dir.join("samples.jsonl");
+    let mut episodes = match &cfg.episodes {
+        Some(path) => read_episodes(path)?,
+        None if resume && samples_file.exists() => read_episodes(&samples_file)?,
+        None => {
+            let prompter = Prompter::new(&cfg.prompt, &questions)?;
+            rollout(&model, &tokenizer, &prompter, &questions, &cfg.sampling.config(cfg.seed, 0))?
+        }
+    };
+    crate::fsutil::write_jsonl(&samples_file, &episodes)?;
+    if cfg.dedup {
+        let mut seen = HashSet::new();
+        episodes.retain(|e| seen.insert((e.problem_id.clone(), dedup_key("text", &e.text))));
+    }
+    // 2. Hold out the last questions (by first appearance) to measure the ORM.
+    let mut ids: Vec<&str> = Vec::new();
+    let mut seen_ids = HashSet::new();
+    for e in &episodes {
+        if seen_ids.insert(e.problem_id.as_str()) {
+            ids.push(e.problem_id.as_str());
+        }
+    }
+    let held: HashSet<String> =
+        ids[ids.len() - (ids.len() as f64 * cfg.holdout).round() as usize..].iter().map(|s| s.to_string()).collect();
+    let (heldout, train): (Vec<Episode>, Vec<Episode>) =
+        episodes.into_iter().partition(|e| held.contains(&e.problem_id));
+    let examples: Vec<Example> = train.iter().map(outcome_example).collect();
+    let positives = examples.iter().filter(|e| e.label == Some(1.0)).count();
+    let negatives = examples.len() - positives;
+    if positives == 0 || negatives == 0 {
+        return Err(Error::Invalid(format!(
+            "the ORM needs right and wrong solutions to learn from; the policy's {} training solutions \
+             are {positives} right and {negatives} wrong",
+            examples.len()
+        )));
+    }
+    eprintln!(
+        "orm: {} training solutions ({positives} right, {negatives} wrong), {} held out from {} questions",
+        examples.len(),
+        heldout.len(),
+        held.len()
+    );
+
+    // 3. Train the scalar head (and the body) with binary cross-entropy at every response token.
+    let mut trainer = Trainer::new(&mut model, &tokenizer, cfg.train.clone(), &dir, resume)?;
+    trainer.objective =
+        Objective::Outcome { positive_weight: if cfg.balance { negatives as f64 / positives as f64 } else { 1.0 } };
+    trainer.best_metric = Some("orm/auroc".into());
+    let mut eval = |m: &CausalLm, _: &super::checkpoint::TrainerState| {
+        let p = outcome_probabilities(m, &heldout, cfg.eval_batch_tokens)?;
+        Ok(classifier_metrics(&heldout, &p))
+    };
+    trainer.train(&examples, &mut eval)?;
+    let last = dir.join("final");
+    model.save_with_tokenizer(&tokenizer, &last, true)?;
+    Ok(last)
+}
+
+/// A solution as an ORM example: prompt and response, labelled by the final answer.
+pub fn outcome_example(e: &Episode) -> Example {
+    let tokens = e.prompt_tokens.iter().chain(&e.response_tokens).copied().collect();
+    Example { label: Some(e.correct as u8 as f32), ..Example::new(tokens, e.prompt_tokens.len()) }
+}
+
+/// How well final-token probabilities predict correctness: `orm/accuracy` (at 0.5),
+/// `orm/auroc`, `orm/ece` (10 bins), `orm/brier`, and the base rate `orm/positive_rate`.
+pub fn classifier_metrics(episodes: &[Episode], probabilities: &[Vec<f32>]) -> Metrics {
+    if episodes.is_empty() {
+        return Metrics::new();
+    }
+    let p: Vec<f64> = probabilities.iter().map(|p| p.last().copied().unwrap_or(0.5) as f64).collect();
+    let y: Vec<bool> = episodes.iter().map(|e| e.correct).collect();
+    let n = p.len() as f64;
+    let accuracy = p.iter().zip(&y).filter(|(p, y)| (**p >= 0.5) == **y).count() as f64 / n;
+    let brier = p.iter().zip(&y).map(|(p, &y)| (p - y as u8 as f64).powi(2)).sum::<f64>() / n;
+    Metrics::from([
+        ("orm/accuracy".into(), accuracy),
+        ("orm/auroc".into(), auroc(&p, &y)),
+        ("orm/ece".into(), expected_calibration_error(&p, &y, 10)),
+        ("orm/brier".into(), brier),
+        ("orm/positive_rate".into(), y.iter().filter(|&&y| y).count() as f64 / n),
+    ])
+}
