@@ -36,6 +36,10 @@ enum Command {
     Orm(RunArgs),
     /// Return-Conditioned RL: learn from [GOOD]/[BAD]-labelled solutions, sample as [GOOD].
     Rcrl(ConfigArgs),
+    /// PPO: value head, GAE, clipped losses, KL penalty to the initial policy.
+    Ppo(ConfigArgs),
+    /// GRPO or RLOO: group-relative advantages, no critic.
+    Grpo(GrpoArgs),
     /// Evaluate a model: maj@1, maj@k, pass@k, rerank@k with 95% intervals.
     Eval(EvalArgs),
     /// Line charts (PNG and SVG) from runs' metrics.jsonl.
@@ -76,6 +80,16 @@ struct EvalArgs {
     /// Rerank samples (rerank@k) with this ORM folder, or `mean-logprob`.
     #[arg(long)]
     scorer: Option<String>,
+}
+
+/// `reasonrl grpo`: a config and overrides, plus the advantage estimator.
+#[derive(Args)]
+struct GrpoArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// grpo ((R - mean) / std in the group) or rloo (leave-one-out baseline).
+    #[arg(long)]
+    estimator: Option<String>,
 }
 
 #[derive(Args)]
@@ -297,6 +311,19 @@ fn run(cli: Cli) -> Result<()> {
             let cfg: reasonrl::train::rcrl::RcrlConfig = load_config(&args)?;
             let out = reasonrl::train::rcrl::run(&cfg, args.force)?;
             println!("return-conditioned policy saved to {} (sample it with prompt.condition=[GOOD])", out.display());
+        }
+        Command::Ppo(args) => {
+            let cfg: reasonrl::train::ppo::PpoConfig = load_config(&args)?;
+            let out = reasonrl::train::ppo::run(&cfg, args.force)?;
+            println!("PPO policy saved to {}", out.display());
+        }
+        Command::Grpo(args) => {
+            let mut cfg: reasonrl::train::grpo::GrpoConfig = load_config(&args.config)?;
+            if let Some(estimator) = args.estimator {
+                cfg.estimator = estimator;
+            }
+            let out = reasonrl::train::grpo::run(&cfg, args.config.force)?;
+            println!("{} policy saved to {}", cfg.estimator.to_uppercase(), out.display());
         }
         Command::Eval(args) => {
             let mut cfg: reasonrl::eval::run::EvalConfig = load_config(&args.config)?;

@@ -311,3 +311,48 @@ fn orm_reranks_and_rcrl_learns_from_labels() {
     let err = fails(&strs(&with_sets(&["eval"], &unknown, &["--force"])));
     assert!(err.contains("[GOOD]"), "{err}");
 }
+
+#[test]
+fn ppo_and_grpo_run_their_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    ok(&["model", "init", "--preset", "tiny", "--task", "builtin:1", "--vocab-size", "300", "--out", s(&model)]);
+    let common = [
+        format!("model={}", s(&model)),
+        format!("run.out_dir={}", s(dir.path())),
+        "task=builtin:1".into(),
+        "questions=20".into(),
+        "updates=2".into(),
+        "prompts_per_update=4".into(),
+        "max_new_tokens=10".into(),
+        "minibatches=2".into(),
+        "eval_every=1".into(),
+        "eval.problems=3".into(),
+        "eval.samples=2".into(),
+        "eval.ks=[1,2]".into(),
+        "eval.max_new_tokens=8".into(),
+    ];
+    let mut ppo = common.to_vec();
+    ppo.extend(["epochs=2".into(), "reward.kind=heuristic".into(), "critic=separate".into()]);
+    ok(&strs(&with_sets(&["ppo"], &ppo, &[])));
+    let mut grpo = common.to_vec();
+    grpo.push("group_size=3".into());
+    ok(&strs(&with_sets(&["grpo", "--estimator", "rloo"], &grpo, &[])));
+    for (run, keys) in [
+        ("ppo", &["ppo/clip_fraction", "ppo/value_loss", "kl/reference", "value/explained_variance"][..]),
+        ("grpo", &["grpo/kl_k3", "grpo/informative_groups"][..]),
+    ] {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join(run).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3, "{run}: the start and two updates");
+        let last = &lines[2];
+        assert!(keys.iter().all(|k| last.get(*k).is_some()), "{run}: {last}");
+        assert!(last["reward/mean"].is_number() && last["eval/maj@1"].is_number(), "{run}: {last}");
+        let per_update = if run == "ppo" { 4.0 } else { 12.0 };
+        assert_eq!(last["samples_seen"].as_f64(), Some(2.0 * per_update), "{run}");
+        assert!(dir.path().join(run).join("final/model.safetensors").exists());
+    }
+}

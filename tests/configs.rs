@@ -21,6 +21,10 @@ fn shipped_configs_parse() {
     }
     let ei: reasonrl::train::ei::EiConfig = load(Some(&config("ei.toml")), &["rounds=1".into()]).unwrap();
     assert_eq!((ei.rounds, ei.run.name.as_str()), (1, "ei"));
+    let orm: reasonrl::train::orm::OrmConfig = load(Some(&config("orm.toml")), &[]).unwrap();
+    assert!(orm.balance && orm.holdout > 0.0);
+    let rcrl: reasonrl::train::rcrl::RcrlConfig = load(Some(&config("rcrl.toml")), &[]).unwrap();
+    assert_eq!(rcrl.labels, "outcome");
     let names: Vec<_> = std::fs::read_dir(config("")).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(names.len(), 6, "a new config file needs a line here: {names:?}");
+    assert_eq!(names.len(), 8, "a new config file needs a line here: {names:?}");
 }

@@ -210,3 +210,34 @@ fn an_orm_learns_which_solutions_are_right() {
     // A prefix before the telling token knows less than the whole solution.
     assert_eq!(after[0].len(), 9, "one probability before the response and one per token");
 }
+
+#[test]
+fn the_trainers_log_probs_equal_the_samplers_and_a_mismatch_is_refused() {
+    use reasonrl::train::rl::{check_behaviour_logprobs, score_responses, unpad_rows};
+    let dir = tempfile::tempdir().unwrap();
+    let (tokenizer, _) = setup(dir.path());
+    let model = CausalLm::load(&dir.path().join("init"), Device::Cpu, true).unwrap();
+    let problems = synth::generate(1, Split::Test, 5, 9);
+    let cfg = reasonrl::sample::SamplingConfig {
+        temperature: 0.7,
+        max_new_tokens: 12,
+        samples_per_prompt: 3,
+        batch_size: 4,
+        ..Default::default()
+    };
+    let mut episodes =
+        reasonrl::rollout::rollout(&model, &tokenizer, &reasonrl::prompt::Prompter::plain(), &problems, &cfg).unwrap();
+    let refs: Vec<_> = episodes.iter().collect();
+    let lens: Vec<usize> = refs.iter().map(|e| e.response_tokens.len()).collect();
+    let scored = tch::no_grad(|| score_responses(&model, &refs, 0.7));
+    let recomputed = unpad_rows(&scored.logprobs, &lens).unwrap();
+    assert!(check_behaviour_logprobs(&refs, &recomputed, 1e-4).unwrap() < 1e-4);
+    assert_eq!(scored.values.unwrap().size(), scored.mask.size(), "one value per response token");
+    // A wrong temperature is exactly the kind of bug the check exists for.
+    let hot = unpad_rows(&tch::no_grad(|| score_responses(&model, &refs, 1.0)).logprobs, &lens).unwrap();
+    let err = check_behaviour_logprobs(&refs, &hot, 1e-4).unwrap_err().to_string();
+    assert!(err.contains("disagree"), "{err}");
+    episodes[0].logprobs[0] += 0.1;
+    let refs: Vec<_> = episodes.iter().collect();
+    assert!(check_behaviour_logprobs(&refs, &recomputed, 1e-4).is_err());
+}

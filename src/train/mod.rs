@@ -5,10 +5,13 @@
 
 pub mod checkpoint;
 pub mod ei;
+pub mod grpo;
 pub mod optim;
 pub mod orm;
+pub mod ppo;
 pub mod pretrain;
 pub mod rcrl;
+pub mod rl;
 pub mod rounds;
 pub mod sft;
 

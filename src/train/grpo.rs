@@ -1,0 +1,308 @@
+//! Critic-free policy gradients with a group baseline: GRPO (Shao et al. 2024, DeepSeekMath) and
+//! RLOO (Ahmadian et al. 2024, after Kool et al. 2019). Each update samples G solutions per
+//! prompt and scores each by its reward R (sparse by default):
+//! - GRPO: A_i = (R_i - mean(R)) / std(R) within the group (`scale_by_std = false` skips the
+//!   division, as Dr. GRPO does);
+//! - RLOO: A_i = R_i - mean of the other G - 1 rewards.
+//!
+//! A group whose rewards are all equal teaches nothing (every advantage is 0). Every response
+//! token gets its solution's advantage; the loss is PPO's token-level clipped surrogate, plus
+//! kl_coef * k3-KL to the frozen reference as a loss term (`kl_in_reward = false`, GRPO's way) or
+//! with kl_coef * the summed log-ratio subtracted from R (RLOO's way). No value model.
+
+use super::rl::{
+    check_behaviour_logprobs, clipped_policy_loss, kl_k3, masked_mean, pad_rows, score_responses, unpad_rows,
+    PromptStream, RewardConfig, Rewarder,
+};
+use super::rounds::{evaluate_policy, report, RoundEval};
+use super::{learning_rate, prepare_run_dir, AdamW, Metrics, RunConfig, TrainConfig};
+use crate::error::{Error, Result};
+use crate::model::CausalLm;
+use crate::prompt::{PromptConfig, Prompter};
+use crate::rng::Rng;
+use crate::rollout::{rollout, Episode};
+use crate::sample::SamplingConfig;
+use crate::task::{Problem, Split, TaskSpec};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// `reasonrl grpo` settings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpoConfig {
+    pub run: RunConfig,
+    /// The initial policy, also the frozen reference.
+    pub model: PathBuf,
+    pub task: String,
+    pub questions: usize,
+    pub seed: u64,
+    /// "grpo" or "rloo".
+    pub estimator: String,
+    /// GRPO: divide by the group's standard deviation.
+    pub scale_by_std: bool,
+    pub updates: usize,
+    pub prompts_per_update: usize,
+    /// G: solutions per prompt.
+    pub group_size: usize,
+    pub temperature: f64,
+    pub max_new_tokens: usize,
+    pub sample_batch_size: usize,
+    pub epochs: usize,
+    pub minibatches: usize,
+    pub clip: f64,
+    pub kl_coef: f64,
+    /// Put the KL penalty in the reward (true) instead of the loss (k3 estimator).
+    pub kl_in_reward: bool,
+    pub reward: RewardConfig,
+    pub prompt: PromptConfig,
+    /// Optimiser settings (see `PpoConfig::optim`).
+    pub optim: TrainConfig,
+    pub eval_every: usize,
+    pub eval: RoundEval,
+    pub save_every: usize,
+}
+
+impl Default for GrpoConfig {
+    fn default() -> Self {
+        GrpoConfig {
+            run: RunConfig { name: "grpo".into(), ..RunConfig::default() },
+            model: PathBuf::new(),
+            task: "builtin".into(),
+            questions: 0,
+            seed: 0,
+            estimator: "grpo".into(),
+            scale_by_std: true,
+            updates: 100,
+            prompts_per_update: 16,
+            group_size: 8,
+            temperature: 1.0,
+            max_new_tokens: 160,
+            sample_batch_size: 128,
+            epochs: 1,
+            minibatches: 2,
+            clip: 0.2,
+            kl_coef: 0.04,
+            kl_in_reward: false,
+            reward: RewardConfig::default(),
+            prompt: PromptConfig::default(),
+            optim: TrainConfig {
+                lr: 5e-5,
+                warmup_steps: 10,
+                schedule: "constant".into(),
+                weight_decay: 0.0,
+                ..TrainConfig::default()
+            },
+            eval_every: 10,
+            eval: RoundEval::default(),
+            save_every: 0,
+        }
+    }
+}
+
+/// GRPO advantages of one group: (R - mean) / std (population std; with `scale_by_std` false,
+/// R - mean). All-equal rewards give zeros.
+pub fn grpo_advantages(rewards: &[f64], scale_by_std: bool) -> Vec<f64> {
+    let n = rewards.len() as f64;
+    let mean = rewards.iter().sum::<f64>() / n;
+    let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+    rewards
+        .iter()
+        .map(|r| {
+            if !scale_by_std {
+                r - mean
+            } else if std > 1e-8 {
+                (r - mean) / std
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// RLOO advantages of one group: R_i minus the mean of the other rewards (0 for a group of one).
+pub fn rloo_advantages(rewards: &[f64]) -> Vec<f64> {
+    let n = rewards.len();
+    let total: f64 = rewards.iter().sum();
+    rewards.iter().map(|r| if n > 1 { r - (total - r) / (n - 1) as f64 } else { 0.0 }).collect()
+}
+
+/// Runs GRPO or RLOO; the policy ends in `RUN/final`.
+pub fn run(cfg: &GrpoConfig, force: bool) -> Result<PathBuf> {
+    if !["grpo", "rloo"].contains(&cfg.estimator.as_str()) {
+        return Err(Error::Invalid(format!("estimator `{}`: use grpo or rloo", cfg.estimator)));
+    }
+    if cfg.group_size < 2 || cfg.minibatches == 0 || cfg.epochs == 0 || cfg.prompts_per_update == 0 {
+        return Err(Error::Invalid(
+            "group_size must be at least 2; epochs, minibatches, prompts_per_update positive".into(),
+        ));
+    }
+    let dir = cfg.run.dir();
+    prepare_run_dir(&dir, &crate::config::to_toml(cfg), false, force)?;
+    let device = crate::parse_device(&cfg.run.device)?;
+    let (policy, tokenizer) = CausalLm::load_with_tokenizer(&cfg.model, device, false)?;
+    let reference = CausalLm::load(&cfg.model, device, false)?;
+    let mut optimizer = AdamW::new(&policy);
+    let rewarder = Rewarder::new(&cfg.reward, &tokenizer, device)?;
+    let task = TaskSpec::parse(&cfg.task)?;
+    let questions = task.load(Split::Train, (cfg.questions > 0).then_some(cfg.questions))?;
+    let test = task.load(Split::Test, (cfg.eval.problems > 0).then_some(cfg.eval.problems))?;
+    let prompter = Prompter::new(&cfg.prompt, &questions)?;
+    let by_id: HashMap<&str, &Problem> = questions.iter().map(|q| (q.id.as_str(), q)).collect();
+    let checkpoints = super::checkpoint::Checkpoints::new(&dir, 1);
+    let mut stream = PromptStream::new(questions.len(), cfg.seed);
+    let mut rng = Rng::new(cfg.seed ^ 0x5eed);
+    let total_steps = cfg.updates * cfg.epochs * cfg.minibatches;
+    let (mut samples_seen, mut step) = (0usize, 0usize);
+
+    let mut line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?;
+    line.extend([("update".into(), 0.0), ("step".into(), 0.0), ("samples_seen".into(), 0.0)]);
+    report(&line);
+    checkpoints.log(&line)?;
+    let progress = super::progress_bar(cfg.updates as u64, 0);
+    for update in 1..=cfg.updates {
+        // 1. G solutions per prompt (ordered by prompt, then sample: groups are contiguous).
+        let prompts: Vec<Problem> =
+            stream.take(cfg.prompts_per_update).into_iter().map(|i| questions[i].clone()).collect();
+        let sampling = SamplingConfig {
+            max_new_tokens: cfg.max_new_tokens,
+            temperature: cfg.temperature,
+            samples_per_prompt: cfg.group_size,
+            batch_size: cfg.sample_batch_size,
+            seed: cfg.seed.wrapping_mul(1_000_003) + update as u64,
+            ..SamplingConfig::default()
+        };
+        let episodes = rollout(&policy, &tokenizer, &prompter, &prompts, &sampling)?;
+        samples_seen += episodes.len();
+        let refs: Vec<&Episode> = episodes.iter().collect();
+        let (old_logprobs, ref_logprobs) = tch::no_grad(|| -> Result<_> {
+            let mut out = (Vec::new(), Vec::new());
+            for chunk in refs.chunks(cfg.sample_batch_size.max(1)) {
+                let lens: Vec<usize> = chunk.iter().map(|e| e.response_tokens.len()).collect();
+                out.0.extend(unpad_rows(&score_responses(&policy, chunk, cfg.temperature).logprobs, &lens)?);
+                out.1.extend(unpad_rows(&score_responses(&reference, chunk, cfg.temperature).logprobs, &lens)?);
+            }
+            Ok(out)
+        })?;
+        if update == 1 {
+            let worst = check_behaviour_logprobs(&refs, &old_logprobs, 2e-3)?;
+            eprintln!("behaviour log-probs agree with the trainer's (max difference {worst:.1e})");
+        }
+        // 2. Sequence rewards and group-relative advantages.
+        let token_rewards = rewarder.token_rewards(&tokenizer, &episodes, &by_id)?;
+        let log_ratio: Vec<f64> = old_logprobs
+            .iter()
+            .zip(&ref_logprobs)
+            .map(|(o, q)| o.iter().zip(q).map(|(a, b)| (a - b) as f64).sum())
+            .collect();
+        let rewards: Vec<f64> = token_rewards
+            .iter()
+            .zip(&log_ratio)
+            .map(|(r, kl)| {
+                r.iter().map(|&x| x as f64).sum::<f64>() - if cfg.kl_in_reward { cfg.kl_coef * kl } else { 0.0 }
+            })
+            .collect();
+        let mut advantages = Vec::with_capacity(rewards.len());
+        let mut informative_groups = 0;
+        for group in rewards.chunks(cfg.group_size) {
+            let a = match cfg.estimator.as_str() {
+                "rloo" => rloo_advantages(group),
+                _ => grpo_advantages(group, cfg.scale_by_std),
+            };
+            informative_groups += a.iter().any(|&x| x != 0.0) as usize;
+            advantages.extend(a);
+        }
+        // 3. Epochs of minibatches on the token-level clipped objective.
+        let mut sums = Metrics::new();
+        let mut steps = 0usize;
+        for _ in 0..cfg.epochs {
+            let mut order: Vec<usize> = (0..episodes.len()).collect();
+            rng.shuffle(&mut order);
+            for mb in order.chunks(order.len().div_ceil(cfg.minibatches)) {
+                let lr = learning_rate(&cfg.optim, step, total_steps);
+                step += 1;
+                let batch: Vec<&Episode> = mb.iter().map(|&i| &episodes[i]).collect();
+                let r = batch.iter().map(|e| e.response_tokens.len()).max().unwrap_or(1).max(1);
+                let rows = |x: &[Vec<f32>]| {
+                    pad_rows(&mb.iter().map(|&i| x[i].as_slice()).collect::<Vec<_>>(), r, policy.device())
+                };
+                let adv: Vec<Vec<f32>> =
+                    mb.iter().map(|&i| vec![advantages[i] as f32; episodes[i].response_tokens.len()]).collect();
+                let adv = pad_rows(&adv.iter().map(Vec::as_slice).collect::<Vec<_>>(), r, policy.device());
+                let scored = score_responses(&policy, &batch, cfg.temperature);
+                let (pg_loss, clip_fraction, approx_kl) =
+                    clipped_policy_loss(&scored.logprobs, &rows(&old_logprobs), &adv, &scored.mask, cfg.clip);
+                let kl = masked_mean(&kl_k3(&scored.logprobs, &rows(&ref_logprobs)), &scored.mask);
+                let loss = if cfg.kl_in_reward { pg_loss.shallow_clone() } else { &pg_loss + &kl * cfg.kl_coef };
+                let value = loss.double_value(&[]);
+                if !value.is_finite() {
+                    return Err(Error::Invalid(format!("GRPO loss is {value}: stopping (lower optim.lr?)")));
+                }
+                optimizer.zero_grad();
+                loss.backward();
+                let grad_norm = optimizer.clip_grad_norm(cfg.optim.grad_clip);
+                optimizer.step(&cfg.optim, lr);
+                steps += 1;
+                for (name, v) in [
+                    ("grpo/policy_loss", pg_loss.double_value(&[])),
+                    ("grpo/kl_k3", kl.double_value(&[])),
+                    ("grpo/clip_fraction", clip_fraction.double_value(&[])),
+                    ("grpo/approx_kl", approx_kl.double_value(&[])),
+                    ("grpo/entropy", masked_mean(&scored.entropy, &scored.mask).double_value(&[])),
+                    ("grpo/grad_norm", grad_norm),
+                    ("lr", lr),
+                ] {
+                    *sums.entry(name.into()).or_default() += v;
+                }
+            }
+        }
+        // 4. Log.
+        let n = episodes.len() as f64;
+        let mut line: Metrics = sums.into_iter().map(|(k, v)| (k, v / steps.max(1) as f64)).collect();
+        line.extend([
+            ("update".into(), update as f64),
+            ("step".into(), update as f64),
+            ("samples_seen".into(), samples_seen as f64),
+            ("reward/mean".into(), rewards.iter().sum::<f64>() / n),
+            ("reward/correct".into(), episodes.iter().filter(|e| e.correct).count() as f64 / n),
+            ("kl/reference".into(), log_ratio.iter().sum::<f64>() / n),
+            ("grpo/informative_groups".into(), informative_groups as f64 / prompts.len() as f64),
+            ("response_length".into(), episodes.iter().map(|e| e.response_tokens.len()).sum::<usize>() as f64 / n),
+        ]);
+        if super::every(update, cfg.eval_every) || update == cfg.updates {
+            line.extend(evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?);
+            progress.suspend(|| report(&line));
+        }
+        progress.set_position(update as u64);
+        progress.set_message(format!("reward {:.3}", line["reward/mean"]));
+        checkpoints.log(&line)?;
+        if super::every(update, cfg.save_every) {
+            policy.save_with_tokenizer(&tokenizer, &dir.join(format!("update-{update}")), true)?;
+        }
+    }
+    progress.finish_and_clear();
+    let last = dir.join("final");
+    policy.save_with_tokenizer(&tokenizer, &last, true)?;
+    Ok(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: &[f64], b: &[f64]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9)
+    }
+
+    #[test]
+    fn group_advantages_by_hand() {
+        // Rewards 1, 0, 0, 1: mean 0.5, population std 0.5.
+        assert!(close(&grpo_advantages(&[1.0, 0.0, 0.0, 1.0], true), &[1.0, -1.0, -1.0, 1.0]));
+        assert!(close(&grpo_advantages(&[1.0, 0.0, 0.0, 1.0], false), &[0.5, -0.5, -0.5, 0.5]));
+        // RLOO, rewards 1, 0, 0: 1 - 0, 0 - 1/2, 0 - 1/2.
+        assert!(close(&rloo_advantages(&[1.0, 0.0, 0.0]), &[1.0, -0.5, -0.5]));
+        // All equal: nothing to learn.
+        assert!(close(&grpo_advantages(&[1.0; 4], true), &[0.0; 4]));
+        assert!(close(&grpo_advantages(&[0.0; 4], false), &[0.0; 4]));
+        assert!(close(&rloo_advantages(&[1.0; 3]), &[0.0; 3]));
+    }
+}

@@ -1,0 +1,365 @@
+//! Proximal Policy Optimisation (Schulman et al. 2017) as Havrilla et al. 2024 use it: a policy
+//! with a value head (on the shared trunk, or a separate critic), a frozen copy of the initial
+//! policy as reference, the per-token KL penalty folded into the reward, GAE, whitened
+//! advantages, clipped policy and value losses, an entropy bonus, several epochs of minibatches
+//! per rollout batch with an early stop on a target KL. Rewards come from `reward.rs` (sparse by
+//! default; heuristic or ORM dense).
+//!
+//! Each update:
+//! 1. sample responses to a batch of training prompts from the policy;
+//! 2. reward them per token, subtract kl_coef * (log pi - log pi_ref) at every token;
+//! 3. GAE over the values -> advantages (whitened) and returns;
+//! 4. for `epochs`, for each minibatch: loss = clipped policy loss + vf_coef * clipped value
+//!    loss - ent_coef * entropy; stop early once the approximate KL passes `target_kl`.
+
+use super::rl::{
+    check_behaviour_logprobs, clipped_policy_loss, clipped_value_loss, explained_variance, gae, masked_mean, pad_rows,
+    score_responses, unpad_rows, whiten, PromptStream, RewardConfig, Rewarder,
+};
+use super::rounds::{evaluate_policy, report, RoundEval};
+use super::{learning_rate, prepare_run_dir, AdamW, Metrics, RunConfig, TrainConfig};
+use crate::error::{Error, Result};
+use crate::model::CausalLm;
+use crate::prompt::{PromptConfig, Prompter};
+use crate::rng::Rng;
+use crate::rollout::{rollout, Episode};
+use crate::sample::SamplingConfig;
+use crate::task::{Problem, Split, TaskSpec};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// `reasonrl ppo` settings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PpoConfig {
+    pub run: RunConfig,
+    /// The initial policy, also the frozen reference of the KL penalty.
+    pub model: PathBuf,
+    pub task: String,
+    /// Training questions drawn from (the first N of the train split; 0 = all).
+    pub questions: usize,
+    pub seed: u64,
+    /// Policy updates (each on a fresh rollout batch).
+    pub updates: usize,
+    pub prompts_per_update: usize,
+    pub samples_per_prompt: usize,
+    pub temperature: f64,
+    pub max_new_tokens: usize,
+    pub sample_batch_size: usize,
+    /// Passes over each rollout batch, and minibatches per pass.
+    pub epochs: usize,
+    pub minibatches: usize,
+    pub gamma: f64,
+    pub lambda: f64,
+    pub clip: f64,
+    pub value_clip: f64,
+    pub vf_coef: f64,
+    pub ent_coef: f64,
+    /// KL penalty coefficient (the paper: 0.05).
+    pub kl_coef: f64,
+    /// Adapt kl_coef towards `kl_target` per sequence (Ziegler et al. 2019's controller).
+    pub adaptive_kl: bool,
+    pub kl_target: f64,
+    pub kl_horizon: f64,
+    /// Stop an update's epochs once the approximate KL to the rollout policy passes this (0 = off).
+    pub target_kl: f64,
+    pub whiten_advantages: bool,
+    /// "shared" (a value head on the policy's trunk) or "separate" (a critic model of its own).
+    pub critic: String,
+    pub reward: RewardConfig,
+    pub prompt: PromptConfig,
+    /// Optimiser: lr, schedule, warm-up, AdamW betas, weight decay, gradient clipping (the
+    /// epoch and batch fields are unused; the schedule spans `updates * epochs * minibatches`).
+    pub optim: TrainConfig,
+    /// Test evaluation every N updates (and at the start and end).
+    pub eval_every: usize,
+    pub eval: RoundEval,
+    /// Save the policy every N updates (0 = only at the end).
+    pub save_every: usize,
+}
+
+impl Default for PpoConfig {
+    fn default() -> Self {
+        PpoConfig {
+            run: RunConfig { name: "ppo".into(), ..RunConfig::default() },
+            model: PathBuf::new(),
+            task: "builtin".into(),
+            questions: 0,
+            seed: 0,
+            updates: 100,
+            prompts_per_update: 64,
+            samples_per_prompt: 1,
+            temperature: 1.0,
+            max_new_tokens: 160,
+            sample_batch_size: 128,
+            epochs: 4,
+            minibatches: 4,
+            gamma: 1.0,
+            lambda: 0.95,
+            clip: 0.2,
+            value_clip: 0.2,
+            vf_coef: 0.1,
+            ent_coef: 0.0,
+            kl_coef: 0.05,
+            adaptive_kl: false,
+            kl_target: 6.0,
+            kl_horizon: 10000.0,
+            target_kl: 0.1,
+            whiten_advantages: true,
+            critic: "shared".into(),
+            reward: RewardConfig::default(),
+            prompt: PromptConfig::default(),
+            optim: TrainConfig {
+                lr: 5e-5,
+                warmup_steps: 10,
+                schedule: "constant".into(),
+                weight_decay: 0.0,
+                ..TrainConfig::default()
+            },
+            eval_every: 10,
+            eval: RoundEval::default(),
+            save_every: 0,
+        }
+    }
+}
+
+/// One rollout batch with everything the update needs, per episode (host side).
+struct Batch {
+    episodes: Vec<Episode>,
+    old_logprobs: Vec<Vec<f32>>,
+    old_values: Vec<Vec<f32>>,
+    advantages: Vec<Vec<f32>>,
+    returns: Vec<Vec<f32>>,
+}
+
+/// Runs PPO; the policy ends in `RUN/final`.
+pub fn run(cfg: &PpoConfig, force: bool) -> Result<PathBuf> {
+    if !["shared", "separate"].contains(&cfg.critic.as_str()) {
+        return Err(Error::Invalid(format!("critic `{}`: use shared or separate", cfg.critic)));
+    }
+    if cfg.minibatches == 0 || cfg.epochs == 0 || cfg.prompts_per_update == 0 || cfg.samples_per_prompt == 0 {
+        return Err(Error::Invalid(
+            "epochs, minibatches, prompts_per_update and samples_per_prompt must be positive".into(),
+        ));
+    }
+    let dir = cfg.run.dir();
+    prepare_run_dir(&dir, &crate::config::to_toml(cfg), false, force)?;
+    let device = crate::parse_device(&cfg.run.device)?;
+    let separate = cfg.critic == "separate";
+    let (mut policy, tokenizer) = CausalLm::load_with_tokenizer(&cfg.model, device, !separate)?;
+    let mut critic = if separate { Some(CausalLm::load(&cfg.model, device, true)?) } else { None };
+    let reference = CausalLm::load(&cfg.model, device, false)?;
+    let mut optimizer = AdamW::new(&policy);
+    let mut critic_optimizer = critic.as_ref().map(AdamW::new);
+    let rewarder = Rewarder::new(&cfg.reward, &tokenizer, device)?;
+
+    let task = TaskSpec::parse(&cfg.task)?;
+    let questions = task.load(Split::Train, (cfg.questions > 0).then_some(cfg.questions))?;
+    let test = task.load(Split::Test, (cfg.eval.problems > 0).then_some(cfg.eval.problems))?;
+    let prompter = Prompter::new(&cfg.prompt, &questions)?;
+    let by_id: HashMap<&str, &Problem> = questions.iter().map(|q| (q.id.as_str(), q)).collect();
+    let checkpoints = super::checkpoint::Checkpoints::new(&dir, 1);
+    let mut stream = PromptStream::new(questions.len(), cfg.seed);
+    let mut rng = Rng::new(cfg.seed ^ 0x5eed);
+    let mut kl_coef = cfg.kl_coef;
+    let total_steps = cfg.updates * cfg.epochs * cfg.minibatches;
+    let (mut samples_seen, mut step) = (0usize, 0usize);
+
+    let mut line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?;
+    line.extend([("update".into(), 0.0), ("step".into(), 0.0), ("samples_seen".into(), 0.0)]);
+    report(&line);
+    checkpoints.log(&line)?;
+    let progress = super::progress_bar(cfg.updates as u64, 0);
+    for update in 1..=cfg.updates {
+        // 1. Sample.
+        let prompts: Vec<Problem> =
+            stream.take(cfg.prompts_per_update).into_iter().map(|i| questions[i].clone()).collect();
+        let sampling = SamplingConfig {
+            max_new_tokens: cfg.max_new_tokens,
+            temperature: cfg.temperature,
+            samples_per_prompt: cfg.samples_per_prompt,
+            batch_size: cfg.sample_batch_size,
+            seed: cfg.seed.wrapping_mul(1_000_003) + update as u64,
+            ..SamplingConfig::default()
+        };
+        let episodes = rollout(&policy, &tokenizer, &prompter, &prompts, &sampling)?;
+        samples_seen += episodes.len();
+        // 2. Rewards, with the KL penalty to the reference at every token.
+        let rewards = rewarder.token_rewards(&tokenizer, &episodes, &by_id)?;
+        let lengths: Vec<usize> = episodes.iter().map(|e| e.response_tokens.len()).collect();
+        let refs: Vec<&Episode> = episodes.iter().collect();
+        let (old_logprobs, old_values, ref_logprobs) = tch::no_grad(|| -> Result<_> {
+            let mut out = (Vec::new(), Vec::new(), Vec::new());
+            for chunk in refs.chunks(cfg.sample_batch_size.max(1)) {
+                let lens: Vec<usize> = chunk.iter().map(|e| e.response_tokens.len()).collect();
+                let scored = score_responses(&policy, chunk, cfg.temperature);
+                out.0.extend(unpad_rows(&scored.logprobs, &lens)?);
+                let values = match &critic {
+                    Some(c) => score_responses(c, chunk, cfg.temperature).values,
+                    None => scored.values,
+                };
+                out.1.extend(unpad_rows(&values.expect("the critic has a head"), &lens)?);
+                out.2.extend(unpad_rows(&score_responses(&reference, chunk, cfg.temperature).logprobs, &lens)?);
+            }
+            Ok(out)
+        })?;
+        if update == 1 {
+            let worst = check_behaviour_logprobs(&refs, &old_logprobs, 2e-3)?;
+            eprintln!("behaviour log-probs agree with the trainer's (max difference {worst:.1e})");
+        }
+        let mut kl_sum = 0.0;
+        let mut shaped = rewards.clone();
+        for ((r, old), reference) in shaped.iter_mut().zip(&old_logprobs).zip(&ref_logprobs) {
+            for ((r, o), q) in r.iter_mut().zip(old).zip(reference) {
+                *r -= (kl_coef * (o - q) as f64) as f32;
+                kl_sum += (o - q) as f64;
+            }
+        }
+        let mean_kl = kl_sum / episodes.len() as f64;
+        // 3. Advantages and returns.
+        let (mut advantages, returns): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+            shaped.iter().zip(&old_values).map(|(r, v)| gae(r, v, cfg.gamma, cfg.lambda)).unzip();
+        if cfg.whiten_advantages {
+            whiten(&mut advantages);
+        }
+        let batch = Batch { episodes, old_logprobs, old_values, advantages, returns };
+        // 4. Epochs of minibatches.
+        let mut stats = UpdateStats::default();
+        'epochs: for _ in 0..cfg.epochs {
+            let mut order: Vec<usize> = (0..batch.episodes.len()).collect();
+            rng.shuffle(&mut order);
+            let size = order.len().div_ceil(cfg.minibatches);
+            for mb in order.chunks(size) {
+                let lr = learning_rate(&cfg.optim, step, total_steps);
+                step += 1;
+                let approx_kl = minibatch_step(
+                    cfg,
+                    &batch,
+                    mb,
+                    &mut policy,
+                    &mut optimizer,
+                    critic.as_mut().zip(critic_optimizer.as_mut()),
+                    lr,
+                    &mut stats,
+                )?;
+                if cfg.target_kl > 0.0 && approx_kl > cfg.target_kl {
+                    stats.early_stops += 1;
+                    break 'epochs;
+                }
+            }
+        }
+        if cfg.adaptive_kl {
+            let error = (mean_kl / cfg.kl_target - 1.0).clamp(-0.2, 0.2);
+            kl_coef *= 1.0 + error * batch.episodes.len() as f64 / cfg.kl_horizon;
+        }
+        // 5. Log.
+        let n = batch.episodes.len() as f64;
+        let mut line = stats.finish();
+        line.extend([
+            ("update".into(), update as f64),
+            ("step".into(), update as f64),
+            ("samples_seen".into(), samples_seen as f64),
+            ("reward/mean".into(), rewards.iter().map(|r| r.iter().sum::<f32>() as f64).sum::<f64>() / n),
+            ("reward/correct".into(), batch.episodes.iter().filter(|e| e.correct).count() as f64 / n),
+            ("kl/reference".into(), mean_kl),
+            ("kl/coef".into(), kl_coef),
+            ("response_length".into(), lengths.iter().sum::<usize>() as f64 / n),
+            ("value/explained_variance".into(), explained_variance(&batch.old_values, &batch.returns)),
+        ]);
+        if super::every(update, cfg.eval_every) || update == cfg.updates {
+            line.extend(evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?);
+            progress.suspend(|| report(&line));
+        }
+        progress.set_position(update as u64);
+        progress.set_message(format!("reward {:.3} kl {mean_kl:.3}", line["reward/mean"]));
+        checkpoints.log(&line)?;
+        if super::every(update, cfg.save_every) {
+            policy.save_with_tokenizer(&tokenizer, &dir.join(format!("update-{update}")), true)?;
+        }
+    }
+    progress.finish_and_clear();
+    let last = dir.join("final");
+    policy.save_with_tokenizer(&tokenizer, &last, true)?;
+    Ok(last)
+}
+
+/// Running means of what one update's minibatch steps measure.
+#[derive(Default)]
+struct UpdateStats {
+    sums: Metrics,
+    steps: usize,
+    early_stops: usize,
+}
+
+impl UpdateStats {
+    fn add(&mut self, name: &str, value: f64) {
+        *self.sums.entry(name.into()).or_default() += value;
+    }
+    fn finish(self) -> Metrics {
+        let mut out: Metrics = self.sums.into_iter().map(|(k, v)| (k, v / self.steps.max(1) as f64)).collect();
+        out.insert("ppo/minibatch_steps".into(), self.steps as f64);
+        out.insert("ppo/early_stopped".into(), self.early_stops as f64);
+        out
+    }
+}
+
+/// One optimiser step on minibatch `mb` of the rollout batch; returns the approximate KL.
+#[allow(clippy::too_many_arguments)]
+fn minibatch_step(
+    cfg: &PpoConfig,
+    batch: &Batch,
+    mb: &[usize],
+    policy: &mut CausalLm,
+    optimizer: &mut AdamW,
+    critic: Option<(&mut CausalLm, &mut AdamW)>,
+    lr: f64,
+    stats: &mut UpdateStats,
+) -> Result<f64> {
+    let episodes: Vec<&Episode> = mb.iter().map(|&i| &batch.episodes[i]).collect();
+    let r = episodes.iter().map(|e| e.response_tokens.len()).max().unwrap_or(1).max(1);
+    let device = policy.device();
+    let rows = |x: &[Vec<f32>]| pad_rows(&mb.iter().map(|&i| x[i].as_slice()).collect::<Vec<_>>(), r, device);
+    let (old_logprobs, old_values) = (rows(&batch.old_logprobs), rows(&batch.old_values));
+    let (advantages, returns) = (rows(&batch.advantages), rows(&batch.returns));
+
+    let scored = score_responses(policy, &episodes, cfg.temperature);
+    let (policy_loss, clip_fraction, approx_kl) =
+        clipped_policy_loss(&scored.logprobs, &old_logprobs, &advantages, &scored.mask, cfg.clip);
+    let entropy = masked_mean(&scored.entropy, &scored.mask);
+    let mut loss = &policy_loss - &entropy * cfg.ent_coef;
+    let value_loss = match critic {
+        None => {
+            let values = scored.values.as_ref().expect("a shared critic is the policy's head");
+            let value_loss = clipped_value_loss(values, &old_values, &returns, &scored.mask, cfg.value_clip);
+            loss += &value_loss * cfg.vf_coef;
+            value_loss.double_value(&[])
+        }
+        Some((critic, critic_optimizer)) => {
+            let values = score_responses(critic, &episodes, cfg.temperature).values.expect("critic head");
+            let value_loss = clipped_value_loss(&values, &old_values, &returns, &scored.mask, cfg.value_clip);
+            critic_optimizer.zero_grad();
+            value_loss.backward();
+            critic_optimizer.clip_grad_norm(cfg.optim.grad_clip);
+            critic_optimizer.step(&cfg.optim, lr);
+            value_loss.double_value(&[])
+        }
+    };
+    let loss_value = loss.double_value(&[]);
+    if !loss_value.is_finite() {
+        return Err(Error::Invalid(format!("PPO loss is {loss_value}: stopping (lower optim.lr?)")));
+    }
+    optimizer.zero_grad();
+    loss.backward();
+    let grad_norm = optimizer.clip_grad_norm(cfg.optim.grad_clip);
+    optimizer.step(&cfg.optim, lr);
+    let approx_kl = approx_kl.double_value(&[]);
+    stats.steps += 1;
+    stats.add("ppo/policy_loss", policy_loss.double_value(&[]));
+    stats.add("ppo/value_loss", value_loss);
+    stats.add("ppo/entropy", entropy.double_value(&[]));
+    stats.add("ppo/approx_kl", approx_kl);
+    stats.add("ppo/clip_fraction", clip_fraction.double_value(&[]));
+    stats.add("ppo/grad_norm", grad_norm);
+    stats.add("lr", lr);
+    Ok(approx_kl)
+}
