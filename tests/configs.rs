@@ -25,6 +25,10 @@ fn shipped_configs_parse() {
     assert!(orm.balance && orm.holdout > 0.0);
     let rcrl: reasonrl::train::rcrl::RcrlConfig = load(Some(&config("rcrl.toml")), &[]).unwrap();
     assert_eq!(rcrl.labels, "outcome");
+    let ppo: reasonrl::train::ppo::PpoConfig = load(Some(&config("ppo.toml")), &[]).unwrap();
+    assert_eq!((ppo.kl_coef, ppo.gamma, ppo.lambda, ppo.reward.kind.as_str()), (0.05, 1.0, 0.95, "sparse"));
+    let grpo: reasonrl::train::grpo::GrpoConfig = load(Some(&config("grpo.toml")), &[]).unwrap();
+    assert_eq!(grpo.estimator, "grpo");
     let names: Vec<_> = std::fs::read_dir(config("")).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(names.len(), 8, "a new config file needs a line here: {names:?}");
+    assert_eq!(names.len(), 10, "a new config file needs a line here: {names:?}");
 }
