@@ -11,19 +11,16 @@
 //! with kl_coef * the summed log-ratio subtracted from R (RLOO's way). No value model.
 
 use super::rl::{
-    check_behaviour_logprobs, clipped_policy_loss, kl_k3, masked_mean, pad_rows, score_responses, unpad_rows,
-    PromptStream, RewardConfig, Rewarder,
+    check_behaviour_logprobs, clipped_policy_loss, kl_k3, masked_mean, pad_rows, score_episodes, score_responses,
+    PgRun, PgSettings, RewardConfig,
 };
-use super::rounds::{evaluate_policy, report, RoundEval};
-use super::{learning_rate, prepare_run_dir, AdamW, Metrics, RunConfig, TrainConfig};
+use super::rounds::RoundEval;
+use super::{learning_rate, AdamW, Metrics, RunConfig, TrainConfig};
 use crate::error::{Error, Result};
-use crate::model::CausalLm;
-use crate::prompt::{PromptConfig, Prompter};
+use crate::prompt::PromptConfig;
 use crate::rng::Rng;
-use crate::rollout::{rollout, Episode};
+use crate::rollout::Episode;
 use crate::sample::SamplingConfig;
-use crate::task::{Problem, Split, TaskSpec};
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 /// `reasonrl grpo` settings.
@@ -133,72 +130,57 @@ pub fn run(cfg: &GrpoConfig, force: bool) -> Result<PathBuf> {
     }
     if cfg.group_size < 2 || cfg.minibatches == 0 || cfg.epochs == 0 || cfg.prompts_per_update == 0 {
         return Err(Error::Invalid(
-            "group_size must be at least 2; epochs, minibatches, prompts_per_update positive".into(),
+            "group_size must be at least 2; epochs, minibatches and prompts_per_update positive".into(),
         ));
     }
-    let dir = cfg.run.dir();
-    prepare_run_dir(&dir, &crate::config::to_toml(cfg), false, force)?;
-    let device = crate::parse_device(&cfg.run.device)?;
-    let (policy, tokenizer) = CausalLm::load_with_tokenizer(&cfg.model, device, false)?;
-    let reference = CausalLm::load(&cfg.model, device, false)?;
+    let settings = PgSettings {
+        run: &cfg.run,
+        model: &cfg.model,
+        task: &cfg.task,
+        questions: cfg.questions,
+        seed: cfg.seed,
+        reward: &cfg.reward,
+        prompt: &cfg.prompt,
+        eval_problems: cfg.eval.problems,
+    };
+    let (mut run, policy) = PgRun::start(&settings, &crate::config::to_toml(cfg), false, force)?;
     let mut optimizer = AdamW::new(&policy);
-    let rewarder = Rewarder::new(&cfg.reward, &tokenizer, device)?;
-    let task = TaskSpec::parse(&cfg.task)?;
-    let questions = task.load(Split::Train, (cfg.questions > 0).then_some(cfg.questions))?;
-    let test = task.load(Split::Test, (cfg.eval.problems > 0).then_some(cfg.eval.problems))?;
-    let prompter = Prompter::new(&cfg.prompt, &questions)?;
-    let by_id: HashMap<&str, &Problem> = questions.iter().map(|q| (q.id.as_str(), q)).collect();
-    let checkpoints = super::checkpoint::Checkpoints::new(&dir, 1);
-    let mut stream = PromptStream::new(questions.len(), cfg.seed);
     let mut rng = Rng::new(cfg.seed ^ 0x5eed);
     let total_steps = cfg.updates * cfg.epochs * cfg.minibatches;
-    let (mut samples_seen, mut step) = (0usize, 0usize);
+    let mut step = 0;
 
-    let mut line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?;
-    line.extend([("update".into(), 0.0), ("step".into(), 0.0), ("samples_seen".into(), 0.0)]);
-    report(&line);
-    checkpoints.log(&line)?;
+    run.log(run.evaluate(&policy, &cfg.eval)?, 0)?;
     let progress = super::progress_bar(cfg.updates as u64, 0);
     for update in 1..=cfg.updates {
         // 1. G solutions per prompt (ordered by prompt, then sample: groups are contiguous).
-        let prompts: Vec<Problem> =
-            stream.take(cfg.prompts_per_update).into_iter().map(|i| questions[i].clone()).collect();
         let sampling = SamplingConfig {
             max_new_tokens: cfg.max_new_tokens,
             temperature: cfg.temperature,
             samples_per_prompt: cfg.group_size,
             batch_size: cfg.sample_batch_size,
-            seed: cfg.seed.wrapping_mul(1_000_003) + update as u64,
             ..SamplingConfig::default()
         };
-        let episodes = rollout(&policy, &tokenizer, &prompter, &prompts, &sampling)?;
-        samples_seen += episodes.len();
+        let episodes = run.sample(&policy, update, cfg.prompts_per_update, sampling)?;
         let refs: Vec<&Episode> = episodes.iter().collect();
-        let (old_logprobs, ref_logprobs) = tch::no_grad(|| -> Result<_> {
-            let mut out = (Vec::new(), Vec::new());
-            for chunk in refs.chunks(cfg.sample_batch_size.max(1)) {
-                let lens: Vec<usize> = chunk.iter().map(|e| e.response_tokens.len()).collect();
-                out.0.extend(unpad_rows(&score_responses(&policy, chunk, cfg.temperature).logprobs, &lens)?);
-                out.1.extend(unpad_rows(&score_responses(&reference, chunk, cfg.temperature).logprobs, &lens)?);
-            }
-            Ok(out)
-        })?;
+        let (old_logprobs, _) = score_episodes(&policy, &refs, cfg.temperature, cfg.sample_batch_size)?;
+        let (ref_logprobs, _) = score_episodes(&run.reference, &refs, cfg.temperature, cfg.sample_batch_size)?;
         if update == 1 {
             let worst = check_behaviour_logprobs(&refs, &old_logprobs, 2e-3)?;
-            eprintln!("behaviour log-probs agree with the trainer's (max difference {worst:.1e})");
+            progress.suspend(|| eprintln!("behaviour log-probs agree with the trainer's (max difference {worst:.1e})"));
         }
         // 2. Sequence rewards and group-relative advantages.
-        let token_rewards = rewarder.token_rewards(&tokenizer, &episodes, &by_id)?;
         let log_ratio: Vec<f64> = old_logprobs
             .iter()
             .zip(&ref_logprobs)
             .map(|(o, q)| o.iter().zip(q).map(|(a, b)| (a - b) as f64).sum())
             .collect();
-        let rewards: Vec<f64> = token_rewards
+        let rewards: Vec<f64> = run
+            .rewards(&episodes)?
             .iter()
             .zip(&log_ratio)
             .map(|(r, kl)| {
-                r.iter().map(|&x| x as f64).sum::<f64>() - if cfg.kl_in_reward { cfg.kl_coef * kl } else { 0.0 }
+                let penalty = if cfg.kl_in_reward { cfg.kl_coef * kl } else { 0.0 };
+                r.iter().map(|&x| x as f64).sum::<f64>() - penalty
             })
             .collect();
         let mut advantages = Vec::with_capacity(rewards.len());
@@ -222,12 +204,11 @@ pub fn run(cfg: &GrpoConfig, force: bool) -> Result<PathBuf> {
                 step += 1;
                 let batch: Vec<&Episode> = mb.iter().map(|&i| &episodes[i]).collect();
                 let r = batch.iter().map(|e| e.response_tokens.len()).max().unwrap_or(1).max(1);
-                let rows = |x: &[Vec<f32>]| {
-                    pad_rows(&mb.iter().map(|&i| x[i].as_slice()).collect::<Vec<_>>(), r, policy.device())
-                };
+                let rows =
+                    |x: &[Vec<f32>]| pad_rows(&mb.iter().map(|&i| x[i].as_slice()).collect::<Vec<_>>(), r, run.device);
                 let adv: Vec<Vec<f32>> =
                     mb.iter().map(|&i| vec![advantages[i] as f32; episodes[i].response_tokens.len()]).collect();
-                let adv = pad_rows(&adv.iter().map(Vec::as_slice).collect::<Vec<_>>(), r, policy.device());
+                let adv = pad_rows(&adv.iter().map(Vec::as_slice).collect::<Vec<_>>(), r, run.device);
                 let scored = score_responses(&policy, &batch, cfg.temperature);
                 let (pg_loss, clip_fraction, approx_kl) =
                     clipped_policy_loss(&scored.logprobs, &rows(&old_logprobs), &adv, &scored.mask, cfg.clip);
@@ -259,30 +240,24 @@ pub fn run(cfg: &GrpoConfig, force: bool) -> Result<PathBuf> {
         let n = episodes.len() as f64;
         let mut line: Metrics = sums.into_iter().map(|(k, v)| (k, v / steps.max(1) as f64)).collect();
         line.extend([
-            ("update".into(), update as f64),
-            ("step".into(), update as f64),
-            ("samples_seen".into(), samples_seen as f64),
             ("reward/mean".into(), rewards.iter().sum::<f64>() / n),
             ("reward/correct".into(), episodes.iter().filter(|e| e.correct).count() as f64 / n),
             ("kl/reference".into(), log_ratio.iter().sum::<f64>() / n),
-            ("grpo/informative_groups".into(), informative_groups as f64 / prompts.len() as f64),
+            ("grpo/informative_groups".into(), informative_groups as f64 / cfg.prompts_per_update as f64),
             ("response_length".into(), episodes.iter().map(|e| e.response_tokens.len()).sum::<usize>() as f64 / n),
         ]);
         if super::every(update, cfg.eval_every) || update == cfg.updates {
-            line.extend(evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?);
-            progress.suspend(|| report(&line));
+            line.extend(progress.suspend(|| run.evaluate(&policy, &cfg.eval))?);
         }
         progress.set_position(update as u64);
         progress.set_message(format!("reward {:.3}", line["reward/mean"]));
-        checkpoints.log(&line)?;
+        progress.suspend(|| run.log(line, update))?;
         if super::every(update, cfg.save_every) {
-            policy.save_with_tokenizer(&tokenizer, &dir.join(format!("update-{update}")), true)?;
+            run.save(&policy, &format!("update-{update}"))?;
         }
     }
     progress.finish_and_clear();
-    let last = dir.join("final");
-    policy.save_with_tokenizer(&tokenizer, &last, true)?;
-    Ok(last)
+    run.save(&policy, "final")
 }
 
 #[cfg(test)]

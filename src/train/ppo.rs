@@ -14,18 +14,16 @@
 
 use super::rl::{
     check_behaviour_logprobs, clipped_policy_loss, clipped_value_loss, explained_variance, gae, masked_mean, pad_rows,
-    score_responses, unpad_rows, whiten, PromptStream, RewardConfig, Rewarder,
+    score_episodes, score_responses, whiten, PgRun, PgSettings, RewardConfig,
 };
-use super::rounds::{evaluate_policy, report, RoundEval};
-use super::{learning_rate, prepare_run_dir, AdamW, Metrics, RunConfig, TrainConfig};
+use super::rounds::RoundEval;
+use super::{learning_rate, AdamW, Metrics, RunConfig, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::CausalLm;
-use crate::prompt::{PromptConfig, Prompter};
+use crate::prompt::PromptConfig;
 use crate::rng::Rng;
-use crate::rollout::{rollout, Episode};
+use crate::rollout::Episode;
 use crate::sample::SamplingConfig;
-use crate::task::{Problem, Split, TaskSpec};
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 /// `reasonrl ppo` settings.
@@ -142,70 +140,52 @@ pub fn run(cfg: &PpoConfig, force: bool) -> Result<PathBuf> {
             "epochs, minibatches, prompts_per_update and samples_per_prompt must be positive".into(),
         ));
     }
-    let dir = cfg.run.dir();
-    prepare_run_dir(&dir, &crate::config::to_toml(cfg), false, force)?;
-    let device = crate::parse_device(&cfg.run.device)?;
+    let settings = PgSettings {
+        run: &cfg.run,
+        model: &cfg.model,
+        task: &cfg.task,
+        questions: cfg.questions,
+        seed: cfg.seed,
+        reward: &cfg.reward,
+        prompt: &cfg.prompt,
+        eval_problems: cfg.eval.problems,
+    };
     let separate = cfg.critic == "separate";
-    let (mut policy, tokenizer) = CausalLm::load_with_tokenizer(&cfg.model, device, !separate)?;
-    let mut critic = if separate { Some(CausalLm::load(&cfg.model, device, true)?) } else { None };
-    let reference = CausalLm::load(&cfg.model, device, false)?;
+    let (mut run, policy) = PgRun::start(&settings, &crate::config::to_toml(cfg), !separate, force)?;
+    let mut critic = if separate { Some(CausalLm::load(&cfg.model, run.device, true)?) } else { None };
     let mut optimizer = AdamW::new(&policy);
     let mut critic_optimizer = critic.as_ref().map(AdamW::new);
-    let rewarder = Rewarder::new(&cfg.reward, &tokenizer, device)?;
-
-    let task = TaskSpec::parse(&cfg.task)?;
-    let questions = task.load(Split::Train, (cfg.questions > 0).then_some(cfg.questions))?;
-    let test = task.load(Split::Test, (cfg.eval.problems > 0).then_some(cfg.eval.problems))?;
-    let prompter = Prompter::new(&cfg.prompt, &questions)?;
-    let by_id: HashMap<&str, &Problem> = questions.iter().map(|q| (q.id.as_str(), q)).collect();
-    let checkpoints = super::checkpoint::Checkpoints::new(&dir, 1);
-    let mut stream = PromptStream::new(questions.len(), cfg.seed);
     let mut rng = Rng::new(cfg.seed ^ 0x5eed);
     let mut kl_coef = cfg.kl_coef;
     let total_steps = cfg.updates * cfg.epochs * cfg.minibatches;
-    let (mut samples_seen, mut step) = (0usize, 0usize);
+    let mut step = 0;
 
-    let mut line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?;
-    line.extend([("update".into(), 0.0), ("step".into(), 0.0), ("samples_seen".into(), 0.0)]);
-    report(&line);
-    checkpoints.log(&line)?;
+    run.log(run.evaluate(&policy, &cfg.eval)?, 0)?;
     let progress = super::progress_bar(cfg.updates as u64, 0);
     for update in 1..=cfg.updates {
         // 1. Sample.
-        let prompts: Vec<Problem> =
-            stream.take(cfg.prompts_per_update).into_iter().map(|i| questions[i].clone()).collect();
         let sampling = SamplingConfig {
             max_new_tokens: cfg.max_new_tokens,
             temperature: cfg.temperature,
             samples_per_prompt: cfg.samples_per_prompt,
             batch_size: cfg.sample_batch_size,
-            seed: cfg.seed.wrapping_mul(1_000_003) + update as u64,
             ..SamplingConfig::default()
         };
-        let episodes = rollout(&policy, &tokenizer, &prompter, &prompts, &sampling)?;
-        samples_seen += episodes.len();
+        let episodes = run.sample(&policy, update, cfg.prompts_per_update, sampling)?;
         // 2. Rewards, with the KL penalty to the reference at every token.
-        let rewards = rewarder.token_rewards(&tokenizer, &episodes, &by_id)?;
-        let lengths: Vec<usize> = episodes.iter().map(|e| e.response_tokens.len()).collect();
+        let rewards = run.rewards(&episodes)?;
         let refs: Vec<&Episode> = episodes.iter().collect();
-        let (old_logprobs, old_values, ref_logprobs) = tch::no_grad(|| -> Result<_> {
-            let mut out = (Vec::new(), Vec::new(), Vec::new());
-            for chunk in refs.chunks(cfg.sample_batch_size.max(1)) {
-                let lens: Vec<usize> = chunk.iter().map(|e| e.response_tokens.len()).collect();
-                let scored = score_responses(&policy, chunk, cfg.temperature);
-                out.0.extend(unpad_rows(&scored.logprobs, &lens)?);
-                let values = match &critic {
-                    Some(c) => score_responses(c, chunk, cfg.temperature).values,
-                    None => scored.values,
-                };
-                out.1.extend(unpad_rows(&values.expect("the critic has a head"), &lens)?);
-                out.2.extend(unpad_rows(&score_responses(&reference, chunk, cfg.temperature).logprobs, &lens)?);
-            }
-            Ok(out)
-        })?;
+        let chunk = cfg.sample_batch_size;
+        let (old_logprobs, shared_values) = score_episodes(&policy, &refs, cfg.temperature, chunk)?;
+        let old_values = match &critic {
+            Some(c) => score_episodes(c, &refs, cfg.temperature, chunk)?.1,
+            None => shared_values,
+        }
+        .expect("the critic has a value head");
+        let (ref_logprobs, _) = score_episodes(&run.reference, &refs, cfg.temperature, chunk)?;
         if update == 1 {
             let worst = check_behaviour_logprobs(&refs, &old_logprobs, 2e-3)?;
-            eprintln!("behaviour log-probs agree with the trainer's (max difference {worst:.1e})");
+            progress.suspend(|| eprintln!("behaviour log-probs agree with the trainer's (max difference {worst:.1e})"));
         }
         let mut kl_sum = 0.0;
         let mut shaped = rewards.clone();
@@ -228,20 +208,11 @@ pub fn run(cfg: &PpoConfig, force: bool) -> Result<PathBuf> {
         'epochs: for _ in 0..cfg.epochs {
             let mut order: Vec<usize> = (0..batch.episodes.len()).collect();
             rng.shuffle(&mut order);
-            let size = order.len().div_ceil(cfg.minibatches);
-            for mb in order.chunks(size) {
+            for mb in order.chunks(order.len().div_ceil(cfg.minibatches)) {
                 let lr = learning_rate(&cfg.optim, step, total_steps);
                 step += 1;
-                let approx_kl = minibatch_step(
-                    cfg,
-                    &batch,
-                    mb,
-                    &mut policy,
-                    &mut optimizer,
-                    critic.as_mut().zip(critic_optimizer.as_mut()),
-                    lr,
-                    &mut stats,
-                )?;
+                let critic = critic.as_mut().zip(critic_optimizer.as_mut());
+                let approx_kl = minibatch_step(cfg, &batch, mb, &policy, &mut optimizer, critic, lr, &mut stats)?;
                 if cfg.target_kl > 0.0 && approx_kl > cfg.target_kl {
                     stats.early_stops += 1;
                     break 'epochs;
@@ -256,31 +227,28 @@ pub fn run(cfg: &PpoConfig, force: bool) -> Result<PathBuf> {
         let n = batch.episodes.len() as f64;
         let mut line = stats.finish();
         line.extend([
-            ("update".into(), update as f64),
-            ("step".into(), update as f64),
-            ("samples_seen".into(), samples_seen as f64),
             ("reward/mean".into(), rewards.iter().map(|r| r.iter().sum::<f32>() as f64).sum::<f64>() / n),
             ("reward/correct".into(), batch.episodes.iter().filter(|e| e.correct).count() as f64 / n),
             ("kl/reference".into(), mean_kl),
             ("kl/coef".into(), kl_coef),
-            ("response_length".into(), lengths.iter().sum::<usize>() as f64 / n),
+            (
+                "response_length".into(),
+                batch.episodes.iter().map(|e| e.response_tokens.len()).sum::<usize>() as f64 / n,
+            ),
             ("value/explained_variance".into(), explained_variance(&batch.old_values, &batch.returns)),
         ]);
         if super::every(update, cfg.eval_every) || update == cfg.updates {
-            line.extend(evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?);
-            progress.suspend(|| report(&line));
+            line.extend(progress.suspend(|| run.evaluate(&policy, &cfg.eval))?);
         }
         progress.set_position(update as u64);
         progress.set_message(format!("reward {:.3} kl {mean_kl:.3}", line["reward/mean"]));
-        checkpoints.log(&line)?;
+        progress.suspend(|| run.log(line, update))?;
         if super::every(update, cfg.save_every) {
-            policy.save_with_tokenizer(&tokenizer, &dir.join(format!("update-{update}")), true)?;
+            run.save(&policy, &format!("update-{update}"))?;
         }
     }
     progress.finish_and_clear();
-    let last = dir.join("final");
-    policy.save_with_tokenizer(&tokenizer, &last, true)?;
-    Ok(last)
+    run.save(&policy, "final")
 }
 
 /// Running means of what one update's minibatch steps measure.
@@ -309,7 +277,7 @@ fn minibatch_step(
     cfg: &PpoConfig,
     batch: &Batch,
     mb: &[usize],
-    policy: &mut CausalLm,
+    policy: &CausalLm,
     optimizer: &mut AdamW,
     critic: Option<(&mut CausalLm, &mut AdamW)>,
     lr: f64,

@@ -3,16 +3,156 @@
 //! under a model, GAE, the clipped surrogate and value losses, KL estimators, and the check that
 //! the trainer's log-probs agree with the sampler's.
 
+use super::checkpoint::Checkpoints;
+use super::rounds::{evaluate_policy, report, RoundEval};
+use super::{prepare_run_dir, Metrics, RunConfig};
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::{CausalLm, Llama};
+use crate::prompt::{PromptConfig, Prompter};
 use crate::reward::{heuristic_step_rewards, orm_step_rewards, split_steps, token_rewards, Orm, OrmDense};
 use crate::rng::Rng;
-use crate::rollout::Episode;
-use crate::task::Problem;
+use crate::rollout::{rollout, Episode};
+use crate::sample::SamplingConfig;
+use crate::task::{Problem, Split, TaskSpec};
 use crate::tokenizer::Tokenizer;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
+
+/// What a policy-gradient run needs besides its algorithm: the run folder, the tokenizer, the
+/// frozen reference policy, the rewarder, the training questions (as a shuffled stream), the
+/// test problems and the prompter. Shared by PPO and GRPO/RLOO.
+pub struct PgRun {
+    pub dir: PathBuf,
+    pub tokenizer: Tokenizer,
+    pub reference: CausalLm,
+    pub rewarder: Rewarder,
+    pub questions: Vec<Problem>,
+    pub test: Vec<Problem>,
+    pub prompter: Prompter,
+    pub device: Device,
+    pub samples_seen: usize,
+    checkpoints: Checkpoints,
+    stream: PromptStream,
+    seed: u64,
+}
+
+/// The settings `PgRun::start` reads from an algorithm's config.
+pub struct PgSettings<'a> {
+    pub run: &'a RunConfig,
+    pub model: &'a Path,
+    pub task: &'a str,
+    pub questions: usize,
+    pub seed: u64,
+    pub reward: &'a RewardConfig,
+    pub prompt: &'a PromptConfig,
+    pub eval_problems: usize,
+}
+
+impl PgRun {
+    /// Prepares the run folder (writing `config_toml`) and loads everything; returns the run and
+    /// the policy to train (with a fresh value head when `value_head`).
+    pub fn start(s: &PgSettings, config_toml: &str, value_head: bool, force: bool) -> Result<(Self, CausalLm)> {
+        let dir = s.run.dir();
+        prepare_run_dir(&dir, config_toml, false, force)?;
+        let device = crate::parse_device(&s.run.device)?;
+        let (policy, tokenizer) = CausalLm::load_with_tokenizer(s.model, device, value_head)?;
+        let reference = CausalLm::load(s.model, device, false)?;
+        let rewarder = Rewarder::new(s.reward, &tokenizer, device)?;
+        let task = TaskSpec::parse(s.task)?;
+        let questions = task.load(Split::Train, (s.questions > 0).then_some(s.questions))?;
+        let test = task.load(Split::Test, (s.eval_problems > 0).then_some(s.eval_problems))?;
+        let prompter = Prompter::new(s.prompt, &questions)?;
+        let run = PgRun {
+            checkpoints: Checkpoints::new(&dir, 1),
+            stream: PromptStream::new(questions.len(), s.seed),
+            dir,
+            tokenizer,
+            reference,
+            rewarder,
+            questions,
+            test,
+            prompter,
+            device,
+            samples_seen: 0,
+            seed: s.seed,
+        };
+        Ok((run, policy))
+    }
+
+    /// Samples `samples_per_prompt` solutions to each of the next `prompts` training questions
+    /// (ordered by question, then sample) and counts them.
+    pub fn sample(
+        &mut self,
+        policy: &Llama,
+        update: usize,
+        prompts: usize,
+        mut sampling: SamplingConfig,
+    ) -> Result<Vec<Episode>> {
+        let batch: Vec<Problem> = self.stream.take(prompts).into_iter().map(|i| self.questions[i].clone()).collect();
+        sampling.seed = self.seed.wrapping_mul(1_000_003).wrapping_add(update as u64);
+        let episodes = rollout(policy, &self.tokenizer, &self.prompter, &batch, &sampling)?;
+        self.samples_seen += episodes.len();
+        Ok(episodes)
+    }
+
+    /// Per-token rewards of the episodes (see [`Rewarder`]).
+    pub fn rewards(&self, episodes: &[Episode]) -> Result<Vec<Vec<f32>>> {
+        let by_id: HashMap<&str, &Problem> = self.questions.iter().map(|q| (q.id.as_str(), q)).collect();
+        self.rewarder.token_rewards(&self.tokenizer, episodes, &by_id)
+    }
+
+    /// Test metrics of the policy.
+    pub fn evaluate(&self, policy: &CausalLm, eval: &RoundEval) -> Result<Metrics> {
+        evaluate_policy(policy, &self.tokenizer, &self.prompter, &self.test, eval, self.seed)
+    }
+
+    /// Logs an update's line with its update number and the samples seen so far.
+    pub fn log(&self, mut line: Metrics, update: usize) -> Result<Metrics> {
+        line.extend([
+            ("update".into(), update as f64),
+            ("step".into(), update as f64),
+            ("samples_seen".into(), self.samples_seen as f64),
+        ]);
+        if line.contains_key("eval/maj@1") {
+            report(&line);
+        }
+        self.checkpoints.log(&line)?;
+        Ok(line)
+    }
+
+    /// Saves the policy into `RUN/NAME`.
+    pub fn save(&self, policy: &CausalLm, name: &str) -> Result<PathBuf> {
+        let dir = self.dir.join(name);
+        policy.save_with_tokenizer(&self.tokenizer, &dir, true)?;
+        Ok(dir)
+    }
+}
+
+/// One value per response token, per episode.
+pub type PerToken = Vec<Vec<f32>>;
+
+/// Log-probs of the sampled tokens (and the head's values, if any) of every episode under
+/// `model`, without gradients, in chunks of `chunk` episodes.
+pub fn score_episodes(
+    model: &Llama,
+    episodes: &[&Episode],
+    temperature: f64,
+    chunk: usize,
+) -> Result<(PerToken, Option<PerToken>)> {
+    tch::no_grad(|| {
+        let (mut logprobs, mut values) = (Vec::new(), model.has_head().then(Vec::new));
+        for part in episodes.chunks(chunk.max(1)) {
+            let lens: Vec<usize> = part.iter().map(|e| e.response_tokens.len()).collect();
+            let scored = score_responses(model, part, temperature);
+            logprobs.extend(unpad_rows(&scored.logprobs, &lens)?);
+            if let (Some(all), Some(v)) = (values.as_mut(), &scored.values) {
+                all.extend(unpad_rows(v, &lens)?);
+            }
+        }
+        Ok((logprobs, values))
+    })
+}
 
 /// Which reward the policy is trained on (`[reward]`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
