@@ -207,6 +207,8 @@ fn an_orm_learns_which_solutions_are_right() {
     trainer.train(&examples, &mut no_eval).unwrap();
     let after = reasonrl::reward::outcome_probabilities(&model, heldout, 4096).unwrap();
     assert!(auroc(&after) > 0.9, "held-out AUROC {} (before training {})", auroc(&after), auroc(&before));
+    let within = reasonrl::train::orm::classifier_metrics(heldout, &after)["orm/auroc_within"];
+    assert!(within > 0.9, "right and wrong solutions of the same question are told apart: {within}");
     // A prefix before the telling token knows less than the whole solution.
     assert_eq!(after[0].len(), 9, "one probability before the response and one per token");
 }

@@ -1,7 +1,8 @@
 //! What every trainer shares: AdamW, the learning-rate schedule, gradient clipping and
 //! accumulation, token-budget batching, loss masking, checkpoints with `--resume`, metrics and
-//! the progress bar. The algorithms (`sft`, `pretrain`, later EI/PPO/...) only say what the
-//! examples are and what to evaluate.
+//! the progress bar, and the two objectives (language modelling, the ORM's outcome loss). The
+//! supervised algorithms (`pretrain`, `sft`, `ei`, `orm`, `rcrl`) only say what the examples are
+//! and what to evaluate; the policy-gradient ones (`ppo`, `grpo`) share `rl`.
 
 pub mod checkpoint;
 pub mod ei;

@@ -13,7 +13,7 @@ use crate::prompt::{PromptConfig, Prompter};
 use crate::reward::outcome_probabilities;
 use crate::rollout::{rollout, Episode};
 use crate::task::{Split, TaskSpec};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 /// `reasonrl orm` settings.
@@ -141,7 +141,9 @@ pub fn outcome_example(e: &Episode) -> Example {
 }
 
 /// How well final-token probabilities predict correctness: `orm/accuracy` (at 0.5),
-/// `orm/auroc`, `orm/ece` (10 bins), `orm/brier`, and the base rate `orm/positive_rate`.
+/// `orm/auroc`, `orm/ece` (10 bins), `orm/brier`, the base rate `orm/positive_rate`, and
+/// `orm/auroc_within`: the AUROC over pairs of a right and a wrong solution to the same question
+/// — what reranking needs, since telling easy questions from hard ones does not help it.
 pub fn classifier_metrics(episodes: &[Episode], probabilities: &[Vec<f32>]) -> Metrics {
     if episodes.is_empty() {
         return Metrics::new();
@@ -151,11 +153,57 @@ pub fn classifier_metrics(episodes: &[Episode], probabilities: &[Vec<f32>]) -> M
     let n = p.len() as f64;
     let accuracy = p.iter().zip(&y).filter(|(p, y)| (**p >= 0.5) == **y).count() as f64 / n;
     let brier = p.iter().zip(&y).map(|(p, &y)| (p - y as u8 as f64).powi(2)).sum::<f64>() / n;
+    let mut by_question: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, e) in episodes.iter().enumerate() {
+        by_question.entry(e.problem_id.as_str()).or_default().push(i);
+    }
+    let (mut pairs, mut ordered) = (0.0, 0.0);
+    for members in by_question.values() {
+        for &a in members.iter().filter(|&&i| y[i]) {
+            for &b in members.iter().filter(|&&i| !y[i]) {
+                pairs += 1.0;
+                ordered += if p[a] > p[b] { 1.0 } else if p[a] == p[b] { 0.5 } else { 0.0 };
+            }
+        }
+    }
     Metrics::from([
+        ("orm/auroc_within".into(), if pairs > 0.0 { ordered / pairs } else { f64::NAN }),
         ("orm/accuracy".into(), accuracy),
         ("orm/auroc".into(), auroc(&p, &y)),
         ("orm/ece".into(), expected_calibration_error(&p, &y, 10)),
         ("orm/brier".into(), brier),
         ("orm/positive_rate".into(), y.iter().filter(|&&y| y).count() as f64 / n),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn episode(problem: &str, correct: bool) -> Episode {
+        Episode {
+            problem_id: problem.into(),
+            sample_index: 0,
+            prompt_tokens: vec![1],
+            response_tokens: vec![2],
+            text: String::new(),
+            logprobs: vec![],
+            finish: crate::sample::Finish::Stop,
+            extracted_answer: None,
+            reference_answer: String::new(),
+            correct,
+        }
+    }
+
+    #[test]
+    fn ranking_within_a_question_is_measured_apart_from_difficulty() {
+        // Question a is scored high, b low, and inside each question the wrong solution
+        // outranks the right one.
+        let episodes = [episode("a", true), episode("a", false), episode("b", true), episode("b", false)];
+        let p = [vec![0.5, 0.8], vec![0.5, 0.9], vec![0.5, 0.2], vec![0.5, 0.3]];
+        let m = classifier_metrics(&episodes, &p);
+        assert_eq!(m["orm/auroc_within"], 0.0);
+        // All pairs: 0.8 > 0.9 no, 0.8 > 0.3 yes, 0.2 > 0.9 no, 0.2 > 0.3 no.
+        assert_eq!(m["orm/auroc"], 0.25);
+    }
 }
