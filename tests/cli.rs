@@ -126,10 +126,18 @@ fn eval_on_a_gsm8k_slice_then_rescore_the_saved_samples() {
     assert!(fails(&argv).contains("--force"), "an existing report is not overwritten");
 
     // Re-scoring the saved episodes gives the same summary without sampling.
+    // Against the first run as a baseline, every paired difference is zero.
     let rescored = dir.path().join("rescored");
-    let reuse: Vec<String> =
-        [&args[..], &set(format!("reuse={}", s(&out)))[..], &set(format!("out={}", s(&rescored)))[..]].concat();
-    ok(&reuse.iter().map(String::as_str).collect::<Vec<_>>());
+    let reuse: Vec<String> = [
+        &args[..],
+        &set(format!("reuse={}", s(&out)))[..],
+        &set(format!("out={}", s(&rescored)))[..],
+        &set(format!("baseline={}", s(&out)))[..],
+    ]
+    .concat();
+    let table = ok(&reuse.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(table.contains("| maj@1 | +0.0 pts | [+0.0, +0.0] |"), "{table}");
+    assert!(rescored.join("comparison.md").exists());
     let again: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(rescored.join("summary.json")).unwrap()).unwrap();
     assert_eq!(again, summary);

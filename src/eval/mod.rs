@@ -494,6 +494,52 @@ pub fn read_episodes(path: &Path) -> Result<Vec<Episode>> {
     Ok(out)
 }
 
+/// Paired differences (this run minus a baseline) on the same problems, each with a 95%
+/// bootstrap interval over problems: maj@1, and pass@k for every k both runs have. Pairing
+/// removes the spread of problem difficulty, so it detects a change that the two separate
+/// intervals would hide. Errors when the runs did not evaluate the same problems.
+pub fn paired_differences(
+    run: &[ProblemRecord],
+    baseline: &[ProblemRecord],
+    resamples: usize,
+    seed: u64,
+) -> Result<BTreeMap<String, Metric>> {
+    let base: BTreeMap<&str, &ProblemRecord> = baseline.iter().map(|r| (r.problem_id.as_str(), r)).collect();
+    if run.len() != base.len() || run.iter().any(|r| !base.contains_key(r.problem_id.as_str())) {
+        return Err(Error::Invalid(format!(
+            "the baseline evaluated other problems ({} vs {}): compare runs on the same split and problems",
+            baseline.len(),
+            run.len()
+        )));
+    }
+    let pairs: Vec<(&ProblemRecord, &ProblemRecord)> = run.iter().map(|r| (r, base[r.problem_id.as_str()])).collect();
+    let mut out = BTreeMap::new();
+    let mut add = |name: String, diffs: Vec<f64>| {
+        let (value, lo, hi) = bootstrap_ci(&diffs, resamples, seed);
+        out.insert(name, Metric { value, lo, hi });
+    };
+    let greedy = |r: &ProblemRecord| r.greedy.as_ref().map(|g| g.correct as u8 as f64);
+    if pairs.iter().all(|(a, b)| greedy(a).is_some() && greedy(b).is_some()) {
+        add("maj@1".into(), pairs.iter().map(|(a, b)| greedy(a).unwrap() - greedy(b).unwrap()).collect());
+    }
+    for k in run.first().map(|r| r.pass.keys().copied().collect::<Vec<_>>()).unwrap_or_default() {
+        if pairs.iter().all(|(a, b)| a.pass.contains_key(&k) && b.pass.contains_key(&k)) {
+            add(format!("pass@{k}"), pairs.iter().map(|(a, b)| a.pass[&k] - b.pass[&k]).collect());
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a records.jsonl written by [`write_report`].
+pub fn read_records(path: &Path) -> Result<Vec<ProblemRecord>> {
+    let text = fsutil::read_to_string(path)?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::line(path, i + 1, format!("bad record: {e}"))))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -820,5 +866,19 @@ mod tests {
         // bin [0.9, 1.0]: p 0.95, 1.0, outcomes 1, 1 -> |0.975 - 1| = 0.025 on the other half.
         let ece = expected_calibration_error(&[0.25, 0.25, 0.95, 1.0], &[true, false, true, true], 10);
         assert!(close(ece, 0.5 * 0.25 + 0.5 * 0.025), "{ece}");
+    }
+
+    #[test]
+    fn paired_differences_by_hand() {
+        let (greedy, samples) = fixture();
+        let (base, _) = evaluate(&greedy, &samples, None, &opts(&[2])).unwrap();
+        // The same samples, but problem B's greedy answer is now right.
+        let mut better = greedy.clone();
+        better[1] = ep("B", "5", 0, "g", Some("5"), &[-0.5; 3]);
+        let (run, _) = evaluate(&better, &samples, None, &opts(&[2])).unwrap();
+        let d = paired_differences(&run, &base, 200, 1).unwrap();
+        assert!(close(d["maj@1"].value, 1.0 / 3.0));
+        assert!(close(d["pass@2"].value, 0.0) && close(d["pass@2"].lo, 0.0));
+        assert!(paired_differences(&run[..2], &base, 200, 1).is_err(), "other problems");
     }
 }

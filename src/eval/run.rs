@@ -3,7 +3,8 @@
 //! earlier run (`reuse`), without sampling again.
 
 use super::{
-    evaluate, read_episodes, summary_markdown, write_report, EvalOptions, EvalSummary, MeanLogprobScorer, Scorer,
+    evaluate, paired_differences, read_episodes, read_records, summary_markdown, write_report, EvalOptions,
+    EvalSummary, MeanLogprobScorer, Scorer,
 };
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -44,6 +45,9 @@ pub struct EvalConfig {
     pub out: PathBuf,
     /// Score the episodes saved in this earlier output folder instead of sampling.
     pub reuse: Option<PathBuf>,
+    /// An earlier output folder (same problems) to compare with: paired differences with 95%
+    /// intervals, written to comparison.md.
+    pub baseline: Option<PathBuf>,
     pub device: String,
 }
 
@@ -66,6 +70,7 @@ impl Default for EvalConfig {
             prompt: PromptConfig::default(),
             out: "runs/eval".into(),
             reuse: None,
+            baseline: None,
             device: "cpu".into(),
         }
     }
@@ -98,6 +103,22 @@ pub fn run(cfg: &EvalConfig, force: bool) -> Result<EvalSummary> {
     fsutil::write_atomic(&cfg.out.join("config.toml"), |w| w.write_all(crate::config::to_toml(cfg).as_bytes()))?;
     write_report(&cfg.out, &records, &summary, &title)?;
     print!("{}", summary_markdown(&summary, &title));
+    if let Some(baseline) = &cfg.baseline {
+        let base = read_records(&baseline.join("records.jsonl"))?;
+        let diffs = paired_differences(&records, &base, cfg.bootstrap_resamples, cfg.seed)?;
+        let mut md = format!("\nPaired difference vs {} (same problems):\n\n", baseline.display());
+        md.push_str("| metric | difference | 95% CI |\n|---|---:|---|\n");
+        for (name, m) in &diffs {
+            md.push_str(&format!(
+                "| {name} | {:+.1} pts | [{:+.1}, {:+.1}] |\n",
+                100.0 * m.value,
+                100.0 * m.lo,
+                100.0 * m.hi
+            ));
+        }
+        fsutil::write_atomic(&cfg.out.join("comparison.md"), |w| w.write_all(md.as_bytes()))?;
+        print!("{md}");
+    }
     Ok(summary)
 }
 

@@ -162,7 +162,13 @@ pub fn classifier_metrics(episodes: &[Episode], probabilities: &[Vec<f32>]) -> M
         for &a in members.iter().filter(|&&i| y[i]) {
             for &b in members.iter().filter(|&&i| !y[i]) {
                 pairs += 1.0;
-                ordered += if p[a] > p[b] { 1.0 } else if p[a] == p[b] { 0.5 } else { 0.0 };
+                ordered += if p[a] > p[b] {
+                    1.0
+                } else if p[a] == p[b] {
+                    0.5
+                } else {
+                    0.0
+                };
             }
         }
     }
