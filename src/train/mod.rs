@@ -137,8 +137,10 @@ pub enum Objective {
     /// control tokens) are read but never predicted.
     LanguageModel { context_only: Vec<u32> },
     /// Binary cross-entropy of the scalar head against the example's label at every response
-    /// token (the ORM); positive examples weigh `positive_weight`, negative ones 1.
-    Outcome { positive_weight: f64 },
+    /// token (the ORM); positive examples weigh `positive_weight`, negative ones 1. With
+    /// `lm_coef` > 0, plus that times the next-token loss on the right solutions (Cobbe et al.
+    /// 2021's joint objective), so the body keeps what it knows about writing right solutions.
+    Outcome { positive_weight: f64, lm_coef: f64 },
 }
 
 impl Default for Objective {
@@ -154,7 +156,7 @@ impl Objective {
             Objective::LanguageModel { context_only } => {
                 (e.targets_from.max(1)..e.tokens.len()).filter(|&j| !context_only.contains(&e.tokens[j])).count() as f64
             }
-            Objective::Outcome { positive_weight } => {
+            Objective::Outcome { positive_weight, .. } => {
                 let w = if e.label.unwrap_or(0.0) >= 0.5 { *positive_weight } else { 1.0 };
                 e.tokens.len().saturating_sub(e.targets_from) as f64 * w
             }
@@ -168,7 +170,9 @@ impl Objective {
                 let (inputs, targets) = collate(batch, pad, context_only, model.device());
                 Ok(masked_lm_loss(model, &inputs, &targets))
             }
-            Objective::Outcome { positive_weight } => outcome_loss(model, batch, pad, *positive_weight),
+            Objective::Outcome { positive_weight, lm_coef } => {
+                outcome_loss(model, batch, pad, *positive_weight, *lm_coef)
+            }
         }
     }
 }
@@ -256,7 +260,13 @@ pub fn masked_lm_loss(model: &CausalLm, inputs: &Tensor, targets: &Tensor) -> Te
 
 /// Summed binary cross-entropy of the scalar head's logit at every response token (the hidden
 /// state after reading it) against the example's label; see [`Objective::Outcome`].
-pub fn outcome_loss(model: &CausalLm, batch: &[&Example], pad: u32, positive_weight: f64) -> Result<Tensor> {
+pub fn outcome_loss(
+    model: &CausalLm,
+    batch: &[&Example],
+    pad: u32,
+    positive_weight: f64,
+    lm_coef: f64,
+) -> Result<Tensor> {
     let t = batch.iter().map(|e| e.tokens.len()).max().unwrap_or(1);
     let b = batch.len();
     let mut ids = vec![pad as i64; b * t];
@@ -278,9 +288,31 @@ pub fn outcome_loss(model: &CausalLm, batch: &[&Example], pad: u32, positive_wei
     let logits = model
         .head_values(&hidden)
         .ok_or_else(|| Error::Invalid("the ORM objective needs a model with a scalar head".into()))?;
-    let labels = Tensor::from_slice(&labels).view(shape).to_device(device);
+    let labels_t = Tensor::from_slice(&labels).view(shape).to_device(device);
     let weights = Tensor::from_slice(&weights).view(shape).to_device(device);
-    Ok(logits.to_kind(Kind::Float).binary_cross_entropy_with_logits(&labels, Some(&weights), None, Reduction::Sum))
+    let bce =
+        logits.to_kind(Kind::Float).binary_cross_entropy_with_logits(&labels_t, Some(&weights), None, Reduction::Sum);
+    if lm_coef <= 0.0 {
+        return Ok(bce);
+    }
+    // Next-token targets on the responses of right solutions only.
+    let mut targets = vec![-100i64; b * t];
+    for (r, e) in batch.iter().enumerate() {
+        if e.label.unwrap_or(0.0) >= 0.5 {
+            for j in e.targets_from.max(1)..e.tokens.len() {
+                targets[r * t + j - 1] = e.tokens[j] as i64;
+            }
+        }
+    }
+    let targets = Tensor::from_slice(&targets).to_device(device);
+    let lm = model.logits(&hidden).to_kind(Kind::Float).reshape([(b * t) as i64, -1]).cross_entropy_loss::<Tensor>(
+        &targets,
+        None,
+        Reduction::Sum,
+        -100,
+        0.0,
+    );
+    Ok(bce + lm * lm_coef)
 }
 
 /// Metrics of one log line (`metrics.jsonl`).

@@ -32,6 +32,8 @@ pub struct OrmConfig {
     pub balance: bool,
     /// Drop duplicate solutions of a question (whitespace-normalised text).
     pub dedup: bool,
+    /// Weight of a next-token loss on the right solutions beside the ORM loss (0 = none).
+    pub lm_coef: f64,
     /// Learn from these episodes (e.g. an earlier run's `samples.jsonl`) instead of sampling.
     pub episodes: Option<PathBuf>,
     pub seed: u64,
@@ -52,6 +54,7 @@ impl Default for OrmConfig {
             holdout: 0.1,
             balance: true,
             dedup: true,
+            lm_coef: 0.0,
             episodes: None,
             seed: 0,
             prompt: PromptConfig::default(),
@@ -121,8 +124,8 @@ pub fn run(cfg: &OrmConfig, resume: bool, force: bool) -> Result<PathBuf> {
 
     // 3. Train the scalar head (and the body) with binary cross-entropy at every response token.
     let mut trainer = Trainer::new(&mut model, &tokenizer, cfg.train.clone(), &dir, resume)?;
-    trainer.objective =
-        Objective::Outcome { positive_weight: if cfg.balance { negatives as f64 / positives as f64 } else { 1.0 } };
+    let positive_weight = if cfg.balance { negatives as f64 / positives as f64 } else { 1.0 };
+    trainer.objective = Objective::Outcome { positive_weight, lm_coef: cfg.lm_coef };
     trainer.best_metric = Some("orm/auroc".into());
     let mut eval = |m: &CausalLm, _: &super::checkpoint::TrainerState| {
         let p = outcome_probabilities(m, &heldout, cfg.eval_batch_tokens)?;
