@@ -138,22 +138,15 @@ impl Labeller<'_> {
         questions: &[Problem],
         index: &HashMap<&str, usize>,
     ) -> Result<Vec<Labelled>> {
-        // The responses as the unconditioned policy would have written them.
+        // The episodes as the unconditioned policy would have written them.
+        let strip = |tokens: &[u32]| -> Vec<u32> {
+            tokens.iter().copied().filter(|&t| t != self.controls.good && t != self.controls.bad).collect()
+        };
         let plain: Vec<Episode> = episodes
             .iter()
             .map(|e| Episode {
-                response_tokens: e
-                    .response_tokens
-                    .iter()
-                    .copied()
-                    .filter(|&t| t != self.controls.good && t != self.controls.bad)
-                    .collect(),
-                prompt_tokens: e
-                    .prompt_tokens
-                    .iter()
-                    .copied()
-                    .filter(|&t| t != self.controls.good && t != self.controls.bad)
-                    .collect(),
+                prompt_tokens: strip(&e.prompt_tokens),
+                response_tokens: strip(&e.response_tokens),
                 ..e.clone()
             })
             .collect();
