@@ -250,7 +250,6 @@ fn generate_batch(
         let logprob_host = Vec::<f32>::try_from(&logprob.to_device(Device::Cpu))?;
         let mut keep = Vec::with_capacity(active.len());
         let mut forced = false;
-        let mut fed = next_host.clone();
         for (slot, &r) in active.iter().enumerate() {
             let row = &mut rows[r];
             let (token, logprob) = match cfg.step_prefix {
@@ -258,7 +257,6 @@ fn generate_batch(
                 _ => (next_host[slot] as u32, logprob_host[slot]),
             };
             forced |= token as i64 != next_host[slot];
-            fed[slot] = token as i64;
             row.at_line_start = cfg.step_prefix.is_some_and(|p| p != token)
                 && stops.ends_line.get(token as usize).is_some_and(|&n| n > 0);
             row.tokens.push(token);
@@ -282,6 +280,9 @@ fn generate_batch(
             break;
         }
         if forced {
+            // Feed what the rows hold, step prefixes included, not what was sampled.
+            let fed: Vec<i64> =
+                active.iter().map(|&r| *rows[r].tokens.last().expect("a token per step") as i64).collect();
             next = Tensor::from_slice(&fed).to_device(model.device());
         }
         if keep.len() < active.len() {
