@@ -10,17 +10,13 @@
 //! kl_coef * k3-KL to the frozen reference as a loss term (`kl_in_reward = false`, GRPO's way) or
 //! with kl_coef * the summed log-ratio subtracted from R (RLOO's way). No value model.
 
-use super::rl::{
-    check_behaviour_logprobs, clipped_policy_loss, kl_k3, masked_mean, pad_rows, score_episodes, score_responses,
-    PgRun, PgSettings, RewardConfig,
-};
+use super::rl::{clipped_policy_loss, kl_k3, masked_mean, pad_rows, score_responses, PgRun, PgSettings, RewardConfig};
 use super::rounds::RoundEval;
 use super::{learning_rate, AdamW, Metrics, RunConfig, TrainConfig};
 use crate::error::{Error, Result};
 use crate::prompt::PromptConfig;
 use crate::rng::Rng;
 use crate::rollout::Episode;
-use crate::sample::SamplingConfig;
 use std::path::PathBuf;
 
 /// `reasonrl grpo` settings.
@@ -139,35 +135,27 @@ pub fn run(cfg: &GrpoConfig, force: bool) -> Result<PathBuf> {
         task: &cfg.task,
         questions: cfg.questions,
         seed: cfg.seed,
+        updates: cfg.updates,
+        temperature: cfg.temperature,
+        max_new_tokens: cfg.max_new_tokens,
+        sample_batch_size: cfg.sample_batch_size,
         reward: &cfg.reward,
         prompt: &cfg.prompt,
-        eval_problems: cfg.eval.problems,
+        eval_every: cfg.eval_every,
+        eval: &cfg.eval,
+        save_every: cfg.save_every,
     };
-    let (mut run, policy) = PgRun::start(&settings, &crate::config::to_toml(cfg), false, force)?;
+    let (mut run, policy) = PgRun::start(settings, &crate::config::to_toml(cfg), false, force)?;
     let mut optimizer = AdamW::new(&policy);
     let mut rng = Rng::new(cfg.seed ^ 0x5eed);
     let total_steps = cfg.updates * cfg.epochs * cfg.minibatches;
     let mut step = 0;
 
-    run.log(run.evaluate(&policy, &cfg.eval)?, 0)?;
-    let progress = super::progress_bar(cfg.updates as u64, 0);
     for update in 1..=cfg.updates {
         // 1. G solutions per prompt (ordered by prompt, then sample: groups are contiguous).
-        let sampling = SamplingConfig {
-            max_new_tokens: cfg.max_new_tokens,
-            temperature: cfg.temperature,
-            samples_per_prompt: cfg.group_size,
-            batch_size: cfg.sample_batch_size,
-            ..SamplingConfig::default()
-        };
-        let episodes = run.sample(&policy, update, cfg.prompts_per_update, sampling)?;
+        let (episodes, old_logprobs, _) = run.sample(&policy, update, cfg.prompts_per_update, cfg.group_size)?;
         let refs: Vec<&Episode> = episodes.iter().collect();
-        let (old_logprobs, _) = score_episodes(&policy, &refs, cfg.temperature, cfg.sample_batch_size)?;
-        let (ref_logprobs, _) = score_episodes(&run.reference, &refs, cfg.temperature, cfg.sample_batch_size)?;
-        if update == 1 {
-            let worst = check_behaviour_logprobs(&refs, &old_logprobs, 2e-3)?;
-            progress.suspend(|| eprintln!("behaviour log-probs agree with the trainer's (max difference {worst:.1e})"));
-        }
+        let (ref_logprobs, _) = run.score(&run.reference, &refs)?;
         // 2. Sequence rewards and group-relative advantages.
         let log_ratio: Vec<f64> = old_logprobs
             .iter()
@@ -241,23 +229,13 @@ pub fn run(cfg: &GrpoConfig, force: bool) -> Result<PathBuf> {
         let mut line: Metrics = sums.into_iter().map(|(k, v)| (k, v / steps.max(1) as f64)).collect();
         line.extend([
             ("reward/mean".into(), rewards.iter().sum::<f64>() / n),
-            ("reward/correct".into(), episodes.iter().filter(|e| e.correct).count() as f64 / n),
             ("kl/reference".into(), log_ratio.iter().sum::<f64>() / n),
             ("grpo/informative_groups".into(), informative_groups as f64 / cfg.prompts_per_update as f64),
-            ("response_length".into(), episodes.iter().map(|e| e.response_tokens.len()).sum::<usize>() as f64 / n),
         ]);
-        if super::every(update, cfg.eval_every) || update == cfg.updates {
-            line.extend(progress.suspend(|| run.evaluate(&policy, &cfg.eval))?);
-        }
-        progress.set_position(update as u64);
-        progress.set_message(format!("reward {:.3}", line["reward/mean"]));
-        progress.suspend(|| run.log(line, update))?;
-        if super::every(update, cfg.save_every) {
-            run.save(&policy, &format!("update-{update}"))?;
-        }
+        let message = format!("reward {:.3}", line["reward/mean"]);
+        run.end_update(&policy, update, &episodes, line, message)?;
     }
-    progress.finish_and_clear();
-    run.save(&policy, "final")
+    run.finish(&policy)
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@
 //!    loss - ent_coef * entropy; stop early once the approximate KL passes `target_kl`.
 
 use super::rl::{
-    check_behaviour_logprobs, clipped_policy_loss, clipped_value_loss, explained_variance, gae, masked_mean, pad_rows,
-    score_episodes, score_responses, whiten, PgRun, PgSettings, RewardConfig,
+    clipped_policy_loss, clipped_value_loss, explained_variance, gae, masked_mean, pad_rows, score_responses, whiten,
+    PgRun, PgSettings, RewardConfig,
 };
 use super::rounds::RoundEval;
 use super::{learning_rate, AdamW, Metrics, RunConfig, TrainConfig};
@@ -23,7 +23,6 @@ use crate::model::CausalLm;
 use crate::prompt::PromptConfig;
 use crate::rng::Rng;
 use crate::rollout::Episode;
-use crate::sample::SamplingConfig;
 use std::path::PathBuf;
 
 /// `reasonrl ppo` settings.
@@ -146,12 +145,18 @@ pub fn run(cfg: &PpoConfig, force: bool) -> Result<PathBuf> {
         task: &cfg.task,
         questions: cfg.questions,
         seed: cfg.seed,
+        updates: cfg.updates,
+        temperature: cfg.temperature,
+        max_new_tokens: cfg.max_new_tokens,
+        sample_batch_size: cfg.sample_batch_size,
         reward: &cfg.reward,
         prompt: &cfg.prompt,
-        eval_problems: cfg.eval.problems,
+        eval_every: cfg.eval_every,
+        eval: &cfg.eval,
+        save_every: cfg.save_every,
     };
     let separate = cfg.critic == "separate";
-    let (mut run, policy) = PgRun::start(&settings, &crate::config::to_toml(cfg), !separate, force)?;
+    let (mut run, policy) = PgRun::start(settings, &crate::config::to_toml(cfg), !separate, force)?;
     let mut critic = if separate { Some(CausalLm::load(&cfg.model, run.device, true)?) } else { None };
     let mut optimizer = AdamW::new(&policy);
     let mut critic_optimizer = critic.as_ref().map(AdamW::new);
@@ -160,33 +165,19 @@ pub fn run(cfg: &PpoConfig, force: bool) -> Result<PathBuf> {
     let total_steps = cfg.updates * cfg.epochs * cfg.minibatches;
     let mut step = 0;
 
-    run.log(run.evaluate(&policy, &cfg.eval)?, 0)?;
-    let progress = super::progress_bar(cfg.updates as u64, 0);
     for update in 1..=cfg.updates {
-        // 1. Sample.
-        let sampling = SamplingConfig {
-            max_new_tokens: cfg.max_new_tokens,
-            temperature: cfg.temperature,
-            samples_per_prompt: cfg.samples_per_prompt,
-            batch_size: cfg.sample_batch_size,
-            ..SamplingConfig::default()
-        };
-        let episodes = run.sample(&policy, update, cfg.prompts_per_update, sampling)?;
-        // 2. Rewards, with the KL penalty to the reference at every token.
-        let rewards = run.rewards(&episodes)?;
+        // 1. Sample, and score the samples under the policy, its critic and the reference.
+        let (episodes, old_logprobs, shared_values) =
+            run.sample(&policy, update, cfg.prompts_per_update, cfg.samples_per_prompt)?;
         let refs: Vec<&Episode> = episodes.iter().collect();
-        let chunk = cfg.sample_batch_size;
-        let (old_logprobs, shared_values) = score_episodes(&policy, &refs, cfg.temperature, chunk)?;
         let old_values = match &critic {
-            Some(c) => score_episodes(c, &refs, cfg.temperature, chunk)?.1,
+            Some(c) => run.score(c, &refs)?.1,
             None => shared_values,
         }
         .expect("the critic has a value head");
-        let (ref_logprobs, _) = score_episodes(&run.reference, &refs, cfg.temperature, chunk)?;
-        if update == 1 {
-            let worst = check_behaviour_logprobs(&refs, &old_logprobs, 2e-3)?;
-            progress.suspend(|| eprintln!("behaviour log-probs agree with the trainer's (max difference {worst:.1e})"));
-        }
+        let (ref_logprobs, _) = run.score(&run.reference, &refs)?;
+        // 2. Rewards, with the KL penalty to the reference at every token.
+        let rewards = run.rewards(&episodes)?;
         let mut kl_sum = 0.0;
         let mut shaped = rewards.clone();
         for ((r, old), reference) in shaped.iter_mut().zip(&old_logprobs).zip(&ref_logprobs) {
@@ -228,27 +219,14 @@ pub fn run(cfg: &PpoConfig, force: bool) -> Result<PathBuf> {
         let mut line = stats.finish();
         line.extend([
             ("reward/mean".into(), rewards.iter().map(|r| r.iter().sum::<f32>() as f64).sum::<f64>() / n),
-            ("reward/correct".into(), batch.episodes.iter().filter(|e| e.correct).count() as f64 / n),
             ("kl/reference".into(), mean_kl),
             ("kl/coef".into(), kl_coef),
-            (
-                "response_length".into(),
-                batch.episodes.iter().map(|e| e.response_tokens.len()).sum::<usize>() as f64 / n,
-            ),
             ("value/explained_variance".into(), explained_variance(&batch.old_values, &batch.returns)),
         ]);
-        if super::every(update, cfg.eval_every) || update == cfg.updates {
-            line.extend(progress.suspend(|| run.evaluate(&policy, &cfg.eval))?);
-        }
-        progress.set_position(update as u64);
-        progress.set_message(format!("reward {:.3} kl {mean_kl:.3}", line["reward/mean"]));
-        progress.suspend(|| run.log(line, update))?;
-        if super::every(update, cfg.save_every) {
-            run.save(&policy, &format!("update-{update}"))?;
-        }
+        let message = format!("reward {:.3} kl {mean_kl:.3}", line["reward/mean"]);
+        run.end_update(&policy, update, &batch.episodes, line, message)?;
     }
-    progress.finish_and_clear();
-    run.save(&policy, "final")
+    run.finish(&policy)
 }
 
 /// Running means of what one update's minibatch steps measure.

@@ -21,38 +21,47 @@ use tch::{Device, Kind, Tensor};
 
 /// What a policy-gradient run needs besides its algorithm: the run folder, the tokenizer, the
 /// frozen reference policy, the rewarder, the training questions (as a shuffled stream), the
-/// test problems and the prompter. Shared by PPO and GRPO/RLOO.
-pub struct PgRun {
-    pub dir: PathBuf,
+/// test problems, the prompter, the progress bar and the update schedule (sampling, evaluation,
+/// saving, logging). Shared by PPO and GRPO/RLOO.
+pub struct PgRun<'a> {
     pub tokenizer: Tokenizer,
     pub reference: CausalLm,
-    pub rewarder: Rewarder,
-    pub questions: Vec<Problem>,
-    pub test: Vec<Problem>,
-    pub prompter: Prompter,
     pub device: Device,
-    pub samples_seen: usize,
+    settings: PgSettings<'a>,
+    dir: PathBuf,
+    rewarder: Rewarder,
+    questions: Vec<Problem>,
+    test: Vec<Problem>,
+    prompter: Prompter,
+    samples_seen: usize,
     checkpoints: Checkpoints,
     stream: PromptStream,
-    seed: u64,
+    progress: indicatif::ProgressBar,
 }
 
-/// The settings `PgRun::start` reads from an algorithm's config.
+/// The settings `PgRun` reads from an algorithm's config.
 pub struct PgSettings<'a> {
     pub run: &'a RunConfig,
     pub model: &'a Path,
     pub task: &'a str,
     pub questions: usize,
     pub seed: u64,
+    pub updates: usize,
+    pub temperature: f64,
+    pub max_new_tokens: usize,
+    pub sample_batch_size: usize,
     pub reward: &'a RewardConfig,
     pub prompt: &'a PromptConfig,
-    pub eval_problems: usize,
+    pub eval_every: usize,
+    pub eval: &'a RoundEval,
+    pub save_every: usize,
 }
 
-impl PgRun {
-    /// Prepares the run folder (writing `config_toml`) and loads everything; returns the run and
-    /// the policy to train (with a fresh value head when `value_head`).
-    pub fn start(s: &PgSettings, config_toml: &str, value_head: bool, force: bool) -> Result<(Self, CausalLm)> {
+impl<'a> PgRun<'a> {
+    /// Prepares the run folder (writing `config_toml`), loads everything and logs the starting
+    /// policy's test metrics; returns the run and the policy to train (with a fresh value head
+    /// when `value_head`).
+    pub fn start(s: PgSettings<'a>, config_toml: &str, value_head: bool, force: bool) -> Result<(Self, CausalLm)> {
         let dir = s.run.dir();
         prepare_run_dir(&dir, config_toml, false, force)?;
         let device = crate::parse_device(&s.run.device)?;
@@ -61,11 +70,13 @@ impl PgRun {
         let rewarder = Rewarder::new(s.reward, &tokenizer, device)?;
         let task = TaskSpec::parse(s.task)?;
         let questions = task.load(Split::Train, (s.questions > 0).then_some(s.questions))?;
-        let test = task.load(Split::Test, (s.eval_problems > 0).then_some(s.eval_problems))?;
+        let test = task.load(Split::Test, (s.eval.problems > 0).then_some(s.eval.problems))?;
         let prompter = Prompter::new(s.prompt, &questions)?;
         let run = PgRun {
             checkpoints: Checkpoints::new(&dir, 1),
             stream: PromptStream::new(questions.len(), s.seed),
+            progress: indicatif::ProgressBar::hidden(),
+            settings: s,
             dir,
             tokenizer,
             reference,
@@ -75,25 +86,48 @@ impl PgRun {
             prompter,
             device,
             samples_seen: 0,
-            seed: s.seed,
         };
+        run.log(run.evaluate(&policy)?, 0)?;
+        let run = PgRun { progress: super::progress_bar(run.settings.updates as u64, 0), ..run };
         Ok((run, policy))
     }
 
     /// Samples `samples_per_prompt` solutions to each of the next `prompts` training questions
-    /// (ordered by question, then sample) and counts them.
+    /// (ordered by question, then sample), counts them, and on the first update checks that the
+    /// policy's recomputed log-probs equal the sampler's. Returns the episodes and those
+    /// log-probs (and the policy head's values, if it has one).
     pub fn sample(
         &mut self,
         policy: &Llama,
         update: usize,
         prompts: usize,
-        mut sampling: SamplingConfig,
-    ) -> Result<Vec<Episode>> {
+        samples_per_prompt: usize,
+    ) -> Result<(Vec<Episode>, PerToken, Option<PerToken>)> {
+        let s = &self.settings;
+        let sampling = SamplingConfig {
+            max_new_tokens: s.max_new_tokens,
+            temperature: s.temperature,
+            samples_per_prompt,
+            batch_size: s.sample_batch_size,
+            seed: s.seed.wrapping_mul(1_000_003).wrapping_add(update as u64),
+            ..SamplingConfig::default()
+        };
         let batch: Vec<Problem> = self.stream.take(prompts).into_iter().map(|i| self.questions[i].clone()).collect();
-        sampling.seed = self.seed.wrapping_mul(1_000_003).wrapping_add(update as u64);
         let episodes = rollout(policy, &self.tokenizer, &self.prompter, &batch, &sampling)?;
         self.samples_seen += episodes.len();
-        Ok(episodes)
+        let refs: Vec<&Episode> = episodes.iter().collect();
+        let (logprobs, values) = self.score(policy, &refs)?;
+        if update == 1 {
+            let worst = check_behaviour_logprobs(&refs, &logprobs, 2e-3)?;
+            self.progress
+                .suspend(|| eprintln!("behaviour log-probs agree with the trainer's (max difference {worst:.1e})"));
+        }
+        Ok((episodes, logprobs, values))
+    }
+
+    /// Log-probs (and values) of the episodes under `model` at the sampling temperature.
+    pub fn score(&self, model: &Llama, episodes: &[&Episode]) -> Result<(PerToken, Option<PerToken>)> {
+        score_episodes(model, episodes, self.settings.temperature, self.settings.sample_batch_size)
     }
 
     /// Per-token rewards of the episodes (see [`Rewarder`]).
@@ -102,13 +136,45 @@ impl PgRun {
         self.rewarder.token_rewards(&self.tokenizer, episodes, &by_id)
     }
 
-    /// Test metrics of the policy.
-    pub fn evaluate(&self, policy: &CausalLm, eval: &RoundEval) -> Result<Metrics> {
-        evaluate_policy(policy, &self.tokenizer, &self.prompter, &self.test, eval, self.seed)
+    /// Ends an update: adds what every algorithm logs (fraction correct, response length, the
+    /// test metrics when due), shows `message`, logs the line and saves the policy when due.
+    pub fn end_update(
+        &self,
+        policy: &CausalLm,
+        update: usize,
+        episodes: &[Episode],
+        mut line: Metrics,
+        message: String,
+    ) -> Result<()> {
+        let n = episodes.len().max(1) as f64;
+        line.extend([
+            ("reward/correct".into(), episodes.iter().filter(|e| e.correct).count() as f64 / n),
+            ("response_length".into(), episodes.iter().map(|e| e.response_tokens.len()).sum::<usize>() as f64 / n),
+        ]);
+        let s = &self.settings;
+        if super::every(update, s.eval_every) || update == s.updates {
+            line.extend(self.progress.suspend(|| self.evaluate(policy))?);
+        }
+        self.progress.set_position(update as u64);
+        self.progress.set_message(message);
+        self.progress.suspend(|| self.log(line, update))?;
+        if super::every(update, s.save_every) {
+            self.save(policy, &format!("update-{update}"))?;
+        }
+        Ok(())
     }
 
-    /// Logs an update's line with its update number and the samples seen so far.
-    pub fn log(&self, mut line: Metrics, update: usize) -> Result<Metrics> {
+    /// Saves the final policy into `RUN/final`.
+    pub fn finish(self, policy: &CausalLm) -> Result<PathBuf> {
+        self.progress.finish_and_clear();
+        self.save(policy, "final")
+    }
+
+    fn evaluate(&self, policy: &CausalLm) -> Result<Metrics> {
+        evaluate_policy(policy, &self.tokenizer, &self.prompter, &self.test, self.settings.eval, self.settings.seed)
+    }
+
+    fn log(&self, mut line: Metrics, update: usize) -> Result<()> {
         line.extend([
             ("update".into(), update as f64),
             ("step".into(), update as f64),
@@ -117,12 +183,10 @@ impl PgRun {
         if line.contains_key("eval/maj@1") {
             report(&line);
         }
-        self.checkpoints.log(&line)?;
-        Ok(line)
+        self.checkpoints.log(&line)
     }
 
-    /// Saves the policy into `RUN/NAME`.
-    pub fn save(&self, policy: &CausalLm, name: &str) -> Result<PathBuf> {
+    fn save(&self, policy: &CausalLm, name: &str) -> Result<PathBuf> {
         let dir = self.dir.join(name);
         policy.save_with_tokenizer(&self.tokenizer, &dir, true)?;
         Ok(dir)
