@@ -3,7 +3,7 @@
 //! add them to the pool of all rounds so far, and fine-tune on the pool — from the base model by
 //! default (the paper resets every round), or from the current policy.
 
-use super::rounds::{check_dedup, dedup_key, evaluate_policy, report, RoundEval, RoundSampling};
+use super::rounds::{check_dedup, dedup_key, evaluate_policy, log_round, RoundEval, RoundSampling};
 use super::sft::solution_example;
 use super::{prepare_run_dir, Metrics, RunConfig, TrainConfig, Trainer};
 use crate::error::Result;
@@ -119,10 +119,8 @@ pub fn run(cfg: &EiConfig, force: bool) -> Result<PathBuf> {
         }
     }
     let mut samples_seen = 0usize;
-    let mut line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?;
-    line.extend([("round".into(), 0.0), ("samples_seen".into(), 0.0), ("step".into(), 0.0)]);
-    report(&line);
-    checkpoints.log(&line)?;
+    let line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?;
+    log_round(&checkpoints, line, 0, 0)?;
     for round in 1..=cfg.rounds {
         // 1. Sample K solutions per question from the current policy.
         let episodes = rollout(&policy, &tokenizer, &prompter, &questions, &cfg.sampling.config(cfg.seed, round))?;
@@ -158,15 +156,11 @@ pub fn run(cfg: &EiConfig, force: bool) -> Result<PathBuf> {
         // 4. Evaluate and log the round.
         let mut line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?;
         line.extend([
-            ("round".into(), round as f64),
-            ("step".into(), round as f64),
-            ("samples_seen".into(), samples_seen as f64),
             ("solved_fraction".into(), solved.len() as f64 / questions.len() as f64),
             ("pool_size".into(), pool.solutions.len() as f64),
             ("pool_solutions_per_question".into(), pool.solutions.len() as f64 / pool.questions().max(1) as f64),
         ]);
-        report(&line);
-        checkpoints.log(&line)?;
+        log_round(&checkpoints, line, round, samples_seen)?;
     }
     let last = dir.join("final");
     policy.save_with_tokenizer(&tokenizer, &last, true)?;

@@ -7,7 +7,7 @@
 //! has not learnt the labels yet), adds the labelled solutions to the pool and fine-tunes on it.
 
 use super::ei::start_round;
-use super::rounds::{check_dedup, dedup_key, evaluate_policy, report, RoundEval, RoundSampling};
+use super::rounds::{check_dedup, dedup_key, evaluate_policy, log_round, RoundEval, RoundSampling};
 use super::{prepare_run_dir, Example, Metrics, Objective, RunConfig, TrainConfig, Trainer};
 use crate::error::{Error, Result};
 use crate::model::CausalLm;
@@ -243,10 +243,8 @@ pub fn run(cfg: &RcrlConfig, force: bool) -> Result<PathBuf> {
         }
     }
     let mut samples_seen = 0usize;
-    let mut line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?;
-    line.extend([("round".into(), 0.0), ("samples_seen".into(), 0.0), ("step".into(), 0.0)]);
-    report(&line);
-    checkpoints.log(&line)?;
+    let line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?;
+    log_round(&checkpoints, line, 0, 0)?;
     for round in 1..=cfg.rounds {
         // 1. Sample, as a good solver once the policy knows what [GOOD] means.
         let sampler = if round == 1 { &prompter } else { &good_prompter };
@@ -281,15 +279,8 @@ pub fn run(cfg: &RcrlConfig, force: bool) -> Result<PathBuf> {
         trainer.train(&examples, &mut |_, _| Ok(Metrics::new()))?;
         // 4. Evaluate conditioned on [GOOD], and log.
         let mut line = evaluate_policy(&policy, &tokenizer, &good_prompter, &test, &cfg.eval, cfg.seed)?;
-        line.extend([
-            ("round".into(), round as f64),
-            ("step".into(), round as f64),
-            ("samples_seen".into(), samples_seen as f64),
-            ("pool_size".into(), pool.len() as f64),
-            ("pool_good_label_fraction".into(), good_fraction),
-        ]);
-        report(&line);
-        checkpoints.log(&line)?;
+        line.extend([("pool_size".into(), pool.len() as f64), ("pool_good_label_fraction".into(), good_fraction)]);
+        log_round(&checkpoints, line, round, samples_seen)?;
     }
     let last = dir.join("final");
     policy.save_with_tokenizer(&tokenizer, &last, true)?;

@@ -9,7 +9,7 @@ use super::{prepare_run_dir, Metrics, RunConfig};
 use crate::error::{Error, Result};
 use crate::model::{CausalLm, Llama};
 use crate::prompt::{PromptConfig, Prompter};
-use crate::reward::{heuristic_step_rewards, orm_step_rewards, split_steps, token_rewards, Orm, OrmDense};
+use crate::reward::{heuristic_step_rewards, orm_step_rewards, sparse, split_steps, token_rewards, Orm, OrmDense};
 use crate::rng::Rng;
 use crate::rollout::{rollout, Episode};
 use crate::sample::SamplingConfig;
@@ -295,7 +295,7 @@ impl Rewarder {
                     rewards = token_rewards(&steps, &scaled, len);
                 }
                 if let Some(last) = rewards.last_mut() {
-                    *last += e.correct as u8 as f32;
+                    *last += sparse(e) as f32;
                 }
                 Ok(rewards)
             })

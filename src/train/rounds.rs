@@ -111,7 +111,23 @@ pub fn evaluate_policy(
     Ok(line)
 }
 
-/// Prints a round's log line (without the interval bounds).
+/// Logs a round's line with its round number and the samples seen so far, and prints it.
+pub fn log_round(
+    checkpoints: &super::checkpoint::Checkpoints,
+    mut line: Metrics,
+    round: usize,
+    samples_seen: usize,
+) -> Result<()> {
+    line.extend([
+        ("round".into(), round as f64),
+        ("step".into(), round as f64),
+        ("samples_seen".into(), samples_seen as f64),
+    ]);
+    report(&line);
+    checkpoints.log(&line)
+}
+
+/// Prints a log line (without the interval bounds).
 pub fn report(line: &Metrics) {
     let shown: Vec<String> = line
         .iter()
