@@ -32,6 +32,9 @@ pub struct OrmConfig {
     pub balance: bool,
     /// Drop duplicate solutions of a question (whitespace-normalised text).
     pub dedup: bool,
+    /// Train only on questions with both a right and a wrong solution, so the ORM must tell
+    /// solutions apart rather than easy questions from hard ones (held-out data stays whole).
+    pub mixed_only: bool,
     /// Weight of a next-token loss on the right solutions beside the ORM loss (0 = none).
     pub lm_coef: f64,
     /// Learn from these episodes (e.g. an earlier run's `samples.jsonl`) instead of sampling.
@@ -54,6 +57,7 @@ impl Default for OrmConfig {
             holdout: 0.1,
             balance: true,
             dedup: true,
+            mixed_only: false,
             lm_coef: 0.0,
             episodes: None,
             seed: 0,
@@ -103,8 +107,11 @@ pub fn run(cfg: &OrmConfig, resume: bool, force: bool) -> Result<PathBuf> {
     }
     let held: HashSet<String> =
         ids[ids.len() - (ids.len() as f64 * cfg.holdout).round() as usize..].iter().map(|s| s.to_string()).collect();
-    let (heldout, train): (Vec<Episode>, Vec<Episode>) =
+    let (heldout, mut train): (Vec<Episode>, Vec<Episode>) =
         episodes.into_iter().partition(|e| held.contains(&e.problem_id));
+    if cfg.mixed_only {
+        keep_mixed_questions(&mut train);
+    }
     let examples: Vec<Example> = train.iter().map(outcome_example).collect();
     let positives = examples.iter().filter(|e| e.label == Some(1.0)).count();
     let negatives = examples.len() - positives;
@@ -135,6 +142,15 @@ pub fn run(cfg: &OrmConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let last = dir.join("final");
     model.save_with_tokenizer(&tokenizer, &last, true)?;
     Ok(last)
+}
+
+/// Keeps the solutions of questions that have both a right and a wrong one.
+pub fn keep_mixed_questions(episodes: &mut Vec<Episode>) {
+    let mut outcomes: HashMap<String, [bool; 2]> = HashMap::new();
+    for e in episodes.iter() {
+        outcomes.entry(e.problem_id.clone()).or_default()[e.correct as usize] = true;
+    }
+    episodes.retain(|e| outcomes[&e.problem_id] == [true, true]);
 }
 
 /// A solution as an ORM example: prompt and response, labelled by the final answer.
@@ -202,6 +218,15 @@ mod tests {
             reference_answer: String::new(),
             correct,
         }
+    }
+
+    #[test]
+    fn mixed_questions_keep_both_outcomes_and_drop_the_rest() {
+        let mut episodes =
+            vec![episode("a", true), episode("a", false), episode("b", true), episode("b", true), episode("c", false)];
+        keep_mixed_questions(&mut episodes);
+        let kept: Vec<_> = episodes.iter().map(|e| (e.problem_id.as_str(), e.correct)).collect();
+        assert_eq!(kept, [("a", true), ("a", false)]);
     }
 
     #[test]
