@@ -16,6 +16,9 @@ pub enum Error {
     /// A bad argument or an inconsistent state not tied to one file.
     #[error("{0}")]
     Invalid(String),
+    /// The user asked to stop (Ctrl-C); what was due has been written.
+    #[error("interrupted")]
+    Interrupted,
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
 }

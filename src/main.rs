@@ -40,6 +40,8 @@ enum Command {
     Ppo(ConfigArgs),
     /// GRPO or RLOO: group-relative advantages, no critic.
     Grpo(GrpoArgs),
+    /// The paper's comparison: a grid of runs, then report.md with the table, plots and findings.
+    Study(ConfigArgs),
     /// Evaluate a model: maj@1, maj@k, pass@k, rerank@k with 95% intervals.
     Eval(EvalArgs),
     /// Line charts (PNG and SVG) from runs' metrics.jsonl.
@@ -248,6 +250,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    reasonrl::progress::install_ctrl_c()?;
     match cli.command {
         Command::Task(TaskCommand::Make { task, out, train, test, force }) => {
             let spec = TaskSpec::parse(&task)?;
@@ -324,6 +327,27 @@ fn run(cli: Cli) -> Result<()> {
             }
             let out = reasonrl::train::grpo::run(&cfg, args.config.force)?;
             println!("{} policy saved to {}", cfg.estimator.to_uppercase(), out.display());
+        }
+        Command::Study(args) => {
+            if args.force {
+                bail!("study: --force is not supported; delete the study folder to start over");
+            }
+            let cfg: reasonrl::study::StudyConfig = load_config(&args)?;
+            let outcome = reasonrl::study::run(&cfg, &reasonrl::config::to_toml(&cfg))?;
+            println!("{}", outcome.table);
+            println!(
+                "report: {} ({} jobs run, {} already done, {} failed)",
+                outcome.report.display(),
+                outcome.done,
+                outcome.skipped,
+                outcome.failed
+            );
+            if outcome.interrupted {
+                bail!("interrupted: rerun the same command to continue where it stopped");
+            }
+            if outcome.failed > 0 {
+                bail!("{} jobs failed (see the report); rerunning retries them", outcome.failed);
+            }
         }
         Command::Eval(args) => {
             let mut cfg: reasonrl::eval::run::EvalConfig = load_config(&args.config)?;

@@ -112,6 +112,7 @@ pub fn generate(
     let mut out = Vec::with_capacity(rows.len());
     tch::no_grad(|| -> Result<()> {
         for chunk in rows.chunks(cfg.batch_size) {
+            crate::progress::check_stop()?;
             out.extend(generate_batch(model, tokenizer, prompts, chunk, cfg, &stops)?);
         }
         Ok(())

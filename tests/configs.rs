@@ -29,6 +29,13 @@ fn shipped_configs_parse() {
     assert_eq!((ppo.kl_coef, ppo.gamma, ppo.lambda, ppo.reward.kind.as_str()), (0.05, 1.0, 0.95, "sparse"));
     let grpo: reasonrl::train::grpo::GrpoConfig = load(Some(&config("grpo.toml")), &[]).unwrap();
     assert_eq!(grpo.estimator, "grpo");
+    for name in ["study.toml", "study-full.toml"] {
+        let s: reasonrl::study::StudyConfig = load(Some(&config(name)), &[]).unwrap();
+        // Stage configs are relative to the repository root, where cargo runs tests.
+        reasonrl::study::check_stages(&s).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let plan = reasonrl::study::plan(&s).unwrap();
+        assert!(plan.rows.iter().any(|r| r.algorithm == "ei"), "{name}");
+    }
     let names: Vec<_> = std::fs::read_dir(config("")).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(names.len(), 10, "a new config file needs a line here: {names:?}");
+    assert_eq!(names.len(), 12, "a new config file needs a line here: {names:?}");
 }

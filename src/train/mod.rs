@@ -386,7 +386,7 @@ impl<'a> Trainer<'a> {
         } else {
             ((self.cfg.epochs * per_epoch as f64) / self.cfg.grad_accum as f64).ceil().max(1.0) as usize
         };
-        let progress = progress_bar(total as u64, self.state.step as u64);
+        let progress = crate::progress::bar(total as u64, self.state.step as u64, "steps");
         let pad = self.tokenizer.pad_id();
         let mut batches = make_batches(&lengths, self.cfg.batch_tokens, self.cfg.seed, self.state.epoch);
         let mut window = (Instant::now(), 0usize); // tokens since the last log line
@@ -465,12 +465,18 @@ impl<'a> Trainer<'a> {
             if !line.is_empty() {
                 line.insert("step".into(), step as f64);
                 line.insert("epoch".into(), self.state.epoch as f64);
+                line.insert("epochs".into(), self.state.samples_seen as f64 / examples.len() as f64);
                 line.insert("samples_seen".into(), self.state.samples_seen as f64);
                 line.insert("tokens_seen".into(), self.state.tokens_seen as f64);
                 self.checkpoints.log(&line)?;
             }
-            if every(step, self.cfg.save_every) || at_end {
+            let stop = crate::progress::stop_requested();
+            if every(step, self.cfg.save_every) || at_end || stop {
                 self.checkpoints.save(self.model, self.tokenizer, &self.optimizer, &self.state)?;
+            }
+            if stop && !at_end {
+                progress.abandon_with_message(format!("stopped at step {step}; a checkpoint was written"));
+                return Err(Error::Interrupted);
             }
         }
         progress.finish_and_clear();
@@ -487,18 +493,9 @@ fn format_metrics(metrics: &Metrics) -> String {
     metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ")
 }
 
-fn progress_bar(total: u64, position: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
-            .expect("valid template"),
-    );
-    bar.set_position(position);
-    bar
-}
-
 /// Evaluation during training (`[eval]` in configs): greedy accuracy (maj@1) on held-out
-/// problems.
+/// problems and, with `samples`, pass@k from that many samples each (how exploration changes
+/// through training).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvalDuringTraining {
@@ -506,16 +503,20 @@ pub struct EvalDuringTraining {
     pub problems: usize,
     pub max_new_tokens: usize,
     pub batch_size: usize,
+    /// Samples per problem for pass@k (0 = greedy only).
+    pub samples: usize,
+    pub temperature: f64,
 }
 
 impl Default for EvalDuringTraining {
     fn default() -> Self {
-        EvalDuringTraining { problems: 200, max_new_tokens: 200, batch_size: 64 }
+        EvalDuringTraining { problems: 200, max_new_tokens: 200, batch_size: 64, samples: 0, temperature: 0.7 }
     }
 }
 
-/// Greedy accuracy of `model` on `problems`, as `eval/maj@1`.
-pub fn greedy_accuracy(
+/// Greedy accuracy of `model` on `problems`, as `eval/maj@1`, and with `cfg.samples` also
+/// pass@1 and pass@samples (see [`rounds::evaluate_policy`]).
+pub fn validation_metrics(
     model: &CausalLm,
     tokenizer: &Tokenizer,
     prompter: &crate::prompt::Prompter,
@@ -524,6 +525,17 @@ pub fn greedy_accuracy(
 ) -> Result<Metrics> {
     if problems.is_empty() {
         return Ok(Metrics::new());
+    }
+    if cfg.samples > 0 {
+        let eval = rounds::RoundEval {
+            problems: problems.len(),
+            samples: cfg.samples,
+            temperature: cfg.temperature,
+            ks: vec![1, cfg.samples],
+            max_new_tokens: cfg.max_new_tokens,
+            batch_size: cfg.batch_size,
+        };
+        return rounds::evaluate_policy(model, tokenizer, prompter, problems, &eval, 0);
     }
     let sampling = crate::sample::SamplingConfig {
         max_new_tokens: cfg.max_new_tokens,

@@ -2,7 +2,7 @@
 //! arithmetic facts) that never shows the `Question: ... Answer:` format, so the result is a
 //! "pretrained" init in the paper's sense: it solves some problems only when prompted few-shot.
 
-use super::{greedy_accuracy, prepare_run_dir, EvalDuringTraining, Example, RunConfig, TrainConfig, Trainer};
+use super::{prepare_run_dir, validation_metrics, EvalDuringTraining, Example, RunConfig, TrainConfig, Trainer};
 use crate::error::Result;
 use crate::model::presets;
 use crate::prompt::{PromptConfig, Prompter};
@@ -113,7 +113,7 @@ pub fn run(cfg: &PretrainConfig, resume: bool, force: bool) -> Result<PathBuf> {
     );
     let mut trainer = Trainer::new(&mut model, &tokenizer, cfg.train.clone(), &dir, resume)?;
     let mut eval = |m: &crate::model::CausalLm, _: &super::checkpoint::TrainerState| {
-        greedy_accuracy(m, &tokenizer, &prompter, &validation, &cfg.eval)
+        validation_metrics(m, &tokenizer, &prompter, &validation, &cfg.eval)
     };
     trainer.train(&examples, &mut eval)?;
     let last = dir.join("final");

@@ -88,7 +88,7 @@ impl<'a> PgRun<'a> {
             samples_seen: 0,
         };
         run.log(run.evaluate(&policy)?, 0)?;
-        let run = PgRun { progress: super::progress_bar(run.settings.updates as u64, 0), ..run };
+        let run = PgRun { progress: crate::progress::bar(run.settings.updates as u64, 0, "updates"), ..run };
         Ok((run, policy))
     }
 
@@ -161,7 +161,8 @@ impl<'a> PgRun<'a> {
         if super::every(update, s.save_every) {
             self.save(policy, &format!("update-{update}"))?;
         }
-        Ok(())
+        // A stop between updates: the log is complete up to here (these runs start over).
+        crate::progress::check_stop()
     }
 
     /// Saves the final policy into `RUN/final`.

@@ -2,7 +2,7 @@
 //! problems, loss on the solution tokens only. Keeps the final model and the best one by
 //! validation maj@1 (greedy accuracy on problems held out from the end of the train split).
 
-use super::{greedy_accuracy, prepare_run_dir, EvalDuringTraining, Example, RunConfig, TrainConfig, Trainer};
+use super::{prepare_run_dir, validation_metrics, EvalDuringTraining, Example, RunConfig, TrainConfig, Trainer};
 use crate::error::{Error, Result};
 use crate::model::CausalLm;
 use crate::prompt::{PromptConfig, Prompter};
@@ -73,7 +73,7 @@ pub fn run(cfg: &SftConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let mut trainer = Trainer::new(&mut model, &tokenizer, cfg.train.clone(), &dir, resume)?;
     trainer.best_metric = Some("eval/maj@1".into());
     let mut eval = |m: &CausalLm, _: &super::checkpoint::TrainerState| {
-        greedy_accuracy(m, &tokenizer, &prompter, &validation, &cfg.eval)
+        validation_metrics(m, &tokenizer, &prompter, &validation, &cfg.eval)
     };
     trainer.train(&examples, &mut eval)?;
     let last = dir.join("final");

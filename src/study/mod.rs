@@ -1,0 +1,474 @@
+//! The paper's comparison in one command: a grid of experiments (algorithm x reward x init x
+//! model size x seed), each in its own run folder, and a report of what it found.
+//!
+//! For every model size the study pretrains a model from scratch (the "pretrained" init) and
+//! fine-tunes it on the reference solutions (the "sft" init); for every init it evaluates the
+//! starting model and, when reranking or an ORM reward needs one, trains an ORM on its samples;
+//! then it runs each experiment from each init and seed and evaluates the result on the test
+//! split. Each of these jobs writes `done.json` into its folder when it finishes, so rerunning
+//! the study skips finished jobs, resumes the interrupted one where its trainer can (pretrain,
+//! SFT, ORM) or starts it over (EI, PPO, GRPO/RLOO, RCRL), and records a failed job's error
+//! (`failed.txt`) and goes on with the jobs that do not need it.
+
+pub mod report;
+
+use crate::config::load;
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use crate::prompt::PromptConfig;
+use crate::train::{ei, grpo, orm, ppo, pretrain, rcrl, sft};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// `reasonrl study` settings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StudyConfig {
+    /// The study folder is `OUT_DIR/NAME`.
+    pub name: String,
+    pub out_dir: PathBuf,
+    pub task: String,
+    /// cpu, cuda or cuda:N.
+    pub device: String,
+    /// Model presets; each is pretrained and fine-tuned once.
+    pub sizes: Vec<String>,
+    /// Where the experiments start: "sft" (the fine-tuned model, plain prompts) and/or
+    /// "pretrained" (the pretrained model, few-shot prompts).
+    pub inits: Vec<String>,
+    /// Seeds of each experiment (pretraining and SFT run once per size).
+    pub seeds: Vec<u64>,
+    pub experiments: Vec<Experiment>,
+    /// rerank@k by an ORM trained on each init's own samples ("orm") or by the policy's mean
+    /// log-prob ("mean-logprob", cheaper).
+    pub rerank: String,
+    /// The final test evaluation of every model.
+    pub eval: FinalEval,
+    /// Base config and overrides of each stage; the study sets model, task, seed, run folder,
+    /// device, reward and prompt on top.
+    pub pretrain: Stage,
+    pub sft: Stage,
+    pub orm: Stage,
+    pub ei: Stage,
+    pub ppo: Stage,
+    pub grpo: Stage,
+    pub rcrl: Stage,
+}
+
+impl Default for StudyConfig {
+    fn default() -> Self {
+        StudyConfig {
+            name: "study".into(),
+            out_dir: "runs".into(),
+            task: "builtin:1".into(),
+            device: "cpu".into(),
+            sizes: vec!["small".into()],
+            inits: vec!["sft".into()],
+            seeds: vec![0],
+            experiments: vec![Experiment { algorithm: "ei".into(), reward: "sparse".into() }],
+            rerank: "orm".into(),
+            eval: FinalEval::default(),
+            pretrain: Stage::default(),
+            sft: Stage::default(),
+            orm: Stage::default(),
+            ei: Stage::default(),
+            ppo: Stage::default(),
+            grpo: Stage::default(),
+            rcrl: Stage::default(),
+        }
+    }
+}
+
+/// One row of the grid before the inits, sizes and seeds multiply it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Experiment {
+    /// ei, ppo, grpo, rloo or rcrl.
+    pub algorithm: String,
+    /// sparse, heuristic or orm (EI learns from final answers only: sparse).
+    pub reward: String,
+}
+
+impl Default for Experiment {
+    fn default() -> Self {
+        Experiment { algorithm: "ei".into(), reward: "sparse".into() }
+    }
+}
+
+/// A stage's base config file (see configs/) and `--set`-style overrides.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Stage {
+    pub config: Option<PathBuf>,
+    pub set: Vec<String>,
+}
+
+/// The test evaluation of every model (see `reasonrl eval`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FinalEval {
+    pub problems: usize,
+    pub samples: usize,
+    pub temperature: f64,
+    pub ks: Vec<usize>,
+    pub max_new_tokens: usize,
+    pub batch_size: usize,
+}
+
+impl Default for FinalEval {
+    fn default() -> Self {
+        FinalEval {
+            problems: 500,
+            samples: 16,
+            temperature: 0.7,
+            ks: vec![1, 4, 16],
+            max_new_tokens: 160,
+            batch_size: 128,
+        }
+    }
+}
+
+/// Written into a job's folder when it finishes.
+pub const DONE_FILE: &str = "done.json";
+/// Written into a job's folder when it fails (removed when it is tried again).
+pub const FAILED_FILE: &str = "failed.txt";
+
+/// What a finished job left: the model (or evaluation) folder it produced and its wall time.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Done {
+    pub output: PathBuf,
+    pub seconds: f64,
+}
+
+/// One unit of work with its own folder.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub dir: PathBuf,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Pretrain { size: String },
+    Sft { pretrained: PathBuf },
+    Orm { policy: PathBuf, prompt: PromptConfig },
+    Train { experiment: Experiment, seed: u64, init: PathBuf, orm: Option<PathBuf>, prompt: PromptConfig },
+    Eval { model: PathBuf, scorer: Option<PathBuf>, prompt: PromptConfig },
+}
+
+/// A row of the report: where a model came from and the folders of its run and its evaluation.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub size: String,
+    pub init: String,
+    /// "none" for the starting model itself.
+    pub algorithm: String,
+    pub reward: String,
+    pub seed: Option<u64>,
+    /// The training run (None for the starting model).
+    pub run: Option<PathBuf>,
+    pub eval: PathBuf,
+}
+
+/// The study laid out: its jobs in the order they run, and the rows of its table.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub dir: PathBuf,
+    pub jobs: Vec<Job>,
+    pub rows: Vec<Row>,
+}
+
+/// Lays out the grid and checks it (unknown algorithms, rewards or inits fail here, before any
+/// work).
+pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
+    let dir = cfg.out_dir.join(&cfg.name);
+    for e in &cfg.experiments {
+        if !["ei", "ppo", "grpo", "rloo", "rcrl"].contains(&e.algorithm.as_str()) {
+            return Err(Error::Invalid(format!(
+                "study: unknown algorithm `{}` (ei, ppo, grpo, rloo, rcrl)",
+                e.algorithm
+            )));
+        }
+        if !["sparse", "heuristic", "orm"].contains(&e.reward.as_str()) || (e.algorithm == "ei" && e.reward != "sparse")
+        {
+            return Err(Error::Invalid(format!(
+                "study: reward `{}` for {} (sparse, heuristic or orm; EI uses sparse)",
+                e.reward, e.algorithm
+            )));
+        }
+    }
+    if let Some(init) = cfg.inits.iter().find(|i| !["sft", "pretrained"].contains(&i.as_str())) {
+        return Err(Error::Invalid(format!("study: unknown init `{init}` (sft or pretrained)")));
+    }
+    if !["orm", "mean-logprob"].contains(&cfg.rerank.as_str()) {
+        return Err(Error::Invalid(format!("study: rerank `{}` (orm or mean-logprob)", cfg.rerank)));
+    }
+    let needs_orm = cfg.rerank == "orm" || cfg.experiments.iter().any(|e| e.reward == "orm");
+    let (mut jobs, mut rows) = (Vec::new(), Vec::new());
+    for size in &cfg.sizes {
+        let at = |name: &str| dir.join(size).join(name);
+        jobs.push(Job { dir: at("pretrain"), action: Action::Pretrain { size: size.clone() } });
+        if cfg.inits.iter().any(|i| i == "sft") {
+            jobs.push(Job { dir: at("sft"), action: Action::Sft { pretrained: at("pretrain") } });
+        }
+        for init in &cfg.inits {
+            let (model, prompt) = match init.as_str() {
+                "sft" => (at("sft"), PromptConfig::default()),
+                _ => (at("pretrain"), PromptConfig { format: "few-shot".into(), ..PromptConfig::default() }),
+            };
+            let orm = needs_orm.then(|| at(&format!("{init}-orm")));
+            if let Some(orm) = &orm {
+                jobs.push(Job {
+                    dir: orm.clone(),
+                    action: Action::Orm { policy: model.clone(), prompt: prompt.clone() },
+                });
+            }
+            let scorer = orm.clone().filter(|_| cfg.rerank == "orm");
+            let eval = |model: &Path, out: PathBuf, prompt: PromptConfig| Job {
+                dir: out,
+                action: Action::Eval { model: model.to_path_buf(), scorer: scorer.clone(), prompt },
+            };
+            let start = Row {
+                size: size.clone(),
+                init: init.clone(),
+                algorithm: "none".into(),
+                reward: "-".into(),
+                seed: None,
+                run: None,
+                eval: at(&format!("{init}-eval")),
+            };
+            jobs.push(eval(&model, start.eval.clone(), prompt.clone()));
+            rows.push(start.clone());
+            for experiment in &cfg.experiments {
+                for &seed in &cfg.seeds {
+                    let run = at(&format!("{init}-{}-{}-s{seed}", experiment.algorithm, experiment.reward));
+                    let action = Action::Train {
+                        experiment: experiment.clone(),
+                        seed,
+                        init: model.clone(),
+                        orm: orm.clone(),
+                        prompt: prompt.clone(),
+                    };
+                    jobs.push(Job { dir: run.clone(), action });
+                    // An RCRL model is asked as a good solver, before every step in the dense variants.
+                    let mut eval_prompt = prompt.clone();
+                    if experiment.algorithm == "rcrl" {
+                        eval_prompt.condition = rcrl::GOOD.into();
+                        eval_prompt.condition_every_step = experiment.reward != "sparse";
+                    }
+                    jobs.push(eval(&run, run.join("eval"), eval_prompt));
+                    rows.push(Row {
+                        algorithm: experiment.algorithm.clone(),
+                        reward: experiment.reward.clone(),
+                        seed: Some(seed),
+                        run: Some(run.clone()),
+                        eval: run.join("eval"),
+                        ..start.clone()
+                    });
+                }
+            }
+        }
+    }
+    Ok(Plan { dir, jobs, rows })
+}
+
+/// How a study ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub report: PathBuf,
+    pub done: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    /// Ctrl-C stopped it; rerunning continues.
+    pub interrupted: bool,
+    /// The report's table (markdown).
+    pub table: String,
+}
+
+/// Loads every stage's config with its overrides, so a typo fails now rather than hours in.
+pub fn check_stages(cfg: &StudyConfig) -> Result<()> {
+    fn check<T: serde::de::DeserializeOwned + serde::Serialize + Default>(name: &str, stage: &Stage) -> Result<()> {
+        load::<T>(stage.config.as_deref(), &stage.set)
+            .map(drop)
+            .map_err(|e| Error::Invalid(format!("study stage [{name}]: {e}")))
+    }
+    let used = |name: &str| cfg.experiments.iter().any(|e| e.algorithm == name);
+    check::<pretrain::PretrainConfig>("pretrain", &cfg.pretrain)?;
+    check::<sft::SftConfig>("sft", &cfg.sft)?;
+    check::<orm::OrmConfig>("orm", &cfg.orm)?;
+    if used("ei") {
+        check::<ei::EiConfig>("ei", &cfg.ei)?;
+    }
+    if used("ppo") {
+        check::<ppo::PpoConfig>("ppo", &cfg.ppo)?;
+    }
+    if used("grpo") || used("rloo") {
+        check::<grpo::GrpoConfig>("grpo", &cfg.grpo)?;
+    }
+    if used("rcrl") {
+        check::<rcrl::RcrlConfig>("rcrl", &cfg.rcrl)?;
+    }
+    Ok(())
+}
+
+/// Runs every job not yet done, then writes `report.md` and the plots (also after a Ctrl-C).
+pub fn run(cfg: &StudyConfig, config_toml: &str) -> Result<Outcome> {
+    let plan = plan(cfg)?;
+    check_stages(cfg)?;
+    std::fs::create_dir_all(&plan.dir).map_err(|e| Error::io(&plan.dir, e))?;
+    write_atomic(&plan.dir.join("config.toml"), |w| w.write_all(config_toml.as_bytes()))?;
+    let bar = crate::progress::bar(plan.jobs.len() as u64, 0, "jobs");
+    let mut outcome = Outcome {
+        report: plan.dir.join("report.md"),
+        done: 0,
+        skipped: 0,
+        failed: 0,
+        interrupted: false,
+        table: String::new(),
+    };
+    for (i, job) in plan.jobs.iter().enumerate() {
+        let name = job.dir.strip_prefix(&plan.dir).unwrap_or(&job.dir).display().to_string();
+        bar.set_position(i as u64);
+        bar.set_message(name.clone());
+        if job.dir.join(DONE_FILE).exists() {
+            outcome.skipped += 1;
+            continue;
+        }
+        crate::progress::println(&format!("[{}/{}] {name}", i + 1, plan.jobs.len()));
+        let start = Instant::now();
+        let _ = std::fs::remove_file(job.dir.join(FAILED_FILE));
+        match run_job(cfg, job) {
+            Ok(output) => {
+                let done = Done { output, seconds: start.elapsed().as_secs_f64() };
+                let text = serde_json::to_string_pretty(&done).expect("serialisable");
+                write_atomic(&job.dir.join(DONE_FILE), |w| w.write_all(text.as_bytes()))?;
+                outcome.done += 1;
+            }
+            Err(Error::Interrupted) => {
+                outcome.interrupted = true;
+                break;
+            }
+            Err(err) => {
+                crate::progress::println(&format!("{name} failed: {err}"));
+                std::fs::create_dir_all(&job.dir).map_err(|e| Error::io(&job.dir, e))?;
+                write_atomic(&job.dir.join(FAILED_FILE), |w| writeln!(w, "{err}"))?;
+                outcome.failed += 1;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    outcome.table = report::write(cfg, &plan)?;
+    Ok(outcome)
+}
+
+/// The folder a finished job produced (its model, or its evaluation).
+fn output_of(job_dir: &Path) -> Result<PathBuf> {
+    let marker = job_dir.join(DONE_FILE);
+    if !marker.exists() {
+        let why = std::fs::read_to_string(job_dir.join(FAILED_FILE)).map(|e| format!(", which failed: {}", e.trim()));
+        return Err(Error::file(job_dir, format!("needed but not done{}", why.unwrap_or_default())));
+    }
+    let done: Done = serde_json::from_str(&crate::fsutil::read_to_string(&marker)?)
+        .map_err(|e| Error::file(&marker, format!("malformed: {e}")))?;
+    Ok(done.output)
+}
+
+/// TOML text of a path, for an override.
+fn quoted(path: &Path) -> String {
+    toml::Value::String(path.display().to_string()).to_string()
+}
+
+/// A stage's config: its base file and overrides, then the study's own settings.
+fn stage_config<T: serde::de::DeserializeOwned + serde::Serialize + Default>(
+    stage: &Stage,
+    study: Vec<String>,
+) -> Result<T> {
+    load(stage.config.as_deref(), &[stage.set.clone(), study].concat())
+}
+
+fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
+    let (out_dir, name) = (job.dir.parent().expect("jobs live in the study folder"), job.dir.file_name());
+    let name = name.expect("jobs have names").to_string_lossy();
+    let run = vec![
+        format!("run.out_dir={}", quoted(out_dir)),
+        format!("run.name={}", toml::Value::String(name.to_string())),
+        format!("run.device={}", toml::Value::String(cfg.device.clone())),
+    ];
+    let prompt_set = |p: &PromptConfig| {
+        vec![format!("prompt.format={}", toml::Value::String(p.format.clone())), format!("prompt.shots={}", p.shots)]
+    };
+    let resume = job.dir.join("checkpoints").exists();
+    let task = format!("task={}", toml::Value::String(cfg.task.clone()));
+    match &job.action {
+        Action::Pretrain { size } => {
+            let c: pretrain::PretrainConfig = stage_config(
+                &cfg.pretrain,
+                [run, vec![task, format!("init.preset={}", toml::Value::String(size.clone()))]].concat(),
+            )?;
+            pretrain::run(&c, resume, !resume)
+        }
+        Action::Sft { pretrained } => {
+            let model = format!("model={}", quoted(&output_of(pretrained)?));
+            let c: sft::SftConfig = stage_config(&cfg.sft, [run, vec![task, model]].concat())?;
+            sft::run(&c, resume, !resume)?;
+            Ok(job.dir.join("best"))
+        }
+        Action::Orm { policy, prompt } => {
+            let policy = format!("policy={}", quoted(&output_of(policy)?));
+            let c: orm::OrmConfig = stage_config(&cfg.orm, [run, vec![task, policy], prompt_set(prompt)].concat())?;
+            orm::run(&c, resume, !resume)?;
+            Ok(job.dir.join("best"))
+        }
+        Action::Train { experiment, seed, init, orm, prompt } => {
+            let mut set =
+                [run, vec![task, format!("model={}", quoted(&output_of(init)?)), format!("seed={seed}")]].concat();
+            set.extend(prompt_set(prompt));
+            let orm_path = match (experiment.reward.as_str(), orm) {
+                ("orm", Some(orm)) => Some(quoted(&output_of(orm)?)),
+                _ => None,
+            };
+            match experiment.algorithm.as_str() {
+                "ei" => ei::run(&stage_config(&cfg.ei, set)?, true),
+                "rcrl" => {
+                    let labels = if experiment.reward == "sparse" { "outcome" } else { &experiment.reward };
+                    set.push(format!("labels={}", toml::Value::String(labels.into())));
+                    set.extend(orm_path.map(|p| format!("orm={p}")));
+                    rcrl::run(&stage_config(&cfg.rcrl, set)?, true)
+                }
+                algorithm => {
+                    set.push(format!("reward.kind={}", toml::Value::String(experiment.reward.clone())));
+                    set.extend(orm_path.map(|p| format!("reward.orm={p}")));
+                    if algorithm == "ppo" {
+                        ppo::run(&stage_config(&cfg.ppo, set)?, true)
+                    } else {
+                        set.push(format!("estimator={}", toml::Value::String(algorithm.into())));
+                        grpo::run(&stage_config(&cfg.grpo, set)?, true)
+                    }
+                }
+            }
+        }
+        Action::Eval { model, scorer, prompt } => {
+            let scorer = match scorer {
+                Some(orm) => output_of(orm)?.display().to_string(),
+                None => cfg.rerank.clone(),
+            };
+            let e = &cfg.eval;
+            let eval = crate::eval::run::EvalConfig {
+                model: output_of(model)?,
+                task: cfg.task.clone(),
+                problems: e.problems,
+                samples: e.samples,
+                temperature: e.temperature,
+                ks: e.ks.clone(),
+                max_new_tokens: e.max_new_tokens,
+                batch_size: e.batch_size,
+                scorer,
+                prompt: prompt.clone(),
+                out: job.dir.clone(),
+                device: cfg.device.clone(),
+                ..Default::default()
+            };
+            crate::eval::run::run(&eval, true)?;
+            Ok(job.dir.clone())
+        }
+    }
+}

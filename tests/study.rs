@@ -1,0 +1,85 @@
+//! `reasonrl study` end to end on a tiny grid: stopped with Ctrl-C midway, then rerun, it skips
+//! what was finished and its report holds every row.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn config(dir: &Path) -> PathBuf {
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let stage = |name: &str, set: &str| {
+        format!("[{name}]\nconfig = {:?}\nset = [{set}]\n", configs.join(format!("{name}.toml")).display().to_string())
+    };
+    let tiny = r#""eval.problems=10", "eval.max_new_tokens=48", "max_new_tokens=48", "run.device=\"cpu\"""#;
+    let text = [
+        format!(
+            "name = \"grid\"\nout_dir = {:?}\ntask = \"builtin:1\"\nsizes = [\"tiny\"]\ninits = [\"sft\"]\n\
+             seeds = [0]\nrerank = \"mean-logprob\"\n\
+             experiments = [{{ algorithm = \"ei\" }}, {{ algorithm = \"grpo\" }}]\n\
+             [eval]\nproblems = 8\nsamples = 4\nks = [1, 4]\nmax_new_tokens = 48\n",
+            dir.display().to_string()
+        ),
+        stage("pretrain", r#""corpus.documents=100", "eval.problems=0", "train.max_steps=3""#),
+        stage("sft", r#""train.max_steps=4", "train.eval_every=2", "eval.problems=8", "eval.samples=4", "eval.max_new_tokens=48""#),
+        stage(
+            "ei",
+            r#""questions=8", "rounds=1", "train.max_steps=2", "eval.problems=8", "sampling.max_new_tokens=48", "eval.max_new_tokens=48""#,
+        ),
+        stage("grpo", &format!(r#""updates=40", "prompts_per_update=2", "group_size=4", "eval_every=20", {tiny}"#)),
+    ]
+    .join("\n");
+    let path = dir.join("study.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn study(config: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_reasonrl"));
+    c.args(["study", "--config", config.to_str().unwrap()]).env("OMP_NUM_THREADS", "1");
+    c
+}
+
+#[test]
+fn a_stopped_study_continues_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let grid = dir.path().join("grid").join("tiny");
+    let ei_done = grid.join("sft-ei-sparse-s0").join("done.json");
+
+    // Stop it (Ctrl-C) while GRPO, the second run, is training.
+    let mut child = study(&cfg).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let start = Instant::now();
+    while !ei_done.exists() || !grid.join("sft-grpo-sparse-s0").join("metrics.jsonl").exists() {
+        assert!(start.elapsed() < Duration::from_secs(240), "the first run never finished");
+        assert!(child.try_wait().unwrap().is_none(), "the study ended before it could be stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("interrupted"), "{stderr}");
+    assert!(!grid.join("sft-grpo-sparse-s0").join("done.json").exists(), "GRPO finished before the stop");
+    let report = std::fs::read_to_string(dir.path().join("grid").join("report.md")).unwrap();
+    assert!(report.contains("| ei | sparse | 0 |") && report.contains("not run"), "{report}");
+
+    // Rerun: finished jobs keep their markers untouched; the rest completes.
+    let finished: Vec<(PathBuf, String)> = ["pretrain", "sft", "sft-eval", "sft-ei-sparse-s0", "sft-ei-sparse-s0/eval"]
+        .iter()
+        .map(|j| grid.join(j).join("done.json"))
+        .map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap()))
+        .collect();
+    let out = study(&cfg).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (path, text) in finished {
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "{} was redone", path.display());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("5 already done"), "{stdout}");
+    let report = std::fs::read_to_string(dir.path().join("grid").join("report.md")).unwrap();
+    for row in ["| none | - | - |", "| ei | sparse | 0 |", "| grpo | sparse | 0 |"] {
+        let line = report.lines().find(|l| l.contains(row)).unwrap_or_else(|| panic!("no row {row}: {report}"));
+        assert!(!line.contains("not run") && !line.contains("failed") && line.contains('['), "{line}");
+    }
+    assert!(grid.parent().unwrap().join("plots").join("maj1-vs-samples.png").exists());
+}
