@@ -164,6 +164,16 @@ enum ModelCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Convert a llama.cpp GGUF file (Llama architecture) into a Hugging Face model folder.
+    ConvertGguf {
+        /// The .gguf file.
+        file: PathBuf,
+        /// Output model folder.
+        out: PathBuf,
+        /// Replace an existing folder.
+        #[arg(long)]
+        force: bool,
+    },
     /// Describe a model folder and check that its files agree.
     Info {
         /// Model folder (config.json, safetensors, tokenizer.json).
@@ -279,6 +289,18 @@ fn run(cli: Cli) -> Result<()> {
                 tokenizer.vocab_size(),
                 out.display()
             );
+        }
+        Command::Model(ModelCommand::ConvertGguf { file, out, force }) => {
+            let config = reasonrl::model::gguf::convert(&file, &out, force)?;
+            println!(
+                "converted {} ({} layers, hidden {}, vocabulary {}) to {}",
+                file.display(),
+                config.num_hidden_layers,
+                config.hidden_size,
+                config.vocab_size,
+                out.display()
+            );
+            info(&out)?;
         }
         Command::Model(ModelCommand::Info { path }) => info(&path)?,
         Command::Sample(args) => sample(args)?,

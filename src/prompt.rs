@@ -9,8 +9,12 @@ use crate::tokenizer::Tokenizer;
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PromptConfig {
-    /// "plain" or "few-shot". ("chat", through the tokenizer's chat template, is not built yet.)
+    /// "plain" ("Question: ...\nAnswer:\n"), "few-shot" (solved examples first) or "chat" (the
+    /// tokenizer's chat template, as instruct models were trained; with `shots`, the examples
+    /// are earlier user/assistant turns).
     pub format: String,
+    /// Text after the question in a chat prompt, e.g. how to state the answer ("" for none).
+    pub instruction: String,
     /// Solved examples in a few-shot prompt (taken from the start of the train split).
     pub shots: usize,
     /// A control token that opens the response, e.g. "[GOOD]" to sample a return-conditioned
@@ -22,7 +26,13 @@ pub struct PromptConfig {
 
 impl Default for PromptConfig {
     fn default() -> Self {
-        PromptConfig { format: "plain".into(), shots: 4, condition: String::new(), condition_every_step: false }
+        PromptConfig {
+            format: "plain".into(),
+            instruction: String::new(),
+            shots: 4,
+            condition: String::new(),
+            condition_every_step: false,
+        }
     }
 }
 
@@ -30,6 +40,8 @@ impl Default for PromptConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Prompter {
     examples: Vec<Problem>,
+    /// Render through the tokenizer's chat template, with this instruction after the question.
+    chat: Option<String>,
     condition: Option<String>,
     condition_every_step: bool,
 }
@@ -51,10 +63,17 @@ impl Prompter {
             "few-shot" if cfg.shots <= train.len() => {
                 Ok(Prompter { examples: train[..cfg.shots].to_vec(), ..prompter })
             }
-            "few-shot" => {
+            "chat" if cfg.shots == 0 || cfg.shots <= train.len() => Ok(Prompter {
+                examples: train[..cfg.shots.min(train.len())].to_vec(),
+                chat: Some(cfg.instruction.clone()),
+                ..prompter
+            }),
+            "few-shot" | "chat" => {
                 Err(Error::Invalid(format!("prompt.shots = {} but the train split has {}", cfg.shots, train.len())))
             }
-            other => Err(Error::Invalid(format!("prompt.format `{other}` is not supported (use plain or few-shot)"))),
+            other => {
+                Err(Error::Invalid(format!("prompt.format `{other}` is not supported (use plain, few-shot or chat)")))
+            }
         }
     }
 
@@ -81,10 +100,31 @@ impl Prompter {
         Prompter { condition: None, condition_every_step: false, ..self }
     }
 
-    /// Prompt token ids: BOS (if the tokenizer has one), the text, then the control token.
+    /// Prompt token ids: BOS (if the tokenizer has one), the text, then the control token. A
+    /// chat prompt is the rendered template alone (templates write their own BOS).
     pub fn encode(&self, tokenizer: &Tokenizer, question: &str) -> Result<Vec<u32>> {
-        let mut ids: Vec<u32> = tokenizer.bos_id().into_iter().collect();
-        ids.extend(tokenizer.encode(&self.text(question))?);
+        let mut ids: Vec<u32> = Vec::new();
+        match &self.chat {
+            Some(instruction) => {
+                let template = tokenizer.chat_template().ok_or_else(|| {
+                    Error::Invalid("prompt.format = \"chat\" but the tokenizer has no chat template".into())
+                })?;
+                let user =
+                    |q: &str| if instruction.is_empty() { q.to_string() } else { format!("{q}\n\n{instruction}") };
+                let mut messages = Vec::new();
+                for e in &self.examples {
+                    messages.push(("user", user(&e.question)));
+                    messages.push(("assistant", e.reference_solution.trim_end().to_string()));
+                }
+                messages.push(("user", user(question)));
+                let text = render_chat(template, &messages, tokenizer.bos_id().and_then(|b| tokenizer.id_to_token(b)))?;
+                ids.extend(tokenizer.encode(&text)?);
+            }
+            None => {
+                ids.extend(tokenizer.bos_id());
+                ids.extend(tokenizer.encode(&self.text(question))?);
+            }
+        }
         ids.extend(self.condition_id(tokenizer)?);
         Ok(ids)
     }
@@ -121,6 +161,22 @@ impl Prompter {
     }
 }
 
+/// Renders a Hugging Face chat template (Jinja) for `messages` (role, content), ending with the
+/// opening of the assistant's turn (`add_generation_prompt`).
+pub fn render_chat(template: &str, messages: &[(&str, String)], bos_token: Option<String>) -> Result<String> {
+    let mut env = minijinja::Environment::new();
+    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    let bad = |e: minijinja::Error| Error::Invalid(format!("chat template: {e}"));
+    env.add_template("chat", template).map_err(bad)?;
+    let messages: Vec<_> = messages.iter().map(|(role, content)| minijinja::context! { role, content }).collect();
+    let ctx = minijinja::context! {
+        messages, add_generation_prompt => true, bos_token => bos_token.unwrap_or_default(), eos_token => "",
+    };
+    env.get_template("chat").and_then(|t| t.render(ctx)).map_err(bad)
+}
+
 /// The plain template.
 pub fn plain(question: &str) -> String {
     format!("Question: {question}\nAnswer:\n")
@@ -145,5 +201,18 @@ mod tests {
         assert_eq!(Prompter::plain().text(q), format!("Question: {q}\nAnswer:\n"));
         assert!(prompter.stop_strings().contains(&"Question:".to_string()));
         assert!(Prompter::new(&PromptConfig { shots: 3, ..cfg }, &ex).is_err());
+    }
+
+    #[test]
+    fn chat_templates_render_turns_and_the_generation_prompt() {
+        let template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m.content }}\n{% endfor %}\
+                        {% if add_generation_prompt %}<|assistant|>{% endif %}";
+        let messages = [("user", "2+2?".to_string()), ("assistant", "4".to_string()), ("user", "3+3?".to_string())];
+        assert_eq!(
+            render_chat(template, &messages, None).unwrap(),
+            "<|user|>2+2?\n<|assistant|>4\n<|user|>3+3?\n<|assistant|>"
+        );
+        let failing = "{{ raise_exception('roles must alternate') }}";
+        assert!(render_chat(failing, &messages, None).unwrap_err().to_string().contains("roles must alternate"));
     }
 }

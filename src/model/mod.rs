@@ -1,6 +1,8 @@
-//! The Llama-family model: its config, the network, HF folders and from-scratch presets.
+//! The Llama-family model: its config, the network, HF folders, from-scratch presets and GGUF
+//! conversion.
 
 pub mod config;
+pub mod gguf;
 pub mod hf;
 pub mod llama;
 pub mod presets;
