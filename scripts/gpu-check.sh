@@ -3,10 +3,19 @@
 #   scripts/gpu-check.sh prepare   (here, no GPU needed) builds reasonrl and the `logits` example
 #                                  with --features cuda into .gpu/bin, and saves small models with
 #                                  their CPU logits into .gpu/models.
+#                                  It also fetches SmolLM2-135M-Instruct's GGUF and splits it in two
+#                                  parts (.gpu/smollm2/part-1, part-2) and writes a GSM8K subset.
 #   scripts/gpu-check.sh run       (on an NVIDIA machine with PyTorch 2.11.0 + transformers; carry
 #                                  .gpu) checks our folders load in transformers with the same
 #                                  logits, transformers' folders load here with the same logits
 #                                  on CPU and GPU, then benchmarks and samples on the GPU.
+#   scripts/gpu-check.sh smollm2   (on the NVIDIA machine, at most ~8 minutes) joins and converts
+#                                  the GGUF, checks forward and backward on the GPU against the CPU
+#                                  (f32 and bf16), measures training and sampling tokens/s, then
+#                                  evaluates GSM8K (greedy, chat), runs SFT and one EI round on a
+#                                  GSM8K subset and evaluates again.
+# Payloads of at most 64 MiB: carry .gpu/bin, .gpu/models and .gpu/data first, then
+# .gpu/smollm2/part-1, then .gpu/smollm2/part-2 with the command (a warm machine keeps them).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ids=1,5,9,23,42,7,3,88,13,2,60,31
@@ -14,9 +23,14 @@ case "${1:-}" in
 prepare)
   set -e
   scripts/setup-libtorch.sh
-  cargo build --locked --release --features cuda --target-dir target/cuda --bin reasonrl --example logits
-  mkdir -p .gpu/bin .gpu/models
-  cp target/cuda/release/reasonrl target/cuda/release/examples/logits .gpu/bin/
+  cargo build --locked --release --features cuda --target-dir target/cuda --bin reasonrl --example logits \
+    --example device_check
+  mkdir -p .gpu/bin .gpu/models .gpu/smollm2 .gpu/data
+  cp target/cuda/release/reasonrl target/cuda/release/examples/{logits,device_check} .gpu/bin/
+  gguf=$(scripts/fetch-smollm2.sh)
+  split -n 2 -a 1 --numeric-suffixes=1 "$gguf" .gpu/smollm2/part-
+  sha256sum "$gguf" | cut -d' ' -f1 >.gpu/smollm2/sha256
+  target/release/reasonrl task make --task gsm8k:../shared/data/gsm8k --out .gpu/data/gsm8k --force
   cargo build --locked --release --example logits
   for preset in tiny small; do
     target/release/reasonrl model init --preset "$preset" --out ".gpu/models/$preset" --force
@@ -63,8 +77,47 @@ PY
   echo "gpu-check status: $status"
   exit $status
   ;;
+smollm2)
+  # A dry run on a CPU: DEVICE=cpu TORCH_LIB=.libtorch/torch/lib BIN=target/release PROBLEMS=3 ...
+  set -e
+  py=${PYTHON:-/opt/torch/.venv/bin/python3}
+  torch_lib=${TORCH_LIB:-$($py -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')}
+  export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  bin=${BIN:-.gpu/bin}
+  work=${WORK:-$(mktemp -d)}
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+  cat .gpu/smollm2/part-1 .gpu/smollm2/part-2 >"$work/smollm2.gguf"
+  echo "$(cat .gpu/smollm2/sha256)  $work/smollm2.gguf" | sha256sum -c --quiet -
+  $bin/reasonrl model convert-gguf "$work/smollm2.gguf" "$work/smollm2" --force | head -1
+  device=${DEVICE:-cuda}
+  echo "== forward and backward on $device vs CPU"
+  $bin/device_check "$work/smollm2" "$device"
+  echo "== throughput"
+  $bin/reasonrl bench --model "$work/smollm2" --device "$device" --dtype f32 --train-steps 5 --sample-batches 64,256
+  task="gsm8k:.gpu/data/gsm8k"
+  chat=(--set prompt.format=chat --set prompt.shots=0 --set "task=$task" --set run.device=$device)
+  eval() { # model out
+    $bin/reasonrl eval --config configs/eval-gsm8k.toml --set "model=$1" --set "out=$2" --set "task=$task" \
+      --set prompt.format=chat --set prompt.shots=0 --set "problems=${PROBLEMS:-300}" --set samples=0 \
+      --set max_new_tokens=256 --set batch_size=300 --set "device=$device" --force | grep -E "maj@1|Problems"
+  }
+  echo "== GSM8K test, before"
+  eval "$work/smollm2" "$work/eval-before"
+  echo "== SFT on GSM8K train (chat format)"
+  $bin/reasonrl sft --config configs/sft-gsm8k.toml --set "model=$work/smollm2" "${chat[@]}" \
+    --set "run.out_dir=$work" --set "train_problems=${SFT_PROBLEMS:-3000}" --set train.eval_every=0 \
+    --set eval.problems=100 --set eval.batch_size=100 --force | tail -1
+  echo "== one EI round from the SFT model"
+  $bin/reasonrl ei --config configs/ei.toml --set "model=$work/sft-gsm8k/final" "${chat[@]}" \
+    --set "run.out_dir=$work" --set rounds=1 --set "questions=${EI_QUESTIONS:-1000}" \
+    --set sampling.max_new_tokens=256 --set sampling.batch_size=512 --set train.lr=2e-5 \
+    --set train.max_seq_len=768 --set eval.problems=100 --set eval.samples=0 --set eval.batch_size=100 --force | tail -1
+  echo "== GSM8K test, after SFT and after EI"
+  eval "$work/sft-gsm8k/final" "$work/eval-sft"
+  eval "$work/ei/final" "$work/eval-ei"
+  ;;
 *)
-  echo "usage: scripts/gpu-check.sh prepare|run" >&2
+  echo "usage: scripts/gpu-check.sh prepare|run|smollm2" >&2
   exit 2
   ;;
 esac

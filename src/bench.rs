@@ -1,4 +1,5 @@
-//! `reasonrl bench`: training and sampling throughput of each preset on this machine.
+//! `reasonrl bench`: training and sampling throughput of each preset (or a model folder) on this
+//! machine.
 
 use crate::error::Result;
 use crate::model::{presets, CausalLm};
@@ -38,7 +39,13 @@ pub struct BenchConfig {
 pub fn bench_preset(name: &str, tokenizer: &Tokenizer, cfg: &BenchConfig) -> Result<BenchResult> {
     let vocab = tokenizer.vocab_size() as i64;
     let config = presets::preset(name, vocab, (cfg.prompt_tokens + cfg.new_tokens).max(cfg.train_seq as usize) as i64)?;
-    let mut model = CausalLm::new(&config, cfg.device, false)?;
+    let model = CausalLm::new(&config, cfg.device, false)?;
+    bench_model(name, model, tokenizer, cfg)
+}
+
+/// Measures a model (e.g. one loaded from a folder) in `cfg.kind` on `cfg.device`.
+pub fn bench_model(name: &str, mut model: CausalLm, tokenizer: &Tokenizer, cfg: &BenchConfig) -> Result<BenchResult> {
+    let vocab = model.config().vocab_size;
     model.vs.set_kind(cfg.kind);
     let mut rng = Rng::new(7);
     let mut random_ids = |n: usize| -> Vec<i64> { (0..n).map(|_| rng.range(3, vocab - 1)).collect() };

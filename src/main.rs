@@ -232,6 +232,9 @@ struct BenchArgs {
     /// Presets to measure, comma-separated.
     #[arg(long, default_value = "tiny,small,medium", value_delimiter = ',')]
     presets: Vec<String>,
+    /// Measure this model folder instead of the presets.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -497,17 +500,29 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         prompt_tokens: 32,
         new_tokens: args.new_tokens,
     };
-    let problems = TaskSpec::parse("builtin")?.load(Split::Train, Some(2000))?;
-    let corpus = problems.iter().map(|p| format!("{}\n{}", p.question, p.reference_solution));
-    let tokenizer = reasonrl::tokenizer::Tokenizer::train_bpe(corpus, 1024)?;
+    let presets = if args.model.is_some() { vec![] } else { args.presets.clone() };
+    let tokenizer = match &args.model {
+        Some(dir) => reasonrl::tokenizer::Tokenizer::load(dir)?,
+        None => {
+            let problems = TaskSpec::parse("builtin")?.load(Split::Train, Some(2000))?;
+            let corpus = problems.iter().map(|p| format!("{}\n{}", p.question, p.reference_solution));
+            reasonrl::tokenizer::Tokenizer::train_bpe(corpus, 1024)?
+        }
+    };
     println!("device {:?}, dtype {}, threads {}", cfg.device, args.dtype, tch::get_num_threads());
     println!(
         "{:<8} {:>11} {:>14} {:>10} {:>20}",
         "preset", "parameters", "train tok/s", "step ms", "sample tok/s (batch)"
     );
     let mut results = Vec::new();
-    for preset in &args.presets {
-        let r = bench::bench_preset(preset, &tokenizer, &cfg).with_context(|| format!("preset {preset}"))?;
+    if let Some(dir) = &args.model {
+        let model = CausalLm::load(dir, cfg.device, false)?;
+        results.push(bench::bench_model(&dir.display().to_string(), model, &tokenizer, &cfg)?);
+    }
+    for preset in &presets {
+        results.push(bench::bench_preset(preset, &tokenizer, &cfg).with_context(|| format!("preset {preset}"))?);
+    }
+    for r in &results {
         let sampling: Vec<String> = r.sampling_tokens_per_s.iter().map(|(b, t)| format!("{t:.0} ({b})")).collect();
         println!(
             "{:<8} {:>11} {:>14.0} {:>10.1} {:>20}",
@@ -517,7 +532,6 @@ fn run_bench(args: BenchArgs) -> Result<()> {
             r.train_step_ms,
             sampling.join(", ")
         );
-        results.push(r);
     }
     if let Some(path) = args.json {
         let text = serde_json::to_string_pretty(&results)?;
