@@ -8,5 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup-libtorch.sh
 cargo build --locked --release
 start=$(date +%s)
-target/release/reasonrl study --config configs/study.toml "$@"
+status=0
+target/release/reasonrl study --config configs/study.toml "$@" || status=$?
 echo "wall-clock: $(( $(date +%s) - start )) s"
+exit $status

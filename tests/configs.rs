@@ -21,6 +21,8 @@ fn shipped_configs_parse() {
     }
     let ei: reasonrl::train::ei::EiConfig = load(Some(&config("ei.toml")), &["rounds=1".into()]).unwrap();
     assert_eq!((ei.rounds, ei.run.name.as_str()), (1, "ei"));
+    let ei: reasonrl::train::ei::EiConfig = load(Some(&config("ei-smollm2.toml")), &[]).unwrap();
+    assert_eq!(ei.prompt.format, "chat");
     let orm: reasonrl::train::orm::OrmConfig = load(Some(&config("orm.toml")), &[]).unwrap();
     assert!(orm.balance && orm.holdout > 0.0);
     let rcrl: reasonrl::train::rcrl::RcrlConfig = load(Some(&config("rcrl.toml")), &[]).unwrap();
@@ -37,5 +39,5 @@ fn shipped_configs_parse() {
         assert!(plan.rows.iter().any(|r| r.algorithm == "ei"), "{name}");
     }
     let names: Vec<_> = std::fs::read_dir(config("")).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(names.len(), 12, "a new config file needs a line here: {names:?}");
+    assert_eq!(names.len(), 13, "a new config file needs a line here: {names:?}");
 }

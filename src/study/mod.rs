@@ -250,12 +250,15 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
                     };
                     jobs.push(Job { dir: run.clone(), action });
                     // An RCRL model is asked as a good solver, before every step in the dense variants.
-                    let mut eval_prompt = prompt.clone();
+                    // Its samples hold control tokens the init's ORM never saw: rerank by mean log-prob.
+                    let mut eval_job = eval(&run, run.join("eval"), prompt.clone());
                     if experiment.algorithm == "rcrl" {
-                        eval_prompt.condition = rcrl::GOOD.into();
-                        eval_prompt.condition_every_step = experiment.reward != "sparse";
+                        let Action::Eval { prompt, scorer, .. } = &mut eval_job.action else { unreachable!() };
+                        prompt.condition = rcrl::GOOD.into();
+                        prompt.condition_every_step = experiment.reward != "sparse";
+                        *scorer = None;
                     }
-                    jobs.push(eval(&run, run.join("eval"), eval_prompt));
+                    jobs.push(eval_job);
                     rows.push(Row {
                         algorithm: experiment.algorithm.clone(),
                         reward: experiment.reward.clone(),
@@ -447,9 +450,14 @@ fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
             }
         }
         Action::Eval { model, scorer, prompt } => {
-            let scorer = match scorer {
-                Some(orm) => output_of(orm)?.display().to_string(),
-                None => cfg.rerank.clone(),
+            // Without its ORM (failed) the evaluation still runs; rerank@k is left out.
+            let scorer = match scorer.as_deref().map(output_of) {
+                Some(Ok(orm)) => orm.display().to_string(),
+                Some(Err(e)) => {
+                    crate::progress::println(&format!("no rerank@k: {e}"));
+                    String::new()
+                }
+                None => "mean-logprob".into(),
             };
             let e = &cfg.eval;
             let eval = crate::eval::run::EvalConfig {

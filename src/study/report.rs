@@ -44,8 +44,11 @@ impl RowResult {
             samples = rows.iter().filter_map(|r| r.get("samples_seen").copied()).reduce(f64::max);
             let evals: Vec<(f64, f64)> =
                 rows.iter().filter_map(|r| Some((*r.get("samples_seen")?, *r.get("eval/maj@1")?))).collect();
-            if let Some(&(_, last)) = evals.last().filter(|(_, m)| *m > 0.0) {
-                samples_to_95 = evals.iter().find(|(_, m)| *m >= 0.95 * last).map(|(s, _)| *s);
+            // Only a run that ended above where it started has a sample count to reach its level.
+            if let (Some(&(_, first)), Some(&(_, last))) = (evals.first(), evals.last()) {
+                if last > first {
+                    samples_to_95 = evals.iter().find(|(_, m)| *m >= 0.95 * last).map(|(s, _)| *s);
+                }
             }
         }
         Ok(RowResult { row: row.clone(), summary, error, samples, samples_to_95, seconds })
@@ -131,12 +134,13 @@ pub fn findings(start: Option<&RowResult>, runs: &[&RowResult], sft_log: Option<
     let name = |r: &RowResult| format!("{}-{}", r.row.algorithm, r.row.reward);
     let mut out = Vec::new();
 
-    let best = scored.iter().max_by(|a, b| a.1.value.total_cmp(&b.1.value));
-    let ei = scored.iter().filter(|(r, _)| r.row.algorithm == "ei").max_by(|a, b| a.1.value.total_cmp(&b.1.value));
+    let by_maj1 = |a: &&(&RowResult, &Metric), b: &&(&RowResult, &Metric)| a.1.value.total_cmp(&b.1.value);
+    let best = scored.iter().filter(|(r, _)| r.row.algorithm != "ei").max_by(by_maj1);
+    let ei = scored.iter().filter(|(r, _)| r.row.algorithm == "ei").max_by(by_maj1);
     out.push(match (ei, best) {
         (Some((_, e)), Some((b, bm))) => Finding {
             claim: "Expert Iteration does best or ties the best algorithm (maj@1).",
-            evidence: format!("EI {}; best {} {}", show(e), name(b), show(bm)),
+            evidence: format!("EI {}; best other {} {}", show(e), name(b), show(bm)),
             reproduced: Some(e.hi >= bm.value),
         },
         _ => Finding {
@@ -170,7 +174,8 @@ pub fn findings(start: Option<&RowResult>, runs: &[&RowResult], sft_log: Option<
         Finding { claim, evidence: "needs two finished runs".into(), reproduced: None }
     });
 
-    let claim = "EI's sample complexity is close to PPO's (samples to 95% of the final maj@1, within 2x).";
+    let claim = "EI's sample complexity is close to PPO's (samples to 95% of the final maj@1, within 2x; only \
+                 runs that ended above their start count).";
     let samples = |alg: &str| runs.iter().filter(|r| r.row.algorithm == alg).find_map(|r| r.samples_to_95);
     out.push(match (samples("ei"), samples("ppo")) {
         (Some(e), Some(p)) => Finding {
@@ -178,11 +183,11 @@ pub fn findings(start: Option<&RowResult>, runs: &[&RowResult], sft_log: Option<
             evidence: format!("EI {e:.0} samples, PPO {p:.0}"),
             reproduced: Some(e.max(p) <= 2.0 * e.min(p).max(1.0)),
         },
-        _ => Finding { claim, evidence: "needs finished EI and PPO runs".into(), reproduced: None },
+        _ => Finding { claim, evidence: "needs EI and PPO runs that ended above their start".into(), reproduced: None },
     });
 
-    let claim = "RL improves maj@1 and pass@k together: no run that raised maj@1 lost pass@k beyond the \
-                 starting model's interval.";
+    let claim = "RL improves maj@1 and pass@k together: no run that raised maj@1 above the starting model's \
+                 interval lost pass@k beyond it.";
     out.push(match start.and_then(|s| Some((s.maj1()?, s.pass_k()?))) {
         Some((m0, (k, p0))) => {
             let mut lines = Vec::new();
@@ -190,7 +195,7 @@ pub fn findings(start: Option<&RowResult>, runs: &[&RowResult], sft_log: Option<
             let mut raised = 0;
             for r in runs {
                 if let (Some(m), Some((_, p))) = (r.maj1(), r.pass_k()) {
-                    if m.value > m0.value {
+                    if m.value > m0.hi {
                         raised += 1;
                         ok &= p.value >= p0.lo;
                     }
@@ -301,9 +306,14 @@ pub fn write(cfg: &StudyConfig, plan: &Plan) -> Result<String> {
         "Every model is evaluated on {} test problems: maj@1 is greedy; maj@k, rerank@k (by {}) and pass@k \
          (unbiased) come from {} samples at temperature {}. Intervals are 95% bootstrap intervals over problems. \
          `samples` counts the solutions a run generated; `samples to 95%` is the first in-run evaluation that \
-         reached 95% of the run's final in-run maj@1.\n",
+         reached 95% of the run's final in-run maj@1 (for runs that ended above their start).\n",
         if cfg.eval.problems == 0 { "all".into() } else { cfg.eval.problems.to_string() },
-        if cfg.rerank == "orm" { "an ORM trained on the starting model's samples" } else { "mean log-prob" },
+        if cfg.rerank == "orm" {
+            "an ORM trained on the starting model's samples; RCRL's samples, which hold control tokens the ORM \
+             never saw, by mean log-prob"
+        } else {
+            "mean log-prob"
+        },
         cfg.eval.samples,
         cfg.eval.temperature
     );
