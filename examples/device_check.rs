@@ -68,8 +68,8 @@ fn main() -> anyhow::Result<()> {
         let pass = logit_err < logit_tol && grad_err < grad_tol;
         ok &= pass;
         println!(
-            "{kind:?} on {device:?} vs f32 on CPU: logits rel. err {logit_err:.2e} (tol {logit_tol:.0e}), gradient rel. \
-             err {grad_err:.2e} (tol {grad_tol:.0e}; worst tensor {worst} {worst_err:.2e}), {} tensors, {:.1}s -> {}",
+            "{kind:?} on {device:?} vs f32 on CPU: logits rel. err {logit_err:.2e} (tol {logit_tol}), gradient rel. \
+             err {grad_err:.2e} (tol {grad_tol}; worst tensor {worst} {worst_err:.2e}), {} tensors, {:.1}s -> {}",
             grads.len(),
             start.elapsed().as_secs_f64(),
             if pass { "OK" } else { "MISMATCH" }

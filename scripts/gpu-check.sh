@@ -78,7 +78,8 @@ PY
   exit $status
   ;;
 smollm2)
-  # A dry run on a CPU: DEVICE=cpu TORCH_LIB=.libtorch/torch/lib BIN=target/release PROBLEMS=3 ...
+  # A dry run on a CPU: DEVICE=cpu TORCH_LIB=.libtorch/torch/lib BIN=target/release STOP_AFTER=check
+  # (or PROBLEMS=3 SFT_PROBLEMS=20 EI_QUESTIONS=4 for every step, slowly).
   set -e
   py=${PYTHON:-/opt/torch/.venv/bin/python3}
   torch_lib=${TORCH_LIB:-$($py -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')}
@@ -88,21 +89,22 @@ smollm2)
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   cat .gpu/smollm2/part-1 .gpu/smollm2/part-2 >"$work/smollm2.gguf"
   echo "$(cat .gpu/smollm2/sha256)  $work/smollm2.gguf" | sha256sum -c --quiet -
-  $bin/reasonrl model convert-gguf "$work/smollm2.gguf" "$work/smollm2" --force | head -1
+  $bin/reasonrl model convert-gguf "$work/smollm2.gguf" "$work/smollm2" --force
   device=${DEVICE:-cuda}
   echo "== forward and backward on $device vs CPU"
   $bin/device_check "$work/smollm2" "$device"
+  [ "${STOP_AFTER:-}" = check ] && exit 0 # a quick dry run of the plumbing
   echo "== throughput"
   $bin/reasonrl bench --model "$work/smollm2" --device "$device" --dtype f32 --train-steps 5 --sample-batches 64,256
   task="gsm8k:.gpu/data/gsm8k"
   chat=(--set prompt.format=chat --set prompt.shots=0 --set "task=$task" --set run.device=$device)
-  eval() { # model out
+  gsm8k_eval() { # model out
     $bin/reasonrl eval --config configs/eval-gsm8k.toml --set "model=$1" --set "out=$2" --set "task=$task" \
       --set prompt.format=chat --set prompt.shots=0 --set "problems=${PROBLEMS:-300}" --set samples=0 \
       --set max_new_tokens=256 --set batch_size=300 --set "device=$device" --force | grep -E "maj@1|Problems"
   }
   echo "== GSM8K test, before"
-  eval "$work/smollm2" "$work/eval-before"
+  gsm8k_eval "$work/smollm2" "$work/eval-before"
   echo "== SFT on GSM8K train (chat format)"
   $bin/reasonrl sft --config configs/sft-gsm8k.toml --set "model=$work/smollm2" "${chat[@]}" \
     --set "run.out_dir=$work" --set "train_problems=${SFT_PROBLEMS:-3000}" --set train.eval_every=0 \
@@ -113,8 +115,8 @@ smollm2)
     --set sampling.max_new_tokens=256 --set sampling.batch_size=512 --set train.lr=2e-5 \
     --set train.max_seq_len=768 --set eval.problems=100 --set eval.samples=0 --set eval.batch_size=100 --force | tail -1
   echo "== GSM8K test, after SFT and after EI"
-  eval "$work/sft-gsm8k/final" "$work/eval-sft"
-  eval "$work/ei/final" "$work/eval-ei"
+  gsm8k_eval "$work/sft-gsm8k/final" "$work/eval-sft"
+  gsm8k_eval "$work/ei/final" "$work/eval-ei"
   ;;
 *)
   echo "usage: scripts/gpu-check.sh prepare|run|smollm2" >&2
