@@ -375,9 +375,9 @@ fn output_of(job_dir: &Path) -> Result<PathBuf> {
     Ok(done.output)
 }
 
-/// TOML text of a path, for an override.
-fn quoted(path: &Path) -> String {
-    toml::Value::String(path.display().to_string()).to_string()
+/// A TOML string literal, for an override's value.
+fn quoted(text: impl std::fmt::Display) -> String {
+    toml::Value::String(text.to_string()).to_string()
 }
 
 /// A stage's config: its base file and overrides, then the study's own settings.
@@ -392,58 +392,56 @@ fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
     let (out_dir, name) = (job.dir.parent().expect("jobs live in the study folder"), job.dir.file_name());
     let name = name.expect("jobs have names").to_string_lossy();
     let run = vec![
-        format!("run.out_dir={}", quoted(out_dir)),
-        format!("run.name={}", toml::Value::String(name.to_string())),
-        format!("run.device={}", toml::Value::String(cfg.device.clone())),
+        format!("run.out_dir={}", quoted(out_dir.display())),
+        format!("run.name={}", quoted(&name)),
+        format!("run.device={}", quoted(&cfg.device)),
     ];
-    let prompt_set = |p: &PromptConfig| {
-        vec![format!("prompt.format={}", toml::Value::String(p.format.clone())), format!("prompt.shots={}", p.shots)]
-    };
+    let prompt_set =
+        |p: &PromptConfig| vec![format!("prompt.format={}", quoted(&p.format)), format!("prompt.shots={}", p.shots)];
     let resume = job.dir.join("checkpoints").exists();
-    let task = format!("task={}", toml::Value::String(cfg.task.clone()));
+    let task = format!("task={}", quoted(&cfg.task));
     match &job.action {
         Action::Pretrain { size } => {
-            let c: pretrain::PretrainConfig = stage_config(
-                &cfg.pretrain,
-                [run, vec![task, format!("init.preset={}", toml::Value::String(size.clone()))]].concat(),
-            )?;
+            let c: pretrain::PretrainConfig =
+                stage_config(&cfg.pretrain, [run, vec![task, format!("init.preset={}", quoted(size))]].concat())?;
             pretrain::run(&c, resume, !resume)
         }
         Action::Sft { pretrained } => {
-            let model = format!("model={}", quoted(&output_of(pretrained)?));
+            let model = format!("model={}", quoted(output_of(pretrained)?.display()));
             let c: sft::SftConfig = stage_config(&cfg.sft, [run, vec![task, model]].concat())?;
             sft::run(&c, resume, !resume)?;
             Ok(job.dir.join("best"))
         }
         Action::Orm { policy, prompt } => {
-            let policy = format!("policy={}", quoted(&output_of(policy)?));
+            let policy = format!("policy={}", quoted(output_of(policy)?.display()));
             let c: orm::OrmConfig = stage_config(&cfg.orm, [run, vec![task, policy], prompt_set(prompt)].concat())?;
             orm::run(&c, resume, !resume)?;
             Ok(job.dir.join("best"))
         }
         Action::Train { experiment, seed, init, orm, prompt } => {
             let mut set =
-                [run, vec![task, format!("model={}", quoted(&output_of(init)?)), format!("seed={seed}")]].concat();
+                [run, vec![task, format!("model={}", quoted(output_of(init)?.display())), format!("seed={seed}")]]
+                    .concat();
             set.extend(prompt_set(prompt));
             let orm_path = match (experiment.reward.as_str(), orm) {
-                ("orm", Some(orm)) => Some(quoted(&output_of(orm)?)),
+                ("orm", Some(orm)) => Some(quoted(output_of(orm)?.display())),
                 _ => None,
             };
             match experiment.algorithm.as_str() {
                 "ei" => ei::run(&stage_config(&cfg.ei, set)?, true),
                 "rcrl" => {
                     let labels = if experiment.reward == "sparse" { "outcome" } else { &experiment.reward };
-                    set.push(format!("labels={}", toml::Value::String(labels.into())));
+                    set.push(format!("labels={}", quoted(labels)));
                     set.extend(orm_path.map(|p| format!("orm={p}")));
                     rcrl::run(&stage_config(&cfg.rcrl, set)?, true)
                 }
                 algorithm => {
-                    set.push(format!("reward.kind={}", toml::Value::String(experiment.reward.clone())));
+                    set.push(format!("reward.kind={}", quoted(&experiment.reward)));
                     set.extend(orm_path.map(|p| format!("reward.orm={p}")));
                     if algorithm == "ppo" {
                         ppo::run(&stage_config(&cfg.ppo, set)?, true)
                     } else {
-                        set.push(format!("estimator={}", toml::Value::String(algorithm.into())));
+                        set.push(format!("estimator={}", quoted(algorithm)));
                         grpo::run(&stage_config(&cfg.grpo, set)?, true)
                     }
                 }
