@@ -3,13 +3,14 @@
 //! never skip, when they cannot), converted to a Hugging Face folder, prompted through its chat
 //! template.
 
+mod common;
+
 use reasonrl::model::CausalLm;
 use reasonrl::prompt::{PromptConfig, Prompter};
 use reasonrl::sample::{generate, SamplingConfig};
 use reasonrl::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use tch::{Kind, Tensor};
 
 /// The converted model folder (fetched and converted once per test run, cached in the target dir).
 fn smollm2() -> &'static Path {
@@ -78,15 +79,7 @@ fn kv_cache_decoding_equals_a_full_forward_pass() {
         .map(|q| chat().encode(&tokenizer, q).unwrap())
         .collect();
     for g in generate(&model, &tokenizer, &prompts, &greedy(24)).unwrap() {
-        let prompt = &prompts[g.prompt_index];
-        let full: Vec<i64> = prompt.iter().chain(&g.tokens).map(|&t| t as i64).collect();
-        let logits = tch::no_grad(|| model.forward_logits(&Tensor::from_slice(&full).unsqueeze(0))).squeeze_dim(0);
-        let logp = logits.log_softmax(-1, Kind::Float);
-        for (j, (&token, &lp)) in g.tokens.iter().zip(&g.logprobs).enumerate() {
-            let row = logp.get((prompt.len() + j - 1) as i64);
-            assert_eq!(row.argmax(0, false).int64_value(&[]), token as i64, "prompt {} token {j}", g.prompt_index);
-            assert!((row.double_value(&[token as i64]) - lp as f64).abs() < 1e-3, "token {j}: logprob {lp}");
-        }
+        common::assert_matches_full_forward(&model, &prompts[g.prompt_index], &g, 1e-3);
     }
 }
 

@@ -1,5 +1,7 @@
 //! The sampler: reproducible, batch-independent, consistent with a full forward pass.
 
+mod common;
+
 use reasonrl::model::{CausalLm, ModelConfig};
 use reasonrl::sample::{generate, Finish, SamplingConfig};
 use reasonrl::task::{synth, Split};
@@ -80,16 +82,7 @@ fn greedy_tokens_and_logprobs_match_a_full_forward_pass() {
     let generations = generate(&model, &tokenizer, &prompts, &cfg).unwrap();
     assert_eq!(generations[0].finish, Finish::Stop);
     for g in &generations {
-        let prompt = &prompts[g.prompt_index];
-        let full: Vec<i64> = prompt.iter().chain(&g.tokens).map(|&t| t as i64).collect();
-        let logits = tch::no_grad(|| model.forward_logits(&Tensor::from_slice(&full).unsqueeze(0))).squeeze_dim(0);
-        let logp = logits.log_softmax(-1, Kind::Float);
-        for (j, (&token, &lp)) in g.tokens.iter().zip(&g.logprobs).enumerate() {
-            let row = logp.get((prompt.len() + j - 1) as i64);
-            assert_eq!(row.argmax(0, false).int64_value(&[]), token as i64, "prompt {} token {j}", g.prompt_index);
-            let expected = row.double_value(&[token as i64]);
-            assert!((expected - lp as f64).abs() < 1e-4, "logprob {lp} vs full forward {expected}");
-        }
+        common::assert_matches_full_forward(&model, &prompts[g.prompt_index], g, 1e-4);
         match g.finish {
             Finish::Stop => assert!(g.text.ends_with(&stop), "{:?}", g.text),
             Finish::Length => assert_eq!(g.tokens.len(), 12),

@@ -16,6 +16,7 @@ use crate::config::load;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::prompt::PromptConfig;
+use crate::train::rounds::RoundEval;
 use crate::train::{ei, grpo, orm, ppo, pretrain, rcrl, sft};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -41,8 +42,8 @@ pub struct StudyConfig {
     /// rerank@k by an ORM trained on each init's own samples ("orm") or by the policy's mean
     /// log-prob ("mean-logprob", cheaper).
     pub rerank: String,
-    /// The final test evaluation of every model.
-    pub eval: FinalEval,
+    /// The final test evaluation of every model (the same settings as a round's evaluation).
+    pub eval: RoundEval,
     /// Base config and overrides of each stage; the study sets model, task, seed, run folder,
     /// device, reward and prompt on top.
     pub pretrain: Stage,
@@ -66,7 +67,7 @@ impl Default for StudyConfig {
             seeds: vec![0],
             experiments: vec![Experiment { algorithm: "ei".into(), reward: "sparse".into() }],
             rerank: "orm".into(),
-            eval: FinalEval::default(),
+            eval: RoundEval::default(),
             pretrain: Stage::default(),
             sft: Stage::default(),
             orm: Stage::default(),
@@ -100,31 +101,6 @@ impl Default for Experiment {
 pub struct Stage {
     pub config: Option<PathBuf>,
     pub set: Vec<String>,
-}
-
-/// The test evaluation of every model (see `reasonrl eval`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FinalEval {
-    pub problems: usize,
-    pub samples: usize,
-    pub temperature: f64,
-    pub ks: Vec<usize>,
-    pub max_new_tokens: usize,
-    pub batch_size: usize,
-}
-
-impl Default for FinalEval {
-    fn default() -> Self {
-        FinalEval {
-            problems: 500,
-            samples: 16,
-            temperature: 0.7,
-            ks: vec![1, 4, 16],
-            max_new_tokens: 160,
-            batch_size: 128,
-        }
-    }
 }
 
 /// Written into a job's folder when it finishes.
