@@ -364,3 +364,51 @@ fn ppo_and_grpo_run_their_updates() {
         assert!(dir.path().join(run).join("final/model.safetensors").exists());
     }
 }
+
+#[test]
+fn ppo_critic_warmup_trains_the_value_head_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    ok(&["model", "init", "--preset", "tiny", "--task", "builtin:1", "--vocab-size", "300", "--out", s(&model)]);
+    let sets = [
+        format!("model={}", s(&model)),
+        format!("run.out_dir={}", s(dir.path())),
+        "task=builtin:1".into(),
+        "questions=20".into(),
+        "updates=2".into(),
+        "prompts_per_update=4".into(),
+        "samples_per_prompt=2".into(),
+        "max_new_tokens=10".into(),
+        "eval_every=0".into(),
+        "eval.problems=2".into(),
+        "eval.samples=0".into(),
+        "eval.max_new_tokens=4".into(),
+        "optim.lr=1e-2".into(),
+        "optim.warmup_steps=0".into(),
+        "value_lr=1e-2".into(),
+        "critic_warmup_updates=1".into(),
+        "save_every=1".into(),
+        "target_kl=0".into(),
+    ];
+    ok(&strs(&with_sets(&["ppo"], &sets, &[])));
+    let weights = |path: &std::path::Path| {
+        let m = reasonrl::model::CausalLm::load(path, tch::Device::Cpu, false).unwrap();
+        let mut v: Vec<(String, tch::Tensor)> = m.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let same = |a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)]| {
+        a.iter().zip(b).all(|((n, x), (m, y))| n == m && x.equal(y))
+    };
+    let (start, warm, last) =
+        (weights(&model), weights(&dir.path().join("ppo/update-1")), weights(&dir.path().join("ppo/final")));
+    assert!(same(&start, &warm), "the policy is untouched while only the critic trains");
+    assert!(!same(&start, &last), "the policy trains after the warm-up");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("ppo/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!((lines[1]["lr"].as_f64(), lines[1]["lr/value"].as_f64()), (Some(0.0), Some(1e-2)));
+    assert!(lines[2]["lr"].as_f64().unwrap() > 0.0);
+}

@@ -157,14 +157,14 @@ fn the_orm_loss_covers_the_response_tokens_only_and_reaches_every_used_parameter
     let model = CausalLm::new(&config, Device::Cpu, true).unwrap();
     let mut example = Example::new(vec![1, 7, 9, 11, 13, 21], 3);
     example.label = Some(1.0);
-    let loss = reasonrl::train::outcome_loss(&model, &[&example], 0, 2.0, 0.0).unwrap();
+    let loss = reasonrl::train::outcome_loss(&model, &[&example], 0, 2.0, 0.0, 0.0).unwrap();
     let ids: Vec<i64> = example.tokens.iter().map(|&t| t as i64).collect();
     let values = model.head_values(&model.forward_hidden(&tch::Tensor::from_slice(&ids).unsqueeze(0))).unwrap();
     // Label 1 with weight 2 at positions 3, 4, 5 (after each response token): 2 * softplus(-v).
     let expected: f64 = (3..6).map(|j| 2.0 * (1.0 + (-values.double_value(&[0, j])).exp()).ln()).sum();
     assert!((loss.double_value(&[]) - expected).abs() < 1e-4, "{loss} vs {expected}");
     // The joint objective adds exactly the language-model loss on the response.
-    let joint = reasonrl::train::outcome_loss(&model, &[&example], 0, 2.0, 0.5).unwrap();
+    let joint = reasonrl::train::outcome_loss(&model, &[&example], 0, 2.0, 0.5, 0.0).unwrap();
     let (inputs, targets) = reasonrl::train::collate(&[&example], 0, &[], Device::Cpu);
     let lm = reasonrl::train::masked_lm_loss(&model, &inputs, &targets);
     assert!((joint.double_value(&[]) - loss.double_value(&[]) - 0.5 * lm.double_value(&[])).abs() < 1e-3);
@@ -208,7 +208,7 @@ fn an_orm_learns_which_solutions_are_right() {
     let auroc = |p: &[Vec<f32>]| reasonrl::train::orm::classifier_metrics(heldout, p)["orm/auroc"];
     let cfg = TrainConfig { lr: 3e-3, max_steps: 40, warmup_steps: 4, batch_tokens: 400, ..TrainConfig::default() };
     let mut trainer = Trainer::new(&mut model, &tokenizer, cfg, dir.path(), false).unwrap();
-    trainer.objective = reasonrl::train::Objective::Outcome { positive_weight: 1.0, lm_coef: 0.0 };
+    trainer.objective = reasonrl::train::Objective::Outcome { positive_weight: 1.0, lm_coef: 0.0, pairwise_coef: 0.0 };
     trainer.train(&examples, &mut no_eval).unwrap();
     let after = reasonrl::reward::outcome_probabilities(&model, heldout, 4096).unwrap();
     assert!(auroc(&after) > 0.9, "held-out AUROC {} (before training {})", auroc(&after), auroc(&before));

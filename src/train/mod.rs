@@ -22,7 +22,7 @@ use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use checkpoint::{Checkpoints, TrainerState};
 pub use optim::AdamW;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Kind, Reduction, Tensor};
@@ -121,11 +121,13 @@ pub struct Example {
     /// What the ORM learns to predict at every response token: 1 when the final answer is right.
     /// None for language modelling.
     pub label: Option<f32>,
+    /// Examples of one group (the ORM: solutions to one question) always share a micro-batch.
+    pub group: Option<usize>,
 }
 
 impl Example {
     pub fn new(tokens: Vec<u32>, targets_from: usize) -> Self {
-        Example { tokens, targets_from, label: None }
+        Example { tokens, targets_from, label: None, group: None }
     }
 }
 
@@ -140,7 +142,11 @@ pub enum Objective {
     /// token (the ORM); positive examples weigh `positive_weight`, negative ones 1. With
     /// `lm_coef` > 0, plus that times the next-token loss on the right solutions (Cobbe et al.
     /// 2021's joint objective), so the body keeps what it knows about writing right solutions.
-    Outcome { positive_weight: f64, lm_coef: f64 },
+    /// With `pairwise_coef` > 0, plus that times a Bradley-Terry loss on the final-token logits
+    /// of every (right, wrong) pair of one group (question), so the ORM learns to rank a
+    /// question's solutions, which is what rerank@k asks of it, not only to tell easy questions
+    /// from hard ones.
+    Outcome { positive_weight: f64, lm_coef: f64, pairwise_coef: f64 },
 }
 
 impl Default for Objective {
@@ -170,8 +176,8 @@ impl Objective {
                 let (inputs, targets) = collate(batch, pad, context_only, model.device());
                 Ok(masked_lm_loss(model, &inputs, &targets))
             }
-            Objective::Outcome { positive_weight, lm_coef } => {
-                outcome_loss(model, batch, pad, *positive_weight, *lm_coef)
+            Objective::Outcome { positive_weight, lm_coef, pairwise_coef } => {
+                outcome_loss(model, batch, pad, *positive_weight, *lm_coef, *pairwise_coef)
             }
         }
     }
@@ -194,26 +200,46 @@ pub fn learning_rate(cfg: &TrainConfig, step: usize, total_steps: usize) -> f64 
 }
 
 /// Groups example indices into micro-batches of at most `budget` tokens (rows x longest row).
-/// Examples are shuffled with (seed, epoch), then sorted by length within pools of ~64
-/// batches so that rows in a batch have similar lengths (little padding), and the batch order
-/// is shuffled again. Deterministic, so a resumed run sees the same batches.
-pub fn make_batches(lengths: &[usize], budget: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+/// Examples (or whole groups, which are never split: `groups[i]` names example i's group) are
+/// shuffled with (seed, epoch), then sorted by length within pools of ~64 batches so that rows
+/// in a batch have similar lengths (little padding), and the batch order is shuffled again.
+/// Deterministic, so a resumed run sees the same batches. A group over the budget is a batch.
+pub fn make_batches(
+    lengths: &[usize],
+    groups: &[Option<usize>],
+    budget: usize,
+    seed: u64,
+    epoch: usize,
+) -> Vec<Vec<usize>> {
     let mut rng = Rng::new(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut order: Vec<usize> = (0..lengths.len()).collect();
-    rng.shuffle(&mut order);
+    let mut units: Vec<Vec<usize>> = Vec::new();
+    let mut unit_of_group: HashMap<usize, usize> = HashMap::new();
+    for i in 0..lengths.len() {
+        match groups.get(i).copied().flatten() {
+            Some(g) => {
+                let u = *unit_of_group.entry(g).or_insert_with(|| {
+                    units.push(Vec::new());
+                    units.len() - 1
+                });
+                units[u].push(i);
+            }
+            None => units.push(vec![i]),
+        }
+    }
+    rng.shuffle(&mut units);
+    let longest = |unit: &[usize]| unit.iter().map(|&i| lengths[i]).max().unwrap_or(0);
     let mean = lengths.iter().sum::<usize>() / lengths.len().max(1);
-    let pool = (64 * budget / mean.max(1)).max(1);
+    let pool = (64 * budget / mean.max(1) * units.len() / lengths.len().max(1)).max(1);
     let mut batches = Vec::new();
-    for chunk in order.chunks_mut(pool) {
-        chunk.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    for chunk in units.chunks_mut(pool) {
+        chunk.sort_by_key(|u| std::cmp::Reverse(longest(u)));
         let mut batch: Vec<usize> = Vec::new();
-        for &i in chunk.iter() {
-            // Sorted longest first: the batch's longest row is its first.
-            let longest = batch.first().map_or(lengths[i], |&j| lengths[j]);
-            if !batch.is_empty() && longest * (batch.len() + 1) > budget {
+        for unit in chunk.iter() {
+            let longest = longest(&batch).max(longest(unit));
+            if !batch.is_empty() && longest * (batch.len() + unit.len()) > budget {
                 batches.push(std::mem::take(&mut batch));
             }
-            batch.push(i);
+            batch.extend(unit);
         }
         if !batch.is_empty() {
             batches.push(batch);
@@ -266,6 +292,7 @@ pub fn outcome_loss(
     pad: u32,
     positive_weight: f64,
     lm_coef: f64,
+    pairwise_coef: f64,
 ) -> Result<Tensor> {
     let t = batch.iter().map(|e| e.tokens.len()).max().unwrap_or(1);
     let b = batch.len();
@@ -290,8 +317,11 @@ pub fn outcome_loss(
         .ok_or_else(|| Error::Invalid("the ORM objective needs a model with a scalar head".into()))?;
     let labels_t = Tensor::from_slice(&labels).view(shape).to_device(device);
     let weights = Tensor::from_slice(&weights).view(shape).to_device(device);
-    let bce =
-        logits.to_kind(Kind::Float).binary_cross_entropy_with_logits(&labels_t, Some(&weights), None, Reduction::Sum);
+    let logits = logits.to_kind(Kind::Float);
+    let mut bce = logits.binary_cross_entropy_with_logits(&labels_t, Some(&weights), None, Reduction::Sum);
+    if pairwise_coef > 0.0 {
+        bce += pairwise_loss(&logits, batch, positive_weight)? * pairwise_coef;
+    }
     if lm_coef <= 0.0 {
         return Ok(bce);
     }
@@ -313,6 +343,45 @@ pub fn outcome_loss(
         0.0,
     );
     Ok(bce + lm * lm_coef)
+}
+
+/// For each group in the batch with right and wrong solutions: the mean over its (right, wrong)
+/// pairs of -log sigmoid(s_right - s_wrong) on the final-token logits, times the group's share
+/// of the loss normaliser (its weighted response tokens), so that the sum divided by the
+/// normaliser is a per-solution average on the scale of the per-token cross-entropy.
+fn pairwise_loss(logits: &Tensor, batch: &[&Example], positive_weight: f64) -> Result<Tensor> {
+    let mut members: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (r, e) in batch.iter().enumerate() {
+        if let Some(g) = e.group {
+            members.entry(g).or_default().push(r);
+        }
+    }
+    let last: Vec<i64> = batch.iter().map(|e| e.tokens.len() as i64 - 1).collect();
+    let finals =
+        logits.gather(1, &Tensor::from_slice(&last).to_device(logits.device()).unsqueeze(1), false).squeeze_dim(1);
+    let objective = Objective::Outcome { positive_weight, lm_coef: 0.0, pairwise_coef: 0.0 };
+    let (mut right, mut wrong, mut scale) = (Vec::new(), Vec::new(), Vec::new());
+    for rows in members.values() {
+        let is_right = |r: usize| batch[r].label.unwrap_or(0.0) >= 0.5;
+        let pairs: Vec<(i64, i64)> = rows
+            .iter()
+            .filter(|&&a| is_right(a))
+            .flat_map(|&a| rows.iter().filter(|&&b| !is_right(b)).map(move |&b| (a as i64, b as i64)))
+            .collect();
+        let weight: f64 = rows.iter().map(|&r| objective.weight(batch[r])).sum();
+        for &(a, b) in &pairs {
+            right.push(a);
+            wrong.push(b);
+            scale.push((weight / pairs.len() as f64) as f32);
+        }
+    }
+    if right.is_empty() {
+        return Ok(finals.sum(Kind::Float) * 0.0);
+    }
+    let device = logits.device();
+    let pick = |rows: &[i64]| finals.index_select(0, &Tensor::from_slice(rows).to_device(device));
+    let margin = pick(&right) - pick(&wrong);
+    Ok((margin.neg().softplus() * Tensor::from_slice(&scale).to_device(device)).sum(Kind::Float))
 }
 
 /// Metrics of one log line (`metrics.jsonl`).
@@ -380,7 +449,8 @@ impl<'a> Trainer<'a> {
             .map(|e| Example { tokens: e.tokens[..e.tokens.len().min(self.cfg.max_seq_len)].to_vec(), ..e.clone() })
             .collect();
         let lengths: Vec<usize> = examples.iter().map(|e| e.tokens.len()).collect();
-        let per_epoch = make_batches(&lengths, self.cfg.batch_tokens, self.cfg.seed, 0).len();
+        let groups: Vec<Option<usize>> = examples.iter().map(|e| e.group).collect();
+        let per_epoch = make_batches(&lengths, &groups, self.cfg.batch_tokens, self.cfg.seed, 0).len();
         let total = if self.cfg.max_steps > 0 {
             self.cfg.max_steps
         } else {
@@ -388,7 +458,7 @@ impl<'a> Trainer<'a> {
         };
         let progress = crate::progress::bar(total as u64, self.state.step as u64, "steps");
         let pad = self.tokenizer.pad_id();
-        let mut batches = make_batches(&lengths, self.cfg.batch_tokens, self.cfg.seed, self.state.epoch);
+        let mut batches = make_batches(&lengths, &groups, self.cfg.batch_tokens, self.cfg.seed, self.state.epoch);
         let mut window = (Instant::now(), 0usize); // tokens since the last log line
         let mut loss_window = (0.0f64, 0usize);
         while self.state.step < total {
@@ -398,7 +468,7 @@ impl<'a> Trainer<'a> {
                 if self.state.batch_in_epoch >= batches.len() {
                     self.state.epoch += 1;
                     self.state.batch_in_epoch = 0;
-                    batches = make_batches(&lengths, self.cfg.batch_tokens, self.cfg.seed, self.state.epoch);
+                    batches = make_batches(&lengths, &groups, self.cfg.batch_tokens, self.cfg.seed, self.state.epoch);
                 }
                 micro.push(batches[self.state.batch_in_epoch].clone());
                 self.state.batch_in_epoch += 1;
@@ -586,7 +656,7 @@ mod tests {
     #[test]
     fn batches_respect_the_budget_and_cover_every_example_once() {
         let lengths: Vec<usize> = (0..500).map(|i| 10 + (i * 37) % 90).collect();
-        let batches = make_batches(&lengths, 400, 3, 0);
+        let batches = make_batches(&lengths, &[], 400, 3, 0);
         let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
         seen.sort();
         assert_eq!(seen, (0..500).collect::<Vec<_>>());
@@ -597,8 +667,44 @@ mod tests {
         let padded: usize = batches.iter().map(|b| b.iter().map(|&i| lengths[i]).max().unwrap() * b.len()).sum();
         let real: usize = lengths.iter().sum();
         assert!((padded as f64) < 1.1 * real as f64, "bucketing keeps padding small: {padded} vs {real}");
-        assert_eq!(make_batches(&lengths, 400, 3, 0), batches, "deterministic");
-        assert_ne!(make_batches(&lengths, 400, 3, 1), batches, "a new order each epoch");
+        assert_eq!(make_batches(&lengths, &[], 400, 3, 0), batches, "deterministic");
+        assert_ne!(make_batches(&lengths, &[], 400, 3, 1), batches, "a new order each epoch");
+    }
+
+    #[test]
+    fn groups_share_a_batch_and_every_example_is_in_one() {
+        let lengths: Vec<usize> = (0..300).map(|i| 10 + (i * 37) % 90).collect();
+        let groups: Vec<Option<usize>> = (0..300).map(|i| (i % 3 != 0).then_some(i % 40)).collect();
+        let batches = make_batches(&lengths, &groups, 800, 5, 0);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..300).collect::<Vec<_>>());
+        for g in 0..40 {
+            let holding: Vec<usize> =
+                (0..batches.len()).filter(|&b| batches[b].iter().any(|&i| groups[i] == Some(g))).collect();
+            assert_eq!(holding.len(), 1, "group {g} is in batches {holding:?}");
+        }
+        assert_eq!(make_batches(&lengths, &groups, 800, 5, 0), batches, "deterministic");
+    }
+
+    #[test]
+    fn pairwise_loss_by_hand() {
+        // Group 0: right a (final logit 2), right b (0), wrong c (1); group 1 has only a wrong
+        // solution and no pair. Every example has 2 response tokens (weight 2; right ones x3).
+        let example = |label: f32, group: usize| Example {
+            label: Some(label),
+            group: Some(group),
+            ..Example::new(vec![7, 8, 9, 10], 2)
+        };
+        let batch = [example(1.0, 0), example(1.0, 0), example(0.0, 0), example(0.0, 1)];
+        let refs: Vec<&Example> = batch.iter().collect();
+        let logits =
+            Tensor::from_slice(&[0f32, 0., 0., 2., 0., 0., 0., 0., 0., 0., 0., 1., 0., 0., 0., 5.]).view([4, 4]);
+        let loss = pairwise_loss(&logits, &refs, 3.0).unwrap().double_value(&[]);
+        // Pairs (a, c): softplus(1 - 2), (b, c): softplus(1 - 0); the group weighs 6 + 6 + 2.
+        let softplus = |x: f64| (1.0 + x.exp()).ln();
+        let expected = 14.0 * (softplus(-1.0) + softplus(1.0)) / 2.0;
+        assert!((loss - expected).abs() < 1e-5, "{loss} vs {expected}");
     }
 
     #[test]

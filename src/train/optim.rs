@@ -49,6 +49,12 @@ impl AdamW {
     }
 
     pub fn step(&mut self, cfg: &TrainConfig, lr: f64) {
+        self.step_by(cfg, |_| lr)
+    }
+
+    /// A step where each parameter's learning rate comes from its name (0 leaves it unchanged:
+    /// PPO's critic warm-up trains the value head alone).
+    pub fn step_by(&mut self, cfg: &TrainConfig, lr_of: impl Fn(&str) -> f64) {
         self.steps += 1;
         let (b1, b2) = (cfg.beta1, cfg.beta2);
         let bias1 = 1.0 - b1.powi(self.steps as i32);
@@ -56,7 +62,8 @@ impl AdamW {
         tch::no_grad(|| {
             for (i, (name, p)) in self.params.iter_mut().enumerate() {
                 let g = p.grad();
-                if !g.defined() {
+                let lr = lr_of(name);
+                if !g.defined() || lr == 0.0 {
                     continue;
                 }
                 let decays = p.dim() >= 2 && !name.contains("norm");

@@ -37,6 +37,9 @@ pub struct OrmConfig {
     pub mixed_only: bool,
     /// Weight of a next-token loss on the right solutions beside the ORM loss (0 = none).
     pub lm_coef: f64,
+    /// Weight of a pairwise ranking loss between a question's right and wrong solutions (0 =
+    /// none): each question's solutions then share a batch. See [`Objective::Outcome`].
+    pub pairwise_coef: f64,
     /// Learn from these episodes (e.g. an earlier run's `samples.jsonl`) instead of sampling.
     pub episodes: Option<PathBuf>,
     pub seed: u64,
@@ -59,6 +62,7 @@ impl Default for OrmConfig {
             dedup: true,
             mixed_only: false,
             lm_coef: 0.0,
+            pairwise_coef: 0.0,
             episodes: None,
             seed: 0,
             prompt: PromptConfig::default(),
@@ -112,7 +116,15 @@ pub fn run(cfg: &OrmConfig, resume: bool, force: bool) -> Result<PathBuf> {
     if cfg.mixed_only {
         keep_mixed_questions(&mut train);
     }
-    let examples: Vec<Example> = train.iter().map(outcome_example).collect();
+    let mut question_index: HashMap<&str, usize> = HashMap::new();
+    let examples: Vec<Example> = train
+        .iter()
+        .map(|e| {
+            let next = question_index.len();
+            let group = *question_index.entry(e.problem_id.as_str()).or_insert(next);
+            Example { group: (cfg.pairwise_coef > 0.0).then_some(group), ..outcome_example(e) }
+        })
+        .collect();
     let positives = examples.iter().filter(|e| e.label == Some(1.0)).count();
     let negatives = examples.len() - positives;
     if positives == 0 || negatives == 0 {
@@ -132,7 +144,7 @@ pub fn run(cfg: &OrmConfig, resume: bool, force: bool) -> Result<PathBuf> {
     // 3. Train the scalar head (and the body) with binary cross-entropy at every response token.
     let mut trainer = Trainer::new(&mut model, &tokenizer, cfg.train.clone(), &dir, resume)?;
     let positive_weight = if cfg.balance { negatives as f64 / positives as f64 } else { 1.0 };
-    trainer.objective = Objective::Outcome { positive_weight, lm_coef: cfg.lm_coef };
+    trainer.objective = Objective::Outcome { positive_weight, lm_coef: cfg.lm_coef, pairwise_coef: cfg.pairwise_coef };
     trainer.best_metric = Some("orm/auroc".into());
     let mut eval = |m: &CausalLm, _: &super::checkpoint::TrainerState| {
         let p = outcome_probabilities(m, &heldout, cfg.eval_batch_tokens)?;

@@ -19,6 +19,7 @@ use super::rl::{
 use super::rounds::RoundEval;
 use super::{learning_rate, AdamW, Metrics, RunConfig, TrainConfig};
 use crate::error::{Error, Result};
+use crate::model::llama::HEAD_PREFIX;
 use crate::model::CausalLm;
 use crate::prompt::PromptConfig;
 use crate::rng::Rng;
@@ -63,6 +64,12 @@ pub struct PpoConfig {
     pub whiten_advantages: bool,
     /// "shared" (a value head on the policy's trunk) or "separate" (a critic model of its own).
     pub critic: String,
+    /// Learning rate of the value head (shared) or the critic (separate); 0 = `optim.lr`. A fresh
+    /// head learns too slowly at a policy's learning rate: its explained variance stays negative.
+    pub value_lr: f64,
+    /// First updates that train only the value function (OpenRLHF's frozen-actor steps): the
+    /// policy is not changed, but their samples count.
+    pub critic_warmup_updates: usize,
     pub reward: RewardConfig,
     pub prompt: PromptConfig,
     /// Optimiser: lr, schedule, warm-up, AdamW betas, weight decay, gradient clipping (the
@@ -104,6 +111,8 @@ impl Default for PpoConfig {
             target_kl: 0.1,
             whiten_advantages: true,
             critic: "shared".into(),
+            value_lr: 0.0,
+            critic_warmup_updates: 0,
             reward: RewardConfig::default(),
             prompt: PromptConfig::default(),
             optim: TrainConfig {
@@ -203,7 +212,10 @@ pub fn run(cfg: &PpoConfig, force: bool) -> Result<PathBuf> {
                 let lr = learning_rate(&cfg.optim, step, total_steps);
                 step += 1;
                 let critic = critic.as_mut().zip(critic_optimizer.as_mut());
-                let approx_kl = minibatch_step(cfg, &batch, mb, &policy, &mut optimizer, critic, lr, &mut stats)?;
+                let value_lr = if cfg.value_lr > 0.0 { lr * cfg.value_lr / cfg.optim.lr } else { lr };
+                let policy_lr = if update > cfg.critic_warmup_updates { lr } else { 0.0 };
+                let lrs = (policy_lr, value_lr);
+                let approx_kl = minibatch_step(cfg, &batch, mb, &policy, &mut optimizer, critic, lrs, &mut stats)?;
                 if cfg.target_kl > 0.0 && approx_kl > cfg.target_kl {
                     stats.early_stops += 1;
                     break 'epochs;
@@ -249,7 +261,8 @@ impl UpdateStats {
     }
 }
 
-/// One optimiser step on minibatch `mb` of the rollout batch; returns the approximate KL.
+/// One optimiser step on minibatch `mb` of the rollout batch at learning rates (policy, value; a
+/// policy rate of 0 trains the value function alone); returns the approximate KL.
 #[allow(clippy::too_many_arguments)]
 fn minibatch_step(
     cfg: &PpoConfig,
@@ -258,7 +271,7 @@ fn minibatch_step(
     policy: &CausalLm,
     optimizer: &mut AdamW,
     critic: Option<(&mut CausalLm, &mut AdamW)>,
-    lr: f64,
+    (policy_lr, value_lr): (f64, f64),
     stats: &mut UpdateStats,
 ) -> Result<f64> {
     let episodes: Vec<&Episode> = mb.iter().map(|&i| &batch.episodes[i]).collect();
@@ -272,7 +285,7 @@ fn minibatch_step(
     let (policy_loss, clip_fraction, approx_kl) =
         clipped_policy_loss(&scored.logprobs, &old_logprobs, &advantages, &scored.mask, cfg.clip);
     let entropy = masked_mean(&scored.entropy, &scored.mask);
-    let mut loss = &policy_loss - &entropy * cfg.ent_coef;
+    let mut loss = if policy_lr > 0.0 { &policy_loss - &entropy * cfg.ent_coef } else { policy_loss.zeros_like() };
     let value_loss = match critic {
         None => {
             let values = scored.values.as_ref().expect("a shared critic is the policy's head");
@@ -286,7 +299,7 @@ fn minibatch_step(
             critic_optimizer.zero_grad();
             value_loss.backward();
             critic_optimizer.clip_grad_norm(cfg.optim.grad_clip);
-            critic_optimizer.step(&cfg.optim, lr);
+            critic_optimizer.step(&cfg.optim, value_lr);
             value_loss.double_value(&[])
         }
     };
@@ -295,9 +308,14 @@ fn minibatch_step(
         return Err(Error::Invalid(format!("PPO loss is {loss_value}: stopping (lower optim.lr?)")));
     }
     optimizer.zero_grad();
-    loss.backward();
-    let grad_norm = optimizer.clip_grad_norm(cfg.optim.grad_clip);
-    optimizer.step(&cfg.optim, lr);
+    let grad_norm = if loss.requires_grad() {
+        loss.backward();
+        let grad_norm = optimizer.clip_grad_norm(cfg.optim.grad_clip);
+        optimizer.step_by(&cfg.optim, |name| if name.starts_with(HEAD_PREFIX) { value_lr } else { policy_lr });
+        grad_norm
+    } else {
+        0.0
+    };
     let approx_kl = approx_kl.double_value(&[]);
     stats.steps += 1;
     stats.add("ppo/policy_loss", policy_loss.double_value(&[]));
@@ -306,6 +324,7 @@ fn minibatch_step(
     stats.add("ppo/approx_kl", approx_kl);
     stats.add("ppo/clip_fraction", clip_fraction.double_value(&[]));
     stats.add("ppo/grad_norm", grad_norm);
-    stats.add("lr", lr);
+    stats.add("lr", policy_lr);
+    stats.add("lr/value", value_lr);
     Ok(approx_kl)
 }
