@@ -318,12 +318,12 @@ pub fn outcome_loss(
     let labels_t = Tensor::from_slice(&labels).view(shape).to_device(device);
     let weights = Tensor::from_slice(&weights).view(shape).to_device(device);
     let logits = logits.to_kind(Kind::Float);
-    let mut bce = logits.binary_cross_entropy_with_logits(&labels_t, Some(&weights), None, Reduction::Sum);
+    let mut loss = logits.binary_cross_entropy_with_logits(&labels_t, Some(&weights), None, Reduction::Sum);
     if pairwise_coef > 0.0 {
-        bce += pairwise_loss(&logits, batch, positive_weight)? * pairwise_coef;
+        loss += pairwise_loss(&logits, batch, positive_weight) * pairwise_coef;
     }
     if lm_coef <= 0.0 {
-        return Ok(bce);
+        return Ok(loss);
     }
     // Next-token targets on the responses of right solutions only.
     let mut targets = vec![-100i64; b * t];
@@ -342,14 +342,14 @@ pub fn outcome_loss(
         -100,
         0.0,
     );
-    Ok(bce + lm * lm_coef)
+    Ok(loss + lm * lm_coef)
 }
 
 /// For each group in the batch with right and wrong solutions: the mean over its (right, wrong)
 /// pairs of -log sigmoid(s_right - s_wrong) on the final-token logits, times the group's share
 /// of the loss normaliser (its weighted response tokens), so that the sum divided by the
 /// normaliser is a per-solution average on the scale of the per-token cross-entropy.
-fn pairwise_loss(logits: &Tensor, batch: &[&Example], positive_weight: f64) -> Result<Tensor> {
+fn pairwise_loss(logits: &Tensor, batch: &[&Example], positive_weight: f64) -> Tensor {
     let mut members: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (r, e) in batch.iter().enumerate() {
         if let Some(g) = e.group {
@@ -376,12 +376,12 @@ fn pairwise_loss(logits: &Tensor, batch: &[&Example], positive_weight: f64) -> R
         }
     }
     if right.is_empty() {
-        return Ok(finals.sum(Kind::Float) * 0.0);
+        return finals.sum(Kind::Float) * 0.0;
     }
     let device = logits.device();
     let pick = |rows: &[i64]| finals.index_select(0, &Tensor::from_slice(rows).to_device(device));
     let margin = pick(&right) - pick(&wrong);
-    Ok((margin.neg().softplus() * Tensor::from_slice(&scale).to_device(device)).sum(Kind::Float))
+    (margin.neg().softplus() * Tensor::from_slice(&scale).to_device(device)).sum(Kind::Float)
 }
 
 /// Metrics of one log line (`metrics.jsonl`).
@@ -700,7 +700,7 @@ mod tests {
         let refs: Vec<&Example> = batch.iter().collect();
         let logits =
             Tensor::from_slice(&[0f32, 0., 0., 2., 0., 0., 0., 0., 0., 0., 0., 1., 0., 0., 0., 5.]).view([4, 4]);
-        let loss = pairwise_loss(&logits, &refs, 3.0).unwrap().double_value(&[]);
+        let loss = pairwise_loss(&logits, &refs, 3.0).double_value(&[]);
         // Pairs (a, c): softplus(1 - 2), (b, c): softplus(1 - 0); the group weighs 6 + 6 + 2.
         let softplus = |x: f64| (1.0 + x.exp()).ln();
         let expected = 14.0 * (softplus(-1.0) + softplus(1.0)) / 2.0;
