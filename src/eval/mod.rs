@@ -495,7 +495,8 @@ pub fn read_episodes(path: &Path) -> Result<Vec<Episode>> {
 }
 
 /// Paired differences (this run minus a baseline) on the same problems, each with a 95%
-/// bootstrap interval over problems: maj@1, and pass@k for every k both runs have. Pairing
+/// bootstrap interval over problems: maj@1 (greedy), and maj@k, rerank@k (k > 1) and pass@k for
+/// every k both runs have. Pairing
 /// removes the spread of problem difficulty, so it detects a change that the two separate
 /// intervals would hide. Errors when the runs did not evaluate the same problems.
 pub fn paired_differences(
@@ -522,9 +523,26 @@ pub fn paired_differences(
     if pairs.iter().all(|(a, b)| greedy(a).is_some() && greedy(b).is_some()) {
         add("maj@1".into(), pairs.iter().map(|(a, b)| greedy(a).unwrap() - greedy(b).unwrap()).collect());
     }
+    let value = |metric: &str, r: &ProblemRecord, k: usize| match metric {
+        // The majority answer is right when the first of the first k samples that gave it is.
+        "maj" => {
+            let answer = r.majority.get(&k)?.as_ref();
+            let first = r.samples.iter().take(k).find(|s| answer.is_some() && s.extracted_answer.as_ref() == answer);
+            Some(first.is_some_and(|s| s.correct) as u8 as f64)
+        }
+        "rerank" => r.rerank.get(&k).map(|&ok| ok as u8 as f64),
+        _ => r.pass.get(&k).copied(),
+    };
     for k in run.first().map(|r| r.pass.keys().copied().collect::<Vec<_>>()).unwrap_or_default() {
-        if pairs.iter().all(|(a, b)| a.pass.contains_key(&k) && b.pass.contains_key(&k)) {
-            add(format!("pass@{k}"), pairs.iter().map(|(a, b)| a.pass[&k] - b.pass[&k]).collect());
+        for metric in ["maj", "rerank", "pass"] {
+            if k == 1 && metric != "pass" {
+                continue; // sampled maj@1 and rerank@1 are pass@1's first sample; maj@1 is greedy
+            }
+            let diffs: Option<Vec<f64>> =
+                pairs.iter().map(|(a, b)| Some(value(metric, a, k)? - value(metric, b, k)?)).collect();
+            if let Some(diffs) = diffs {
+                add(format!("{metric}@{k}"), diffs);
+            }
         }
     }
     Ok(out)
@@ -879,6 +897,19 @@ mod tests {
         let d = paired_differences(&run, &base, 200, 1).unwrap();
         assert!(close(d["maj@1"].value, 1.0 / 3.0));
         assert!(close(d["pass@2"].value, 0.0) && close(d["pass@2"].lo, 0.0));
+        assert!(!d.contains_key("rerank@2"), "no scores, no rerank");
+        // B's first sample turns right: its first two samples both say 5 -> maj@2 right, pass@2
+        // up by 1/C(4,2) = 1/6 over three problems; rerank@2 picks sample 1 (higher mean
+        // log-prob), right either way.
+        let mut samples_b = samples.clone();
+        samples_b[3] = ep("B", "5", 0, "w1", Some("5"), &[-0.5]);
+        let with_scores = |s: &[Episode]| Some(MeanLogprobScorer.score(s).unwrap());
+        let (base, _) = evaluate(&greedy, &samples, with_scores(&samples).as_deref(), &opts(&[2])).unwrap();
+        let (run, _) = evaluate(&greedy, &samples_b, with_scores(&samples_b).as_deref(), &opts(&[2])).unwrap();
+        let d = paired_differences(&run, &base, 200, 1).unwrap();
+        assert!(close(d["maj@2"].value, 1.0 / 3.0), "{:?}", d["maj@2"]);
+        assert!(close(d["rerank@2"].value, 0.0));
+        assert!(close(d["pass@2"].value, 1.0 / 18.0), "{:?}", d["pass@2"]);
         assert!(paired_differences(&run[..2], &base, 200, 1).is_err(), "other problems");
     }
 }

@@ -109,6 +109,7 @@ pub fn run(cfg: &EvalConfig, force: bool) -> Result<EvalSummary> {
         let mut md = format!("\nPaired difference vs {} (same problems):\n\n", baseline.display());
         md.push_str("| metric | difference | 95% CI |\n|---|---:|---|\n");
         for (name, m) in &diffs {
+            let name = if name == "maj@1" { "maj@1 (greedy)" } else { name };
             md.push_str(&format!(
                 "| {name} | {:+.1} pts | [{:+.1}, {:+.1}] |\n",
                 100.0 * m.value,
