@@ -148,6 +148,12 @@ pub fn run(cfg: &PpoConfig, force: bool) -> Result<PathBuf> {
             "epochs, minibatches, prompts_per_update and samples_per_prompt must be positive".into(),
         ));
     }
+    if cfg.value_lr < 0.0 || cfg.optim.lr <= 0.0 {
+        return Err(Error::Invalid(format!(
+            "optim.lr {} must be positive and value_lr {} not negative",
+            cfg.optim.lr, cfg.value_lr
+        )));
+    }
     let settings = PgSettings {
         run: &cfg.run,
         model: &cfg.model,
