@@ -97,10 +97,11 @@ smollm2)
   echo "== throughput"
   $bin/reasonrl bench --model "$work/smollm2" --device "$device" --dtype f32 --train-steps 5 --sample-batches 64,256
   task="gsm8k:.gpu/data/gsm8k"
-  chat=(--set prompt.format=chat --set prompt.shots=0 --set "task=$task" --set run.device=$device)
+  prompt=(--set prompt.format=chat --set prompt.shots=0 --set "task=$task")
+  chat=("${prompt[@]}" --set run.device=$device)
   gsm8k_eval() { # model out
-    $bin/reasonrl eval --config configs/eval-gsm8k.toml --set "model=$1" --set "out=$2" --set "task=$task" \
-      --set prompt.format=chat --set prompt.shots=0 --set "problems=${PROBLEMS:-300}" --set samples=0 \
+    $bin/reasonrl eval --config configs/eval-gsm8k.toml --set "model=$1" --set "out=$2" "${prompt[@]}" \
+      --set "problems=${PROBLEMS:-300}" --set samples=0 \
       --set max_new_tokens=256 --set batch_size=300 --set "device=$device" --force | grep -E "maj@1|Problems"
   }
   echo "== GSM8K test, before"

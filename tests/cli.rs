@@ -44,8 +44,7 @@ fn pipeline_runs_and_refuses_to_overwrite() {
 
     let args = ["sample", "--model", s(&model), "--task", &gsm, "--limit", "3", "-k", "2", "--temperature", "1"];
     ok(&[&args[..], &["--max-new-tokens", "8", "--out", s(&samples)]].concat());
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(&samples).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = json_lines(&samples);
     assert_eq!(lines.len(), 6);
     assert!(lines.iter().all(|e| e["correct"].is_boolean() && e["response_tokens"].as_array().unwrap().len() <= 8));
     let err = fails(&[&args[..], &["--out", s(&samples)]].concat());
@@ -169,11 +168,7 @@ fn expert_iteration_runs_its_rounds_and_counts_samples() {
         args.extend(["--set".to_string(), kv]);
     }
     ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("ei/metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&dir.path().join("ei/metrics.jsonl"));
     let samples: Vec<f64> = lines.iter().map(|l| l["samples_seen"].as_f64().unwrap()).collect();
     assert_eq!(samples, vec![0.0, 18.0, 36.0], "cumulative samples per round");
     assert!(lines[1]["pool_size"].as_f64().unwrap() >= 6.0, "references are in the pool");
@@ -227,6 +222,27 @@ fn with_sets(command: &[&str], sets: &[String], extra: &[&str]) -> Vec<String> {
     }
     args.extend(extra.iter().map(|a| a.to_string()));
     args
+}
+
+/// A tiny from-scratch policy in `dir/model`, and the settings of a two-update PPO or GRPO run
+/// from it into `dir`.
+fn two_tiny_updates(dir: &Path) -> Vec<String> {
+    let model = dir.join("model");
+    ok(&["model", "init", "--preset", "tiny", "--task", "builtin:1", "--vocab-size", "300", "--out", s(&model)]);
+    vec![
+        format!("model={}", s(&model)),
+        format!("run.out_dir={}", s(dir)),
+        "task=builtin:1".into(),
+        "questions=20".into(),
+        "updates=2".into(),
+        "prompts_per_update=4".into(),
+        "max_new_tokens=10".into(),
+    ]
+}
+
+/// The parsed lines of a JSON-lines file (metrics.jsonl, samples.jsonl).
+fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 fn strs(args: &[String]) -> Vec<&str> {
@@ -301,11 +317,7 @@ fn orm_reranks_and_rcrl_learns_from_labels() {
         "eval.max_new_tokens=8".into(),
     ];
     ok(&strs(&with_sets(&["rcrl"], &rcrl_sets, &[])));
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("rcrl/metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&dir.path().join("rcrl/metrics.jsonl"));
     let seen: Vec<f64> = lines.iter().map(|l| l["samples_seen"].as_f64().unwrap()).collect();
     assert_eq!(seen, vec![0.0, 8.0, 16.0]);
     assert!(lines[1]["pool_size"].as_f64().unwrap() >= 4.0 && lines[2]["pool_good_label_fraction"].is_number());
@@ -325,23 +337,15 @@ fn orm_reranks_and_rcrl_learns_from_labels() {
 #[test]
 fn ppo_and_grpo_run_their_updates() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    ok(&["model", "init", "--preset", "tiny", "--task", "builtin:1", "--vocab-size", "300", "--out", s(&model)]);
-    let common = [
-        format!("model={}", s(&model)),
-        format!("run.out_dir={}", s(dir.path())),
-        "task=builtin:1".into(),
-        "questions=20".into(),
-        "updates=2".into(),
-        "prompts_per_update=4".into(),
-        "max_new_tokens=10".into(),
+    let mut common = two_tiny_updates(dir.path());
+    common.extend([
         "minibatches=2".into(),
         "eval_every=1".into(),
         "eval.problems=3".into(),
         "eval.samples=2".into(),
         "eval.ks=[1,2]".into(),
         "eval.max_new_tokens=8".into(),
-    ];
+    ]);
     let mut ppo = common.to_vec();
     ppo.extend(["epochs=2".into(), "reward.kind=heuristic".into(), "critic=separate".into()]);
     ok(&strs(&with_sets(&["ppo"], &ppo, &[])));
@@ -352,11 +356,7 @@ fn ppo_and_grpo_run_their_updates() {
         ("ppo", &["ppo/clip_fraction", "ppo/value_loss", "kl/reference", "value/explained_variance"][..]),
         ("grpo", &["grpo/kl_k3", "grpo/informative_groups"][..]),
     ] {
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join(run).join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = json_lines(&dir.path().join(run).join("metrics.jsonl"));
         assert_eq!(lines.len(), 3, "{run}: the start and two updates");
         let last = &lines[2];
         assert!(keys.iter().all(|k| last.get(*k).is_some()), "{run}: {last}");
@@ -371,16 +371,9 @@ fn ppo_and_grpo_run_their_updates() {
 fn ppo_critic_warmup_trains_the_value_head_alone() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
-    ok(&["model", "init", "--preset", "tiny", "--task", "builtin:1", "--vocab-size", "300", "--out", s(&model)]);
-    let sets = [
-        format!("model={}", s(&model)),
-        format!("run.out_dir={}", s(dir.path())),
-        "task=builtin:1".into(),
-        "questions=20".into(),
-        "updates=2".into(),
-        "prompts_per_update=4".into(),
+    let mut sets = two_tiny_updates(dir.path());
+    sets.extend([
         "samples_per_prompt=2".into(),
-        "max_new_tokens=10".into(),
         "eval_every=0".into(),
         "eval.problems=2".into(),
         "eval.samples=0".into(),
@@ -391,7 +384,7 @@ fn ppo_critic_warmup_trains_the_value_head_alone() {
         "critic_warmup_updates=1".into(),
         "save_every=1".into(),
         "target_kl=0".into(),
-    ];
+    ]);
     ok(&strs(&with_sets(&["ppo"], &sets, &[])));
     let weights = |path: &std::path::Path| {
         let m = reasonrl::model::CausalLm::load(path, tch::Device::Cpu, false).unwrap();
@@ -406,11 +399,7 @@ fn ppo_critic_warmup_trains_the_value_head_alone() {
         (weights(&model), weights(&dir.path().join("ppo/update-1")), weights(&dir.path().join("ppo/final")));
     assert!(same(&start, &warm), "the policy is untouched while only the critic trains");
     assert!(!same(&start, &last), "the policy trains after the warm-up");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("ppo/metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&dir.path().join("ppo/metrics.jsonl"));
     assert_eq!((lines[1]["lr"].as_f64(), lines[1]["lr/value"].as_f64()), (Some(0.0), Some(1e-2)));
     assert!(lines[2]["lr"].as_f64().unwrap() > 0.0);
 }

@@ -199,9 +199,9 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
                 });
             }
             let scorer = orm.clone().filter(|_| cfg.rerank == "orm");
-            let eval = |model: &Path, out: PathBuf, prompt: PromptConfig| Job {
+            let eval = |model: &Path, out: PathBuf, prompt: PromptConfig, scorer: Option<PathBuf>| Job {
                 dir: out,
-                action: Action::Eval { model: model.to_path_buf(), scorer: scorer.clone(), prompt },
+                action: Action::Eval { model: model.to_path_buf(), scorer, prompt },
             };
             let start = Row {
                 size: size.clone(),
@@ -212,7 +212,7 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
                 run: None,
                 eval: at(&format!("{init}-eval")),
             };
-            jobs.push(eval(&model, start.eval.clone(), prompt.clone()));
+            jobs.push(eval(&model, start.eval.clone(), prompt.clone(), scorer.clone()));
             rows.push(start.clone());
             for experiment in &cfg.experiments {
                 for &seed in &cfg.seeds {
@@ -227,14 +227,13 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
                     jobs.push(Job { dir: run.clone(), action });
                     // An RCRL model is asked as a good solver, before every step in the dense variants.
                     // Its samples hold control tokens the init's ORM never saw: rerank by mean log-prob.
-                    let mut eval_job = eval(&run, run.join("eval"), prompt.clone());
+                    let (mut eval_prompt, mut eval_scorer) = (prompt.clone(), scorer.clone());
                     if experiment.algorithm == "rcrl" {
-                        let Action::Eval { prompt, scorer, .. } = &mut eval_job.action else { unreachable!() };
-                        prompt.condition = rcrl::GOOD.into();
-                        prompt.condition_every_step = experiment.reward != "sparse";
-                        *scorer = None;
+                        eval_prompt.condition = rcrl::GOOD.into();
+                        eval_prompt.condition_every_step = experiment.reward != "sparse";
+                        eval_scorer = None;
                     }
-                    jobs.push(eval_job);
+                    jobs.push(eval(&run, run.join("eval"), eval_prompt, eval_scorer));
                     rows.push(Row {
                         algorithm: experiment.algorithm.clone(),
                         reward: experiment.reward.clone(),
