@@ -37,7 +37,7 @@ enum Command {
     /// Return-Conditioned RL: learn from [GOOD]/[BAD]-labelled solutions, sample as [GOOD].
     Rcrl(ConfigArgs),
     /// PPO: value head, GAE, clipped losses, KL penalty to the initial policy.
-    Ppo(ConfigArgs),
+    Ppo(RunArgs),
     /// GRPO or RLOO: group-relative advantages, no critic.
     Grpo(GrpoArgs),
     /// The paper's comparison: a grid of runs, then report.md with the table, plots and findings.
@@ -84,11 +84,11 @@ struct EvalArgs {
     scorer: Option<String>,
 }
 
-/// `reasonrl grpo`: a config and overrides, plus the advantage estimator.
+/// `reasonrl grpo`: a run's arguments, plus the advantage estimator.
 #[derive(Args)]
 struct GrpoArgs {
     #[command(flatten)]
-    config: ConfigArgs,
+    run: RunArgs,
     /// grpo ((R - mean) / std in the group) or rloo (leave-one-out baseline).
     #[arg(long)]
     estimator: Option<String>,
@@ -341,16 +341,16 @@ fn run(cli: Cli) -> Result<()> {
             println!("return-conditioned policy saved to {} (sample it with prompt.condition=[GOOD])", out.display());
         }
         Command::Ppo(args) => {
-            let cfg: reasonrl::train::ppo::PpoConfig = load_config(&args)?;
-            let out = reasonrl::train::ppo::run(&cfg, args.force)?;
+            let cfg: reasonrl::train::ppo::PpoConfig = load_config(&args.config)?;
+            let out = reasonrl::train::ppo::run(&cfg, args.resume, args.config.force)?;
             println!("PPO policy saved to {}", out.display());
         }
         Command::Grpo(args) => {
-            let mut cfg: reasonrl::train::grpo::GrpoConfig = load_config(&args.config)?;
+            let mut cfg: reasonrl::train::grpo::GrpoConfig = load_config(&args.run.config)?;
             if let Some(estimator) = args.estimator {
                 cfg.estimator = estimator;
             }
-            let out = reasonrl::train::grpo::run(&cfg, args.config.force)?;
+            let out = reasonrl::train::grpo::run(&cfg, args.run.resume, args.run.config.force)?;
             println!("{} policy saved to {}", cfg.estimator.to_uppercase(), out.display());
         }
         Command::Study(args) => {

@@ -240,6 +240,20 @@ fn two_tiny_updates(dir: &Path) -> Vec<String> {
     ]
 }
 
+/// A model folder's parameters by name, with or without its value head.
+fn weights(path: &Path, head: bool) -> Vec<(String, tch::Tensor)> {
+    let m = reasonrl::model::CausalLm::load(path, tch::Device::Cpu, head).unwrap();
+    let is_head = |name: &str| name.starts_with(reasonrl::model::llama::HEAD_PREFIX);
+    let mut v: Vec<(String, tch::Tensor)> =
+        m.vs.variables().into_iter().filter(|(name, _)| head || !is_head(name)).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn same(a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|((n, x), (m, y))| n == m && x.equal(y))
+}
+
 /// The parsed lines of a JSON-lines file (metrics.jsonl, samples.jsonl).
 fn json_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
@@ -277,10 +291,12 @@ fn orm_reranks_and_rcrl_learns_from_labels() {
         "holdout=0.25".into(),
         "train.max_steps=3".into(),
         "train.eval_every=1".into(),
+        "best_by=auroc_within".into(),
     ];
     ok(&strs(&with_sets(&["orm"], &orm_sets, &[])));
     let orm = dir.path().join("orm/final");
     assert!(orm.join("head.safetensors").exists() && orm.join("tokenizer.json").exists());
+    assert!(dir.path().join("orm/best/head.safetensors").exists(), "best/ is kept by the within-question AUROC");
     let metrics = std::fs::read_to_string(dir.path().join("orm/metrics.jsonl")).unwrap();
     assert!(metrics.contains("orm/auroc") && metrics.contains("orm/ece"), "{metrics}");
 
@@ -386,20 +402,49 @@ fn ppo_critic_warmup_trains_the_value_head_alone() {
         "target_kl=0".into(),
     ]);
     ok(&strs(&with_sets(&["ppo"], &sets, &[])));
-    let weights = |path: &std::path::Path| {
-        let m = reasonrl::model::CausalLm::load(path, tch::Device::Cpu, false).unwrap();
-        let mut v: Vec<(String, tch::Tensor)> = m.vs.variables().into_iter().collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
-    let same = |a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)]| {
-        a.iter().zip(b).all(|((n, x), (m, y))| n == m && x.equal(y))
-    };
+    let policy = |path: &Path| weights(path, false);
     let (start, warm, last) =
-        (weights(&model), weights(&dir.path().join("ppo/update-1")), weights(&dir.path().join("ppo/final")));
+        (policy(&model), policy(&dir.path().join("ppo/checkpoints/step-1")), policy(&dir.path().join("ppo/final")));
     assert!(same(&start, &warm), "the policy is untouched while only the critic trains");
     assert!(!same(&start, &last), "the policy trains after the warm-up");
     let lines = json_lines(&dir.path().join("ppo/metrics.jsonl"));
     assert_eq!((lines[1]["lr"].as_f64(), lines[1]["lr/value"].as_f64()), (Some(0.0), Some(1e-2)));
     assert!(lines[2]["lr"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn ppo_and_grpo_resume_exactly() {
+    // Each runs three updates straight through, and again with its newest checkpoint (and final
+    // model) deleted, as if killed after update 2, then resumed: the same policy, critic and log.
+    let dir = tempfile::tempdir().unwrap();
+    let mut common = two_tiny_updates(dir.path());
+    common.extend(
+        ["updates=3", "save_every=1", "eval_every=0", "eval.problems=2", "eval.samples=0", "eval.max_new_tokens=4"]
+            .map(String::from),
+    );
+    let ppo = ["critic=separate", "adaptive_kl=true", "samples_per_prompt=2", "optim.lr=1e-3", "target_kl=0"];
+    for (algorithm, extra) in [("ppo", &ppo[..]), ("grpo", &["group_size=2", "optim.lr=1e-3"][..])] {
+        let mut sets = common.clone();
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        let (straight, resumed) =
+            (dir.path().join(format!("{algorithm}-a")), dir.path().join(format!("{algorithm}-b")));
+        for run in [&straight, &resumed] {
+            let name = format!("run.name={}", run.file_name().unwrap().to_str().unwrap());
+            ok(&strs(&with_sets(&[algorithm], &[sets.clone(), vec![name]].concat(), &[])));
+        }
+        for gone in ["checkpoints/step-3", "critic/checkpoints/step-3", "final"] {
+            let _ = std::fs::remove_dir_all(resumed.join(gone));
+        }
+        let name = format!("run.name={algorithm}-b");
+        let err = fails(&strs(&with_sets(&[algorithm], &[sets.clone(), vec![name.clone()]].concat(), &[])));
+        assert!(err.contains("--resume"), "{err}");
+        ok(&strs(&with_sets(&[algorithm], &[sets, vec![name]].concat(), &["--resume"])));
+        assert!(same(&weights(&straight.join("final"), false), &weights(&resumed.join("final"), false)), "{algorithm}");
+        if algorithm == "ppo" {
+            let critic = |run: &Path| weights(&run.join("critic/checkpoints/step-3"), true);
+            assert!(same(&critic(&straight), &critic(&resumed)), "ppo: critic");
+        }
+        let (a, b) = (json_lines(&straight.join("metrics.jsonl")), json_lines(&resumed.join("metrics.jsonl")));
+        assert_eq!(a, b, "{algorithm}: the log, line for line");
+    }
 }

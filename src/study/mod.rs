@@ -7,7 +7,7 @@
 //! then it runs each experiment from each init and seed and evaluates the result on the test
 //! split. Each of these jobs writes `done.json` into its folder when it finishes, so rerunning
 //! the study skips finished jobs, resumes the interrupted one where its trainer can (pretrain,
-//! SFT, ORM) or starts it over (EI, PPO, GRPO/RLOO, RCRL), and records a failed job's error
+//! SFT, ORM, PPO, GRPO/RLOO) or starts it over (EI, RCRL), and records a failed job's error
 //! (`failed.txt`) and goes on with the jobs that do not need it.
 
 pub mod report;
@@ -414,10 +414,10 @@ fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
                     set.push(format!("reward.kind={}", quoted(&experiment.reward)));
                     set.extend(orm_path.map(|p| format!("reward.orm={p}")));
                     if algorithm == "ppo" {
-                        ppo::run(&stage_config(&cfg.ppo, set)?, true)
+                        ppo::run(&stage_config(&cfg.ppo, set)?, resume, !resume)
                     } else {
                         set.push(format!("estimator={}", quoted(algorithm)));
-                        grpo::run(&stage_config(&cfg.grpo, set)?, true)
+                        grpo::run(&stage_config(&cfg.grpo, set)?, resume, !resume)
                     }
                 }
             }

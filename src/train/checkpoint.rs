@@ -32,6 +32,18 @@ pub struct TrainerState {
     /// Size and CRC-32 of every other file of the checkpoint.
     #[serde(default)]
     pub files: BTreeMap<String, FileSum>,
+    /// A policy-gradient run's clocks (its `step` counts updates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_gradient: Option<PgState>,
+}
+
+/// What a policy-gradient run carries from one update to the next besides its models.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PgState {
+    /// Minibatch steps so far: the learning-rate schedule's clock.
+    pub lr_step: usize,
+    /// The KL coefficient (it moves under PPO's adaptive controller).
+    pub kl_coef: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -10,12 +10,15 @@
 //! kl_coef * k3-KL to the frozen reference as a loss term (`kl_in_reward = false`, GRPO's way) or
 //! with kl_coef * the summed log-ratio subtracted from R (RLOO's way). No value model.
 
-use super::rl::{clipped_policy_loss, kl_k3, masked_mean, pad_rows, score_responses, PgRun, PgSettings, RewardConfig};
+use super::checkpoint::PgState;
+use super::rl::{
+    clipped_policy_loss, kl_k3, masked_mean, minibatch_rng, pad_rows, score_responses, PgRun, PgSettings, RewardConfig,
+    Trained,
+};
 use super::rounds::RoundEval;
 use super::{learning_rate, AdamW, Metrics, RunConfig, TrainConfig};
 use crate::error::{Error, Result};
 use crate::prompt::PromptConfig;
-use crate::rng::Rng;
 use crate::rollout::Episode;
 use std::path::PathBuf;
 
@@ -120,7 +123,7 @@ pub fn rloo_advantages(rewards: &[f64]) -> Vec<f64> {
 }
 
 /// Runs GRPO or RLOO; the policy ends in `RUN/final`.
-pub fn run(cfg: &GrpoConfig, force: bool) -> Result<PathBuf> {
+pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
     if !["grpo", "rloo"].contains(&cfg.estimator.as_str()) {
         return Err(Error::Invalid(format!("estimator `{}`: use grpo or rloo", cfg.estimator)));
     }
@@ -145,13 +148,16 @@ pub fn run(cfg: &GrpoConfig, force: bool) -> Result<PathBuf> {
         eval: &cfg.eval,
         save_every: cfg.save_every,
     };
-    let (mut run, policy) = PgRun::start(settings, &crate::config::to_toml(cfg), false, force)?;
+    let (mut run, mut policy) = PgRun::start(settings, &crate::config::to_toml(cfg), false, resume, force)?;
     let mut optimizer = AdamW::new(&policy);
-    let mut rng = Rng::new(cfg.seed ^ 0x5eed);
+    let (mut done, mut step) = (0, 0);
+    if resume {
+        (done, PgState { lr_step: step, .. }) =
+            run.resume(&mut policy, &mut optimizer, None, cfg.prompts_per_update)?;
+    }
     let total_steps = cfg.updates * cfg.epochs * cfg.minibatches;
-    let mut step = 0;
 
-    for update in 1..=cfg.updates {
+    for update in done + 1..=cfg.updates {
         // 1. G solutions per prompt (ordered by prompt, then sample: groups are contiguous).
         let (episodes, old_logprobs, _) = run.sample(&policy, update, cfg.prompts_per_update, cfg.group_size)?;
         let refs: Vec<&Episode> = episodes.iter().collect();
@@ -184,6 +190,7 @@ pub fn run(cfg: &GrpoConfig, force: bool) -> Result<PathBuf> {
         // 3. Epochs of minibatches on the token-level clipped objective.
         let mut sums = Metrics::new();
         let mut steps = 0usize;
+        let mut rng = minibatch_rng(cfg.seed, update);
         for _ in 0..cfg.epochs {
             let mut order: Vec<usize> = (0..episodes.len()).collect();
             rng.shuffle(&mut order);
@@ -233,7 +240,13 @@ pub fn run(cfg: &GrpoConfig, force: bool) -> Result<PathBuf> {
             ("grpo/informative_groups".into(), informative_groups as f64 / cfg.prompts_per_update as f64),
         ]);
         let message = format!("reward {:.3}", line["reward/mean"]);
-        run.end_update(&policy, update, &episodes, line, message)?;
+        let trained = Trained {
+            policy: &policy,
+            optimizer: &optimizer,
+            critic: None,
+            state: PgState { lr_step: step, kl_coef: cfg.kl_coef },
+        };
+        run.end_update(trained, update, &episodes, line, message)?;
     }
     run.finish(&policy)
 }

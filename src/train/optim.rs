@@ -87,9 +87,9 @@ impl AdamW {
         }
     }
 
-    /// Moment tensors by name, for checkpoints.
+    /// Moment tensors by name and the step count (`steps`), for checkpoints.
     pub fn state(&self) -> BTreeMap<String, Tensor> {
-        let mut out = BTreeMap::new();
+        let mut out = BTreeMap::from([("steps".to_string(), Tensor::from_slice(&[self.steps]))]);
         for (i, (name, _)) in self.params.iter().enumerate() {
             out.insert(format!("exp_avg.{name}"), self.exp_avg[i].to_device(tch::Device::Cpu));
             out.insert(format!("exp_avg_sq.{name}"), self.exp_avg_sq[i].to_device(tch::Device::Cpu));
@@ -97,6 +97,7 @@ impl AdamW {
         out
     }
 
+    /// Restores `state()`; `steps` counts the steps when the file does not (older checkpoints).
     pub fn load_state(&mut self, mut state: BTreeMap<String, Tensor>, steps: i64, file: &Path) -> Result<()> {
         for (i, (name, p)) in self.params.iter().enumerate() {
             for (prefix, slot) in [("exp_avg", &mut self.exp_avg[i]), ("exp_avg_sq", &mut self.exp_avg_sq[i])] {
@@ -111,7 +112,7 @@ impl AdamW {
                 *slot = t.to_device(p.device()).to_kind(p.kind());
             }
         }
-        self.steps = steps;
+        self.steps = state.get("steps").map_or(steps, |t| t.int64_value(&[0]));
         Ok(())
     }
 }

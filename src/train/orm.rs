@@ -48,6 +48,9 @@ pub struct OrmConfig {
     pub train: TrainConfig,
     /// Token budget of a batch when scoring held-out solutions.
     pub eval_batch_tokens: usize,
+    /// The held-out metric that picks `best/`: "auroc" (all pairs) or "auroc_within" (pairs from
+    /// one question: what reranking a question's samples needs).
+    pub best_by: String,
 }
 
 impl Default for OrmConfig {
@@ -69,18 +72,23 @@ impl Default for OrmConfig {
             sampling: RoundSampling::default(),
             train: TrainConfig::default(),
             eval_batch_tokens: 16384,
+            best_by: "auroc".into(),
         }
     }
 }
 
-/// Runs ORM training; the ORM ends in `RUN/final` and, by held-out AUROC, `RUN/best`.
+/// Runs ORM training; the ORM ends in `RUN/final` and, by the held-out `best_by` metric, `RUN/best`.
 pub fn run(cfg: &OrmConfig, resume: bool, force: bool) -> Result<PathBuf> {
     if !(0.0..1.0).contains(&cfg.holdout) {
         return Err(Error::Invalid(format!("holdout {} must be in [0, 1)", cfg.holdout)));
     }
+    if !["auroc", "auroc_within"].contains(&cfg.best_by.as_str()) {
+        return Err(Error::Invalid(format!("best_by `{}`: use auroc or auroc_within", cfg.best_by)));
+    }
     let dir = cfg.run.dir();
     prepare_run_dir(&dir, &crate::config::to_toml(cfg), resume, force)?;
     let device = crate::parse_device(&cfg.run.device)?;
+    tch::manual_seed(cfg.seed as i64); // the fresh head's initial weights
     let (mut model, tokenizer) = CausalLm::load_with_tokenizer(&cfg.policy, device, true)?;
     let task = TaskSpec::parse(&cfg.task)?;
     let questions = task.load(Split::Train, (cfg.questions > 0).then_some(cfg.questions))?;
@@ -145,7 +153,7 @@ pub fn run(cfg: &OrmConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let mut trainer = Trainer::new(&mut model, &tokenizer, cfg.train.clone(), &dir, resume)?;
     let positive_weight = if cfg.balance { negatives as f64 / positives as f64 } else { 1.0 };
     trainer.objective = Objective::Outcome { positive_weight, lm_coef: cfg.lm_coef, pairwise_coef: cfg.pairwise_coef };
-    trainer.best_metric = Some("orm/auroc".into());
+    trainer.best_metric = Some(format!("orm/{}", cfg.best_by));
     let mut eval = |m: &CausalLm, _: &super::checkpoint::TrainerState| {
         let p = outcome_probabilities(m, &heldout, cfg.eval_batch_tokens)?;
         Ok(classifier_metrics(&heldout, &p))

@@ -12,9 +12,10 @@
 //! 4. for `epochs`, for each minibatch: loss = clipped policy loss + vf_coef * clipped value
 //!    loss - ent_coef * entropy; stop early once the approximate KL passes `target_kl`.
 
+use super::checkpoint::PgState;
 use super::rl::{
-    clipped_policy_loss, clipped_value_loss, explained_variance, gae, masked_mean, pad_rows, score_responses, whiten,
-    PgRun, PgSettings, RewardConfig,
+    clipped_policy_loss, clipped_value_loss, explained_variance, gae, masked_mean, minibatch_rng, pad_rows,
+    score_responses, whiten, PgRun, PgSettings, RewardConfig, Trained,
 };
 use super::rounds::RoundEval;
 use super::{learning_rate, AdamW, Metrics, RunConfig, TrainConfig};
@@ -22,7 +23,6 @@ use crate::error::{Error, Result};
 use crate::model::llama::HEAD_PREFIX;
 use crate::model::CausalLm;
 use crate::prompt::PromptConfig;
-use crate::rng::Rng;
 use crate::rollout::Episode;
 use std::path::PathBuf;
 
@@ -139,7 +139,7 @@ struct Batch {
 }
 
 /// Runs PPO; the policy ends in `RUN/final`.
-pub fn run(cfg: &PpoConfig, force: bool) -> Result<PathBuf> {
+pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
     if !["shared", "separate"].contains(&cfg.critic.as_str()) {
         return Err(Error::Invalid(format!("critic `{}`: use shared or separate", cfg.critic)));
     }
@@ -171,16 +171,20 @@ pub fn run(cfg: &PpoConfig, force: bool) -> Result<PathBuf> {
         save_every: cfg.save_every,
     };
     let separate = cfg.critic == "separate";
-    let (mut run, policy) = PgRun::start(settings, &crate::config::to_toml(cfg), !separate, force)?;
+    let (mut run, mut policy) = PgRun::start(settings, &crate::config::to_toml(cfg), !separate, resume, force)?;
     let mut critic = if separate { Some(CausalLm::load(&cfg.model, run.device, true)?) } else { None };
     let mut optimizer = AdamW::new(&policy);
     let mut critic_optimizer = critic.as_ref().map(AdamW::new);
-    let mut rng = Rng::new(cfg.seed ^ 0x5eed);
-    let mut kl_coef = cfg.kl_coef;
+    let mut clocks = PgState { lr_step: 0, kl_coef: cfg.kl_coef };
+    let mut done = 0;
+    if resume {
+        let critic = critic.as_mut().zip(critic_optimizer.as_mut());
+        (done, clocks) = run.resume(&mut policy, &mut optimizer, critic, cfg.prompts_per_update)?;
+    }
     let total_steps = cfg.updates * cfg.epochs * cfg.minibatches;
-    let mut step = 0;
 
-    for update in 1..=cfg.updates {
+    for update in done + 1..=cfg.updates {
+        let kl_coef = clocks.kl_coef;
         // 1. Sample, and score the samples under the policy, its critic and the reference.
         let (episodes, old_logprobs, shared_values) =
             run.sample(&policy, update, cfg.prompts_per_update, cfg.samples_per_prompt)?;
@@ -211,12 +215,13 @@ pub fn run(cfg: &PpoConfig, force: bool) -> Result<PathBuf> {
         let batch = Batch { episodes, old_logprobs, old_values, advantages, returns };
         // 4. Epochs of minibatches.
         let mut stats = UpdateStats::default();
+        let mut rng = minibatch_rng(cfg.seed, update);
         'epochs: for _ in 0..cfg.epochs {
             let mut order: Vec<usize> = (0..batch.episodes.len()).collect();
             rng.shuffle(&mut order);
             for mb in order.chunks(order.len().div_ceil(cfg.minibatches)) {
-                let lr = learning_rate(&cfg.optim, step, total_steps);
-                step += 1;
+                let lr = learning_rate(&cfg.optim, clocks.lr_step, total_steps);
+                clocks.lr_step += 1;
                 let critic = critic.as_mut().zip(critic_optimizer.as_mut());
                 let value_lr = if cfg.value_lr > 0.0 { lr * cfg.value_lr / cfg.optim.lr } else { lr };
                 let policy_lr = if update > cfg.critic_warmup_updates { lr } else { 0.0 };
@@ -230,7 +235,7 @@ pub fn run(cfg: &PpoConfig, force: bool) -> Result<PathBuf> {
         }
         if cfg.adaptive_kl {
             let error = (mean_kl / cfg.kl_target - 1.0).clamp(-0.2, 0.2);
-            kl_coef *= 1.0 + error * batch.episodes.len() as f64 / cfg.kl_horizon;
+            clocks.kl_coef *= 1.0 + error * batch.episodes.len() as f64 / cfg.kl_horizon;
         }
         // 5. Log.
         let n = batch.episodes.len() as f64;
@@ -238,11 +243,13 @@ pub fn run(cfg: &PpoConfig, force: bool) -> Result<PathBuf> {
         line.extend([
             ("reward/mean".into(), rewards.iter().map(|r| r.iter().sum::<f32>() as f64).sum::<f64>() / n),
             ("kl/reference".into(), mean_kl),
-            ("kl/coef".into(), kl_coef),
+            ("kl/coef".into(), clocks.kl_coef),
             ("value/explained_variance".into(), explained_variance(&batch.old_values, &batch.returns)),
         ]);
         let message = format!("reward {:.3} kl {mean_kl:.3}", line["reward/mean"]);
-        run.end_update(&policy, update, &batch.episodes, line, message)?;
+        let critic = critic.as_ref().zip(critic_optimizer.as_ref());
+        let trained = Trained { policy: &policy, optimizer: &optimizer, critic, state: clocks.clone() };
+        run.end_update(trained, update, &batch.episodes, line, message)?;
     }
     run.finish(&policy)
 }

@@ -3,9 +3,9 @@
 //! under a model, GAE, the clipped surrogate and value losses, KL estimators, and the check that
 //! the trainer's log-probs agree with the sampler's.
 
-use super::checkpoint::Checkpoints;
+use super::checkpoint::{load_checkpoint, Checkpoints, PgState, TrainerState};
 use super::rounds::{evaluate_policy, report, RoundEval};
-use super::{prepare_run_dir, Metrics, RunConfig};
+use super::{prepare_run_dir, AdamW, Metrics, RunConfig};
 use crate::error::{Error, Result};
 use crate::model::{CausalLm, Llama};
 use crate::prompt::{PromptConfig, Prompter};
@@ -22,7 +22,7 @@ use tch::{Device, Kind, Tensor};
 /// What a policy-gradient run needs besides its algorithm: the run folder, the tokenizer, the
 /// frozen reference policy, the rewarder, the training questions (as a shuffled stream), the
 /// test problems, the prompter, the progress bar and the update schedule (sampling, evaluation,
-/// saving, logging). Shared by PPO and GRPO/RLOO.
+/// checkpoints, logging). Shared by PPO and GRPO/RLOO.
 pub struct PgRun<'a> {
     pub tokenizer: Tokenizer,
     pub reference: CausalLm,
@@ -34,7 +34,11 @@ pub struct PgRun<'a> {
     test: Vec<Problem>,
     prompter: Prompter,
     samples_seen: usize,
+    /// The policy's checkpoints, and a separate critic's (`critic/checkpoints`).
     checkpoints: Checkpoints,
+    critic_checkpoints: Checkpoints,
+    /// Whether the sampler's log-probs were checked against the trainer's (first update).
+    checked: bool,
     stream: PromptStream,
     progress: indicatif::ProgressBar,
 }
@@ -57,14 +61,31 @@ pub struct PgSettings<'a> {
     pub save_every: usize,
 }
 
+/// The models a policy-gradient update trained and where it stands: what a checkpoint holds.
+pub struct Trained<'m> {
+    pub policy: &'m CausalLm,
+    pub optimizer: &'m AdamW,
+    /// A separate critic and its optimiser.
+    pub critic: Option<(&'m CausalLm, &'m AdamW)>,
+    pub state: PgState,
+}
+
 impl<'a> PgRun<'a> {
-    /// Prepares the run folder (writing `config_toml`), loads everything and logs the starting
-    /// policy's test metrics; returns the run and the policy to train (with a fresh value head
-    /// when `value_head`).
-    pub fn start(s: PgSettings<'a>, config_toml: &str, value_head: bool, force: bool) -> Result<(Self, CausalLm)> {
+    /// Prepares the run folder (writing `config_toml`), loads everything and, unless resuming
+    /// (then call [`PgRun::resume`]), logs the starting policy's test metrics; returns the run and
+    /// the policy to train (with a fresh value head when `value_head`).
+    pub fn start(
+        s: PgSettings<'a>,
+        config_toml: &str,
+        value_head: bool,
+        resume: bool,
+        force: bool,
+    ) -> Result<(Self, CausalLm)> {
         let dir = s.run.dir();
-        prepare_run_dir(&dir, config_toml, false, force)?;
+        prepare_run_dir(&dir, config_toml, resume, force)?;
         let device = crate::parse_device(&s.run.device)?;
+        // A fresh value head (here or a separate critic's) draws from torch's generator.
+        tch::manual_seed(s.seed as i64);
         let (policy, tokenizer) = CausalLm::load_with_tokenizer(s.model, device, value_head)?;
         let reference = CausalLm::load(s.model, device, false)?;
         let rewarder = Rewarder::new(s.reward, &tokenizer, device)?;
@@ -73,7 +94,10 @@ impl<'a> PgRun<'a> {
         let test = task.load(Split::Test, (s.eval.problems > 0).then_some(s.eval.problems))?;
         let prompter = Prompter::new(s.prompt, &questions)?;
         let run = PgRun {
-            checkpoints: Checkpoints::new(&dir, 1),
+            // Two of each, so that a policy checkpoint always has its critic's beside it.
+            checkpoints: Checkpoints::new(&dir, 2),
+            critic_checkpoints: Checkpoints::new(&dir.join("critic"), 2),
+            checked: false,
             stream: PromptStream::new(questions.len(), s.seed),
             progress: indicatif::ProgressBar::hidden(),
             settings: s,
@@ -87,14 +111,43 @@ impl<'a> PgRun<'a> {
             device,
             samples_seen: 0,
         };
-        run.log(run.evaluate(&policy)?, 0)?;
+        if !resume {
+            run.log(run.evaluate(&policy)?, 0)?;
+        }
         let run = PgRun { progress: crate::progress::bar(run.settings.updates as u64, 0, "updates"), ..run };
         Ok((run, policy))
     }
 
+    /// Continues from the newest valid checkpoint: loads the policy, the critic and their
+    /// optimisers, and moves the prompt stream and the sample count to where they were. Returns
+    /// the last update done and the run's clocks; the metrics log is cut back to that update.
+    pub fn resume(
+        &mut self,
+        policy: &mut CausalLm,
+        optimizer: &mut AdamW,
+        critic: Option<(&mut CausalLm, &mut AdamW)>,
+        prompts_per_update: usize,
+    ) -> Result<(usize, PgState)> {
+        let (dir, state) = self.checkpoints.load_latest(policy, optimizer)?;
+        let update = state.step;
+        let clocks = state.policy_gradient.ok_or_else(|| {
+            Error::file(dir.join(super::checkpoint::STATE_FILE), "is not a PPO/GRPO checkpoint (no policy_gradient)")
+        })?;
+        if let Some((critic, critic_optimizer)) = critic {
+            load_checkpoint(&self.critic_checkpoints.dir().join(format!("step-{update}")), critic, critic_optimizer)?;
+        }
+        for _ in 0..update {
+            self.stream.take(prompts_per_update);
+        }
+        self.samples_seen = state.samples_seen as usize;
+        self.progress.set_position(update as u64);
+        self.progress.suspend(|| eprintln!("resumed from {} (update {update})", dir.display()));
+        Ok((update, clocks))
+    }
+
     /// Samples `samples_per_prompt` solutions to each of the next `prompts` training questions
-    /// (ordered by question, then sample), counts them, and on the first update checks that the
-    /// policy's recomputed log-probs equal the sampler's. Returns the episodes and those
+    /// (ordered by question, then sample), counts them, and on the run's (or the resumed run's)
+    /// first update checks that the policy's recomputed log-probs equal the sampler's. Returns the episodes and those
     /// log-probs (and the policy head's values, if it has one).
     pub fn sample(
         &mut self,
@@ -117,7 +170,8 @@ impl<'a> PgRun<'a> {
         self.samples_seen += episodes.len();
         let refs: Vec<&Episode> = episodes.iter().collect();
         let (logprobs, values) = self.score(policy, &refs)?;
-        if update == 1 {
+        if !self.checked {
+            self.checked = true;
             let worst = check_behaviour_logprobs(&refs, &logprobs, 2e-3)?;
             self.progress
                 .suspend(|| eprintln!("behaviour log-probs agree with the trainer's (max difference {worst:.1e})"));
@@ -137,10 +191,11 @@ impl<'a> PgRun<'a> {
     }
 
     /// Ends an update: adds what every algorithm logs (fraction correct, response length, the
-    /// test metrics when due), shows `message`, logs the line and saves the policy when due.
+    /// test metrics when due), shows `message`, logs the line, and writes a checkpoint when due
+    /// or when a stop was requested (then it returns `Interrupted`).
     pub fn end_update(
         &self,
-        policy: &CausalLm,
+        trained: Trained,
         update: usize,
         episodes: &[Episode],
         mut line: Metrics,
@@ -153,16 +208,30 @@ impl<'a> PgRun<'a> {
         ]);
         let s = &self.settings;
         if super::every(update, s.eval_every) || update == s.updates {
-            line.extend(self.progress.suspend(|| self.evaluate(policy))?);
+            line.extend(self.progress.suspend(|| self.evaluate(trained.policy))?);
         }
         self.progress.set_position(update as u64);
         self.progress.set_message(message);
         self.progress.suspend(|| self.log(line, update))?;
-        if super::every(update, s.save_every) {
-            self.save(policy, &format!("update-{update}"))?;
+        let stop = crate::progress::stop_requested();
+        if super::every(update, s.save_every) || (stop && update < s.updates) {
+            let state = TrainerState {
+                step: update,
+                samples_seen: self.samples_seen as u64,
+                policy_gradient: Some(trained.state),
+                ..TrainerState::default()
+            };
+            // The critic first: a policy checkpoint on disk implies its critic's.
+            if let Some((critic, critic_optimizer)) = trained.critic {
+                self.critic_checkpoints.save(critic, &self.tokenizer, critic_optimizer, &state)?;
+            }
+            self.checkpoints.save(trained.policy, &self.tokenizer, trained.optimizer, &state)?;
         }
-        // A stop between updates: the log is complete up to here (these runs start over).
-        crate::progress::check_stop()
+        if stop && update < s.updates {
+            self.progress.abandon_with_message(format!("stopped after update {update}; a checkpoint was written"));
+            return Err(Error::Interrupted);
+        }
+        Ok(())
     }
 
     /// Saves the final policy into `RUN/final`.
@@ -302,6 +371,12 @@ impl Rewarder {
             })
             .collect()
     }
+}
+
+/// The generator of one update's minibatch order: a function of (seed, update) alone, so that a
+/// resumed run shuffles as the uninterrupted one did.
+pub fn minibatch_rng(seed: u64, update: usize) -> Rng {
+    Rng::new((seed ^ 0x5eed).wrapping_mul(1_000_003).wrapping_add(update as u64))
 }
 
 /// Training questions in a shuffled order that starts over (reshuffled) when used up.
