@@ -146,9 +146,9 @@ impl<'a> PgRun<'a> {
     }
 
     /// Samples `samples_per_prompt` solutions to each of the next `prompts` training questions
-    /// (ordered by question, then sample), counts them, and on the run's (or the resumed run's)
-    /// first update checks that the policy's recomputed log-probs equal the sampler's. Returns the episodes and those
-    /// log-probs (and the policy head's values, if it has one).
+    /// (ordered by question, then sample), counts them, and on the first update of this process
+    /// checks that the policy's recomputed log-probs equal the sampler's. Returns the episodes
+    /// and those log-probs (and the policy head's values, if it has one).
     pub fn sample(
         &mut self,
         policy: &Llama,
