@@ -424,21 +424,21 @@ fn ppo_and_grpo_resume_exactly() {
     );
     let ppo = ["critic=separate", "adaptive_kl=true", "samples_per_prompt=2", "optim.lr=1e-3", "target_kl=0"];
     for (algorithm, extra) in [("ppo", &ppo[..]), ("grpo", &["group_size=2", "optim.lr=1e-3"][..])] {
-        let mut sets = common.clone();
-        sets.extend(extra.iter().map(|s| s.to_string()));
+        let args = |run: &str, extra_args: &[&str]| {
+            let mut sets = [&common[..], &[format!("run.name={algorithm}-{run}")]].concat();
+            sets.extend(extra.iter().map(|s| s.to_string()));
+            with_sets(&[algorithm], &sets, extra_args)
+        };
         let (straight, resumed) =
             (dir.path().join(format!("{algorithm}-a")), dir.path().join(format!("{algorithm}-b")));
-        for run in [&straight, &resumed] {
-            let name = format!("run.name={}", run.file_name().unwrap().to_str().unwrap());
-            ok(&strs(&with_sets(&[algorithm], &[sets.clone(), vec![name]].concat(), &[])));
-        }
+        ok(&strs(&args("a", &[])));
+        ok(&strs(&args("b", &[])));
         for gone in ["checkpoints/step-3", "critic/checkpoints/step-3", "final"] {
             let _ = std::fs::remove_dir_all(resumed.join(gone));
         }
-        let name = format!("run.name={algorithm}-b");
-        let err = fails(&strs(&with_sets(&[algorithm], &[sets.clone(), vec![name.clone()]].concat(), &[])));
+        let err = fails(&strs(&args("b", &[])));
         assert!(err.contains("--resume"), "{err}");
-        ok(&strs(&with_sets(&[algorithm], &[sets, vec![name]].concat(), &["--resume"])));
+        ok(&strs(&args("b", &["--resume"])));
         assert!(same(&weights(&straight.join("final"), false), &weights(&resumed.join("final"), false)), "{algorithm}");
         if algorithm == "ppo" {
             let critic = |run: &Path| weights(&run.join("critic/checkpoints/step-3"), true);

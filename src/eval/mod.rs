@@ -496,9 +496,8 @@ pub fn read_episodes(path: &Path) -> Result<Vec<Episode>> {
 
 /// Paired differences (this run minus a baseline) on the same problems, each with a 95%
 /// bootstrap interval over problems: maj@1 (greedy), and maj@k, rerank@k (k > 1) and pass@k for
-/// every k both runs have. Pairing
-/// removes the spread of problem difficulty, so it detects a change that the two separate
-/// intervals would hide. Errors when the runs did not evaluate the same problems.
+/// every k both runs have. Pairing removes the spread of problem difficulty, so it detects a
+/// change that the two separate intervals would hide. Errors when the runs did not evaluate the same problems.
 pub fn paired_differences(
     run: &[ProblemRecord],
     baseline: &[ProblemRecord],

@@ -213,8 +213,8 @@ impl<'a> PgRun<'a> {
         self.progress.set_position(update as u64);
         self.progress.set_message(message);
         self.progress.suspend(|| self.log(line, update))?;
-        let stop = crate::progress::stop_requested();
-        if super::every(update, s.save_every) || (stop && update < s.updates) {
+        let stopping = crate::progress::stop_requested() && update < s.updates;
+        if super::every(update, s.save_every) || stopping {
             let state = TrainerState {
                 step: update,
                 samples_seen: self.samples_seen as u64,
@@ -227,7 +227,7 @@ impl<'a> PgRun<'a> {
             }
             self.checkpoints.save(trained.policy, &self.tokenizer, trained.optimizer, &state)?;
         }
-        if stop && update < s.updates {
+        if stopping {
             self.progress.abandon_with_message(format!("stopped after update {update}; a checkpoint was written"));
             return Err(Error::Interrupted);
         }
@@ -237,7 +237,9 @@ impl<'a> PgRun<'a> {
     /// Saves the final policy into `RUN/final`.
     pub fn finish(self, policy: &CausalLm) -> Result<PathBuf> {
         self.progress.finish_and_clear();
-        self.save(policy, "final")
+        let dir = self.dir.join("final");
+        policy.save_with_tokenizer(&self.tokenizer, &dir, true)?;
+        Ok(dir)
     }
 
     fn evaluate(&self, policy: &CausalLm) -> Result<Metrics> {
@@ -254,12 +256,6 @@ impl<'a> PgRun<'a> {
             report(&line);
         }
         self.checkpoints.log(&line)
-    }
-
-    fn save(&self, policy: &CausalLm, name: &str) -> Result<PathBuf> {
-        let dir = self.dir.join(name);
-        policy.save_with_tokenizer(&self.tokenizer, &dir, true)?;
-        Ok(dir)
     }
 }
 
