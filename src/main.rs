@@ -42,7 +42,7 @@ enum Command {
     Grpo(GrpoArgs),
     /// The paper's comparison: a grid of runs, then report.md with the table, plots and findings.
     Study(ConfigArgs),
-    /// Evaluate a model: maj@1, maj@k, pass@k, rerank@k with 95% intervals.
+    /// Evaluate a model: maj@1, maj@k, pass@k, rerank@k, wmaj@k with 95% intervals.
     Eval(EvalArgs),
     /// Line charts (PNG and SVG) from runs' metrics.jsonl.
     Plot(PlotArgs),
@@ -79,7 +79,7 @@ struct RunArgs {
 struct EvalArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Rerank samples (rerank@k) with this ORM folder, or `mean-logprob`.
+    /// Score samples (rerank@k, wmaj@k) with this ORM folder, or `mean-logprob`.
     #[arg(long)]
     scorer: Option<String>,
 }

@@ -115,7 +115,10 @@ fn eval_on_a_gsm8k_slice_then_rescore_the_saved_samples() {
     }
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let table = ok(&argv);
-    assert!(table.contains("| pass@3 |") && table.contains("| rerank@3 |"), "{table}");
+    assert!(
+        table.contains("| pass@3 |") && table.contains("| rerank@3 |") && table.contains("| wmaj@3 - maj@3 |"),
+        "{table}"
+    );
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["problems"], 5);

@@ -1,6 +1,7 @@
 //! Evaluation metrics of the paper: maj@1 (greedy accuracy), maj@k (majority vote), unbiased
-//! pass@k, rerank@k (best-of-k under a scorer such as the ORM) and the number of distinct correct
-//! solutions, each with a 95% bootstrap interval over problems.
+//! pass@k, rerank@k (best-of-k under a scorer such as the ORM), wmaj@k (majority vote weighted by
+//! that scorer) and the number of distinct correct solutions, each with a 95% bootstrap interval
+//! over problems.
 //!
 //! Everything works on [`Episode`]s, so saved samples (see [`read_episodes`]) can be re-scored
 //! without sampling again.
@@ -40,16 +41,21 @@ pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
 /// already; normalising again makes "3.0" and "3" one vote). Ties go to the answer seen first,
 /// so the result never depends on hash order.
 fn majority_index(answers: &[Option<String>]) -> Option<usize> {
-    // key -> (votes, first index)
-    let mut groups: HashMap<String, (usize, usize)> = HashMap::new();
+    weighted_majority_index(answers, &vec![1.0; answers.len()])
+}
+
+/// [`majority_index`] where each answer's vote counts `weights[i]` instead of 1: the answer
+/// with the largest total weight wins (ties: the one seen first).
+fn weighted_majority_index(answers: &[Option<String>], weights: &[f64]) -> Option<usize> {
+    // key -> (total weight, first index)
+    let mut groups: HashMap<String, (f64, usize)> = HashMap::new();
     for (i, a) in answers.iter().enumerate() {
         if let Some(a) = a {
             let key = normalize_number(a).unwrap_or_else(|| a.clone());
-            groups.entry(key).or_insert((0, i)).0 += 1;
+            groups.entry(key).or_insert((0.0, i)).0 += weights[i];
         }
     }
-    // Max votes, then smallest first index.
-    groups.into_values().max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1))).map(|(_, first)| first)
+    groups.into_values().max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1))).map(|(_, first)| first)
 }
 
 /// Majority vote over extracted answers (None ignored). Ties are broken deterministically: the
@@ -59,15 +65,16 @@ pub fn majority_vote(answers: &[Option<String>]) -> Option<String> {
     majority_index(answers).and_then(|i| answers[i].clone())
 }
 
-/// Ranks samples (the ORM later; anything now). Higher is better.
+/// Scores samples for rerank@k and wmaj@k: a confidence in [0, 1] that the sample is right,
+/// higher is better. wmaj@k adds the scores up as votes, so they must not be negative.
 pub trait Scorer {
     /// One score per episode, in the same order.
     fn score(&self, episodes: &[Episode]) -> Result<Vec<f64>>;
 }
 
-/// A scorer for tests and baselines: the mean behaviour log-prob (sum of `logprobs` / length),
-/// i.e. the policy's own confidence. An empty response scores `-inf` (ranked last), since
-/// it has no confidence to speak of.
+/// A scorer for tests and baselines: the policy's own confidence, as the geometric mean of its
+/// token probabilities (exp of the mean behaviour log-prob). An empty response scores 0 (ranked
+/// last), since it has no confidence to speak of.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MeanLogprobScorer;
 
@@ -77,9 +84,9 @@ impl Scorer for MeanLogprobScorer {
             .iter()
             .map(|e| {
                 if e.logprobs.is_empty() {
-                    f64::NEG_INFINITY
+                    0.0
                 } else {
-                    e.logprobs.iter().map(|&x| x as f64).sum::<f64>() / e.logprobs.len() as f64
+                    (e.logprobs.iter().map(|&x| x as f64).sum::<f64>() / e.logprobs.len() as f64).exp()
                 }
             })
             .collect())
@@ -199,6 +206,10 @@ pub struct ProblemRecord {
     pub pass: BTreeMap<usize, f64>,
     /// k -> is the top-scored of the first k samples correct (empty without scores).
     pub rerank: BTreeMap<usize, bool>,
+    /// k -> is the score-weighted majority answer of the first k samples correct (empty without
+    /// scores).
+    #[serde(default)]
+    pub wmaj: BTreeMap<usize, bool>,
 }
 
 /// Aggregate metrics over all problems.
@@ -215,6 +226,16 @@ pub struct EvalSummary {
     pub pass: BTreeMap<usize, Metric>,
     /// Empty without scores.
     pub rerank: BTreeMap<usize, Metric>,
+    /// Empty without scores.
+    #[serde(default)]
+    pub wmaj: BTreeMap<usize, Metric>,
+    /// What the scorer adds to a plain vote on the same samples, paired over problems:
+    /// rerank@k - maj@k for each k > 1 (empty without scores).
+    #[serde(default)]
+    pub rerank_minus_maj: BTreeMap<usize, Metric>,
+    /// wmaj@k - maj@k, likewise.
+    #[serde(default)]
+    pub wmaj_minus_maj: BTreeMap<usize, Metric>,
     pub mean_distinct_correct: f64,
     /// Mean response length of the temperature samples (of the greedy ones if there are none).
     pub mean_response_tokens: f64,
@@ -272,6 +293,9 @@ struct Group<'a> {
 /// - A majority answer counts as correct when the episode that first gave it is `correct`, so
 ///   eval agrees with whatever checker produced the episodes.
 /// - rerank@k picks the highest score among the first k samples (ties: lowest `sample_index`).
+/// - wmaj@k is maj@k with each sample's vote weighted by its score (Uesato et al. 2022's
+///   verifier-weighted voting): a weak verifier still breaks ties and near-ties between answers,
+///   where picking its single best sample would throw the votes away.
 /// - `scores`: one per sample episode, in the order of `samples` (e.g. from a [`Scorer`]);
 ///   rerank is computed only when given.
 /// - distinct_correct: distinct correct sample texts after whitespace normalisation.
@@ -279,7 +303,7 @@ struct Group<'a> {
 /// Errors ([`Error::Invalid`]): a k of 0 or larger than n; problems with different numbers of
 /// samples; a repeated `sample_index` or greedy episode for one problem; a problem without a
 /// greedy episode when others have one; episodes of one problem disagreeing on the reference
-/// answer; `scores` of the wrong length or containing NaN; no episodes at all.
+/// answer; `scores` of the wrong length, negative or NaN; no episodes at all.
 pub fn evaluate(
     greedy: &[Episode],
     samples: &[Episode],
@@ -290,8 +314,8 @@ pub fn evaluate(
         if s.len() != samples.len() {
             return Err(Error::Invalid(format!("{} scores for {} sample episodes", s.len(), samples.len())));
         }
-        if let Some(i) = s.iter().position(|x| x.is_nan()) {
-            return Err(Error::Invalid(format!("score {i} is NaN")));
+        if let Some(i) = s.iter().position(|x| x.is_nan() || *x < 0.0) {
+            return Err(Error::Invalid(format!("score {i} is {}: scores must be confidences >= 0", s[i])));
         }
     }
 
@@ -357,6 +381,7 @@ pub fn evaluate(
     let mut maj: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     let mut pass: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     let mut rerank: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut wmaj: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     let mut distinct = Vec::new();
     let mut records = Vec::with_capacity(groups.len());
 
@@ -374,6 +399,7 @@ pub fn evaluate(
         let mut rec_majority = BTreeMap::new();
         let mut rec_pass = BTreeMap::new();
         let mut rec_rerank = BTreeMap::new();
+        let mut rec_wmaj = BTreeMap::new();
         for &k in &ks {
             let top = majority_index(&answers[..k]);
             rec_majority.insert(k, top.and_then(|i| answers[i].clone()));
@@ -384,12 +410,15 @@ pub fn evaluate(
             pass.entry(k).or_default().push(p);
 
             if scores.is_some() {
+                let weights: Vec<f64> = g.samples[..k].iter().map(|(_, s)| s.unwrap_or(0.0)).collect();
                 // Highest score wins; ties go to the earlier sample (hence the reversed index order).
-                let score = |i: usize| g.samples[i].1.unwrap_or(f64::NEG_INFINITY);
-                let best = (0..k).max_by(|&i, &j| score(i).total_cmp(&score(j)).then(j.cmp(&i))).expect("k >= 1");
+                let best = (0..k).max_by(|&i, &j| weights[i].total_cmp(&weights[j]).then(j.cmp(&i))).expect("k >= 1");
                 let ok = g.samples[best].0.correct;
                 rec_rerank.insert(k, ok);
                 rerank.entry(k).or_default().push(ok as u8 as f64);
+                let ok = weighted_majority_index(&answers[..k], &weights).is_some_and(|i| g.samples[i].0.correct);
+                rec_wmaj.insert(k, ok);
+                wmaj.entry(k).or_default().push(ok as u8 as f64);
             }
         }
         if let Some(e) = g.greedy {
@@ -407,6 +436,7 @@ pub fn evaluate(
             majority: rec_majority,
             pass: rec_pass,
             rerank: rec_rerank,
+            wmaj: rec_wmaj,
         });
     }
 
@@ -423,6 +453,9 @@ pub fn evaluate(
         maj: boot(maj),
         pass: boot(pass),
         rerank: boot(rerank),
+        wmaj: boot(wmaj),
+        rerank_minus_maj: minus_maj("rerank", &records, opts),
+        wmaj_minus_maj: minus_maj("wmaj", &records, opts),
         mean_distinct_correct: distinct.iter().sum::<f64>() / distinct.len() as f64,
         mean_response_tokens: mean_or_zero(&lengths),
     };
@@ -437,7 +470,7 @@ fn mean_or_zero(v: &[f64]) -> f64 {
     }
 }
 
-/// A markdown table of the summary: one row per metric (maj@1, maj@k, pass@k, rerank@k) with
+/// A markdown table of the summary: one row per metric (maj@1, maj@k, pass@k, rerank@k, wmaj@k) with
 /// its value and 95% interval as percentages, e.g. `| pass@16 | 63.2% | [58.1, 68.0] |`, then a
 /// line with the number of problems, samples per problem, temperature and the means.
 pub fn summary_markdown(summary: &EvalSummary, title: &str) -> String {
@@ -450,9 +483,23 @@ pub fn summary_markdown(summary: &EvalSummary, title: &str) -> String {
     if let Some(m) = &summary.maj1 {
         row(&mut out, "maj@1 (greedy)".into(), m);
     }
-    for (prefix, map) in [("maj", &summary.maj), ("pass", &summary.pass), ("rerank", &summary.rerank)] {
+    let metrics =
+        [("maj", &summary.maj), ("pass", &summary.pass), ("rerank", &summary.rerank), ("wmaj", &summary.wmaj)];
+    for (prefix, map) in metrics {
         for (k, m) in map {
             row(&mut out, format!("{prefix}@{k}"), m);
+        }
+    }
+    if !summary.rerank_minus_maj.is_empty() {
+        out.push_str("\nThe scorer against a plain vote on the same samples (paired):\n\n");
+        out.push_str("| difference | points | 95% CI |\n|---|---:|---|\n");
+        for (k, m) in &summary.rerank_minus_maj {
+            for (name, m) in [("rerank", Some(m)), ("wmaj", summary.wmaj_minus_maj.get(k))] {
+                if let Some(m) = m {
+                    let (value, lo, hi) = (100.0 * m.value, 100.0 * m.lo, 100.0 * m.hi);
+                    let _ = writeln!(out, "| {name}@{k} - maj@{k} | {value:+.1} | [{lo:+.1}, {hi:+.1}] |");
+                }
+            }
         }
     }
     let temperature = summary.temperature.map_or_else(|| "-".to_string(), |t| format!("{t}"));
@@ -495,7 +542,7 @@ pub fn read_episodes(path: &Path) -> Result<Vec<Episode>> {
 }
 
 /// Paired differences (this run minus a baseline) on the same problems, each with a 95%
-/// bootstrap interval over problems: maj@1 (greedy), and maj@k, rerank@k (k > 1) and pass@k for
+/// bootstrap interval over problems: maj@1 (greedy), and maj@k, rerank@k, wmaj@k (k > 1) and pass@k for
 /// every k both runs have. Pairing removes the spread of problem difficulty, so it detects a
 /// change that the two separate intervals would hide. Errors when the runs did not evaluate the same problems.
 pub fn paired_differences(
@@ -522,7 +569,24 @@ pub fn paired_differences(
     if pairs.iter().all(|(a, b)| greedy(a).is_some() && greedy(b).is_some()) {
         add("maj@1".into(), pairs.iter().map(|(a, b)| greedy(a).unwrap() - greedy(b).unwrap()).collect());
     }
-    let value = |metric: &str, r: &ProblemRecord, k: usize| match metric {
+    for k in run.first().map(|r| r.pass.keys().copied().collect::<Vec<_>>()).unwrap_or_default() {
+        for metric in ["maj", "rerank", "wmaj", "pass"] {
+            if k == 1 && metric != "pass" {
+                continue; // sampled maj@1, rerank@1, wmaj@1 are pass@1's first sample; maj@1 is greedy
+            }
+            let diffs: Option<Vec<f64>> =
+                pairs.iter().map(|(a, b)| Some(record_value(metric, a, k)? - record_value(metric, b, k)?)).collect();
+            if let Some(diffs) = diffs {
+                add(format!("{metric}@{k}"), diffs);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One problem's value of `metric` ("maj", "rerank", "wmaj" or "pass") at k, if recorded.
+fn record_value(metric: &str, r: &ProblemRecord, k: usize) -> Option<f64> {
+    match metric {
         // The majority answer is right when the first of the first k samples that gave it is.
         "maj" => {
             let answer = r.majority.get(&k)?.as_ref();
@@ -530,21 +594,22 @@ pub fn paired_differences(
             Some(first.is_some_and(|s| s.correct) as u8 as f64)
         }
         "rerank" => r.rerank.get(&k).map(|&ok| ok as u8 as f64),
+        "wmaj" => r.wmaj.get(&k).map(|&ok| ok as u8 as f64),
         _ => r.pass.get(&k).copied(),
-    };
-    for k in run.first().map(|r| r.pass.keys().copied().collect::<Vec<_>>()).unwrap_or_default() {
-        for metric in ["maj", "rerank", "pass"] {
-            if k == 1 && metric != "pass" {
-                continue; // sampled maj@1 and rerank@1 are pass@1's first sample; maj@1 is greedy
-            }
-            let diffs: Option<Vec<f64>> =
-                pairs.iter().map(|(a, b)| Some(value(metric, a, k)? - value(metric, b, k)?)).collect();
-            if let Some(diffs) = diffs {
-                add(format!("{metric}@{k}"), diffs);
-            }
-        }
     }
-    Ok(out)
+}
+
+/// `metric`@k - maj@k ("rerank" or "wmaj") on the same samples for each scored k > 1, with 95%
+/// bootstrap intervals over problems: does the scorer beat a plain vote?
+fn minus_maj(metric: &str, records: &[ProblemRecord], opts: &EvalOptions) -> BTreeMap<usize, Metric> {
+    let ks: Vec<usize> = records.first().map_or(vec![], |r| r.rerank.keys().copied().filter(|&k| k > 1).collect());
+    ks.into_iter()
+        .filter_map(|k| {
+            let diffs: Option<Vec<f64>> =
+                records.iter().map(|r| Some(record_value(metric, r, k)? - record_value("maj", r, k)?)).collect();
+            Some((k, Metric::bootstrap(&diffs?, opts)))
+        })
+        .collect()
 }
 
 /// Reads a records.jsonl written by [`write_report`].
@@ -647,6 +712,13 @@ mod tests {
         assert_eq!(majority_vote(&[]), None);
         // "3.0" and "3" are one answer.
         assert_eq!(majority_vote(&answers(&[s("7"), s("3"), s("3.0")])), Some("3".into()));
+        // Weighted: two votes of 0.5 beat one of 0.9 (rerank would take the 0.9); one of 0.9
+        // beats two of 0.4; equal totals go to the answer seen first.
+        let a = answers(&[s("7"), s("3"), s("3")]);
+        assert_eq!(weighted_majority_index(&a, &[0.9, 0.5, 0.5]), Some(1));
+        assert_eq!(weighted_majority_index(&a, &[0.9, 0.4, 0.4]), Some(0));
+        assert_eq!(weighted_majority_index(&a, &[1.0, 0.5, 0.5]), Some(0));
+        assert_eq!(weighted_majority_index(&answers(&[None, s("2")]), &[5.0, 0.0]), Some(1));
     }
 
     #[test]
@@ -693,9 +765,11 @@ mod tests {
 
     /// Three problems, greedy + 4 samples each; samples deliberately out of order.
     ///
+    /// Scores below are MeanLogprobScorer's, exp(mean log-prob).
     /// A (ref 10): answers 10, 7, 10, 10; two texts equal up to whitespace; s0 (right) and s1
-    /// (wrong) tie on the top score -> s0.
-    /// B (ref 5):  answers 6, 5, 5, 6 (tie -> "6", wrong); s1 and s2 tie on score -> s1 (right).
+    /// (wrong) tie on the top score -> s0; weighted, 10 and 7 tie at k = 2 -> 10 (seen first).
+    /// B (ref 5):  answers 6, 5, 5, 6 (tie -> "6", wrong); s1 and s2 tie on score -> s1 (right);
+    /// weighted, 5 outweighs 6 (e^-0.25 vs e^-0.5 at k = 2, 2e^-0.25 vs e^-0.5 + e^-1 at k = 4).
     /// C (ref 1):  answers -, -, -, 2; nothing correct.
     fn fixture() -> (Vec<Episode>, Vec<Episode>) {
         let greedy = vec![
@@ -735,12 +809,13 @@ mod tests {
         let a = &records[0];
         let idx_texts: Vec<&str> = a.samples.iter().map(|r| r.text.as_str()).collect();
         assert_eq!(idx_texts, ["a  b\n", "wrong", "a b", "other"]);
-        assert_eq!(a.samples[1].score, Some(-0.125));
+        assert_eq!(a.samples[1].score, Some((-0.125f64).exp()));
         assert_eq!((a.correct_samples, a.distinct_correct), (3, 2));
         assert_eq!(a.majority[&4], Some("10".into()));
         assert_eq!(a.majority[&2], Some("10".into())); // 10 vs 7: earliest wins
         assert_eq!(a.pass[&2], 1.0);
         assert_eq!((a.rerank[&2], a.rerank[&4]), (true, true));
+        assert_eq!((a.wmaj[&2], a.wmaj[&4]), (true, true));
         assert!(a.greedy.as_ref().unwrap().correct);
 
         let b = &records[1];
@@ -748,6 +823,7 @@ mod tests {
         assert_eq!(b.majority[&4], Some("6".into()));
         assert!(close(b.pass[&2], 5.0 / 6.0));
         assert_eq!((b.rerank[&2], b.rerank[&4]), (true, true));
+        assert_eq!((b.wmaj[&2], b.wmaj[&4]), (true, true), "the weights overturn the 2-2 vote");
 
         let c = &records[2];
         assert_eq!((c.correct_samples, c.distinct_correct), (0, 0));
@@ -763,6 +839,12 @@ mod tests {
         assert_eq!(s.pass[&4].value, 2.0 / 3.0);
         assert!(close(s.rerank[&4].value, 2.0 / 3.0));
         assert!(close(s.rerank[&2].value, 2.0 / 3.0));
+        assert!(close(s.wmaj[&4].value, 2.0 / 3.0) && close(s.wmaj[&2].value, 2.0 / 3.0));
+        // Both scorer picks are right on B, where the vote is wrong.
+        for gains in [&s.rerank_minus_maj, &s.wmaj_minus_maj] {
+            assert_eq!(gains.keys().copied().collect::<Vec<_>>(), [2, 4]);
+            assert!(gains.values().all(|m| close(m.value, 1.0 / 3.0)), "{gains:?}");
+        }
         assert!(close(s.mean_distinct_correct, 4.0 / 3.0));
         assert!(close(s.mean_response_tokens, 14.0 / 12.0));
         let m = &s.pass[&2];
@@ -776,7 +858,8 @@ mod tests {
         // First appearance in `samples`: B, then A, then C.
         let ids: Vec<&str> = records.iter().map(|r| r.problem_id.as_str()).collect();
         assert_eq!(ids, ["B", "A", "C"]);
-        assert!(s.maj1.is_none() && s.rerank.is_empty() && records.iter().all(|r| r.rerank.is_empty()));
+        assert!(s.maj1.is_none() && s.rerank.is_empty() && s.rerank_minus_maj.is_empty());
+        assert!(records.iter().all(|r| r.rerank.is_empty() && r.wmaj.is_empty()));
         assert!(records.iter().all(|r| r.greedy.is_none() && r.samples.iter().all(|x| x.score.is_none())));
         assert!(close(s.maj[&4].value, 1.0 / 3.0));
     }
@@ -800,11 +883,14 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("k = 5") && msg.contains("n = 4"), "{msg}");
         assert!(evaluate(&greedy, &samples, None, &opts(&[0])).is_err());
-        // Wrong number of scores, NaN scores.
+        // Wrong number of scores, NaN or negative scores (they could not be votes).
         assert!(evaluate(&greedy, &samples, Some(&[0.0; 3]), &opts(&[2])).is_err());
-        let mut nan = vec![0.0; samples.len()];
-        nan[4] = f64::NAN;
-        assert!(evaluate(&greedy, &samples, Some(&nan), &opts(&[2])).is_err());
+        for bad in [f64::NAN, -0.5] {
+            let mut scores = vec![0.0; samples.len()];
+            scores[4] = bad;
+            let msg = evaluate(&greedy, &samples, Some(&scores), &opts(&[2])).unwrap_err().to_string();
+            assert!(msg.contains("score 4"), "{msg}");
+        }
         // Uneven sample counts.
         let msg = evaluate(&greedy, &samples[1..], None, &opts(&[2])).unwrap_err().to_string();
         assert!(msg.contains("\"B\" has 3 samples"), "{msg}");
@@ -828,6 +914,9 @@ mod tests {
             maj: BTreeMap::from([(16, m(0.5, 0.45, 0.55))]),
             pass: BTreeMap::from([(16, m(0.632, 0.581, 0.68))]),
             rerank: BTreeMap::new(),
+            wmaj: BTreeMap::from([(16, m(0.52, 0.47, 0.57))]),
+            rerank_minus_maj: BTreeMap::from([(16, m(-0.05, -0.09, -0.01))]),
+            wmaj_minus_maj: BTreeMap::from([(16, m(0.02, -0.01, 0.05))]),
             mean_distinct_correct: 3.214,
             mean_response_tokens: 120.0,
         };
@@ -835,7 +924,12 @@ mod tests {
         assert!(md.starts_with("## SFT\n"));
         assert!(md.contains("| maj@1 (greedy) | 41.0% | [38.0, 44.0] |\n| maj@16 | 50.0% | [45.0, 55.0] |\n"), "{md}");
         assert!(md.contains("| pass@16 | 63.2% | [58.1, 68.0] |"), "{md}");
-        assert!(!md.contains("rerank"));
+        assert!(!md.contains("| rerank@16 |"), "no rerank@k scores, no row");
+        assert!(md.contains("| wmaj@16 | 52.0% | [47.0, 57.0] |"), "{md}");
+        assert!(
+            md.contains("| rerank@16 - maj@16 | -5.0 | [-9.0, -1.0] |\n| wmaj@16 - maj@16 | +2.0 | [-1.0, +5.0] |"),
+            "{md}"
+        );
         assert!(md.contains("Problems: 500, samples per problem: 16, temperature: 0.7, mean distinct correct: 3.21"));
     }
 
@@ -907,7 +1001,7 @@ mod tests {
         let (run, _) = evaluate(&greedy, &samples_b, with_scores(&samples_b).as_deref(), &opts(&[2])).unwrap();
         let d = paired_differences(&run, &base, 200, 1).unwrap();
         assert!(close(d["maj@2"].value, 1.0 / 3.0), "{:?}", d["maj@2"]);
-        assert!(close(d["rerank@2"].value, 0.0));
+        assert!(close(d["rerank@2"].value, 0.0) && close(d["wmaj@2"].value, 0.0));
         assert!(close(d["pass@2"].value, 1.0 / 18.0), "{:?}", d["pass@2"]);
         assert!(paired_differences(&run[..2], &base, 200, 1).is_err(), "other problems");
     }

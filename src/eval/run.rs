@@ -27,7 +27,7 @@ pub struct EvalConfig {
     pub split: String,
     /// Problems evaluated (the first N of the split; 0 = all).
     pub problems: usize,
-    /// Samples per problem for maj@k / pass@k / rerank@k (0 = greedy only).
+    /// Samples per problem for maj@k / pass@k / rerank@k / wmaj@k (0 = greedy only).
     pub samples: usize,
     pub temperature: f64,
     pub top_p: f64,
@@ -37,8 +37,8 @@ pub struct EvalConfig {
     pub batch_size: usize,
     pub seed: u64,
     pub bootstrap_resamples: usize,
-    /// Scorer for rerank@k: "" (none), "mean-logprob" (the policy's own confidence) or the
-    /// folder of an ORM trained with `reasonrl orm`.
+    /// Scorer for rerank@k and wmaj@k: "" (none), "mean-logprob" (the policy's own confidence)
+    /// or the folder of an ORM trained with `reasonrl orm`.
     pub scorer: String,
     pub prompt: PromptConfig,
     /// Output folder: greedy.jsonl, samples.jsonl, records.jsonl, summary.json, summary.md.

@@ -80,8 +80,8 @@ fn count(x: Option<f64>) -> String {
 /// The paper-style table: one row per model, with 95% intervals.
 pub fn table(results: &[RowResult], k: usize) -> String {
     let mut out = format!(
-        "| size | init | algorithm | reward | seed | maj@1 | maj@{k} | rerank@{k} | pass@{k} | distinct correct | \
-         samples | samples to 95% | time |\n|---|---|---|---|---|---|---|---|---|---:|---:|---:|---|\n"
+        "| size | init | algorithm | reward | seed | maj@1 | maj@{k} | rerank@{k} | wmaj@{k} | pass@{k} | \
+         distinct correct | samples | samples to 95% | time |\n|---|---|---|---|---|---|---|---|---|---|---:|---:|---:|---|\n"
     );
     for r in results {
         let s = r.summary.as_ref();
@@ -94,7 +94,7 @@ pub fn table(results: &[RowResult], k: usize) -> String {
         let row = &r.row;
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {status} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {status} |",
             row.size,
             row.init,
             row.algorithm,
@@ -103,6 +103,7 @@ pub fn table(results: &[RowResult], k: usize) -> String {
             pct(r.maj1()),
             at(s.map(|s| &s.maj)),
             at(s.map(|s| &s.rerank)),
+            at(s.map(|s| &s.wmaj)),
             at(s.map(|s| &s.pass)),
             s.map_or("-".into(), |s| format!("{:.2}", s.mean_distinct_correct)),
             count(r.samples),
@@ -303,8 +304,8 @@ pub fn write(cfg: &StudyConfig, plan: &Plan) -> Result<String> {
     let mut md = format!("# Study `{}` on {}\n\n", cfg.name, cfg.task);
     let _ = writeln!(
         md,
-        "Every model is evaluated on {} test problems: maj@1 is greedy; maj@k, rerank@k (by {}) and pass@k \
-         (unbiased) come from {} samples at temperature {}. Intervals are 95% bootstrap intervals over problems. \
+        "Every model is evaluated on {} test problems: maj@1 is greedy; maj@k, rerank@k and wmaj@k (by {}) and \
+         pass@k (unbiased) come from {} samples at temperature {}. Intervals are 95% bootstrap intervals over problems. \
          `samples` counts the solutions a run generated; `samples to 95%` is the first in-run evaluation that \
          reached 95% of the run's final in-run maj@1 (for runs that ended above their start).\n",
         if cfg.eval.problems == 0 { "all".into() } else { cfg.eval.problems.to_string() },
