@@ -31,11 +31,11 @@ enum Command {
     /// Supervised fine-tuning on a task's reference solutions.
     Sft(RunArgs),
     /// Expert Iteration: sample, keep the correct solutions, fine-tune on them; for several rounds.
-    Ei(ConfigArgs),
+    Ei(RunArgs),
     /// Train an Outcome Reward Model on a policy's own solutions, labelled by final answer.
     Orm(RunArgs),
     /// Return-Conditioned RL: learn from [GOOD]/[BAD]-labelled solutions, sample as [GOOD].
-    Rcrl(ConfigArgs),
+    Rcrl(RunArgs),
     /// PPO: value head, GAE, clipped losses, KL penalty to the initial policy.
     Ppo(RunArgs),
     /// GRPO or RLOO: group-relative advantages, no critic.
@@ -322,8 +322,8 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Ei(args) => {
-            let cfg: reasonrl::train::ei::EiConfig = load_config(&args)?;
-            let out = reasonrl::train::ei::run(&cfg, args.force)?;
+            let cfg: reasonrl::train::ei::EiConfig = load_config(&args.config)?;
+            let out = reasonrl::train::ei::run(&cfg, args.resume, args.config.force)?;
             println!("expert-iteration policy saved to {}", out.display());
         }
         Command::Orm(args) => {
@@ -336,8 +336,8 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Rcrl(args) => {
-            let cfg: reasonrl::train::rcrl::RcrlConfig = load_config(&args)?;
-            let out = reasonrl::train::rcrl::run(&cfg, args.force)?;
+            let cfg: reasonrl::train::rcrl::RcrlConfig = load_config(&args.config)?;
+            let out = reasonrl::train::rcrl::run(&cfg, args.resume, args.config.force)?;
             println!("return-conditioned policy saved to {} (sample it with prompt.condition=[GOOD])", out.display());
         }
         Command::Ppo(args) => {

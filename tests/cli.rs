@@ -170,13 +170,32 @@ fn expert_iteration_runs_its_rounds_and_counts_samples() {
     ] {
         args.extend(["--set".to_string(), kv]);
     }
-    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(&strs(&args));
     let lines = json_lines(&dir.path().join("ei/metrics.jsonl"));
     let samples: Vec<f64> = lines.iter().map(|l| l["samples_seen"].as_f64().unwrap()).collect();
     assert_eq!(samples, vec![0.0, 18.0, 36.0], "cumulative samples per round");
     assert!(lines[1]["pool_size"].as_f64().unwrap() >= 6.0, "references are in the pool");
     assert!(lines.iter().all(|l| l["eval/maj@1"].is_number() && l["eval/pass@2"].is_number()));
     assert!(dir.path().join("ei/final/model.safetensors").exists());
+    resumes_exactly(&args, dir.path(), "ei");
+}
+
+/// Runs a round-based command (`args`, writing run `name` into `out_dir`) again as `NAME-b`,
+/// deletes its round-2 checkpoint and final model as if killed during round 2, and resumes it:
+/// the policy and the log must equal the straight run's.
+fn resumes_exactly(args: &[String], out_dir: &Path, name: &str) {
+    let again = [args, &["--set".to_string(), format!("run.name={name}-b")]].concat();
+    ok(&strs(&again));
+    let resumed = out_dir.join(format!("{name}-b"));
+    for gone in ["checkpoints/step-2", "final"] {
+        std::fs::remove_dir_all(resumed.join(gone)).unwrap();
+    }
+    let err = fails(&strs(&again));
+    assert!(err.contains("--resume"), "{err}");
+    ok(&strs(&[&again[..], &["--resume".to_string()]].concat()));
+    let straight = out_dir.join(name);
+    assert!(same(&weights(&straight.join("final"), false), &weights(&resumed.join("final"), false)), "{name}");
+    assert_eq!(json_lines(&straight.join("metrics.jsonl")), json_lines(&resumed.join("metrics.jsonl")), "{name}");
 }
 
 #[test]
@@ -335,7 +354,9 @@ fn orm_reranks_and_rcrl_learns_from_labels() {
         "eval.ks=[1,2]".into(),
         "eval.max_new_tokens=8".into(),
     ];
-    ok(&strs(&with_sets(&["rcrl"], &rcrl_sets, &[])));
+    let rcrl = with_sets(&["rcrl"], &rcrl_sets, &[]);
+    ok(&strs(&rcrl));
+    resumes_exactly(&rcrl, dir.path(), "rcrl");
     let lines = json_lines(&dir.path().join("rcrl/metrics.jsonl"));
     let seen: Vec<f64> = lines.iter().map(|l| l["samples_seen"].as_f64().unwrap()).collect();
     assert_eq!(seen, vec![0.0, 8.0, 16.0]);

@@ -6,8 +6,8 @@
 //! starting model and, when reranking or an ORM reward needs one, trains an ORM on its samples;
 //! then it runs each experiment from each init and seed and evaluates the result on the test
 //! split. Each of these jobs writes `done.json` into its folder when it finishes, so rerunning
-//! the study skips finished jobs, resumes the interrupted one where its trainer can (pretrain,
-//! SFT, ORM, PPO, GRPO/RLOO) or starts it over (EI, RCRL), and records a failed job's error
+//! the study skips finished jobs, resumes the interrupted one from its checkpoint (EI and RCRL
+//! from their last finished round), and records a failed job's error
 //! (`failed.txt`) and goes on with the jobs that do not need it.
 
 pub mod report;
@@ -403,12 +403,12 @@ fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
                 _ => None,
             };
             match experiment.algorithm.as_str() {
-                "ei" => ei::run(&stage_config(&cfg.ei, set)?, true),
+                "ei" => ei::run(&stage_config(&cfg.ei, set)?, resume, !resume),
                 "rcrl" => {
                     let labels = if experiment.reward == "sparse" { "outcome" } else { &experiment.reward };
                     set.push(format!("labels={}", quoted(labels)));
                     set.extend(orm_path.map(|p| format!("orm={p}")));
-                    rcrl::run(&stage_config(&cfg.rcrl, set)?, true)
+                    rcrl::run(&stage_config(&cfg.rcrl, set)?, resume, !resume)
                 }
                 algorithm => {
                     set.push(format!("reward.kind={}", quoted(&experiment.reward)));

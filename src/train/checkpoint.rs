@@ -89,11 +89,23 @@ impl Checkpoints {
 
     /// Writes `checkpoints/step-N` (complete or absent) and drops the oldest beyond `keep`.
     pub fn save(&self, model: &CausalLm, tokenizer: &Tokenizer, optimizer: &AdamW, state: &TrainerState) -> Result<()> {
+        self.save_with(model, tokenizer, state, |tmp| write_safetensors(&tmp.join(OPTIMIZER_FILE), &optimizer.state()))
+    }
+
+    /// [`Checkpoints::save`] with `extra` writing the files besides the model, tokenizer and
+    /// state into the checkpoint's folder (their sums are recorded too).
+    pub fn save_with(
+        &self,
+        model: &CausalLm,
+        tokenizer: &Tokenizer,
+        state: &TrainerState,
+        extra: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<()> {
         let dir = self.dir().join(format!("step-{}", state.step));
         fsutil::replace_dir(&dir, |tmp| {
             model.save(tmp)?;
             tokenizer.save(tmp)?;
-            write_safetensors(&tmp.join(OPTIMIZER_FILE), &optimizer.state())?;
+            extra(tmp)?;
             write_state(tmp, state)
         })?;
         for (_, old) in self.list().into_iter().skip(self.keep) {
@@ -111,15 +123,20 @@ impl Checkpoints {
         })
     }
 
-    /// Loads the newest checkpoint that passes its checks into `model` and `optimizer`; a bad
-    /// one is reported and skipped. The metrics log is cut back to that step.
-    pub fn load_latest(&self, model: &mut CausalLm, optimizer: &mut AdamW) -> Result<(PathBuf, TrainerState)> {
+    /// Loads the newest checkpoint that passes its checks into `model` and `optimizer` (a
+    /// checkpoint without one, like a round's, with `None`); a bad one is reported and skipped.
+    /// The metrics log is cut back to that step.
+    pub fn load_latest(
+        &self,
+        model: &mut CausalLm,
+        mut optimizer: Option<&mut AdamW>,
+    ) -> Result<(PathBuf, TrainerState)> {
         let candidates = self.list();
         if candidates.is_empty() {
             return Err(Error::file(self.dir(), "no checkpoint to resume from"));
         }
         for (_, dir) in candidates {
-            match load_checkpoint(&dir, model, optimizer) {
+            match load_checkpoint(&dir, model, optimizer.as_deref_mut()) {
                 Ok(state) => {
                     self.truncate_metrics(state.step)?;
                     return Ok((dir, state));
@@ -174,12 +191,13 @@ fn write_state(dir: &Path, state: &TrainerState) -> Result<()> {
     fsutil::write_atomic(&dir.join(STATE_FILE), |w| w.write_all(text.as_bytes()))
 }
 
-/// Checks a checkpoint's files against its recorded sums, then loads it.
-pub fn load_checkpoint(dir: &Path, model: &mut CausalLm, optimizer: &mut AdamW) -> Result<TrainerState> {
+/// Checks a checkpoint's files against its recorded sums, then loads the model and, when given,
+/// the optimiser (the checkpoint must have one then).
+pub fn load_checkpoint(dir: &Path, model: &mut CausalLm, optimizer: Option<&mut AdamW>) -> Result<TrainerState> {
     let state_path = dir.join(STATE_FILE);
     let text = fsutil::read_to_string(&state_path)?;
     let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::file(&state_path, e.to_string()))?;
-    if !state.files.contains_key(OPTIMIZER_FILE) {
+    if optimizer.is_some() && !state.files.contains_key(OPTIMIZER_FILE) {
         return Err(Error::file(&state_path, format!("lists no {OPTIMIZER_FILE}")));
     }
     for (name, sum) in &state.files {
@@ -196,9 +214,11 @@ pub fn load_checkpoint(dir: &Path, model: &mut CausalLm, optimizer: &mut AdamW) 
         }
     }
     model.load_weights(dir)?;
-    let optimizer_path = dir.join(OPTIMIZER_FILE);
-    let tensors =
-        tch::Tensor::read_safetensors(&optimizer_path).map_err(|e| Error::file(&optimizer_path, e.to_string()))?;
-    optimizer.load_state(tensors.into_iter().collect(), state.step as i64, &optimizer_path)?;
+    if let Some(optimizer) = optimizer {
+        let optimizer_path = dir.join(OPTIMIZER_FILE);
+        let tensors =
+            tch::Tensor::read_safetensors(&optimizer_path).map_err(|e| Error::file(&optimizer_path, e.to_string()))?;
+        optimizer.load_state(tensors.into_iter().collect(), state.step as i64, &optimizer_path)?;
+    }
     Ok(state)
 }

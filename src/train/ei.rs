@@ -3,7 +3,10 @@
 //! add them to the pool of all rounds so far, and fine-tune on the pool — from the base model by
 //! default (the paper resets every round), or from the current policy.
 
-use super::rounds::{check_dedup, dedup_key, evaluate_policy, log_round, RoundEval, RoundSampling};
+use super::rounds::{
+    check_dedup, dedup_key, evaluate_policy, fresh_round_dir, log_round, resume_round, save_round, RoundEval,
+    RoundSampling,
+};
 use super::sft::solution_example;
 use super::{prepare_run_dir, Metrics, RunConfig, TrainConfig, Trainer};
 use crate::error::Result;
@@ -98,30 +101,39 @@ pub fn start_round(policy: &mut CausalLm, base: &Path, reset: bool) -> Result<()
 }
 
 /// Runs Expert Iteration; the last round's policy ends in `RUN/final`. Per-round figures go to
-/// `RUN/metrics.jsonl` (x axis: `samples_seen`, the paper's sample complexity).
-pub fn run(cfg: &EiConfig, force: bool) -> Result<PathBuf> {
+/// `RUN/metrics.jsonl` (x axis: `samples_seen`, the paper's sample complexity). Each round ends
+/// with a checkpoint (policy and pool); `resume` continues after the newest.
+pub fn run(cfg: &EiConfig, resume: bool, force: bool) -> Result<PathBuf> {
     check_dedup(&cfg.dedup)?;
     let dir = cfg.run.dir();
-    prepare_run_dir(&dir, &crate::config::to_toml(cfg), false, force)?;
+    prepare_run_dir(&dir, &crate::config::to_toml(cfg), resume, force)?;
     let device = crate::parse_device(&cfg.run.device)?;
     let (mut policy, tokenizer) = CausalLm::load_with_tokenizer(&cfg.model, device, false)?;
     let task = TaskSpec::parse(&cfg.task)?;
     let questions = task.load(Split::Train, (cfg.questions > 0).then_some(cfg.questions))?;
     let test = task.load(Split::Test, (cfg.eval.problems > 0).then_some(cfg.eval.problems))?;
     let prompter = Prompter::new(&cfg.prompt, &questions)?;
-    let checkpoints = super::checkpoint::Checkpoints::new(&dir, 1);
+    let checkpoints = super::checkpoint::Checkpoints::new(&dir, 2);
     let index: HashMap<&str, usize> = questions.iter().enumerate().map(|(i, q)| (q.id.as_str(), i)).collect();
 
     let mut pool = Pool::new(&cfg.dedup);
-    if cfg.include_references {
-        for (i, q) in questions.iter().enumerate() {
-            pool.add(i, &q.reference_solution);
+    let (mut done, mut samples_seen) = (0, 0);
+    if resume {
+        let solutions: Vec<(usize, String)>;
+        (done, samples_seen, solutions) = resume_round(&checkpoints, &mut policy)?;
+        for (i, text) in &solutions {
+            pool.add(*i, text);
         }
+    } else {
+        if cfg.include_references {
+            for (i, q) in questions.iter().enumerate() {
+                pool.add(i, &q.reference_solution);
+            }
+        }
+        let line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?;
+        log_round(&checkpoints, line, 0, 0)?;
     }
-    let mut samples_seen = 0usize;
-    let line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?;
-    log_round(&checkpoints, line, 0, 0)?;
-    for round in 1..=cfg.rounds {
+    for round in done + 1..=cfg.rounds {
         // 1. Sample K solutions per question from the current policy.
         let episodes = rollout(&policy, &tokenizer, &prompter, &questions, &cfg.sampling.config(cfg.seed, round))?;
         samples_seen += episodes.len();
@@ -149,7 +161,7 @@ pub fn run(cfg: &EiConfig, force: bool) -> Result<PathBuf> {
             eprintln!("round {round}: nothing correct to learn from yet; the policy stays as it is");
         } else {
             start_round(&mut policy, &cfg.model, cfg.reset_to_base)?;
-            let round_dir = dir.join(format!("round-{round}"));
+            let round_dir = fresh_round_dir(&dir, round)?;
             let mut trainer = Trainer::new(&mut policy, &tokenizer, cfg.train.clone(), &round_dir, false)?;
             trainer.train(&examples, &mut |_, _| Ok(Metrics::new()))?;
         }
@@ -161,6 +173,7 @@ pub fn run(cfg: &EiConfig, force: bool) -> Result<PathBuf> {
             ("pool_solutions_per_question".into(), pool.solutions.len() as f64 / pool.questions().max(1) as f64),
         ]);
         log_round(&checkpoints, line, round, samples_seen)?;
+        save_round(&checkpoints, &policy, &tokenizer, round, samples_seen, &pool.solutions)?;
     }
     let last = dir.join("final");
     policy.save_with_tokenizer(&tokenizer, &last, true)?;

@@ -422,7 +422,7 @@ impl<'a> Trainer<'a> {
         let mut optimizer = AdamW::new(model);
         let mut state = TrainerState::default();
         if resume {
-            let (dir, loaded) = checkpoints.load_latest(model, &mut optimizer)?;
+            let (dir, loaded) = checkpoints.load_latest(model, Some(&mut optimizer))?;
             eprintln!("resuming from {} (step {})", dir.display(), loaded.step);
             state = loaded;
         }

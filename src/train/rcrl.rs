@@ -7,7 +7,10 @@
 //! has not learnt the labels yet), adds the labelled solutions to the pool and fine-tunes on it.
 
 use super::ei::start_round;
-use super::rounds::{check_dedup, dedup_key, evaluate_policy, log_round, RoundEval, RoundSampling};
+use super::rounds::{
+    check_dedup, dedup_key, evaluate_policy, fresh_round_dir, log_round, resume_round, save_round, RoundEval,
+    RoundSampling,
+};
 use super::{prepare_run_dir, Example, Metrics, Objective, RunConfig, TrainConfig, Trainer};
 use crate::error::{Error, Result};
 use crate::model::CausalLm;
@@ -77,7 +80,7 @@ impl Default for RcrlConfig {
 
 /// A solution cut into steps (response tokens, control tokens removed), each labelled good or
 /// bad; the outcome variant has one step, the whole response.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Labelled {
     pub question: usize,
     pub steps: Vec<(Vec<u32>, bool)>,
@@ -120,6 +123,14 @@ pub fn labelled_example(prompt: &[u32], solution: &Labelled, controls: Controls,
     }
     tokens.push(eos);
     Example::new(tokens, prompt.len())
+}
+
+/// The labelled solutions of every round so far, and the duplicate keys (question, text key) of
+/// every solution ever pooled: what a round checkpoint keeps.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Pool {
+    solutions: Vec<Labelled>,
+    seen: HashSet<(usize, String)>,
 }
 
 /// Labels sampled solutions.
@@ -196,8 +207,9 @@ impl Labeller<'_> {
 
 /// Runs RCRL; the last round's policy (with the control tokens) ends in `RUN/final`. Sample it
 /// as a good solver with `prompt.condition = "[GOOD]"` (and `prompt.condition_every_step = true`
-/// for the per-step variants).
-pub fn run(cfg: &RcrlConfig, force: bool) -> Result<PathBuf> {
+/// for the per-step variants). Each round ends with a checkpoint (policy and pool); `resume`
+/// continues after the newest.
+pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
     check_dedup(&cfg.dedup)?;
     let per_step = match cfg.labels.as_str() {
         "outcome" => false,
@@ -205,7 +217,7 @@ pub fn run(cfg: &RcrlConfig, force: bool) -> Result<PathBuf> {
         other => return Err(Error::Invalid(format!("labels `{other}`: use outcome, heuristic or orm"))),
     };
     let dir = cfg.run.dir();
-    prepare_run_dir(&dir, &crate::config::to_toml(cfg), false, force)?;
+    prepare_run_dir(&dir, &crate::config::to_toml(cfg), resume, force)?;
     let device = crate::parse_device(&cfg.run.device)?;
     let (mut policy, mut tokenizer) = CausalLm::load_with_tokenizer(&cfg.model, device, false)?;
     let controls = Controls::add(&mut policy, &mut tokenizer)?;
@@ -224,28 +236,31 @@ pub fn run(cfg: &RcrlConfig, force: bool) -> Result<PathBuf> {
     let prompter = Prompter::new(&cfg.prompt, &questions)?.unconditioned();
     let good_prompter = prompter.clone().conditioned(GOOD, per_step);
     let index: HashMap<&str, usize> = questions.iter().enumerate().map(|(i, q)| (q.id.as_str(), i)).collect();
-    let checkpoints = super::checkpoint::Checkpoints::new(&dir, 1);
+    let checkpoints = super::checkpoint::Checkpoints::new(&dir, 2);
 
-    let mut pool: Vec<Labelled> = Vec::new();
-    let mut seen = HashSet::new();
-    if cfg.include_references {
-        for (i, q) in questions.iter().enumerate() {
-            let text = q.reference_solution.trim_end();
-            seen.insert((i, dedup_key(&cfg.dedup, text)));
-            let steps = text
-                .split_inclusive('\n')
-                .map(|line| Ok((tokenizer.encode(line)?, true)))
-                .collect::<Result<Vec<_>>>()?;
-            pool.push(Labelled {
-                question: i,
-                steps: if per_step { steps } else { vec![(tokenizer.encode(text)?, true)] },
-            });
+    let mut pool = Pool::default();
+    let (mut done, mut samples_seen) = (0, 0);
+    if resume {
+        (done, samples_seen, pool) = resume_round(&checkpoints, &mut policy)?;
+    } else {
+        if cfg.include_references {
+            for (i, q) in questions.iter().enumerate() {
+                let text = q.reference_solution.trim_end();
+                pool.seen.insert((i, dedup_key(&cfg.dedup, text)));
+                let steps = text
+                    .split_inclusive('\n')
+                    .map(|line| Ok((tokenizer.encode(line)?, true)))
+                    .collect::<Result<Vec<_>>>()?;
+                pool.solutions.push(Labelled {
+                    question: i,
+                    steps: if per_step { steps } else { vec![(tokenizer.encode(text)?, true)] },
+                });
+            }
         }
+        let line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?;
+        log_round(&checkpoints, line, 0, 0)?;
     }
-    let mut samples_seen = 0usize;
-    let line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?;
-    log_round(&checkpoints, line, 0, 0)?;
-    for round in 1..=cfg.rounds {
+    for round in done + 1..=cfg.rounds {
         // 1. Sample, as a good solver once the policy knows what [GOOD] means.
         let sampler = if round == 1 { &prompter } else { &good_prompter };
         let episodes = rollout(&policy, &tokenizer, sampler, &questions, &cfg.sampling.config(cfg.seed, round))?;
@@ -254,18 +269,19 @@ pub fn run(cfg: &RcrlConfig, force: bool) -> Result<PathBuf> {
         // 2. Label every new solution, right or wrong, and pool it.
         let fresh: Vec<Episode> = episodes
             .into_iter()
-            .filter(|e| seen.insert((index[e.problem_id.as_str()], dedup_key(&cfg.dedup, &e.text))))
+            .filter(|e| pool.seen.insert((index[e.problem_id.as_str()], dedup_key(&cfg.dedup, &e.text))))
             .collect();
-        pool.extend(labeller.label(&fresh, &questions, &index)?);
-        let labels: Vec<bool> = pool.iter().flat_map(|s| s.steps.iter().map(|(_, g)| *g)).collect();
+        pool.solutions.extend(labeller.label(&fresh, &questions, &index)?);
+        let labels: Vec<bool> = pool.solutions.iter().flat_map(|s| s.steps.iter().map(|(_, g)| *g)).collect();
         let good_fraction = labels.iter().filter(|&&g| g).count() as f64 / labels.len().max(1) as f64;
         eprintln!(
             "round {round}: {correct} of {total} samples right; pool {} solutions, {:.1}% of labels good",
-            pool.len(),
+            pool.solutions.len(),
             100.0 * good_fraction
         );
         // 3. Fine-tune on the labelled pool.
         let examples: Vec<Example> = pool
+            .solutions
             .iter()
             .map(|s| {
                 let prompt = prompter.encode(&tokenizer, &questions[s.question].question)?;
@@ -274,13 +290,17 @@ pub fn run(cfg: &RcrlConfig, force: bool) -> Result<PathBuf> {
             .collect::<Result<_>>()?;
         start_round(&mut policy, &base, cfg.reset_to_base)?;
         let mut trainer =
-            Trainer::new(&mut policy, &tokenizer, cfg.train.clone(), &dir.join(format!("round-{round}")), false)?;
+            Trainer::new(&mut policy, &tokenizer, cfg.train.clone(), &fresh_round_dir(&dir, round)?, false)?;
         trainer.objective = Objective::LanguageModel { context_only: vec![controls.good, controls.bad] };
         trainer.train(&examples, &mut |_, _| Ok(Metrics::new()))?;
         // 4. Evaluate conditioned on [GOOD], and log.
         let mut line = evaluate_policy(&policy, &tokenizer, &good_prompter, &test, &cfg.eval, cfg.seed)?;
-        line.extend([("pool_size".into(), pool.len() as f64), ("pool_good_label_fraction".into(), good_fraction)]);
+        line.extend([
+            ("pool_size".into(), pool.solutions.len() as f64),
+            ("pool_good_label_fraction".into(), good_fraction),
+        ]);
         log_round(&checkpoints, line, round, samples_seen)?;
+        save_round(&checkpoints, &policy, &tokenizer, round, samples_seen, &pool)?;
     }
     let last = dir.join("final");
     policy.save_with_tokenizer(&tokenizer, &last, true)?;

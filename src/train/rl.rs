@@ -128,13 +128,14 @@ impl<'a> PgRun<'a> {
         critic: Option<(&mut CausalLm, &mut AdamW)>,
         prompts_per_update: usize,
     ) -> Result<(usize, PgState)> {
-        let (dir, state) = self.checkpoints.load_latest(policy, optimizer)?;
+        let (dir, state) = self.checkpoints.load_latest(policy, Some(optimizer))?;
         let update = state.step;
         let clocks = state.policy_gradient.ok_or_else(|| {
             Error::file(dir.join(super::checkpoint::STATE_FILE), "is not a PPO/GRPO checkpoint (no policy_gradient)")
         })?;
         if let Some((critic, critic_optimizer)) = critic {
-            load_checkpoint(&self.critic_checkpoints.dir().join(format!("step-{update}")), critic, critic_optimizer)?;
+            let dir = self.critic_checkpoints.dir().join(format!("step-{update}"));
+            load_checkpoint(&dir, critic, Some(critic_optimizer))?;
         }
         for _ in 0..update {
             self.stream.take(prompts_per_update);

@@ -1,10 +1,13 @@
 //! What the sample-then-learn algorithms (Expert Iteration, RCRL) share: the sampling settings of
-//! a round, the test evaluation after each round and its log line, and deduplication.
+//! a round, the test evaluation after each round and its log line, deduplication, and the
+//! checkpoint after each round that `--resume` continues from.
 
+use super::checkpoint::{Checkpoints, TrainerState};
 use super::Metrics;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::eval::run::{sample_episodes, SampleSpec};
 use crate::eval::{evaluate, EvalOptions};
+use crate::fsutil;
 use crate::model::CausalLm;
 use crate::prompt::Prompter;
 use crate::sample::SamplingConfig;
@@ -137,6 +140,49 @@ pub fn report(line: &Metrics) {
     eprintln!("{}", shown.join(", "));
 }
 
+/// What a round checkpoint holds besides the policy: the pool the next rounds build on.
+const POOL_FILE: &str = "pool.json";
+
+/// After round `round`: `checkpoints/step-ROUND` holds the policy, `pool.json` and the samples
+/// seen. That is all the next round needs: its sampling seed is a function of the round, and its
+/// fine-tuning starts a fresh optimiser.
+pub fn save_round<T: serde::Serialize>(
+    checkpoints: &Checkpoints,
+    policy: &CausalLm,
+    tokenizer: &Tokenizer,
+    round: usize,
+    samples_seen: usize,
+    pool: &T,
+) -> Result<()> {
+    let state = TrainerState { step: round, samples_seen: samples_seen as u64, ..TrainerState::default() };
+    checkpoints.save_with(policy, tokenizer, &state, |dir| {
+        fsutil::write_atomic(&dir.join(POOL_FILE), |w| serde_json::to_writer(w, pool).map_err(std::io::Error::other))
+    })
+}
+
+/// Loads the newest valid round checkpoint into `policy`; returns the round, the samples seen
+/// and the pool. The metrics log is cut back to that round.
+pub fn resume_round<T: serde::de::DeserializeOwned>(
+    checkpoints: &Checkpoints,
+    policy: &mut CausalLm,
+) -> Result<(usize, usize, T)> {
+    let (dir, state) = checkpoints.load_latest(policy, None)?;
+    let path = dir.join(POOL_FILE);
+    let pool = serde_json::from_str(&fsutil::read_to_string(&path)?).map_err(|e| Error::file(&path, e.to_string()))?;
+    eprintln!("resumed from {} (round {})", dir.display(), state.step);
+    Ok((state.step, state.samples_seen as usize, pool))
+}
+
+/// `RUN/round-N`, where round N fine-tunes, emptied of what an interrupted earlier attempt at
+/// the round left there.
+pub fn fresh_round_dir(run_dir: &std::path::Path, round: usize) -> Result<std::path::PathBuf> {
+    let dir = run_dir.join(format!("round-{round}"));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    Ok(dir)
+}
+
 /// Two solutions are duplicates when their keys are equal: the whitespace-normalised text
 /// (`"text"`), or the sequence of intermediate results (`"results"`).
 pub fn dedup_key(mode: &str, text: &str) -> String {
@@ -151,6 +197,6 @@ pub fn check_dedup(mode: &str) -> Result<()> {
     if ["text", "results"].contains(&mode) {
         Ok(())
     } else {
-        Err(crate::error::Error::Invalid(format!("dedup `{mode}`: use text or results")))
+        Err(Error::Invalid(format!("dedup `{mode}`: use text or results")))
     }
 }
