@@ -177,17 +177,17 @@ fn expert_iteration_runs_its_rounds_and_counts_samples() {
     assert!(lines[1]["pool_size"].as_f64().unwrap() >= 6.0, "references are in the pool");
     assert!(lines.iter().all(|l| l["eval/maj@1"].is_number() && l["eval/pass@2"].is_number()));
     assert!(dir.path().join("ei/final/model.safetensors").exists());
-    resumes_exactly(&args, dir.path(), "ei");
+    resumes_exactly(&args, dir.path(), "ei", &["checkpoints/step-2"]);
 }
 
-/// Runs a round-based command (`args`, writing run `name` into `out_dir`) again as `NAME-b`,
-/// deletes its round-2 checkpoint and final model as if killed during round 2, and resumes it:
-/// the policy and the log must equal the straight run's.
-fn resumes_exactly(args: &[String], out_dir: &Path, name: &str) {
+/// Runs a command that already ran (`args`, writing run `name` into `out_dir`) again as
+/// `NAME-b`, deletes its newest checkpoints (`gone`) and final model as if killed there, and
+/// resumes it: the policy and the log must equal the straight run's.
+fn resumes_exactly(args: &[String], out_dir: &Path, name: &str, gone: &[&str]) {
     let again = [args, &["--set".to_string(), format!("run.name={name}-b")]].concat();
     ok(&strs(&again));
     let resumed = out_dir.join(format!("{name}-b"));
-    for gone in ["checkpoints/step-2", "final"] {
+    for gone in gone.iter().chain(&["final"]) {
         std::fs::remove_dir_all(resumed.join(gone)).unwrap();
     }
     let err = fails(&strs(&again));
@@ -356,7 +356,7 @@ fn orm_reranks_and_rcrl_learns_from_labels() {
     ];
     let rcrl = with_sets(&["rcrl"], &rcrl_sets, &[]);
     ok(&strs(&rcrl));
-    resumes_exactly(&rcrl, dir.path(), "rcrl");
+    resumes_exactly(&rcrl, dir.path(), "rcrl", &["checkpoints/step-2"]);
     let lines = json_lines(&dir.path().join("rcrl/metrics.jsonl"));
     let seen: Vec<f64> = lines.iter().map(|l| l["samples_seen"].as_f64().unwrap()).collect();
     assert_eq!(seen, vec![0.0, 8.0, 16.0]);
@@ -448,27 +448,16 @@ fn ppo_and_grpo_resume_exactly() {
     );
     let ppo = ["critic=separate", "adaptive_kl=true", "samples_per_prompt=2", "optim.lr=1e-3", "target_kl=0"];
     for (algorithm, extra) in [("ppo", &ppo[..]), ("grpo", &["group_size=2", "optim.lr=1e-3"][..])] {
-        let args = |run: &str, extra_args: &[&str]| {
-            let mut sets = [&common[..], &[format!("run.name={algorithm}-{run}")]].concat();
-            sets.extend(extra.iter().map(|s| s.to_string()));
-            with_sets(&[algorithm], &sets, extra_args)
-        };
-        let (straight, resumed) =
-            (dir.path().join(format!("{algorithm}-a")), dir.path().join(format!("{algorithm}-b")));
-        ok(&strs(&args("a", &[])));
-        ok(&strs(&args("b", &[])));
-        for gone in ["checkpoints/step-3", "critic/checkpoints/step-3", "final"] {
-            let _ = std::fs::remove_dir_all(resumed.join(gone));
-        }
-        let err = fails(&strs(&args("b", &[])));
-        assert!(err.contains("--resume"), "{err}");
-        ok(&strs(&args("b", &["--resume"])));
-        assert!(same(&weights(&straight.join("final"), false), &weights(&resumed.join("final"), false)), "{algorithm}");
+        let mut sets = [&common[..], &[format!("run.name={algorithm}")]].concat();
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        let args = with_sets(&[algorithm], &sets, &[]);
+        ok(&strs(&args));
         if algorithm == "ppo" {
-            let critic = |run: &Path| weights(&run.join("critic/checkpoints/step-3"), true);
-            assert!(same(&critic(&straight), &critic(&resumed)), "ppo: critic");
+            resumes_exactly(&args, dir.path(), "ppo", &["checkpoints/step-3", "critic/checkpoints/step-3"]);
+            let critic = |run: &str| weights(&dir.path().join(run).join("critic/checkpoints/step-3"), true);
+            assert!(same(&critic("ppo"), &critic("ppo-b")), "ppo: critic");
+        } else {
+            resumes_exactly(&args, dir.path(), "grpo", &["checkpoints/step-3"]);
         }
-        let (a, b) = (json_lines(&straight.join("metrics.jsonl")), json_lines(&resumed.join("metrics.jsonl")));
-        assert_eq!(a, b, "{algorithm}: the log, line for line");
     }
 }

@@ -445,6 +445,12 @@ pub fn evaluate(
     let boot = |m: BTreeMap<usize, Vec<f64>>| -> BTreeMap<usize, Metric> {
         m.into_iter().map(|(k, v)| (k, Metric::bootstrap(&v, opts))).collect()
     };
+    // Per problem, the scorer's pick minus the vote's, on the same samples (k = 1 is one sample).
+    let minus_maj = |m: &BTreeMap<usize, Vec<f64>>| -> BTreeMap<usize, Metric> {
+        let diffs = m.iter().filter(|(k, _)| **k > 1).map(|(k, v)| (*k, v.iter().zip(&maj[k]).map(|(a, b)| a - b)));
+        diffs.map(|(k, d)| (k, Metric::bootstrap(&d.collect::<Vec<_>>(), opts))).collect()
+    };
+    let (rerank_minus_maj, wmaj_minus_maj) = (minus_maj(&rerank), minus_maj(&wmaj));
     let summary = EvalSummary {
         problems: groups.len(),
         samples_per_problem: n,
@@ -452,10 +458,10 @@ pub fn evaluate(
         maj1: (!maj1.is_empty()).then(|| Metric::bootstrap(&maj1, opts)),
         maj: boot(maj),
         pass: boot(pass),
+        rerank_minus_maj,
+        wmaj_minus_maj,
         rerank: boot(rerank),
         wmaj: boot(wmaj),
-        rerank_minus_maj: minus_maj("rerank", &records, opts),
-        wmaj_minus_maj: minus_maj("wmaj", &records, opts),
         mean_distinct_correct: distinct.iter().sum::<f64>() / distinct.len() as f64,
         mean_response_tokens: mean_or_zero(&lengths),
     };
@@ -597,19 +603,6 @@ fn record_value(metric: &str, r: &ProblemRecord, k: usize) -> Option<f64> {
         "wmaj" => r.wmaj.get(&k).map(|&ok| ok as u8 as f64),
         _ => r.pass.get(&k).copied(),
     }
-}
-
-/// `metric`@k - maj@k ("rerank" or "wmaj") on the same samples for each scored k > 1, with 95%
-/// bootstrap intervals over problems: does the scorer beat a plain vote?
-fn minus_maj(metric: &str, records: &[ProblemRecord], opts: &EvalOptions) -> BTreeMap<usize, Metric> {
-    let ks: Vec<usize> = records.first().map_or(vec![], |r| r.rerank.keys().copied().filter(|&k| k > 1).collect());
-    ks.into_iter()
-        .filter_map(|k| {
-            let diffs: Option<Vec<f64>> =
-                records.iter().map(|r| Some(record_value(metric, r, k)? - record_value("maj", r, k)?)).collect();
-            Some((k, Metric::bootstrap(&diffs?, opts)))
-        })
-        .collect()
 }
 
 /// Reads a records.jsonl written by [`write_report`].
