@@ -71,6 +71,9 @@ PY
   echo "== bench"
   $bin/reasonrl bench --device cuda --dtype f32 --sample-batches 16,64,256 || status=1
   $bin/reasonrl bench --device cuda --dtype bf16 --sample-batches 16,64,256 || status=1
+  for dtype in f32 bf16; do
+    $bin/reasonrl bench --workload eval --presets small --device cuda --dtype "$dtype" --batch-size 256 || status=1
+  done
   echo "== sampling on CUDA"
   $bin/reasonrl sample --model .gpu/models/small --device cuda --limit 16 -k 4 --temperature 1 \
     --out "$work/samples.jsonl" || status=1

@@ -1,10 +1,13 @@
 //! `reasonrl bench`: training and sampling throughput of each preset (or a model folder) on this
-//! machine.
+//! machine, on fixed-length rows (`bench_model`) or on a realistic rollout (`bench_workload`).
 
 use crate::error::Result;
 use crate::model::{presets, CausalLm};
+use crate::prompt::Prompter;
 use crate::rng::Rng;
-use crate::sample::{generate, SamplingConfig};
+use crate::rollout::rollout;
+use crate::sample::{generate, Finish, SamplingConfig};
+use crate::task::Problem;
 use crate::tokenizer::Tokenizer;
 use std::time::Instant;
 use tch::nn::OptimizerConfig;
@@ -15,7 +18,8 @@ use tch::{nn, Device, Kind, Tensor};
 pub struct BenchResult {
     pub preset: String,
     pub parameters: i64,
-    /// Forward + backward + AdamW step on a batch of `train_batch` x `train_seq` tokens.
+    /// Forward + backward + AdamW step on a batch of `train_batch` x `train_seq` tokens (the
+    /// median step).
     pub train_tokens_per_s: f64,
     pub train_step_ms: f64,
     /// (batch rows, new tokens per second) with the KV cache, temperature 1.
@@ -64,11 +68,16 @@ pub fn bench_model(name: &str, mut model: CausalLm, tokenizer: &Tokenizer, cfg: 
         loss.double_value(&[]) // waits for the device
     };
     step(); // warm-up: allocations, kernel selection
-    let start = Instant::now();
-    for _ in 0..cfg.train_steps {
-        step();
-    }
-    let per_step = start.elapsed().as_secs_f64() / cfg.train_steps as f64;
+            // The median step: one step slowed by another process on a shared machine does not count.
+    let mut times: Vec<f64> = (0..cfg.train_steps.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            step();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let per_step = times[times.len() / 2];
 
     let mut sampling = Vec::new();
     for &batch in &cfg.sample_batches {
@@ -93,5 +102,56 @@ pub fn bench_model(name: &str, mut model: CausalLm, tokenizer: &Tokenizer, cfg: 
         train_tokens_per_s: (cfg.train_batch * cfg.train_seq) as f64 / per_step,
         train_step_ms: per_step * 1e3,
         sampling_tokens_per_s: sampling,
+    })
+}
+
+/// A realistic rollout: `cfg.samples_per_prompt` samples of each problem through the one rollout
+/// path (real prompts of mixed lengths, rows that stop at their answer).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkloadResult {
+    pub model: String,
+    pub problems: usize,
+    pub samples: usize,
+    /// Response tokens generated (every one of them is part of an episode).
+    pub new_tokens: usize,
+    pub prompt_tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    pub samples_per_s: f64,
+    pub problems_per_s: f64,
+    /// Share of samples that stopped before `max_new_tokens`.
+    pub stopped_early: f64,
+    pub accuracy: f64,
+}
+
+/// Times `rollout` of `problems` with `cfg`, after a short warm-up.
+pub fn bench_workload(
+    name: &str,
+    model: &CausalLm,
+    tokenizer: &Tokenizer,
+    prompter: &Prompter,
+    problems: &[Problem],
+    cfg: &SamplingConfig,
+) -> Result<WorkloadResult> {
+    let warm_up = SamplingConfig { samples_per_prompt: 1, max_new_tokens: 8.min(cfg.max_new_tokens), ..cfg.clone() };
+    rollout(model, tokenizer, prompter, &problems[..problems.len().min(4)], &warm_up)?;
+    let start = Instant::now();
+    let episodes = rollout(model, tokenizer, prompter, problems, cfg)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let new_tokens: usize = episodes.iter().map(|e| e.response_tokens.len()).sum();
+    let count = |f: &dyn Fn(&crate::rollout::Episode) -> bool| episodes.iter().filter(|e| f(e)).count() as f64;
+    let samples = episodes.len();
+    Ok(WorkloadResult {
+        model: name.to_string(),
+        problems: problems.len(),
+        samples,
+        new_tokens,
+        prompt_tokens: episodes.iter().map(|e| e.prompt_tokens.len()).sum(),
+        seconds,
+        tokens_per_s: new_tokens as f64 / seconds,
+        samples_per_s: samples as f64 / seconds,
+        problems_per_s: problems.len() as f64 / seconds,
+        stopped_early: count(&|e| e.finish != Finish::Length) / samples as f64,
+        accuracy: count(&|e| e.correct) / samples as f64,
     })
 }

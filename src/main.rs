@@ -253,6 +253,41 @@ struct BenchArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// `fixed`: random prompts, every row runs to --new-tokens (the sampler's best case);
+    /// `eval`: -k samples of each of --problems test problems with real prompts and early stops.
+    #[arg(long, value_enum, default_value = "fixed")]
+    workload: Workload,
+    /// Task of the eval workload (its test split).
+    #[arg(long, default_value = "builtin:1")]
+    task: String,
+    /// Problems of the eval workload.
+    #[arg(long, default_value_t = 256)]
+    problems: usize,
+    /// Samples per problem in the eval workload.
+    #[arg(short = 'k', long, default_value_t = 16)]
+    k: usize,
+    /// Sampling temperature of the eval workload.
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f64,
+    /// Maximum new tokens per sample in the eval workload.
+    #[arg(long, default_value_t = 160)]
+    max_new_tokens: usize,
+    /// Rows decoded together in the eval workload.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Prompt format of the eval workload: plain, few-shot or chat (see configs/eval.toml).
+    #[arg(long, default_value = "plain")]
+    prompt: String,
+    /// Write the eval workload's prompts (token ids, a JSON array per line) here, so another
+    /// sampler can be timed on the same ones (scripts/bench-vs-pytorch.sh).
+    #[arg(long)]
+    prompts_out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Workload {
+    Fixed,
+    Eval,
 }
 
 fn main() {
@@ -484,6 +519,87 @@ fn print_episode(e: &Episode) {
     println!("{}", e.text.trim_end());
 }
 
+/// `bench --workload eval`: one realistic rollout per model.
+fn run_bench_workload(args: BenchArgs, device: tch::Device, kind: tch::Kind) -> Result<()> {
+    let spec = TaskSpec::parse(&args.task)?;
+    let problems = spec.load(Split::Test, Some(args.problems))?;
+    let train = spec.load(Split::Train, Some(16))?;
+    let prompt = reasonrl::prompt::PromptConfig { format: args.prompt.clone(), ..Default::default() };
+    let prompter = reasonrl::prompt::Prompter::new(&prompt, &train)?;
+    let sampling = reasonrl::sample::SamplingConfig {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        samples_per_prompt: args.k,
+        batch_size: args.batch_size,
+        ..Default::default()
+    };
+    let models: Vec<(String, CausalLm, reasonrl::tokenizer::Tokenizer)> = match &args.model {
+        Some(dir) => vec![(
+            dir.display().to_string(),
+            CausalLm::load(dir, device, false)?,
+            reasonrl::tokenizer::Tokenizer::load(dir)?,
+        )],
+        None => {
+            eprintln!(
+                "note: presets have random weights, so rows rarely stop early; pass --model for a trained policy"
+            );
+            let corpus = spec.load(Split::Train, Some(2000))?;
+            let tokenizer = reasonrl::tokenizer::Tokenizer::train_bpe(
+                corpus.iter().map(|p| format!("{}\n{}", p.question, p.reference_solution)),
+                1024,
+            )?;
+            let mut models = Vec::new();
+            for preset in &args.presets {
+                let config = reasonrl::model::presets::preset(preset, tokenizer.vocab_size() as i64, 1024)?;
+                models.push((preset.clone(), CausalLm::new(&config, device, false)?, tokenizer.clone()));
+            }
+            models
+        }
+    };
+    if let Some(path) = &args.prompts_out {
+        let (_, _, tokenizer) = &models[0];
+        let lines = problems.iter().map(|p| prompter.encode(tokenizer, &p.question)).collect::<Result<Vec<_>, _>>()?;
+        fsutil::write_jsonl(path, &lines)?;
+    }
+    println!(
+        "device {device:?}, dtype {}, threads {}; {} problems x {} samples of {}, temperature {}, batch {}",
+        args.dtype,
+        tch::get_num_threads(),
+        problems.len(),
+        args.k,
+        args.task,
+        args.temperature,
+        args.batch_size
+    );
+    println!(
+        "{:<24} {:>9} {:>10} {:>8} {:>10} {:>10} {:>11} {:>9} {:>9}",
+        "model", "samples", "new tok", "s", "tok/s", "samples/s", "problems/s", "early", "correct"
+    );
+    let mut results = Vec::new();
+    for (name, mut model, tokenizer) in models {
+        model.vs.set_kind(kind);
+        let r = reasonrl::bench::bench_workload(&name, &model, &tokenizer, &prompter, &problems, &sampling)?;
+        println!(
+            "{:<24} {:>9} {:>10} {:>8.1} {:>10.0} {:>10.1} {:>11.2} {:>8.0}% {:>8.1}%",
+            r.model,
+            r.samples,
+            r.new_tokens,
+            r.seconds,
+            r.tokens_per_s,
+            r.samples_per_s,
+            r.problems_per_s,
+            r.stopped_early * 100.0,
+            r.accuracy * 100.0
+        );
+        results.push(r);
+    }
+    if let Some(path) = args.json {
+        let text = serde_json::to_string_pretty(&results)?;
+        fsutil::write_atomic(&path, |w| w.write_all(text.as_bytes()))?;
+    }
+    Ok(())
+}
+
 fn run_bench(args: BenchArgs) -> Result<()> {
     let kind = match args.dtype.as_str() {
         "f32" => tch::Kind::Float,
@@ -496,10 +612,13 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         train_batch: 16,
         train_seq: 128,
         train_steps: args.train_steps,
-        sample_batches: args.sample_batches,
+        sample_batches: args.sample_batches.clone(),
         prompt_tokens: 32,
         new_tokens: args.new_tokens,
     };
+    if let Workload::Eval = args.workload {
+        return run_bench_workload(args, cfg.device, kind);
+    }
     let presets = if args.model.is_some() { vec![] } else { args.presets.clone() };
     let tokenizer = match &args.model {
         Some(dir) => reasonrl::tokenizer::Tokenizer::load(dir)?,

@@ -1,15 +1,18 @@
-//! Batched generation with a KV cache.
+//! Batched generation with a KV cache and continuous batching.
 //!
-//! Rows (each prompt repeated `samples_per_prompt` times) are sorted by prompt length and cut
-//! into batches; each batch is left-padded, prefilled in one forward pass, then decoded a token
-//! at a time. Rows that finish are dropped from the batch and the cache, so they stop costing
-//! compute. Every row draws from its own generator seeded by (seed, prompt, sample), not from
-//! torch's global one, so the same call repeats exactly, whatever else runs in the process.
+//! A decoder holds `batch_size` rows. Each waiting (prompt, sample) takes the first free row:
+//! the prompt is prefilled once for all of its samples and its keys and values are copied into
+//! their rows, then every row decodes a token per step. A row that finishes hands its slot to the
+//! next waiting sample at once, so the batch stays full until the queue is empty; after that,
+//! finished rows leave it. Every row draws from its own generator seeded by (seed, prompt,
+//! sample), not from torch's global one, so the same call repeats exactly, whatever else runs in
+//! the process and whatever the batch size.
 
 use crate::error::{Error, Result};
-use crate::model::{KvCache, Llama};
+use crate::model::{CacheWrite, KvCache, Llama};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
+use std::collections::VecDeque;
 use tch::{Device, Kind, Tensor};
 
 /// How to sample.
@@ -100,25 +103,103 @@ pub fn generate(
             cfg.max_new_tokens
         )));
     }
-    let mut rows: Vec<(usize, usize)> =
-        (0..prompts.len()).flat_map(|p| (0..cfg.samples_per_prompt).map(move |s| (p, s))).collect();
-    // Longest prompts first, so each batch holds similar lengths and little padding.
-    rows.sort_by_key(|&(p, _)| std::cmp::Reverse(prompts[p].len()));
     let stops = Stops {
         ids: tokenizer.stop_ids(),
         ends_line: if cfg.step_prefix.is_some() { tokenizer.newline_counts()? } else { Vec::new() },
         cfg,
     };
-    let mut out = Vec::with_capacity(rows.len());
+    // Longest prompts first: the short ones that finish the queue leave the batch sooner.
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    order.sort_by_key(|&p| std::cmp::Reverse(prompts[p].len()));
+    let mut queue: VecDeque<(usize, usize)> =
+        order.into_iter().flat_map(|p| (0..cfg.samples_per_prompt).map(move |s| (p, s))).collect();
+    let slots = cfg.batch_size.min(queue.len());
+    let capacity = prompts.iter().map(Vec::len).max().unwrap_or(0) + cfg.max_new_tokens;
+    let mut out = Vec::with_capacity(queue.len());
     tch::no_grad(|| -> Result<()> {
-        for chunk in rows.chunks(cfg.batch_size) {
+        let mut batch = Batch {
+            decoder: Decoder::new(model, slots, capacity),
+            rows: (0..slots).map(|_| None).collect(),
+            feed: vec![0; slots],
+        };
+        batch.admit(prompts, &mut queue, tokenizer, cfg)?;
+        while !batch.rows.is_empty() {
             crate::progress::check_stop()?;
-            out.extend(generate_batch(model, tokenizer, prompts, chunk, cfg, &stops)?);
+            let logits = batch.decoder.step(&batch.feed);
+            let uniforms: Vec<f32> =
+                batch.rows.iter_mut().map(|r| r.as_mut().map_or(0.0, |r| r.rng.unit() as f32)).collect();
+            let (next, logprob) = choose(&logits, &Tensor::from_slice(&uniforms).to_device(model.device()), cfg);
+            let next = Vec::<i64>::try_from(&next.to_device(Device::Cpu))?;
+            let logprob = Vec::<f32>::try_from(&logprob.to_device(Device::Cpu))?;
+            for slot in 0..batch.rows.len() {
+                let Some(row) = batch.rows[slot].as_mut() else { continue };
+                let token = row.push(next[slot] as u32, logprob[slot], &stops)?;
+                batch.feed[slot] = token as i64;
+                if row.finish.is_some() {
+                    out.push(batch.rows[slot].take().expect("checked above").finish()?);
+                    batch.decoder.release(slot);
+                }
+            }
+            batch.admit(prompts, &mut queue, tokenizer, cfg)?;
+            batch.drop_free_slots(&queue);
         }
         Ok(())
     })?;
     out.sort_by_key(|g| (g.prompt_index, g.sample_index));
     Ok(out)
+}
+
+/// The rows being decoded, one per decoder slot, and the token each slot is fed next.
+struct Batch<'m, 't> {
+    decoder: Decoder<'m>,
+    rows: Vec<Option<Row<'t>>>,
+    feed: Vec<i64>,
+}
+
+impl<'t> Batch<'_, 't> {
+    /// Continuous batching: free slots take the next waiting rows. They wait until an eighth of
+    /// the batch is free, so one prefill pass serves several rows (a pass per finished row costs
+    /// more than the idle slots do). The waiting samples of one prompt share one prefill.
+    fn admit(
+        &mut self,
+        prompts: &[Vec<u32>],
+        queue: &mut VecDeque<(usize, usize)>,
+        tokenizer: &'t Tokenizer,
+        cfg: &SamplingConfig,
+    ) -> Result<()> {
+        let free = self.rows.iter().filter(|r| r.is_none()).count();
+        if free == 0 || free < self.rows.len().div_ceil(8) && free < self.rows.len() && free < queue.len() {
+            return Ok(());
+        }
+        let mut groups: Vec<(&[u32], Vec<i64>)> = Vec::new();
+        for slot in 0..self.rows.len() {
+            if self.rows[slot].is_some() {
+                continue;
+            }
+            let Some((p, s)) = queue.pop_front() else { break };
+            match groups.last_mut() {
+                Some((prompt, slots)) if std::ptr::eq(*prompt, prompts[p].as_slice()) => slots.push(slot as i64),
+                _ => groups.push((&prompts[p], vec![slot as i64])),
+            }
+            self.rows[slot] = Some(Row::new(p, s, tokenizer, cfg));
+            self.feed[slot] = *prompts[p].last().expect("prompts are not empty") as i64;
+        }
+        if !groups.is_empty() {
+            self.decoder.fill(&groups, tokenizer.pad_id());
+        }
+        Ok(())
+    }
+
+    /// Once nothing waits, finished rows leave the batch so they stop costing compute.
+    fn drop_free_slots(&mut self, queue: &VecDeque<(usize, usize)>) {
+        if !queue.is_empty() || self.rows.iter().all(Option::is_some) {
+            return;
+        }
+        let keep: Vec<i64> = (0..self.rows.len() as i64).filter(|&s| self.rows[s as usize].is_some()).collect();
+        self.decoder.keep_rows(&keep);
+        self.feed = keep.iter().map(|&s| self.feed[s as usize]).collect();
+        self.rows.retain(Option::is_some);
+    }
 }
 
 struct Stops<'a> {
@@ -144,191 +225,211 @@ fn answer_line_end(text: &str) -> Option<usize> {
     text[start + 4..newline].chars().any(|c| c.is_ascii_digit()).then_some(newline + 1)
 }
 
-struct Row {
+type Stream<'t> = tokenizers::DecodeStream<
+    't,
+    tokenizers::ModelWrapper,
+    tokenizers::NormalizerWrapper,
+    tokenizers::PreTokenizerWrapper,
+    tokenizers::PostProcessorWrapper,
+    tokenizers::DecoderWrapper,
+>;
+
+struct Row<'t> {
     prompt_index: usize,
     sample_index: usize,
     tokens: Vec<u32>,
     logprobs: Vec<f32>,
     finish: Option<Finish>,
+    /// Decodes a chunk per token, so a step costs O(1) and not a decode of the whole response;
+    /// `None` once it failed (a full decode each step then does its job).
+    stream: Option<Stream<'t>>,
+    /// The response decoded so far; once stopped, the text up to the stop.
     text: String,
+    tokenizer: &'t Tokenizer,
     rng: Rng,
     /// The last token ended a line: the step prefix comes next.
     at_line_start: bool,
 }
 
-/// A batch being decoded: the KV cache plus which key positions are real (not padding) and the
-/// position id of each row's next token.
-pub struct Decoder<'m> {
-    model: &'m Llama,
-    cache: KvCache,
-    valid: Tensor,
-    next_pos: Tensor,
-}
-
-impl<'m> Decoder<'m> {
-    /// Left-pads the prompts into one batch, runs them through the model in one pass and returns
-    /// the decoder with the next-token logits `[B, V]` of every row. `capacity` bounds prompt
-    /// plus new tokens.
-    pub fn prefill(model: &'m Llama, prompts: &[&[u32]], pad: u32, max_new_tokens: usize) -> (Self, Tensor) {
-        let device = model.device();
-        let b = prompts.len() as i64;
-        let prompt_len = prompts.iter().map(|p| p.len()).max().unwrap_or(0) as i64;
-        let capacity = prompt_len + max_new_tokens as i64;
-        // Row r's prompt occupies the last len_r columns.
-        let mut ids = vec![pad as i64; (b * prompt_len) as usize];
-        let mut valid = vec![false; (b * capacity) as usize];
-        for (r, prompt) in prompts.iter().enumerate() {
-            let offset = prompt_len as usize - prompt.len();
-            for (j, &t) in prompt.iter().enumerate() {
-                ids[r * prompt_len as usize + offset + j] = t as i64;
-                valid[r * capacity as usize + offset + j] = true;
-            }
-        }
-        let ids = Tensor::from_slice(&ids).view([b, prompt_len]).to_device(device);
-        let valid = Tensor::from_slice(&valid).view([b, capacity]).to_device(device);
-        let prompt_valid = valid.narrow(1, 0, prompt_len);
-        // Positions count real tokens only; padding sits at 0 and is never attended to.
-        let positions = (prompt_valid.cumsum(1, Kind::Int64) - 1).clamp_min(0);
-        let causal = Tensor::ones([prompt_len, prompt_len], (Kind::Bool, device)).tril(0);
-        // Padding queries attend to themselves so no softmax row is empty (that gives NaN).
-        let eye = Tensor::eye(prompt_len, (Kind::Bool, device));
-        let mask = causal.logical_and(&prompt_valid.view([b, 1, 1, prompt_len])).logical_or(&eye);
-        let mut cache = model.new_cache(b, capacity);
-        let hidden = model.forward(&ids, &positions, Some(&mask), Some(&mut cache));
-        let logits = model.logits(&hidden.select(1, prompt_len - 1));
-        let next_pos = prompt_valid.sum_dim_intlist(1, false, Kind::Int64);
-        (Decoder { model, cache, valid, next_pos }, logits)
-    }
-
-    /// Feeds one token per row (`[B]`) and returns the next-token logits `[B, V]`.
-    pub fn step(&mut self, tokens: &Tensor) -> Tensor {
-        let n = tokens.size()[0];
-        let key_len = self.cache.len() + 1;
-        let _ = self.valid.narrow(1, key_len - 1, 1).fill_(1);
-        let mask = self.valid.narrow(1, 0, key_len).view([n, 1, 1, key_len]);
-        let positions = self.next_pos.view([n, 1]);
-        let hidden = self.model.forward(&tokens.view([n, 1]), &positions, Some(&mask), Some(&mut self.cache));
-        self.next_pos += 1;
-        self.model.logits(&hidden.select(1, 0))
-    }
-
-    /// Keeps only the rows in `index` (int64): finished rows stop costing compute.
-    pub fn select_rows(&mut self, index: &Tensor) {
-        self.cache.select_rows(index);
-        self.valid = self.valid.index_select(0, index);
-        self.next_pos = self.next_pos.index_select(0, index);
-    }
-}
-
-fn generate_batch(
-    model: &Llama,
-    tokenizer: &Tokenizer,
-    prompts: &[Vec<u32>],
-    chunk: &[(usize, usize)],
-    cfg: &SamplingConfig,
-    stops: &Stops,
-) -> Result<Vec<Generation>> {
-    let batch_prompts: Vec<&[u32]> = chunk.iter().map(|&(p, _)| prompts[p].as_slice()).collect();
-    let (mut decoder, mut logits) = Decoder::prefill(model, &batch_prompts, tokenizer.pad_id(), cfg.max_new_tokens);
-    let mut rows: Vec<Row> = chunk
-        .iter()
-        .map(|&(p, s)| Row {
-            prompt_index: p,
-            sample_index: s,
+impl<'t> Row<'t> {
+    fn new(prompt_index: usize, sample_index: usize, tokenizer: &'t Tokenizer, cfg: &SamplingConfig) -> Self {
+        Row {
+            prompt_index,
+            sample_index,
             tokens: Vec::new(),
             logprobs: Vec::new(),
             finish: None,
+            stream: Some(tokenizer.inner().decode_stream(true)),
             text: String::new(),
-            rng: Rng::new(Rng::new(cfg.seed).next_u64() ^ ((p as u64) << 24) ^ s as u64),
+            tokenizer,
+            rng: Rng::new(Rng::new(cfg.seed).next_u64() ^ ((prompt_index as u64) << 24) ^ sample_index as u64),
             at_line_start: false,
-        })
-        .collect();
-    let mut active: Vec<usize> = (0..rows.len()).collect(); // batch slot -> row
-    loop {
-        let uniforms: Vec<f32> = active.iter().map(|&r| rows[r].rng.unit() as f32).collect();
-        let (mut next, logprob) = choose(&logits, &Tensor::from_slice(&uniforms).to_device(model.device()), cfg);
-        let next_host = Vec::<i64>::try_from(&next.to_device(Device::Cpu))?;
-        let logprob_host = Vec::<f32>::try_from(&logprob.to_device(Device::Cpu))?;
-        let mut keep = Vec::with_capacity(active.len());
-        let mut forced = false;
-        for (slot, &r) in active.iter().enumerate() {
-            let row = &mut rows[r];
-            let (token, logprob) = match cfg.step_prefix {
-                Some(prefix) if row.at_line_start => (prefix, 0.0),
-                _ => (next_host[slot] as u32, logprob_host[slot]),
-            };
-            forced |= token as i64 != next_host[slot];
-            row.at_line_start = cfg.step_prefix.is_some_and(|p| p != token)
-                && stops.ends_line.get(token as usize).is_some_and(|&n| n > 0);
-            row.tokens.push(token);
-            row.logprobs.push(logprob);
-            if stops.ids.contains(&token) {
-                row.finish = Some(Finish::Eos);
-            } else {
-                let text = tokenizer.decode(&row.tokens, true)?;
-                if let Some(end) = stops.text_end(&text) {
-                    row.finish = Some(Finish::Stop);
-                    row.text = text[..end].to_string();
-                } else if row.tokens.len() >= cfg.max_new_tokens {
-                    row.finish = Some(Finish::Length);
-                }
-            }
-            if row.finish.is_none() {
-                keep.push(slot as i64);
-            }
         }
-        if keep.is_empty() {
-            break;
-        }
-        if forced {
-            // Feed what the rows hold, step prefixes included, not what was sampled.
-            let fed: Vec<i64> =
-                active.iter().map(|&r| *rows[r].tokens.last().expect("a token per step") as i64).collect();
-            next = Tensor::from_slice(&fed).to_device(model.device());
-        }
-        if keep.len() < active.len() {
-            let index = Tensor::from_slice(&keep).to_device(model.device());
-            decoder.select_rows(&index);
-            next = next.index_select(0, &index);
-            active = keep.iter().map(|&s| active[s as usize]).collect();
-        }
-        logits = decoder.step(&next);
     }
-    rows.into_iter()
-        .map(|row| {
-            let text = match row.finish {
-                Some(Finish::Stop) => row.text,
-                _ => tokenizer.decode(&row.tokens, true)?,
-            };
-            Ok(Generation {
-                prompt_index: row.prompt_index,
-                sample_index: row.sample_index,
-                tokens: row.tokens,
-                text,
-                logprobs: row.logprobs,
-                finish: row.finish.unwrap_or(Finish::Length),
-            })
+
+    /// Appends the sampled token (or the step prefix it gives way to), decides whether the row is
+    /// finished and returns the token it holds.
+    fn push(&mut self, sampled: u32, logprob: f32, stops: &Stops) -> Result<u32> {
+        let (token, logprob) = match stops.cfg.step_prefix {
+            Some(prefix) if self.at_line_start => (prefix, 0.0),
+            _ => (sampled, logprob),
+        };
+        self.at_line_start = stops.cfg.step_prefix.is_some_and(|p| p != token)
+            && stops.ends_line.get(token as usize).is_some_and(|&n| n > 0);
+        self.tokens.push(token);
+        self.logprobs.push(logprob);
+        if stops.ids.contains(&token) {
+            self.finish = Some(Finish::Eos);
+            return Ok(token);
+        }
+        // Only new text can complete a stop, and a full decode confirms it (the stream is a
+        // shortcut, never the judge).
+        let chunk = self.stream.as_mut().map(|s| s.step(token));
+        let maybe_stopped = match chunk {
+            Some(Ok(Some(chunk))) => {
+                self.text.push_str(&chunk);
+                stops.text_end(&self.text).is_some()
+            }
+            Some(Ok(None)) => false,
+            Some(Err(_)) | None => {
+                self.stream = None;
+                true
+            }
+        };
+        if maybe_stopped {
+            let text = self.tokenizer.decode(&self.tokens, true)?;
+            if let Some(end) = stops.text_end(&text) {
+                self.finish = Some(Finish::Stop);
+                self.text = text[..end].to_string();
+                return Ok(token);
+            }
+        }
+        if self.tokens.len() >= stops.cfg.max_new_tokens {
+            self.finish = Some(Finish::Length);
+        }
+        Ok(token)
+    }
+
+    fn finish(self) -> Result<Generation> {
+        let text = match self.finish {
+            Some(Finish::Stop) => self.text,
+            _ => self.tokenizer.decode(&self.tokens, true)?,
+        };
+        Ok(Generation {
+            prompt_index: self.prompt_index,
+            sample_index: self.sample_index,
+            tokens: self.tokens,
+            text,
+            logprobs: self.logprobs,
+            finish: self.finish.unwrap_or(Finish::Length),
         })
-        .collect()
+    }
+}
+
+/// A batch of sequences being decoded with a KV cache: a fixed number of rows, each of which can
+/// take a new prompt whenever it is free. `lens` counts the tokens each row's cache holds.
+pub struct Decoder<'m> {
+    model: &'m Llama,
+    cache: KvCache,
+    lens: Vec<i64>,
+    /// Rows that hold no sequence: a step feeds them whatever and they do not advance.
+    idle: Vec<bool>,
+}
+
+impl<'m> Decoder<'m> {
+    /// `rows` empty rows of up to `capacity` tokens each.
+    pub fn new(model: &'m Llama, rows: usize, capacity: usize) -> Self {
+        Decoder {
+            model,
+            cache: model.new_cache(rows as i64, capacity as i64),
+            lens: vec![0; rows],
+            idle: vec![false; rows],
+        }
+    }
+
+    /// Starts the given rows on new prompts: all but each prompt's last token go through the
+    /// model in one pass (right-padded, causal) and into the rows that sample from that prompt,
+    /// a copy per row. The next `step` must feed each row its prompt's last token.
+    pub fn fill(&mut self, groups: &[(&[u32], Vec<i64>)], pad: u32) {
+        for (prompt, rows) in groups {
+            for &r in rows {
+                self.lens[r as usize] = prompt.len() as i64 - 1;
+                self.idle[r as usize] = false;
+            }
+        }
+        let groups: Vec<_> = groups.iter().filter(|(p, _)| p.len() > 1).collect();
+        let Some(width) = groups.iter().map(|(p, _)| p.len() as i64 - 1).max() else { return };
+        let device = self.model.device();
+        let n = groups.len() as i64;
+        let mut ids = vec![pad as i64; (n * width) as usize];
+        for (g, (prompt, _)) in groups.iter().enumerate() {
+            for (j, &t) in prompt[..prompt.len() - 1].iter().enumerate() {
+                ids[g * width as usize + j] = t as i64;
+            }
+        }
+        let ids = Tensor::from_slice(&ids).view([n, width]).to_device(device);
+        let positions = Tensor::arange(width, (Kind::Int64, device)).unsqueeze(0).expand([n, width], false);
+        let mut prefill = self.model.new_cache(n, width);
+        // Padding sits after each prompt, so causal attention keeps it out of the real tokens.
+        let _ = self.model.forward(&ids, &positions, None, Some(CacheWrite { cache: &mut prefill, span: width }));
+        let (to, from): (Vec<i64>, Vec<i64>) =
+            groups.iter().enumerate().flat_map(|(g, (_, rows))| rows.iter().map(move |&r| (r, g as i64))).unzip();
+        let index = |v: Vec<i64>| Tensor::from_slice(&v).to_device(device);
+        self.cache.copy_rows(&index(to), &prefill, &index(from), width);
+    }
+
+    /// Feeds one token per row and returns the next-token logits `[rows, V]`.
+    pub fn step(&mut self, tokens: &[i64]) -> Tensor {
+        let device = self.model.device();
+        let n = tokens.len() as i64;
+        let span = self.lens.iter().max().map_or(0, |&l| l + 1);
+        let positions = Tensor::from_slice(&self.lens).to_device(device).view([n, 1]);
+        // Rows of one length see every stored key; otherwise each sees its own.
+        let mask = (self.lens.iter().any(|&l| l != self.lens[0])).then(|| {
+            Tensor::arange(span, (Kind::Int64, device)).view([1, span]).le_tensor(&positions).view([n, 1, 1, span])
+        });
+        let ids = Tensor::from_slice(tokens).to_device(device).view([n, 1]);
+        let hidden =
+            self.model.forward(&ids, &positions, mask.as_ref(), Some(CacheWrite { cache: &mut self.cache, span }));
+        for (l, idle) in self.lens.iter_mut().zip(&self.idle) {
+            *l += i64::from(!idle);
+        }
+        self.model.logits(&hidden.select(1, 0))
+    }
+
+    /// Marks a row as holding no sequence until the next `fill` gives it one.
+    pub fn release(&mut self, row: usize) {
+        (self.lens[row], self.idle[row]) = (0, true);
+    }
+
+    /// Keeps only the rows in `rows`, in that order.
+    pub fn keep_rows(&mut self, rows: &[i64]) {
+        self.cache.select_rows(&Tensor::from_slice(rows).to_device(self.model.device()));
+        self.lens = rows.iter().map(|&r| self.lens[r as usize]).collect();
+        self.idle = rows.iter().map(|&r| self.idle[r as usize]).collect();
+    }
 }
 
 /// Picks the next token of every row and its log-probability (see `Generation::logprobs`),
 /// sampling by inverting each row's CDF at its uniform draw in `[0, 1)`.
 fn choose(logits: &Tensor, uniforms: &Tensor, cfg: &SamplingConfig) -> (Tensor, Tensor) {
+    // Few passes over the [B, V] logits and no [B, V] temporaries beyond the CDF: with a large
+    // vocabulary these dominate a small model's decoding step.
     let logits = logits.to_kind(Kind::Float);
     let greedy = cfg.temperature <= 0.0;
-    let scaled = if greedy { logits.shallow_clone() } else { &logits / cfg.temperature };
-    let logp = scaled.log_softmax(-1, Kind::Float);
+    let scaled = if greedy { logits } else { &logits / cfg.temperature };
     let next = if greedy {
-        logits.argmax(-1, false)
+        scaled.argmax(-1, false)
     } else {
-        let filtered = if cfg.top_p < 1.0 { top_p_filter(&scaled, cfg.top_p) } else { scaled };
-        let cdf = filtered.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
-        // Scaling by the total keeps rounding from ever landing past the last likely token.
+        let filtered = if cfg.top_p < 1.0 { top_p_filter(&scaled, cfg.top_p) } else { scaled.shallow_clone() };
+        let mut cdf = filtered.softmax(-1, Kind::Float);
+        let _ = cdf.cumsum_(-1, Kind::Float);
+        // Scaling by the total keeps rounding from ever landing past the last likely token; the
+        // first index whose cumulative mass reaches the draw is the token.
         let target = uniforms.unsqueeze(-1) * cdf.narrow(1, cdf.size()[1] - 1, 1);
-        cdf.lt_tensor(&target).sum_dim_intlist(-1, false, Kind::Int64)
+        target.searchsorted(&cdf, false, false, "left", None::<Tensor>).squeeze_dim(-1)
     };
-    let lp = logp.gather(-1, &next.unsqueeze(-1), false).squeeze_dim(-1);
+    let lp = scaled.gather(-1, &next.unsqueeze(-1), false).squeeze_dim(-1) - scaled.logsumexp([-1], false);
     (next, lp)
 }
 

@@ -53,38 +53,64 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
     }
 }
 
+/// Logits of `ids` at every position from one full forward pass.
+fn full_logits(model: &CausalLm, ids: &[u32]) -> Tensor {
+    let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    model.forward_logits(&Tensor::from_slice(&ids).unsqueeze(0)).squeeze_dim(0)
+}
+
 #[test]
 fn kv_cache_decoding_matches_full_forward_on_mixed_length_batch() {
     let config = tiny_config("LlamaForCausalLM");
     let model = CausalLm::new(&config, Device::Cpu, false).unwrap();
-    let prompts: Vec<Vec<u32>> = vec![vec![5, 9, 2], vec![7, 3, 3, 8, 1, 4, 6], vec![11, 12, 13, 14, 15]];
+    let prompts: Vec<Vec<u32>> = vec![vec![5, 9, 2], vec![7, 3, 3, 8, 1, 4, 6], vec![11]];
     let continuation: Vec<Vec<u32>> = vec![vec![20, 21, 22, 23], vec![30, 31, 32, 33], vec![40, 41, 42, 43]];
-    let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
     tch::no_grad(|| {
-        let (mut decoder, mut logits) = Decoder::prefill(&model, &refs, 0, 4);
-        let mut per_step = vec![logits.shallow_clone()];
+        let mut decoder = Decoder::new(&model, 3, 16);
+        let groups: Vec<(&[u32], Vec<i64>)> =
+            prompts.iter().enumerate().map(|(r, p)| (p.as_slice(), vec![r as i64])).collect();
+        decoder.fill(&groups, 0);
+        // Each row is fed its prompt's last token, then its continuation.
+        let mut fed: Vec<Vec<u32>> = prompts.clone();
+        let mut per_step = vec![decoder.step(&prompts.iter().map(|p| *p.last().unwrap() as i64).collect::<Vec<_>>())];
         for step in 0..3 {
             let tokens: Vec<i64> = continuation.iter().map(|c| c[step] as i64).collect();
-            logits = decoder.step(&Tensor::from_slice(&tokens));
-            per_step.push(logits.shallow_clone());
+            per_step.push(decoder.step(&tokens));
+            for (r, c) in continuation.iter().enumerate() {
+                fed[r].push(c[step]);
+            }
         }
         for (r, prompt) in prompts.iter().enumerate() {
-            let full: Vec<i64> = prompt.iter().chain(&continuation[r][..3]).map(|&t| t as i64).collect();
-            let reference = model.forward_logits(&Tensor::from_slice(&full).unsqueeze(0)).squeeze_dim(0);
+            let reference = full_logits(&model, &fed[r]);
             for (step, logits) in per_step.iter().enumerate() {
                 let expected = reference.get(prompt.len() as i64 - 1 + step as i64);
                 let diff = max_diff(&logits.get(r as i64), &expected);
                 assert!(diff < 1e-4, "row {r} step {step}: max abs logit difference {diff}");
             }
         }
-        // Dropping a row keeps the others exact.
-        decoder.select_rows(&Tensor::from_slice(&[0i64, 2]));
-        let logits = decoder.step(&Tensor::from_slice(&[continuation[0][3] as i64, continuation[2][3] as i64]));
+        // Dropping a row keeps the others exact; a freed row takes a new prompt while the others
+        // go on (continuous batching), and one prefill serves two rows.
+        decoder.keep_rows(&[0, 2]);
+        let logits = decoder.step(&[continuation[0][3] as i64, continuation[2][3] as i64]);
         for (slot, r) in [0usize, 2].into_iter().enumerate() {
-            let full: Vec<i64> = prompts[r].iter().chain(&continuation[r]).map(|&t| t as i64).collect();
-            let reference = model.forward_logits(&Tensor::from_slice(&full).unsqueeze(0)).squeeze_dim(0);
-            let diff = max_diff(&logits.get(slot as i64), &reference.get(full.len() as i64 - 1));
+            fed[r].push(continuation[r][3]);
+            let diff = max_diff(&logits.get(slot as i64), &full_logits(&model, &fed[r]).get(-1));
             assert!(diff < 1e-4, "row {r} after compaction: {diff}");
+        }
+        let fresh: Vec<u32> = vec![3, 14, 15, 9, 26];
+        let mut decoder = Decoder::new(&model, 3, 16);
+        decoder.fill(&[(prompts[1].as_slice(), vec![0]), (fresh.as_slice(), vec![1, 2])], 0);
+        let _ = decoder.step(&[*prompts[1].last().unwrap() as i64, 26, 26]);
+        decoder.fill(&[(prompts[0].as_slice(), vec![1])], 0);
+        let logits = decoder.step(&[50, *prompts[0].last().unwrap() as i64, 51]);
+        let expect = [
+            full_logits(&model, &[prompts[1].clone(), vec![50]].concat()).get(-1),
+            full_logits(&model, &prompts[0]).get(-1),
+            full_logits(&model, &[fresh.clone(), vec![51]].concat()).get(-1),
+        ];
+        for (r, expected) in expect.iter().enumerate() {
+            let diff = max_diff(&logits.get(r as i64), expected);
+            assert!(diff < 1e-4, "row {r} after a refill: {diff}");
         }
     });
 }

@@ -74,8 +74,9 @@ fn greedy_tokens_and_logprobs_match_a_full_forward_pass() {
     let prompts = prompts(&tokenizer);
     let mut cfg = sampling(0.0, 0);
     cfg.samples_per_prompt = 1;
-    // Stop the first row early with a stop string taken from its own output, so rows leave the
-    // batch at different steps.
+    cfg.batch_size = 2; // the third prompt takes the first free row mid-decode
+                        // Stop the first row early with a stop string taken from its own output, so rows leave the
+                        // batch at different steps.
     let free = generate(&model, &tokenizer, &prompts, &cfg).unwrap();
     let stop = tokenizer.decode(&free[0].tokens[..3], true).unwrap();
     cfg.stop_strings = vec![stop.clone()];
@@ -90,6 +91,37 @@ fn greedy_tokens_and_logprobs_match_a_full_forward_pass() {
         }
     }
     assert!(generations.iter().map(|g| g.tokens.len()).collect::<std::collections::HashSet<_>>().len() > 1);
+}
+
+/// Continuous batching (rows refilled mid-decode, one prefill shared by a prompt's samples) gives
+/// what decoding each row alone gives, with mixed prompt lengths and rows stopping early.
+#[test]
+fn continuous_batching_matches_one_row_at_a_time() {
+    let (model, tokenizer) = setup();
+    let mut prompts = prompts(&tokenizer);
+    prompts.push(vec![tokenizer.bos_id().unwrap()]); // a prompt of one token has nothing to prefill
+    let mut cfg = sampling(1.0, 3);
+    (cfg.samples_per_prompt, cfg.max_new_tokens, cfg.batch_size) = (4, 16, 1);
+    let alone = generate(&model, &tokenizer, &prompts, &cfg).unwrap();
+    // Stop strings taken from the output, so rows finish at different steps and slots free up.
+    cfg.stop_strings = alone.iter().step_by(3).map(|g| tokenizer.decode(&g.tokens[..2], true).unwrap()).collect();
+    cfg.stop_strings.retain(|s| !s.trim().is_empty());
+    let alone = generate(&model, &tokenizer, &prompts, &cfg).unwrap();
+    let lengths: std::collections::HashSet<usize> = alone.iter().map(|g| g.tokens.len()).collect();
+    assert!(lengths.len() > 2, "rows should stop at different steps: {lengths:?}");
+    assert!(alone.iter().any(|g| g.finish == Finish::Stop));
+    for batch_size in [3, 5, 16, 64] {
+        cfg.batch_size = batch_size;
+        let batched = generate(&model, &tokenizer, &prompts, &cfg).unwrap();
+        assert_eq!(batched.len(), alone.len());
+        for (x, y) in batched.iter().zip(&alone) {
+            assert_eq!((x.prompt_index, x.sample_index), (y.prompt_index, y.sample_index));
+            assert_eq!(x.tokens, y.tokens, "batch {batch_size}, prompt {} sample {}", x.prompt_index, x.sample_index);
+            assert_eq!((&x.text, x.finish), (&y.text, y.finish));
+            let worst = x.logprobs.iter().zip(&y.logprobs).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+            assert!(worst < 1e-5, "batch {batch_size}: log-probs differ by {worst}");
+        }
+    }
 }
 
 #[test]

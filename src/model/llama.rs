@@ -38,22 +38,28 @@ struct Block {
     down: Linear,
 }
 
-/// Keys and values of every layer for the tokens seen so far, preallocated to `capacity`
-/// positions so a decoding step writes in place instead of concatenating.
+/// Keys and values of every layer, `[B, kv_heads, capacity, head_dim]`. Rows are right-aligned
+/// at column 0 and never padded on the left, so the token at position `p` of a row lives in
+/// column `p`: a decoding step writes each row at its own position, and a finished row's slot
+/// can take a new sequence without touching the others (continuous batching).
 #[derive(Debug)]
 pub struct KvCache {
     keys: Vec<Tensor>,
     values: Vec<Tensor>,
-    len: i64,
+}
+
+/// A forward pass through a cache: token `t` of row `b` is stored in column `positions[b, t]`,
+/// and attention reads columns `0..span` (what the mask, if any, covers).
+#[derive(Debug)]
+pub struct CacheWrite<'a> {
+    pub cache: &'a mut KvCache,
+    pub span: i64,
 }
 
 impl KvCache {
-    /// Number of positions filled.
-    pub fn len(&self) -> i64 {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    /// Batch rows.
+    pub fn rows(&self) -> i64 {
+        self.keys.first().map_or(0, |k| k.size()[0])
     }
     /// Keeps only the batch rows `rows` (an int64 index tensor): finished sequences stop costing
     /// compute.
@@ -62,13 +68,21 @@ impl KvCache {
             *t = t.index_select(0, rows);
         }
     }
-    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
-        let t = k.size()[2];
-        let end = self.len + t;
-        assert!(end <= self.keys[layer].size()[2], "KV cache capacity exceeded");
-        self.keys[layer].narrow(2, self.len, t).copy_(k);
-        self.values[layer].narrow(2, self.len, t).copy_(v);
-        (self.keys[layer].narrow(2, 0, end), self.values[layer].narrow(2, 0, end))
+    /// Copies rows `from` of `other` (its first `columns` columns) into rows `to` of this cache:
+    /// one prefilled prompt serves every slot that samples from it.
+    pub fn copy_rows(&mut self, to: &Tensor, other: &KvCache, from: &Tensor, columns: i64) {
+        let pairs = self.keys.iter_mut().zip(&other.keys).chain(self.values.iter_mut().zip(&other.values));
+        for (dst, src) in pairs {
+            let _ = dst.narrow(2, 0, columns).index_copy_(0, to, &src.narrow(2, 0, columns).index_select(0, from));
+        }
+    }
+    fn store(&mut self, layer: usize, k: &Tensor, v: &Tensor, columns: &Tensor, span: i64) -> (Tensor, Tensor) {
+        let capacity = self.keys[layer].size()[2];
+        assert!(span <= capacity, "KV cache capacity exceeded");
+        let index = columns.expand_as(k);
+        let _ = self.keys[layer].scatter_(2, &index, k);
+        let _ = self.values[layer].scatter_(2, &index, v);
+        (self.keys[layer].narrow(2, 0, span), self.values[layer].narrow(2, 0, span))
     }
 }
 
@@ -136,34 +150,33 @@ impl Llama {
         KvCache {
             keys: (0..n).map(|_| Tensor::zeros(shape, opts)).collect(),
             values: (0..n).map(|_| Tensor::zeros(shape, opts)).collect(),
-            len: 0,
         }
     }
 
     /// Final (normed) hidden states `[B, T, H]` for token ids `[B, T]` at `positions` `[B, T]`.
     ///
-    /// `mask` (bool, broadcastable to `[B, 1, T, T_keys]`, true = attend) is needed whenever the
-    /// batch has padding or the cache already holds positions and `T > 1`; without it attention
-    /// is causal. With `cache`, keys and values are appended to it.
+    /// `mask` (bool, broadcastable to `[B, 1, T, keys]`, true = attend) is needed whenever some
+    /// keys must not be seen; without it attention is causal when `T > 1` and sees every key when
+    /// `T = 1`. With `cache`, keys and values are stored at their positions and attention reads
+    /// the cache (see `CacheWrite`).
     pub fn forward(
         &self,
         ids: &Tensor,
         positions: &Tensor,
         mask: Option<&Tensor>,
-        mut cache: Option<&mut KvCache>,
+        mut cache: Option<CacheWrite>,
     ) -> Tensor {
         let (cos, sin) = self.rope(positions);
         let norm =
             |x: &Tensor, weight: &Tensor| x.rms_norm([self.config.hidden_size], Some(weight), self.config.rms_norm_eps);
+        // [B, 1, T, 1]: broadcasts over heads and head dims when scattered into the cache.
+        let columns = cache.as_ref().map(|_| positions.unsqueeze(1).unsqueeze(-1));
         let mut x = Tensor::embedding(&self.embed, ids, -1, false, false);
         for (i, b) in self.blocks.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
+            let layer_cache = cache.as_mut().zip(columns.as_ref()).map(|(c, cols)| (&mut *c.cache, i, cols, c.span));
             let h = &x + self.attention(b, &norm(&x, &b.input_norm), &cos, &sin, mask, layer_cache);
             let hn = norm(&h, &b.post_norm);
             x = &h + b.down.forward(&(b.gate.forward(&hn).silu() * b.up.forward(&hn)));
-        }
-        if let Some(cache) = cache {
-            cache.len += ids.size()[1];
         }
         norm(&x, &self.norm)
     }
@@ -175,7 +188,7 @@ impl Llama {
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        cache: Option<(&mut KvCache, usize)>,
+        cache: Option<(&mut KvCache, usize, &Tensor, i64)>,
     ) -> Tensor {
         let (bs, t, _) = x.size3().expect("hidden is [B, T, H]");
         let c = &self.config;
@@ -185,11 +198,21 @@ impl Llama {
         let k = apply_rope(&heads(b.k.forward(x), nkv), cos, sin);
         let v = heads(b.v.forward(x), nkv);
         let (k, v) = match cache {
-            Some((cache, layer)) => cache.append(layer, &k, &v),
+            Some((cache, layer, columns, span)) => cache.store(layer, &k, &v, columns, span),
             None => (k, v),
         };
         let causal = mask.is_none() && t > 1;
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, causal, None, nkv != nh);
+        let mut grouped = nkv != nh;
+        let (k, v) = if grouped && mask.is_some() && x.device().is_cuda() {
+            // CUDA's fused kernels take a mask or grouped-query heads, not both; given both, torch
+            // falls back to its slow math kernel, which also upcasts bf16. Repeating the key and
+            // value heads keeps the memory-efficient kernel eligible.
+            grouped = false;
+            (k.repeat_interleave_self_int(nh / nkv, 1, None), v.repeat_interleave_self_int(nh / nkv, 1, None))
+        } else {
+            (k, v)
+        };
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, causal, None, grouped);
         b.o.forward(&y.transpose(1, 2).reshape([bs, t, nh * hd]))
     }
 

@@ -9,4 +9,4 @@ pub mod presets;
 
 pub use config::ModelConfig;
 pub use hf::CausalLm;
-pub use llama::{KvCache, Llama};
+pub use llama::{CacheWrite, KvCache, Llama};
