@@ -3,7 +3,7 @@
 
 use super::{Plan, Row, StudyConfig, DONE_FILE, FAILED_FILE};
 use crate::error::Result;
-use crate::eval::{EvalSummary, Metric};
+use crate::eval::{EvalSummary, Metric, ProblemRecord};
 use crate::fsutil::{read_to_string, write_atomic};
 use crate::plot::{plot, read_metrics, PlotRequest};
 use std::collections::BTreeMap;
@@ -21,6 +21,8 @@ pub struct RowResult {
     pub samples: Option<f64>,
     pub samples_to_95: Option<f64>,
     pub seconds: f64,
+    /// Per-problem results of the evaluation, for paired differences.
+    pub records: Option<Vec<ProblemRecord>>,
 }
 
 impl RowResult {
@@ -51,7 +53,11 @@ impl RowResult {
                 }
             }
         }
-        Ok(RowResult { row: row.clone(), summary, error, samples, samples_to_95, seconds })
+        let records = match summary {
+            Some(_) => Some(crate::eval::read_records(&row.eval.join("records.jsonl"))?),
+            None => None,
+        };
+        Ok(RowResult { row: row.clone(), summary, error, samples, samples_to_95, seconds, records })
     }
 
     fn maj1(&self) -> Option<&Metric> {
@@ -77,11 +83,13 @@ fn count(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), |x| format!("{x:.0}"))
 }
 
-/// The paper-style table: one row per model, with 95% intervals.
+/// The paper-style table: one row per model, with 95% intervals, and each run's paired
+/// difference from its starting model (same size and init) on the same problems.
 pub fn table(results: &[RowResult], k: usize) -> String {
     let mut out = format!(
-        "| size | init | algorithm | reward | seed | maj@1 | maj@{k} | rerank@{k} | wmaj@{k} | pass@{k} | \
-         distinct correct | samples | samples to 95% | time |\n|---|---|---|---|---|---|---|---|---|---|---:|---:|---:|---|\n"
+        "| size | init | algorithm | reward | seed | maj@1 | Δ maj@1 vs start | maj@{k} | rerank@{k} | wmaj@{k} | \
+         pass@{k} | Δ pass@{k} vs start | distinct correct | samples | samples to 95% | time |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---:|---:|---:|---|\n"
     );
     for r in results {
         let s = r.summary.as_ref();
@@ -92,19 +100,26 @@ pub fn table(results: &[RowResult], k: usize) -> String {
             (None, None) => "not run".into(),
         };
         let row = &r.row;
+        let start = results.iter().find(|s| s.row.seed.is_none() && s.row.size == row.size && s.row.init == row.init);
+        let delta = |metric: &str| match start.filter(|_| row.seed.is_some()).and_then(|s| paired(r, s, metric)) {
+            Some(d) => show_diff(&d),
+            None => "-".into(),
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {status} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {status} |",
             row.size,
             row.init,
             row.algorithm,
             row.reward,
             row.seed.map_or("-".into(), |s| s.to_string()),
             pct(r.maj1()),
+            delta("maj@1"),
             at(s.map(|s| &s.maj)),
             at(s.map(|s| &s.rerank)),
             at(s.map(|s| &s.wmaj)),
             at(s.map(|s| &s.pass)),
+            delta(&format!("pass@{k}")),
             s.map_or("-".into(), |s| format!("{:.2}", s.mean_distinct_correct)),
             count(r.samples),
             count(r.samples_to_95),
@@ -113,151 +128,235 @@ pub fn table(results: &[RowResult], k: usize) -> String {
     out
 }
 
-/// A finding of the paper and whether this study reproduces it.
+/// How far apart two models' rates may be and still count as close, or as a tie: 3 points.
+pub const MARGIN: f64 = 0.03;
+
+/// Bootstrap resamples of the paired differences the findings rest on.
+const RESAMPLES: usize = 1000;
+
+/// What this study's numbers say of one of the paper's findings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Reproduced,
+    Contradicted,
+    /// A deciding interval includes the value that would decide it.
+    Inconclusive,
+    NotMeasured,
+}
+
+impl Verdict {
+    fn label(self) -> &'static str {
+        match self {
+            Verdict::Reproduced => "**reproduced**",
+            Verdict::Contradicted => "**contradicted**",
+            Verdict::Inconclusive => "inconclusive",
+            Verdict::NotMeasured => "not measured",
+        }
+    }
+}
+
+/// A finding of the paper, the rule that decides it, and this study's verdict.
 pub struct Finding {
     pub claim: &'static str,
     pub evidence: String,
-    /// Some(true) reproduced, Some(false) not, None not measured here.
-    pub reproduced: Option<bool>,
-}
-
-fn overlap(a: &Metric, b: &Metric) -> bool {
-    a.lo <= b.hi && b.lo <= a.hi
+    pub verdict: Verdict,
 }
 
 fn show(m: &Metric) -> String {
     format!("{:.1} [{:.1}, {:.1}]", 100.0 * m.value, 100.0 * m.lo, 100.0 * m.hi)
 }
 
-/// The paper's findings, checked on one group (same size and init) of finished runs.
+fn show_diff(m: &Metric) -> String {
+    format!("{:+.1} [{:+.1}, {:+.1}]", 100.0 * m.value, 100.0 * m.lo, 100.0 * m.hi)
+}
+
+/// The paired difference `a - b` of `metric` ("maj@1", "pass@8", ...) over the problems both
+/// evaluated, with its 95% bootstrap interval.
+pub fn paired(a: &RowResult, b: &RowResult, metric: &str) -> Option<Metric> {
+    let diffs = crate::eval::paired_differences(a.records.as_ref()?, b.records.as_ref()?, RESAMPLES, 0).ok()?;
+    diffs.get(metric).cloned()
+}
+
+/// Whether two runs consumed the same samples, within 10%.
+pub fn budgets_match(a: &RowResult, b: &RowResult) -> bool {
+    matches!((a.samples, b.samples), (Some(x), Some(y)) if x.max(y) <= 1.1 * x.min(y))
+}
+
+/// Reproduced when every interval passes, contradicted when one clearly fails, inconclusive
+/// otherwise (and when there is nothing to judge).
+fn verdict_of(checks: &[(bool, bool)]) -> Verdict {
+    if checks.is_empty() {
+        Verdict::Inconclusive
+    } else if checks.iter().any(|&(_, fails)| fails) {
+        Verdict::Contradicted
+    } else if checks.iter().all(|&(passes, _)| passes) {
+        Verdict::Reproduced
+    } else {
+        Verdict::Inconclusive
+    }
+}
+
+fn name(r: &RowResult) -> String {
+    format!("{}-{}", r.row.algorithm, r.row.reward)
+}
+
+/// The paper's findings, checked on one group (same size and init) of finished runs. Each is
+/// decided from paired differences on the same test problems, never from overlapping marginal
+/// intervals, and the rule is written in its sentence.
 pub fn findings(start: Option<&RowResult>, runs: &[&RowResult], sft_log: Option<&Path>) -> Vec<Finding> {
-    let scored: Vec<(&RowResult, &Metric)> = runs.iter().filter_map(|r| Some((*r, r.maj1()?))).collect();
-    let name = |r: &RowResult| format!("{}-{}", r.row.algorithm, r.row.reward);
+    let scored: Vec<&RowResult> = runs.iter().copied().filter(|r| r.maj1().is_some() && r.records.is_some()).collect();
+    let by_maj1 = |a: &&&RowResult, b: &&&RowResult| a.maj1().unwrap().value.total_cmp(&b.maj1().unwrap().value);
     let mut out = Vec::new();
 
-    let by_maj1 = |a: &&(&RowResult, &Metric), b: &&(&RowResult, &Metric)| a.1.value.total_cmp(&b.1.value);
-    let best = scored.iter().filter(|(r, _)| r.row.algorithm != "ei").max_by(by_maj1);
-    let ei = scored.iter().filter(|(r, _)| r.row.algorithm == "ei").max_by(by_maj1);
+    let claim_ei = "Expert Iteration does best or ties the best other algorithm: EI minus the best other's greedy \
+                    maj@1, paired, has its 95% interval above -3 points (contradicted: below -3).";
+    let ei = scored.iter().filter(|r| r.row.algorithm == "ei").max_by(by_maj1);
+    let best = scored.iter().filter(|r| r.row.algorithm != "ei").max_by(by_maj1);
     out.push(match (ei, best) {
-        (Some((_, e)), Some((b, bm))) => Finding {
-            claim: "Expert Iteration does best or ties the best algorithm (maj@1).",
-            evidence: format!("EI {}; best other {} {}", show(e), name(b), show(bm)),
-            reproduced: Some(e.hi >= bm.value),
+        (Some(e), Some(b)) => match paired(e, b, "maj@1") {
+            Some(d) => Finding {
+                claim: claim_ei,
+                evidence: format!(
+                    "EI {} vs {} {}: {}",
+                    show(e.maj1().unwrap()),
+                    name(b),
+                    show(b.maj1().unwrap()),
+                    show_diff(&d)
+                ),
+                verdict: verdict_of(&[(d.lo >= -MARGIN, d.hi < -MARGIN)]),
+            },
+            None => Finding {
+                claim: claim_ei,
+                evidence: "EI and the other were not evaluated on the same problems".into(),
+                verdict: Verdict::NotMeasured,
+            },
+        },
+        _ => Finding { claim: claim_ei, evidence: "needs an EI run and another".into(), verdict: Verdict::NotMeasured },
+    });
+
+    let claim = "All algorithms land close: every pair's paired greedy maj@1 difference has its 95% interval \
+                 within ±3 points (contradicted: one pair's interval lies outside).";
+    out.push(if scored.len() >= 2 {
+        let (mut checks, mut lines) = (Vec::new(), Vec::new());
+        for (i, a) in scored.iter().enumerate() {
+            for b in &scored[i + 1..] {
+                if let Some(d) = paired(a, b, "maj@1") {
+                    checks.push((d.lo >= -MARGIN && d.hi <= MARGIN, d.lo > MARGIN || d.hi < -MARGIN));
+                    lines.push(format!("{} - {} {}", name(a), name(b), show_diff(&d)));
+                }
+            }
+        }
+        Finding { claim, evidence: lines.join("; "), verdict: verdict_of(&checks) }
+    } else {
+        Finding { claim, evidence: "needs two finished runs".into(), verdict: Verdict::NotMeasured }
+    });
+
+    let claim = "EI's sample complexity is close to PPO's: at matched samples (within 10%), EI minus PPO's greedy \
+                 maj@1, paired, has its 95% interval within ±3 points (contradicted: outside).";
+    let first = |alg: &str| scored.iter().find(|r| r.row.algorithm == alg && r.row.reward == "sparse");
+    out.push(match (first("ei"), first("ppo")) {
+        (Some(e), Some(p)) if !budgets_match(e, p) => Finding {
+            claim,
+            evidence: format!("budgets differ: EI {} samples, PPO {}", count(e.samples), count(p.samples)),
+            verdict: Verdict::NotMeasured,
+        },
+        (Some(e), Some(p)) => match paired(e, p, "maj@1") {
+            Some(d) => Finding {
+                claim,
+                evidence: format!("EI {} and PPO {} samples: {}", count(e.samples), count(p.samples), show_diff(&d)),
+                verdict: verdict_of(&[(d.lo >= -MARGIN && d.hi <= MARGIN, d.lo > MARGIN || d.hi < -MARGIN)]),
+            },
+            None => {
+                Finding { claim, evidence: "not evaluated on the same problems".into(), verdict: Verdict::NotMeasured }
+            }
         },
         _ => Finding {
-            claim: "Expert Iteration does best or ties the best algorithm (maj@1).",
-            evidence: "needs an EI run and another".into(),
-            reproduced: None,
+            claim,
+            evidence: "needs EI and PPO runs with the sparse reward".into(),
+            verdict: Verdict::NotMeasured,
         },
     });
 
-    let claim = "All algorithms land close to each other (every pair of maj@1 intervals overlaps).";
-    out.push(if scored.len() >= 2 {
-        let apart: Vec<String> = scored
-            .iter()
-            .enumerate()
-            .flat_map(|(i, a)| scored[i + 1..].iter().map(move |b| (a, b)))
-            .filter(|(a, b)| !overlap(a.1, b.1))
-            .map(|(a, b)| format!("{} vs {}", name(a.0), name(b.0)))
-            .collect();
-        let range = scored.iter().map(|s| s.1.value).fold((1.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
-        Finding {
-            claim,
-            evidence: format!(
-                "maj@1 from {:.1} to {:.1}{}",
-                100.0 * range.0,
-                100.0 * range.1,
-                if apart.is_empty() { String::new() } else { format!("; apart: {}", apart.join(", ")) }
-            ),
-            reproduced: Some(apart.is_empty()),
-        }
-    } else {
-        Finding { claim, evidence: "needs two finished runs".into(), reproduced: None }
-    });
+    let pass_k = start.and_then(|s| s.pass_k()).map(|(k, _)| format!("pass@{k}"));
+    let vs_start = |r: &RowResult, metric: &str| paired(r, start?, metric);
 
-    let claim = "EI's sample complexity is close to PPO's (samples to 95% of the final maj@1, within 2x; only \
-                 runs that ended above their start count).";
-    let samples = |alg: &str| runs.iter().filter(|r| r.row.algorithm == alg).find_map(|r| r.samples_to_95);
-    out.push(match (samples("ei"), samples("ppo")) {
-        (Some(e), Some(p)) => Finding {
-            claim,
-            evidence: format!("EI {e:.0} samples, PPO {p:.0}"),
-            reproduced: Some(e.max(p) <= 2.0 * e.min(p).max(1.0)),
-        },
-        _ => Finding { claim, evidence: "needs EI and PPO runs that ended above their start".into(), reproduced: None },
-    });
-
-    let claim = "RL improves maj@1 and pass@k together: no run that raised maj@1 above the starting model's \
-                 interval lost pass@k beyond it.";
-    out.push(match start.and_then(|s| Some((s.maj1()?, s.pass_k()?))) {
-        Some((m0, (k, p0))) => {
-            let mut lines = Vec::new();
-            let mut ok = true;
-            let mut raised = 0;
-            for r in runs {
-                if let (Some(m), Some((_, p))) = (r.maj1(), r.pass_k()) {
-                    if m.value > m0.hi {
-                        raised += 1;
-                        ok &= p.value >= p0.lo;
+    let claim = "RL improves maj@1 and pass@k together: every run whose greedy maj@1 rose (paired vs the start, \
+                 interval above 0) also raised pass@k (interval above 0; contradicted: a run's pass@k fell, \
+                 interval below 0).";
+    out.push(match &pass_k {
+        Some(pk) => {
+            let (mut checks, mut lines) = (Vec::new(), Vec::new());
+            for r in &scored {
+                if let (Some(dm), Some(dp)) = (vs_start(r, "maj@1"), vs_start(r, pk)) {
+                    if dm.lo > 0.0 {
+                        checks.push((dp.lo > 0.0, dp.hi < 0.0));
                     }
-                    lines.push(format!(
-                        "{}: maj@1 {:+.1}, pass@{k} {:+.1}",
-                        name(r),
-                        100.0 * (m.value - m0.value),
-                        100.0 * (p.value - p0.value)
-                    ));
+                    lines.push(format!("{}: maj@1 {}, {pk} {}", name(r), show_diff(&dm), show_diff(&dp)));
                 }
             }
-            Finding { claim, evidence: lines.join("; "), reproduced: (raised > 0).then_some(ok) }
+            if checks.is_empty() {
+                lines.push("no run raised maj@1".into());
+            }
+            Finding { claim, evidence: lines.join("; "), verdict: verdict_of(&checks) }
         }
-        None => Finding { claim, evidence: "needs the starting model's evaluation".into(), reproduced: None },
+        None => Finding {
+            claim,
+            evidence: "needs the starting model's sampled evaluation".into(),
+            verdict: Verdict::NotMeasured,
+        },
     });
 
-    let claim = "RL explores little beyond the starting model: no run's pass@k clearly exceeds the starting \
-                 model's (above its interval).";
-    out.push(match start.and_then(|s| Some((s, s.pass_k()?))) {
-        Some((s0, (k, p0))) if !runs.is_empty() => {
-            let d0 = s0.summary.as_ref().map_or(0.0, |s| s.mean_distinct_correct);
-            let mut lines = vec![format!("start pass@{k} {}, distinct correct {d0:.2}", show(p0))];
-            let mut ok = true;
-            for r in runs {
-                if let (Some((_, p)), Some(s)) = (r.pass_k(), &r.summary) {
-                    ok &= p.value <= p0.hi;
-                    lines.push(format!("{} {} ({:.2})", name(r), show(p), s.mean_distinct_correct));
+    let claim = "RL explores little beyond the starting model: no run raises pass@k by 3 points or more (paired vs \
+                 the start, every interval below +3; contradicted: one above +3).";
+    out.push(match &pass_k {
+        Some(pk) if !scored.is_empty() => {
+            let (mut checks, mut lines) = (Vec::new(), Vec::new());
+            for r in &scored {
+                if let Some(d) = vs_start(r, pk) {
+                    checks.push((d.hi < MARGIN, d.lo > MARGIN));
+                    let distinct = r.summary.as_ref().map_or(0.0, |s| s.mean_distinct_correct);
+                    lines.push(format!("{} {pk} {} (distinct correct {distinct:.2})", name(r), show_diff(&d)));
                 }
             }
-            Finding { claim, evidence: lines.join("; "), reproduced: Some(ok) }
+            Finding { claim, evidence: lines.join("; "), verdict: verdict_of(&checks) }
         }
-        _ => Finding { claim, evidence: "needs the starting model's and a run's evaluation".into(), reproduced: None },
+        _ => Finding {
+            claim,
+            evidence: "needs the starting model's and a run's sampled evaluation".into(),
+            verdict: Verdict::NotMeasured,
+        },
     });
 
-    let claim = "Dense rewards (heuristic, ORM) do not beat the sparse reward for the same algorithm.";
-    let mut lines = Vec::new();
-    let mut ok = true;
-    for (dense, dm) in scored.iter().filter(|(r, _)| r.row.reward != "sparse") {
-        let sparse = scored.iter().find(|(r, _)| r.row.algorithm == dense.row.algorithm && r.row.reward == "sparse");
-        if let Some((_, sm)) = sparse {
-            ok &= dm.lo <= sm.hi;
-            lines.push(format!("{} {} vs sparse {}", name(dense), show(dm), show(sm)));
+    let claim = "Dense rewards do not beat the sparse reward for the same algorithm: dense minus sparse greedy \
+                 maj@1, paired, has every 95% interval below +3 points (contradicted: one above 0).";
+    let (mut checks, mut lines) = (Vec::new(), Vec::new());
+    for dense in scored.iter().filter(|r| r.row.reward != "sparse") {
+        let sparse = scored.iter().find(|r| r.row.algorithm == dense.row.algorithm && r.row.reward == "sparse");
+        if let Some(d) = sparse.and_then(|s| paired(dense, s, "maj@1")) {
+            checks.push((d.hi < MARGIN, d.lo > 0.0));
+            lines.push(format!("{} - sparse {}", name(dense), show_diff(&d)));
         }
     }
-    out.push(Finding {
-        claim,
-        reproduced: (!lines.is_empty()).then_some(ok),
-        evidence: if lines.is_empty() {
-            "needs a dense and a sparse run of one algorithm".into()
-        } else {
-            lines.join("; ")
-        },
+    out.push(if lines.is_empty() {
+        Finding {
+            claim,
+            evidence: "needs a dense and a sparse run of one algorithm".into(),
+            verdict: Verdict::NotMeasured,
+        }
+    } else {
+        Finding { claim, evidence: lines.join("; "), verdict: verdict_of(&checks) }
     });
 
-    let claim = "Longer SFT trades pass@k for maj@1 (on held-out train problems, through the SFT run).";
+    let claim = "Longer SFT trades pass@k for maj@1 (in-run evaluations on held-out train problems, no \
+                 intervals: pass@k falls more than a point from its peak while maj@1 rises past its value there).";
     out.push(match sft_log.map(sft_tradeoff) {
-        Some(Some((evidence, ok))) => Finding { claim, evidence, reproduced: Some(ok) },
+        Some(Some((evidence, ok))) => {
+            Finding { claim, evidence, verdict: if ok { Verdict::Reproduced } else { Verdict::Inconclusive } }
+        }
         _ => Finding {
             claim,
             evidence: "needs an SFT run logging pass@k (sft stage: eval.samples > 0)".into(),
-            reproduced: None,
+            verdict: Verdict::NotMeasured,
         },
     });
     out
@@ -339,12 +438,7 @@ pub fn write(cfg: &StudyConfig, plan: &Plan) -> Result<String> {
             let sft_log = plan.dir.join(size).join("sft").join(crate::train::checkpoint::METRICS_FILE);
             let _ = writeln!(md, "\n### {size}, {init} init\n");
             for f in findings(start, &runs, sft_log.exists().then_some(sft_log.as_path())) {
-                let verdict = match f.reproduced {
-                    Some(true) => "**reproduced**",
-                    Some(false) => "**not reproduced**",
-                    None => "not measured",
-                };
-                let _ = writeln!(md, "- {} {verdict}. {}", f.claim, f.evidence);
+                let _ = writeln!(md, "- {} {}. {}", f.claim, f.verdict.label(), f.evidence);
             }
         }
     }
@@ -415,4 +509,154 @@ pub fn write(cfg: &StudyConfig, plan: &Plan) -> Result<String> {
     }
     write_atomic(&plan.dir.join("report.md"), |w| w.write_all(md.as_bytes()))?;
     Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::SampleRecord;
+
+    /// A finished row evaluated on `n` problems: greedy right where `greedy(i)`, pass@8 = `pass(i)`.
+    fn row(
+        algorithm: &str,
+        reward: &str,
+        samples: Option<f64>,
+        n: usize,
+        greedy: impl Fn(usize) -> bool,
+        pass: impl Fn(usize) -> f64,
+    ) -> RowResult {
+        let records: Vec<ProblemRecord> = (0..n)
+            .map(|i| ProblemRecord {
+                problem_id: i.to_string(),
+                reference_answer: "1".into(),
+                greedy: Some(SampleRecord {
+                    text: String::new(),
+                    extracted_answer: None,
+                    correct: greedy(i),
+                    score: None,
+                    tokens: 1,
+                }),
+                samples: Vec::new(),
+                correct_samples: 0,
+                distinct_correct: 0,
+                majority: BTreeMap::new(),
+                pass: BTreeMap::from([(8, pass(i))]),
+                rerank: BTreeMap::new(),
+                wmaj: BTreeMap::new(),
+            })
+            .collect();
+        let mean = |f: &dyn Fn(&ProblemRecord) -> f64| records.iter().map(f).sum::<f64>() / n as f64;
+        let metric = |value: f64| Metric { value, lo: value - 0.05, hi: value + 0.05 };
+        let summary = EvalSummary {
+            problems: n,
+            samples_per_problem: 8,
+            temperature: Some(0.7),
+            maj1: Some(metric(mean(&|r| r.greedy.as_ref().unwrap().correct as u8 as f64))).filter(|_| n > 0),
+            maj: BTreeMap::new(),
+            pass: BTreeMap::from([(8, metric(mean(&|r| r.pass[&8])))]),
+            rerank: BTreeMap::new(),
+            wmaj: BTreeMap::new(),
+            rerank_minus_maj: BTreeMap::new(),
+            wmaj_minus_maj: BTreeMap::new(),
+            mean_distinct_correct: 1.0,
+            mean_response_tokens: 50.0,
+        };
+        let start = algorithm == "none";
+        RowResult {
+            row: Row {
+                size: "small".into(),
+                init: "sft".into(),
+                algorithm: algorithm.into(),
+                reward: reward.into(),
+                seed: (!start).then_some(0),
+                run: None,
+                eval: PathBuf::from(format!("{algorithm}-{reward}")),
+            },
+            summary: Some(summary),
+            error: None,
+            samples,
+            samples_to_95: None,
+            seconds: 1.0,
+            records: Some(records),
+        }
+    }
+
+    fn verdicts(start: &RowResult, runs: &[&RowResult]) -> Vec<Verdict> {
+        findings(Some(start), runs, None).iter().map(|f| f.verdict).collect()
+    }
+
+    const N: usize = 2000;
+
+    #[test]
+    fn a_clear_gain_reproduces_and_a_clear_loss_contradicts() {
+        let start = row("none", "sparse", None, N, |i| i % 10 < 3, |i| (i % 10 < 6) as u8 as f64);
+        // EI +20 points greedy and +10 pass@8 over the start; PPO as the start.
+        let ei = row("ei", "sparse", Some(20_000.0), N, |i| i % 10 < 5, |i| (i % 10 < 7) as u8 as f64);
+        let ppo = row("ppo", "sparse", Some(20_500.0), N, |i| i % 10 < 3, |i| (i % 10 < 6) as u8 as f64);
+        let v = verdicts(&start, &[&ei, &ppo]);
+        assert_eq!(v[0], Verdict::Reproduced, "EI is clearly best");
+        assert_eq!(v[1], Verdict::Contradicted, "20 points apart is not close");
+        assert_eq!(v[2], Verdict::Contradicted, "at matched samples EI is far ahead of PPO");
+        assert_eq!(v[3], Verdict::Reproduced, "EI raised maj@1 and pass@8 together");
+        assert_eq!(v[4], Verdict::Contradicted, "EI's pass@8 rose 10 points");
+
+        // EI clearly below PPO; a run whose maj@1 rose while its pass@8 fell.
+        let ei = row("ei", "sparse", Some(20_000.0), N, |i| i % 10 < 2, |i| (i % 10 < 6) as u8 as f64);
+        let ppo = row("ppo", "sparse", Some(20_000.0), N, |i| i % 10 < 4, |i| (i % 10 < 4) as u8 as f64);
+        let v = verdicts(&start, &[&ei, &ppo]);
+        assert_eq!(v[0], Verdict::Contradicted, "EI is 20 points below PPO");
+        assert_eq!(v[3], Verdict::Contradicted, "PPO's pass@8 fell as its maj@1 rose");
+        assert_eq!(v[4], Verdict::Reproduced, "no run's pass@8 rose");
+
+        // A dense reward clearly beating sparse contradicts; one equal to it reproduces.
+        let sparse = row("ppo", "sparse", Some(1.0), N, |i| i % 10 < 3, |_| 0.5);
+        let dense = row("ppo", "heuristic", Some(1.0), N, |i| i % 10 < 5, |_| 0.5);
+        assert_eq!(verdicts(&start, &[&sparse, &dense])[5], Verdict::Contradicted);
+        let dense = row("ppo", "heuristic", Some(1.0), N, |i| i % 10 < 3, |_| 0.5);
+        assert_eq!(verdicts(&start, &[&sparse, &dense])[5], Verdict::Reproduced);
+    }
+
+    #[test]
+    fn a_null_difference_is_inconclusive_unless_its_interval_is_tight() {
+        // 40 problems: EI and PPO score alike but on different problems, so the paired interval
+        // is about ±20 points and includes both "3 points worse" and "3 points apart".
+        let n = 40;
+        let start = row("none", "sparse", None, n, |i| i % 4 == 2, |_| 0.5);
+        let ei = row("ei", "sparse", Some(1e4), n, |i| i % 4 == 0, |_| 0.5);
+        let ppo = row("ppo", "sparse", Some(1e4), n, |i| i % 4 == 1, |_| 0.5);
+        let v = verdicts(&start, &[&ei, &ppo]);
+        assert_eq!(&v[..3], &[Verdict::Inconclusive; 3], "overlapping wide intervals decide nothing");
+        assert_eq!(v[3], Verdict::Inconclusive, "no run raised maj@1");
+        // The same null difference on the same problems, with a tight interval, is a tie.
+        let ppo = row("ppo", "sparse", Some(1e4), n, |i| i % 4 == 0, |_| 0.5);
+        let v = verdicts(&start, &[&ei, &ppo]);
+        assert_eq!(&v[..3], &[Verdict::Reproduced; 3]);
+    }
+
+    #[test]
+    fn sample_budgets_must_match_to_compare_sample_complexity() {
+        let start = row("none", "sparse", None, N, |i| i % 10 < 3, |_| 0.5);
+        let ei = row("ei", "sparse", Some(20_000.0), N, |i| i % 10 < 3, |_| 0.5);
+        let within = row("ppo", "sparse", Some(21_900.0), N, |i| i % 10 < 3, |_| 0.5);
+        let beyond = row("ppo", "sparse", Some(22_100.0), N, |i| i % 10 < 3, |_| 0.5);
+        assert!(budgets_match(&ei, &within) && !budgets_match(&ei, &beyond));
+        assert_eq!(verdicts(&start, &[&ei, &within])[2], Verdict::Reproduced);
+        let f = &findings(Some(&start), &[&ei, &beyond], None)[2];
+        assert_eq!(f.verdict, Verdict::NotMeasured);
+        assert!(f.evidence.contains("budgets differ"), "{}", f.evidence);
+        let unknown = row("ppo", "sparse", None, N, |i| i % 10 < 3, |_| 0.5);
+        assert!(!budgets_match(&ei, &unknown));
+    }
+
+    #[test]
+    fn the_table_shows_paired_differences_from_the_start() {
+        let start = row("none", "sparse", None, N, |i| i % 10 < 3, |_| 0.5);
+        let ei = row("ei", "sparse", Some(20_000.0), N, |i| i % 10 < 5, |_| 0.5);
+        let table = table(&[start, ei], 8);
+        assert!(table.contains("Δ maj@1 vs start"));
+        let ei_line = table.lines().find(|l| l.contains("| ei |")).unwrap();
+        assert!(ei_line.contains("| +20.0 [+1"), "{ei_line}");
+        let start_line = table.lines().find(|l| l.contains("| none |")).unwrap();
+        assert!(start_line.contains("| - |"), "the start has no difference from itself: {start_line}");
+    }
 }
