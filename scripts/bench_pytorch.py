@@ -7,6 +7,7 @@ prints both side by side with their ratios. A benchmark, never a runtime depende
 
 import argparse
 import json
+import os
 import re
 import time
 
@@ -74,9 +75,8 @@ class AnswerLineStop(transformers.StoppingCriteria):
     """Stops a row once its response holds a complete `#### N` line, as reasonrl's sampler does;
     records how many tokens each row really used."""
 
-    def __init__(self, tokenizer, prompt_len, batch):
-        self.tokenizer, self.prompt_len = tokenizer, prompt_len
-        self.newline = {i for i in range(tokenizer.vocab_size) if "\n" in tokenizer.decode([i])}
+    def __init__(self, tokenizer, newline, prompt_len, batch):
+        self.tokenizer, self.newline, self.prompt_len = tokenizer, newline, prompt_len
         self.used = [None] * batch
 
     def __call__(self, input_ids, scores, **kwargs):
@@ -98,6 +98,7 @@ def generate_workload(model, tokenizer, prompts, k, temperature, max_new_tokens,
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     per_call = max(1, batch_rows // k)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    newline = {i for i in range(len(tokenizer)) if "\n" in tokenizer.decode([i])}  # tokens that end a line
     useful = 0
     start = time.perf_counter()
     for c in range(0, len(order), per_call):
@@ -105,7 +106,7 @@ def generate_workload(model, tokenizer, prompts, k, temperature, max_new_tokens,
         width = max(len(p) for p in chunk)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
-        stop = AnswerLineStop(tokenizer, width, len(chunk) * k)
+        stop = AnswerLineStop(tokenizer, newline, width, len(chunk) * k)
         out = model.generate(ids, attention_mask=mask, do_sample=True, temperature=temperature, top_k=0,
                              top_p=1.0, max_new_tokens=max_new_tokens, num_return_sequences=k,
                              pad_token_id=pad, stopping_criteria=[stop])
@@ -134,7 +135,8 @@ def main():
     ours_workload = json.load(open(args.ours_workload))[0]
     prompts = [json.loads(line) for line in open(args.prompts)]
     model = transformers.AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(args.model_dir)
+    # The tokenizer only decodes responses for the stop rule; tokenizer.json alone serves.
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(args.model_dir, "tokenizer.json"))
     n = matmul_params(model)
     peak = peak_gflops()
     print(f"PyTorch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "

@@ -122,7 +122,7 @@ pub fn generate(
             rows: (0..slots).map(|_| None).collect(),
             feed: vec![0; slots],
         };
-        batch.admit(prompts, &mut queue, tokenizer, cfg)?;
+        batch.admit(prompts, &mut queue, tokenizer, cfg);
         while !batch.rows.is_empty() {
             crate::progress::check_stop()?;
             let logits = batch.decoder.step(&batch.feed);
@@ -140,7 +140,7 @@ pub fn generate(
                     batch.decoder.release(slot);
                 }
             }
-            batch.admit(prompts, &mut queue, tokenizer, cfg)?;
+            batch.admit(prompts, &mut queue, tokenizer, cfg);
             batch.drop_free_slots(&queue);
         }
         Ok(())
@@ -166,10 +166,10 @@ impl<'t> Batch<'_, 't> {
         queue: &mut VecDeque<(usize, usize)>,
         tokenizer: &'t Tokenizer,
         cfg: &SamplingConfig,
-    ) -> Result<()> {
+    ) {
         let free = self.rows.iter().filter(|r| r.is_none()).count();
         if free == 0 || free < self.rows.len().div_ceil(8) && free < self.rows.len() && free < queue.len() {
-            return Ok(());
+            return;
         }
         let mut groups: Vec<(&[u32], Vec<i64>)> = Vec::new();
         for slot in 0..self.rows.len() {
@@ -187,7 +187,6 @@ impl<'t> Batch<'_, 't> {
         if !groups.is_empty() {
             self.decoder.fill(&groups, tokenizer.pad_id());
         }
-        Ok(())
     }
 
     /// Once nothing waits, finished rows leave the batch so they stop costing compute.
