@@ -22,9 +22,9 @@ fn smollm2() -> &'static Path {
         assert!(out.status.success(), "fetching SmolLM2 failed: {}", String::from_utf8_lossy(&out.stderr));
         let gguf = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("smollm2-135m-instruct");
-        if !dir.join("model.safetensors").exists() {
-            reasonrl::model::gguf::convert(&gguf, &dir, true).unwrap();
-        }
+        // Converted anew each run (a few seconds), so a folder left by an older converter never
+        // stands in for this one's output.
+        reasonrl::model::gguf::convert(&gguf, &dir, true).unwrap();
         dir
     })
 }
@@ -53,6 +53,10 @@ fn the_converted_tokenizer_reads_chat_tokens_and_splits_digits() {
     assert_eq!(tokenizer.decode(&tokenizer.encode(text).unwrap(), false).unwrap(), text);
     let prompt = tokenizer.decode(&chat().encode(&tokenizer, "Hi").unwrap(), false).unwrap();
     assert!(prompt.ends_with("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"), "{prompt:?}");
+    // transformers' AutoTokenizer must not guess its Llama tokenizer, which refuses a null BOS.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(smollm2().join("tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(config["tokenizer_class"], "PreTrainedTokenizerFast");
 }
 
 #[test]

@@ -531,7 +531,7 @@ fn tokenizer_json(g: &Gguf) -> Result<serde_json::Value> {
     }))
 }
 
-/// tokenizer_config.json: the special tokens by name and the chat template.
+/// tokenizer_config.json: the special tokens by name, the tokenizer class and the chat template.
 fn tokenizer_config_json(g: &Gguf) -> Result<serde_json::Value> {
     let tokens = g.string_array("tokenizer.ggml.tokens")?;
     let name = |k: &str| {
@@ -549,6 +549,10 @@ fn tokenizer_config_json(g: &Gguf) -> Result<serde_json::Value> {
         "pad_token": name("padding"),
         "unk_token": name("unknown"),
         "model_max_length": g.metadata.get("llama.context_length").and_then(Value::as_int),
+        // As `Tokenizer::save` writes it: left to guess, transformers picks its Llama tokenizer,
+        // which refuses a null BOS.
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "clean_up_tokenization_spaces": false,
     });
     if let Some(template) = g.metadata.get("tokenizer.chat_template").and_then(Value::as_str) {
         config["chat_template"] = json!(template);
