@@ -67,8 +67,9 @@ pub fn bench_model(name: &str, mut model: CausalLm, tokenizer: &Tokenizer, cfg: 
         opt.backward_step(&loss);
         loss.double_value(&[]) // waits for the device
     };
-    step(); // warm-up: allocations, kernel selection
-            // The median step: one step slowed by another process on a shared machine does not count.
+    // A warm-up step (allocations, kernel selection), then the median step: one step slowed by
+    // another process on a shared machine does not count.
+    step();
     let mut times: Vec<f64> = (0..cfg.train_steps.max(1))
         .map(|_| {
             let start = Instant::now();

@@ -519,6 +519,13 @@ fn print_episode(e: &Episode) {
     println!("{}", e.text.trim_end());
 }
 
+/// The presets' tokenizer in `bench`: 1,024 BPE tokens trained on the task's train split.
+fn bench_tokenizer(spec: &TaskSpec) -> Result<reasonrl::tokenizer::Tokenizer> {
+    let problems = spec.load(Split::Train, Some(2000))?;
+    let corpus = problems.iter().map(|p| format!("{}\n{}", p.question, p.reference_solution));
+    Ok(reasonrl::tokenizer::Tokenizer::train_bpe(corpus, 1024)?)
+}
+
 /// `bench --workload eval`: one realistic rollout per model.
 fn run_bench_workload(args: BenchArgs, device: tch::Device, kind: tch::Kind) -> Result<()> {
     let spec = TaskSpec::parse(&args.task)?;
@@ -543,11 +550,7 @@ fn run_bench_workload(args: BenchArgs, device: tch::Device, kind: tch::Kind) -> 
             eprintln!(
                 "note: presets have random weights, so rows rarely stop early; pass --model for a trained policy"
             );
-            let corpus = spec.load(Split::Train, Some(2000))?;
-            let tokenizer = reasonrl::tokenizer::Tokenizer::train_bpe(
-                corpus.iter().map(|p| format!("{}\n{}", p.question, p.reference_solution)),
-                1024,
-            )?;
+            let tokenizer = bench_tokenizer(&spec)?;
             let mut models = Vec::new();
             for preset in &args.presets {
                 let config = reasonrl::model::presets::preset(preset, tokenizer.vocab_size() as i64, 1024)?;
@@ -622,11 +625,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
     let presets = if args.model.is_some() { vec![] } else { args.presets.clone() };
     let tokenizer = match &args.model {
         Some(dir) => reasonrl::tokenizer::Tokenizer::load(dir)?,
-        None => {
-            let problems = TaskSpec::parse("builtin")?.load(Split::Train, Some(2000))?;
-            let corpus = problems.iter().map(|p| format!("{}\n{}", p.question, p.reference_solution));
-            reasonrl::tokenizer::Tokenizer::train_bpe(corpus, 1024)?
-        }
+        None => bench_tokenizer(&TaskSpec::parse("builtin")?)?,
     };
     println!("device {:?}, dtype {}, threads {}", cfg.device, args.dtype, tch::get_num_threads());
     println!(

@@ -3,8 +3,8 @@
 //! A decoder holds `batch_size` rows. Each waiting (prompt, sample) takes the first free row:
 //! the prompt is prefilled once for all of its samples and its keys and values are copied into
 //! their rows, then every row decodes a token per step. A row that finishes hands its slot to the
-//! next waiting sample at once, so the batch stays full until the queue is empty; after that,
-//! finished rows leave it. Every row draws from its own generator seeded by (seed, prompt,
+//! next waiting sample (as soon as an eighth of the batch is free, so one prefill serves several),
+//! so the batch stays nearly full until the queue is empty; after that, finished rows leave it. Every row draws from its own generator seeded by (seed, prompt,
 //! sample), not from torch's global one, so the same call repeats exactly, whatever else runs in
 //! the process and whatever the batch size.
 

@@ -57,10 +57,6 @@ pub struct CacheWrite<'a> {
 }
 
 impl KvCache {
-    /// Batch rows.
-    pub fn rows(&self) -> i64 {
-        self.keys.first().map_or(0, |k| k.size()[0])
-    }
     /// Keeps only the batch rows `rows` (an int64 index tensor): finished sequences stop costing
     /// compute.
     pub fn select_rows(&mut self, rows: &Tensor) {

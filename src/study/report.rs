@@ -196,6 +196,11 @@ fn verdict_of(checks: &[(bool, bool)]) -> Verdict {
     }
 }
 
+/// (passes, fails) of "the two are close": the paired interval lies within ±MARGIN, or outside it.
+fn close(d: &Metric) -> (bool, bool) {
+    (d.lo >= -MARGIN && d.hi <= MARGIN, d.lo > MARGIN || d.hi < -MARGIN)
+}
+
 fn name(r: &RowResult) -> String {
     format!("{}-{}", r.row.algorithm, r.row.reward)
 }
@@ -241,7 +246,7 @@ pub fn findings(start: Option<&RowResult>, runs: &[&RowResult], sft_log: Option<
         for (i, a) in scored.iter().enumerate() {
             for b in &scored[i + 1..] {
                 if let Some(d) = paired(a, b, "maj@1") {
-                    checks.push((d.lo >= -MARGIN && d.hi <= MARGIN, d.lo > MARGIN || d.hi < -MARGIN));
+                    checks.push(close(&d));
                     lines.push(format!("{} - {} {}", name(a), name(b), show_diff(&d)));
                 }
             }
@@ -264,7 +269,7 @@ pub fn findings(start: Option<&RowResult>, runs: &[&RowResult], sft_log: Option<
             Some(d) => Finding {
                 claim,
                 evidence: format!("EI {} and PPO {} samples: {}", count(e.samples), count(p.samples), show_diff(&d)),
-                verdict: verdict_of(&[(d.lo >= -MARGIN && d.hi <= MARGIN, d.lo > MARGIN || d.hi < -MARGIN)]),
+                verdict: verdict_of(&[close(&d)]),
             },
             None => {
                 Finding { claim, evidence: "not evaluated on the same problems".into(), verdict: Verdict::NotMeasured }
@@ -587,12 +592,22 @@ mod tests {
 
     const N: usize = 2000;
 
+    /// Right on the first `n` of every ten problems.
+    fn tenths(n: usize) -> impl Fn(usize) -> bool {
+        move |i| i % 10 < n
+    }
+
+    /// pass@8 of 1 on the first `n` of every ten problems, else 0.
+    fn pass_tenths(n: usize) -> impl Fn(usize) -> f64 {
+        move |i| (i % 10 < n) as u8 as f64
+    }
+
     #[test]
     fn a_clear_gain_reproduces_and_a_clear_loss_contradicts() {
-        let start = row("none", "sparse", None, N, |i| i % 10 < 3, |i| (i % 10 < 6) as u8 as f64);
+        let start = row("none", "sparse", None, N, tenths(3), pass_tenths(6));
         // EI +20 points greedy and +10 pass@8 over the start; PPO as the start.
-        let ei = row("ei", "sparse", Some(20_000.0), N, |i| i % 10 < 5, |i| (i % 10 < 7) as u8 as f64);
-        let ppo = row("ppo", "sparse", Some(20_500.0), N, |i| i % 10 < 3, |i| (i % 10 < 6) as u8 as f64);
+        let ei = row("ei", "sparse", Some(20_000.0), N, tenths(5), pass_tenths(7));
+        let ppo = row("ppo", "sparse", Some(20_500.0), N, tenths(3), pass_tenths(6));
         let v = verdicts(&start, &[&ei, &ppo]);
         assert_eq!(v[0], Verdict::Reproduced, "EI is clearly best");
         assert_eq!(v[1], Verdict::Contradicted, "20 points apart is not close");
@@ -601,18 +616,18 @@ mod tests {
         assert_eq!(v[4], Verdict::Contradicted, "EI's pass@8 rose 10 points");
 
         // EI clearly below PPO; a run whose maj@1 rose while its pass@8 fell.
-        let ei = row("ei", "sparse", Some(20_000.0), N, |i| i % 10 < 2, |i| (i % 10 < 6) as u8 as f64);
-        let ppo = row("ppo", "sparse", Some(20_000.0), N, |i| i % 10 < 4, |i| (i % 10 < 4) as u8 as f64);
+        let ei = row("ei", "sparse", Some(20_000.0), N, tenths(2), pass_tenths(6));
+        let ppo = row("ppo", "sparse", Some(20_000.0), N, tenths(4), pass_tenths(4));
         let v = verdicts(&start, &[&ei, &ppo]);
         assert_eq!(v[0], Verdict::Contradicted, "EI is 20 points below PPO");
         assert_eq!(v[3], Verdict::Contradicted, "PPO's pass@8 fell as its maj@1 rose");
         assert_eq!(v[4], Verdict::Reproduced, "no run's pass@8 rose");
 
         // A dense reward clearly beating sparse contradicts; one equal to it reproduces.
-        let sparse = row("ppo", "sparse", Some(1.0), N, |i| i % 10 < 3, |_| 0.5);
-        let dense = row("ppo", "heuristic", Some(1.0), N, |i| i % 10 < 5, |_| 0.5);
+        let sparse = row("ppo", "sparse", Some(1.0), N, tenths(3), |_| 0.5);
+        let dense = row("ppo", "heuristic", Some(1.0), N, tenths(5), |_| 0.5);
         assert_eq!(verdicts(&start, &[&sparse, &dense])[5], Verdict::Contradicted);
-        let dense = row("ppo", "heuristic", Some(1.0), N, |i| i % 10 < 3, |_| 0.5);
+        let dense = row("ppo", "heuristic", Some(1.0), N, tenths(3), |_| 0.5);
         assert_eq!(verdicts(&start, &[&sparse, &dense])[5], Verdict::Reproduced);
     }
 
@@ -635,23 +650,23 @@ mod tests {
 
     #[test]
     fn sample_budgets_must_match_to_compare_sample_complexity() {
-        let start = row("none", "sparse", None, N, |i| i % 10 < 3, |_| 0.5);
-        let ei = row("ei", "sparse", Some(20_000.0), N, |i| i % 10 < 3, |_| 0.5);
-        let within = row("ppo", "sparse", Some(21_900.0), N, |i| i % 10 < 3, |_| 0.5);
-        let beyond = row("ppo", "sparse", Some(22_100.0), N, |i| i % 10 < 3, |_| 0.5);
+        let start = row("none", "sparse", None, N, tenths(3), |_| 0.5);
+        let ei = row("ei", "sparse", Some(20_000.0), N, tenths(3), |_| 0.5);
+        let within = row("ppo", "sparse", Some(21_900.0), N, tenths(3), |_| 0.5);
+        let beyond = row("ppo", "sparse", Some(22_100.0), N, tenths(3), |_| 0.5);
         assert!(budgets_match(&ei, &within) && !budgets_match(&ei, &beyond));
         assert_eq!(verdicts(&start, &[&ei, &within])[2], Verdict::Reproduced);
         let f = &findings(Some(&start), &[&ei, &beyond], None)[2];
         assert_eq!(f.verdict, Verdict::NotMeasured);
         assert!(f.evidence.contains("budgets differ"), "{}", f.evidence);
-        let unknown = row("ppo", "sparse", None, N, |i| i % 10 < 3, |_| 0.5);
+        let unknown = row("ppo", "sparse", None, N, tenths(3), |_| 0.5);
         assert!(!budgets_match(&ei, &unknown));
     }
 
     #[test]
     fn the_table_shows_paired_differences_from_the_start() {
-        let start = row("none", "sparse", None, N, |i| i % 10 < 3, |_| 0.5);
-        let ei = row("ei", "sparse", Some(20_000.0), N, |i| i % 10 < 5, |_| 0.5);
+        let start = row("none", "sparse", None, N, tenths(3), |_| 0.5);
+        let ei = row("ei", "sparse", Some(20_000.0), N, tenths(5), |_| 0.5);
         let table = table(&[start, ei], 8);
         assert!(table.contains("Δ maj@1 vs start"));
         let ei_line = table.lines().find(|l| l.contains("| ei |")).unwrap();
