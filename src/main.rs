@@ -120,7 +120,8 @@ struct PlotArgs {
 enum TaskCommand {
     /// Write a task's train and test splits as JSONL (GSM8K format plus an `id` field).
     Make {
-        /// Task: builtin[:LEVEL[:SEED]], gsm8k:PATH, svamp:FILE or jsonl:FILE[:QFIELD:AFIELD].
+        /// Task: builtin[:LEVEL[:SEED]], gsm8k:PATH, svamp:FILE, jsonl:FILE[:QFIELDS:AFIELD[:SFIELD]] (or json:) or
+        /// math:FILE[:PFIELD:SFIELD]; a single file holds one split (train if its name says so, else test).
         #[arg(long, default_value = "builtin")]
         task: String,
         /// Output folder; receives train.jsonl and test.jsonl.
@@ -196,13 +197,13 @@ struct SampleArgs {
     #[arg(long, default_value_t = 8)]
     limit: usize,
     /// Samples per question.
-    #[arg(short = 'k', long, default_value_t = 1)]
+    #[arg(short = 'k', long, default_value_t = 1, value_parser = reasonrl::config::parse_k)]
     k: usize,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = reasonrl::config::parse_temperature, allow_negative_numbers = true)]
     temperature: f64,
     /// Nucleus sampling mass.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = reasonrl::config::parse_top_p)]
     top_p: f64,
     /// Maximum new tokens per solution.
     #[arg(long, default_value_t = 256)]
@@ -264,10 +265,10 @@ struct BenchArgs {
     #[arg(long, default_value_t = 256)]
     problems: usize,
     /// Samples per problem in the eval workload.
-    #[arg(short = 'k', long, default_value_t = 16)]
+    #[arg(short = 'k', long, default_value_t = 16, value_parser = reasonrl::config::parse_k)]
     k: usize,
     /// Sampling temperature of the eval workload.
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.7, value_parser = reasonrl::config::parse_temperature, allow_negative_numbers = true)]
     temperature: f64,
     /// Maximum new tokens per sample in the eval workload.
     #[arg(long, default_value_t = 160)]
@@ -303,10 +304,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Task(TaskCommand::Make { task, out, train, test, force }) => {
             let spec = TaskSpec::parse(&task)?;
             let path = |split: Split| out.join(format!("{split}.jsonl"));
-            for split in [Split::Train, Split::Test] {
-                fsutil::check_overwrite(&path(split), force)?; // both, before writing either
+            let splits = spec.splits();
+            for &split in &splits {
+                fsutil::check_overwrite(&path(split), force)?; // all, before writing any
             }
-            for (split, limit) in [(Split::Train, train), (Split::Test, test)] {
+            if splits.len() == 1 {
+                println!("{task} is one file, which holds the {} split only", splits[0]);
+            }
+            for split in splits {
+                let limit = if split == Split::Train { train } else { test };
                 let problems = spec.load(split, limit)?;
                 let path = path(split);
                 reasonrl::task::write_jsonl(&path, &problems, force)?;
@@ -513,8 +519,11 @@ fn sample(args: SampleArgs) -> Result<()> {
 fn print_episode(e: &Episode) {
     let mark = if e.correct { "correct" } else { "wrong" };
     println!(
-        "--- {} #{} ({mark}; answer {:?}, reference {})",
-        e.problem_id, e.sample_index, e.extracted_answer, e.reference_answer
+        "--- {} #{} ({mark}; answer {}, reference {})",
+        e.problem_id,
+        e.sample_index,
+        e.extracted_answer.as_deref().unwrap_or("none"),
+        e.reference_answer
     );
     println!("{}", e.text.trim_end());
 }

@@ -84,11 +84,32 @@ fn bad_inputs_end_in_one_clear_message() {
     json["architectures"] = serde_json::json!(["GPTNeoXForCausalLM"]);
     std::fs::write(&config_path, json.to_string()).unwrap();
     let err = fails(&["model", "info", s(&model)]);
-    assert!(err.contains("config.json") && err.contains("GPTNeoXForCausalLM"), "{err}");
+    assert!(err.contains("config.json") && err.contains("`GPTNeoXForCausalLM`") && !err.contains("Some("), "{err}");
 
     // Unknown names.
     assert!(fails(&["model", "init", "--preset", "huge", "--out", s(&dir.path().join("x"))]).contains("huge"));
     assert!(fails(&["sample", "--model", s(&model), "--device", "tpu"]).contains("tpu"));
+
+    // Sampling settings out of range, named by their flag or key, before any work.
+    let sample = ["sample", "--model", s(&model), "--task", "builtin:1"];
+    for (flag, value, range) in [
+        ("--temperature", "-1", ">= 0"),
+        ("--temperature", "nan", ">= 0"),
+        ("--top-p", "0", "(0, 1]"),
+        ("--top-p", "1.5", "(0, 1]"),
+        ("-k", "0", "at least 1"),
+    ] {
+        let err = fails(&[&sample[..], &[flag, value]].concat());
+        assert!(err.contains(flag) && err.contains(range), "{flag} {value}: {err}");
+    }
+    let eval = ["eval", "--set", &format!("model={}", s(&model)), "--set", "task=builtin:1"];
+    let err = fails(&[&eval[..], &["--set", "ks=[0]"]].concat());
+    assert!(err.contains("`ks` holds 0"), "{err}");
+
+    // An output under a file fails at once, naming the path, before the model is even loaded.
+    let under_a_file = dir.path().join("bad.jsonl/eval");
+    let err = fails(&[&eval[..], &["--set", &format!("out={}", s(&under_a_file))]].concat());
+    assert!(err.contains("bad.jsonl is not a directory") && !err.contains("os error"), "{err}");
 }
 
 #[test]

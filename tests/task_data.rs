@@ -147,6 +147,7 @@ fn task_spec_parse_cases() {
                 path: "x.jsonl".into(),
                 question_field: "question".into(),
                 answer_field: "answer".into(),
+                solution_field: None,
             },
         ),
         (
@@ -155,6 +156,7 @@ fn task_spec_parse_cases() {
                 path: "x.jsonl".into(),
                 question_field: "problem".into(),
                 answer_field: "solution".into(),
+                solution_field: None,
             },
         ),
     ];
@@ -196,6 +198,9 @@ fn write_then_load_round_trips() {
     assert!(write_jsonl(&path, &problems, false).unwrap_err().to_string().contains("out.jsonl"));
     assert_eq!(load_gsm8k(&path).unwrap(), problems);
     assert_eq!(load_jsonl(&path, "question", "answer").unwrap(), problems);
+    // One file holds one split: test, as its name does not say train.
     let spec = TaskSpec::parse(&format!("jsonl:{}", path.display())).unwrap();
-    assert_eq!(spec.load(Split::Train, Some(5)).unwrap(), problems[..5].to_vec());
+    assert_eq!(spec.load(Split::Test, Some(5)).unwrap(), problems[..5].to_vec());
+    let err = spec.load(Split::Train, None).unwrap_err().to_string();
+    assert!(err.contains("out.jsonl") && err.contains("holds the test split"), "{err}");
 }

@@ -142,10 +142,11 @@ impl ModelConfig {
         match self.architectures.first() {
             Some(a) if SUPPORTED_ARCHITECTURES.contains(&a.as_str()) => {}
             other => {
+                let named = other.map_or_else(|| "none".to_string(), |a| format!("`{a}`"));
                 return Err(format!(
-                    "unsupported architecture {other:?} in field `architectures` (supported: {})",
+                    "unsupported architecture {named} in field `architectures` (supported: {})",
                     SUPPORTED_ARCHITECTURES.join(", ")
-                ))
+                ));
             }
         }
         if self.hidden_act != "silu" {

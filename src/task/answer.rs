@@ -3,43 +3,178 @@
 //! Everything here works on bytes and only slices at ASCII positions, so no input can make it
 //! panic; anything that is not a number simply yields `None`.
 
-/// Extract the final answer from model text: "#### N" first (the first #### line), then "the
-/// answer is N" (case-insensitive, last occurrence), then the last number in the text. None if
-/// no number. Returns the normalised number text (see [`normalize_number`]).
+/// Extract the final answer from model text. Explicit markers come first, each taking the
+/// number right after it (on the same line, after optional ":", "$" or a sign), so text that
+/// follows an answer ("A: 18 dollars for 2 days", a next question) never overrides it:
 ///
-/// If the first "####" line or the last "the answer is" carries no number, the next rule is
-/// tried rather than giving up, so "#### (see above)" still finds a number elsewhere.
+/// 1. `#### N`, the first `####` followed by a number (a markdown heading "#### Step 1" is not
+///    an answer);
+/// 2. "the answer is N" (case-insensitive; the last one that holds a number, so a model that
+///    corrects itself is read at its correction);
+/// 3. "Answer: N" or "A: N" (the first, at a word start);
+/// 4. `\boxed{N}` (the last).
+///
+/// Then the last number in the text. None if no number. After a marker, digits grouped in
+/// threes by spaces ("57 500", narrow and no-break spaces too) are one number; scientific
+/// notation ("2.0107e-06") is read everywhere. Returns the canonical number text (see
+/// [`normalize_number`]).
 pub fn extract_answer(text: &str) -> Option<String> {
-    if let Some(line) = text.lines().find(|l| l.contains("####")) {
-        let pos = line.find("####").unwrap_or(0) + 4;
-        if let Some(n) = first_number(&line[pos..]) {
-            return Some(n);
-        }
+    marked_answer(text).or_else(|| numbers(text).pop())
+}
+
+/// The number of the first `####` that a number follows: a GSM8K solution's final answer.
+pub fn marked_solution_answer(text: &str) -> Option<String> {
+    text.match_indices("####").find_map(|(i, m)| number_after_marker(&text[i + m.len()..]))
+}
+
+/// The answer an explicit marker gives, by the precedence of [`extract_answer`].
+fn marked_answer(text: &str) -> Option<String> {
+    let after = |i: usize| number_after_marker(&text[i..]);
+    if let Some(n) = marked_solution_answer(text) {
+        return Some(n);
     }
     // to_ascii_lowercase keeps every byte offset, so positions found in `lower` index `text`.
     let lower = text.to_ascii_lowercase();
-    const KEY: &str = "the answer is";
-    let mut end = lower.len();
-    while let Some(pos) = lower[..end].rfind(KEY) {
-        let rest = &text[pos + KEY.len()..];
-        let rest = rest.lines().next().unwrap_or("");
-        if let Some(n) = first_number(rest) {
-            return Some(n);
-        }
-        end = pos;
+    const IS: &str = "the answer is";
+    if let Some(n) = lower.rmatch_indices(IS).find_map(|(i, _)| after(i + IS.len())) {
+        return Some(n);
     }
-    numbers(text, false).pop()
+    let word_start = |i: usize| i == 0 || !lower.as_bytes()[i - 1].is_ascii_alphanumeric();
+    let labelled = ["answer:", "a:"]
+        .iter()
+        .flat_map(|label| lower.match_indices(label).filter(|(i, _)| word_start(*i)).map(|(i, m)| i + m.len()))
+        .collect::<std::collections::BTreeSet<_>>();
+    if let Some(n) = labelled.into_iter().find_map(after) {
+        return Some(n);
+    }
+    boxed_contents(text).into_iter().rev().find_map(|inner| normalize_answer(&inner))
 }
 
-/// Normalise a number string: strip thousands separators ("1,000"), "$", "%", trailing
-/// units/words, trailing ".", "+"; handle negatives, decimals, trailing ".0"/".00" -> integer,
-/// simple fractions "3/4" -> "0.75". Returns canonical text (integers without decimal point;
-/// other values via shortest f64 display) or None.
+/// A final answer as compared: a number's canonical text (see [`normalize_number`]), or else
+/// the LaTeX answer normalised as MATH's graders do: `\text{..}` unwrapped, `\left`/`\right`,
+/// `^\circ`, `\%`, `$` and spaces dropped, `\dfrac`/`\tfrac` read as `\frac`, `\frac12` and
+/// `\sqrt2` braced, and a `\frac{a}{b}` of two numbers computed. None for empty text.
+pub fn normalize_answer(s: &str) -> Option<String> {
+    let mut t = s.trim().to_string();
+    // \text{..} is unwrapped, unless it ends an answer that has more before it: a unit, dropped.
+    while let Some(i) = t.find("\\text{") {
+        let inner = boxed_like(&t[i + 5..])?;
+        let end = i + 5 + inner.len() + 2;
+        let unit = i > 0 && t[end..].trim().is_empty();
+        t = format!("{}{}{}", &t[..i], if unit { "" } else { inner.as_str() }, &t[end..]);
+    }
+    for (from, to) in [
+        ("\\dfrac", "\\frac"),
+        ("\\tfrac", "\\frac"),
+        ("\\left", ""),
+        ("\\right", ""),
+        ("^{\\circ}", ""),
+        ("^\\circ", ""),
+        ("\\%", ""),
+        ("%", ""),
+        ("\\$", ""),
+        ("$", ""),
+        ("\\!", ""),
+        ("\\,", ""),
+        ("\\;", ""),
+        (" ", ""),
+    ] {
+        t = t.replace(from, to);
+    }
+    // \frac12 -> \frac{1}{2}, \sqrt2 -> \sqrt{2}
+    for cmd in ["\\frac", "\\sqrt"] {
+        let mut out = String::new();
+        let mut rest = t.as_str();
+        while let Some(i) = rest.find(cmd) {
+            out.push_str(&rest[..i + cmd.len()]);
+            rest = &rest[i + cmd.len()..];
+            let args = if cmd == "\\frac" { 2 } else { 1 };
+            for _ in 0..args {
+                match rest.chars().next() {
+                    Some(c) if c != '{' && c != '\\' => {
+                        out.push_str(&format!("{{{c}}}"));
+                        rest = &rest[c.len_utf8()..];
+                    }
+                    _ => break,
+                }
+            }
+        }
+        out.push_str(rest);
+        t = out;
+    }
+    if let Some(body) = t.strip_prefix("\\frac{") {
+        let num = boxed_like(&t[5..])?;
+        let den = boxed_like(body.get(num.len() + 1..)?)?;
+        if body.len() == num.len() + den.len() + 3 {
+            let (a, b) = (normalize_number(&num), normalize_number(&den));
+            if let (Some(a), Some(b)) = (a, b) {
+                let (a, b) = (a.parse::<f64>().ok()?, b.parse::<f64>().ok()?);
+                if b != 0.0 {
+                    return Some(format_number(a / b));
+                }
+            }
+        }
+    }
+    let numeric = t.trim_start_matches(['-', '+']).chars().all(|c| c.is_ascii_digit() || ".,/".contains(c));
+    match normalize_number(&t) {
+        Some(n) if numeric => Some(n),
+        _ if t.is_empty() => None,
+        _ => Some(t),
+    }
+}
+
+/// The text inside the braces that open `s` ("{a{b}c}rest" gives "a{b}c"), if they close.
+fn boxed_like(s: &str) -> Option<String> {
+    let body = s.strip_prefix('{')?;
+    let mut depth = 1usize;
+    for (j, c) in body.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            _ => {}
+        }
+        if depth == 0 {
+            return Some(body[..j].to_string());
+        }
+    }
+    None
+}
+
+/// The number at the start of `rest` (the text right after a marker), on its line: spaces, an
+/// optional ":", "$", sign or `\boxed{` may come first.
+fn number_after_marker(rest: &str) -> Option<String> {
+    let line = rest.lines().next().unwrap_or("");
+    let line = line.trim_start().strip_prefix(':').unwrap_or(line).trim_start();
+    if line.starts_with("\\boxed{") {
+        return boxed_contents(line).first().and_then(|inner| normalize_answer(inner));
+    }
+    normalize_number(line)
+}
+
+/// The contents of every `\boxed{...}` in `text`, braces balanced, in order.
+pub fn boxed_contents(text: &str) -> Vec<String> {
+    const OPEN: &str = "\\boxed";
+    text.match_indices(OPEN).filter_map(|(i, _)| boxed_like(&text[i + OPEN.len()..])).collect()
+}
+
+/// Normalise a number string: strip "$", "%", trailing units/words, trailing ".", "+"; handle
+/// negatives, decimals, scientific notation ("2.0107e-06", "1E16"), thousands separators
+/// (commas, or spaces, narrow or no-break spaces, between groups of exactly three digits:
+/// "1,000", "57 500"), trailing ".0"/".00" -> integer, simple fractions "3/4" -> "0.75", a
+/// `\boxed{}` around it. Returns canonical text (integers as exact digits without a decimal
+/// point, decimals as exact decimal digits, fractions via the shortest f64 display) or None.
+///
+/// Decimal commas are not read: a comma is a thousands separator only when exactly three digits
+/// follow it (and the integer part has at most three digits before the first one); otherwise
+/// the number ends at the comma, so "3,5" is 3 and "1,00" is 1.
 ///
 /// The text must start with the number (after optional sign, "$" and spaces); what follows it
 /// is ignored, so "12 apples" is "12" but "apples 12" is None.
 pub fn normalize_number(s: &str) -> Option<String> {
     let mut rest = s.trim();
+    if let Some(inner) = rest.strip_prefix("\\boxed{").and_then(|_| boxed_contents(rest).into_iter().next()) {
+        return normalize_number(&inner);
+    }
     let mut neg = false;
     let mut signed = false;
     loop {
@@ -53,7 +188,7 @@ pub fn normalize_number(s: &str) -> Option<String> {
             break;
         }
     }
-    let (parts, _) = scan_unsigned(rest.as_bytes(), 0)?;
+    let (parts, _) = scan_unsigned(rest.as_bytes(), 0, true)?;
     parts.canonical(neg)
 }
 
@@ -62,11 +197,21 @@ pub fn parse_number(s: &str) -> Option<f64> {
     normalize_number(s)?.parse::<f64>().ok().filter(|x| x.is_finite())
 }
 
-/// Numeric comparison with tolerance (abs diff <= 1e-6 * max(1,|b|)); false if either fails to
-/// parse.
+/// Do two numbers agree? Integers must be equal digit for digit (so 20-digit answers compare
+/// exactly); anything else within a relative 1e-9 of the reference's magnitude, which absorbs
+/// the rounding of a fraction's decimal form ("1/3") but tells 2.0107e-6 from 2.0108e-6. False
+/// if either is not a number.
 pub fn answers_match(predicted: &str, reference: &str) -> bool {
-    match (parse_number(predicted), parse_number(reference)) {
-        (Some(a), Some(b)) => (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+    let (Some(p), Some(r)) = (normalize_number(predicted), normalize_number(reference)) else {
+        // Not both numbers: LaTeX answers ("\\sqrt{2}") compare as normalised text.
+        return normalize_answer(predicted).is_some_and(|p| Some(p) == normalize_answer(reference));
+    };
+    let integer = |s: &str| s.trim_start_matches('-').bytes().all(|c| c.is_ascii_digit());
+    if integer(&p) && integer(&r) {
+        return p == r;
+    }
+    match (p.parse::<f64>(), r.parse::<f64>()) {
+        (Ok(a), Ok(b)) if a.is_finite() && b.is_finite() => (a - b).abs() <= 1e-9 * b.abs().max(1e-300),
         _ => false,
     }
 }
@@ -112,13 +257,17 @@ pub(crate) fn format_number(x: f64) -> String {
     }
 }
 
-/// The pieces of one number as written: integer digits (commas dropped), fraction digits and an
-/// optional "/denominator".
+/// The pieces of one number as written: integer digits (separators dropped), fraction digits,
+/// a power-of-ten exponent and an optional "/denominator".
 struct Parts {
     int: String,
     frac: String,
+    exp: i32,
     denom: Option<String>,
 }
+
+/// Exponents beyond this make no answer anyone writes; such text is not a number.
+const MAX_EXPONENT: i32 = 400;
 
 impl Parts {
     fn canonical(&self, neg: bool) -> Option<String> {
@@ -127,18 +276,25 @@ impl Parts {
             let v = sign * self.int.parse::<f64>().ok()? / d.parse::<f64>().ok()?;
             return v.is_finite().then(|| format_number(v));
         }
-        if self.frac.bytes().all(|c| c == b'0') {
-            // Integer: keep the exact digits, so huge integers round-trip too.
-            let digits = self.int.trim_start_matches('0');
-            return Some(match (digits.is_empty(), neg) {
-                (true, _) => "0".to_string(),
-                (false, true) => format!("-{digits}"),
-                (false, false) => digits.to_string(),
-            });
-        }
-        let int = if self.int.is_empty() { "0" } else { &self.int };
-        let v = sign * format!("{int}.{}", self.frac).parse::<f64>().ok()?;
-        v.is_finite().then(|| format_number(v))
+        // Exact decimal digits: all the digits, with the point moved by the exponent.
+        let digits = format!("{}{}", self.int, self.frac);
+        let point = self.int.len() as i64 + self.exp as i64;
+        let (int, frac) = if point <= 0 {
+            (String::new(), format!("{}{digits}", "0".repeat(point.unsigned_abs() as usize)))
+        } else if point as usize >= digits.len() {
+            (format!("{digits}{}", "0".repeat(point as usize - digits.len())), String::new())
+        } else {
+            (digits[..point as usize].to_string(), digits[point as usize..].to_string())
+        };
+        let int = int.trim_start_matches('0');
+        let frac = frac.trim_end_matches('0');
+        let body = match (int.is_empty(), frac.is_empty()) {
+            (_, true) if int.is_empty() => return Some("0".into()),
+            (_, true) => int.to_string(),
+            (true, false) => format!("0.{frac}"),
+            (false, false) => format!("{int}.{frac}"),
+        };
+        Some(if neg { format!("-{body}") } else { body })
     }
 }
 
@@ -146,16 +302,35 @@ fn digit_at(b: &[u8], i: usize) -> bool {
     b.get(i).is_some_and(u8::is_ascii_digit)
 }
 
+/// The length of a thousands separator at `j` (a comma; with `spaced`, also a space, a no-break
+/// space U+00A0, a thin space U+2009 or a narrow no-break space U+202F), if it is one: exactly
+/// three digits must follow it.
+fn separator_at(b: &[u8], j: usize, spaced: bool) -> Option<usize> {
+    let len = match b.get(j..)? {
+        [b',', ..] => 1,
+        [b' ', ..] if spaced => 1,
+        [0xC2, 0xA0, ..] if spaced => 2,
+        [0xE2, 0x80, 0x89, ..] | [0xE2, 0x80, 0xAF, ..] if spaced => 3,
+        _ => return None,
+    };
+    ((0..3).all(|k| digit_at(b, j + len + k)) && !digit_at(b, j + len + 3)).then_some(len)
+}
+
 /// Scans an unsigned number starting exactly at `i`; returns its parts and the end offset.
-fn scan_unsigned(b: &[u8], i: usize) -> Option<(Parts, usize)> {
+/// Thousands separators are taken only after a group of one to three digits and between groups
+/// of three (see [`separator_at`]; spaces only with `spaced`).
+fn scan_unsigned(b: &[u8], i: usize, spaced: bool) -> Option<(Parts, usize)> {
     let mut j = i;
     let mut int = String::new();
+    let mut group = 0;
+    let mut grouped = false;
     while digit_at(b, j) {
         int.push(b[j] as char);
         j += 1;
-        // A comma is a thousands separator only when exactly three digits follow it.
-        if b.get(j) == Some(&b',') && (1..=3).all(|k| digit_at(b, j + k)) && !digit_at(b, j + 4) && !int.is_empty() {
-            j += 1;
+        group += 1;
+        if let Some(len) = separator_at(b, j, spaced).filter(|_| group == 3 || (!grouped && group <= 3)) {
+            j += len;
+            (group, grouped) = (0, true);
         }
     }
     let mut frac = String::new();
@@ -169,8 +344,22 @@ fn scan_unsigned(b: &[u8], i: usize) -> Option<(Parts, usize)> {
     if int.is_empty() && frac.is_empty() {
         return None;
     }
+    // Scientific notation: e or E, an optional sign, digits, and no letter right after.
+    let mut exp = 0;
+    if matches!(b.get(j), Some(b'e' | b'E')) {
+        let k = j + 1 + matches!(b.get(j + 1), Some(b'+' | b'-')) as usize;
+        let mut end = k;
+        while digit_at(b, end) {
+            end += 1;
+        }
+        if end > k && !b.get(end).is_some_and(u8::is_ascii_alphabetic) {
+            let text = std::str::from_utf8(&b[j + 1..end]).ok()?;
+            exp = text.parse::<i32>().ok().filter(|e| e.abs() <= MAX_EXPONENT)?;
+            j = end;
+        }
+    }
     let mut denom = None;
-    if frac.is_empty() && b.get(j) == Some(&b'/') && digit_at(b, j + 1) {
+    if frac.is_empty() && exp == 0 && b.get(j) == Some(&b'/') && digit_at(b, j + 1) {
         let mut k = j + 1;
         let mut d = String::new();
         while digit_at(b, k) {
@@ -183,13 +372,13 @@ fn scan_unsigned(b: &[u8], i: usize) -> Option<(Parts, usize)> {
             j = k;
         }
     }
-    Some((Parts { int, frac, denom }, j))
+    Some((Parts { int, frac, exp, denom }, j))
 }
 
-/// Every number in `text` as canonical text, left to right (only the first if `first_only`).
+/// Every number in `text` as canonical text, left to right.
 /// A "-" directly before a number (or before "$N") is its sign unless it
 /// follows a letter or digit ("5-3" is a minus).
-fn numbers(text: &str, first_only: bool) -> Vec<String> {
+fn numbers(text: &str) -> Vec<String> {
     let b = text.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -199,7 +388,7 @@ fn numbers(text: &str, first_only: bool) -> Vec<String> {
             i += 1;
             continue;
         }
-        let Some((parts, end)) = scan_unsigned(b, i) else {
+        let Some((parts, end)) = scan_unsigned(b, i, false) else {
             i += 1;
             continue;
         };
@@ -210,18 +399,10 @@ fn numbers(text: &str, first_only: bool) -> Vec<String> {
         let neg = m > 0 && b[m - 1] == b'-' && (m < 2 || !b[m - 2].is_ascii_alphanumeric() && b[m - 2] != b')');
         if let Some(c) = parts.canonical(neg) {
             out.push(c);
-            if first_only {
-                break;
-            }
         }
         i = end.max(i + 1);
     }
     out
-}
-
-/// The first number in `text`, canonical.
-fn first_number(text: &str) -> Option<String> {
-    numbers(text, true).pop()
 }
 
 /// The results of the calculator notes `<<expr=N>>` on one line, in order.
@@ -257,7 +438,7 @@ fn equation_result(line: &str) -> Option<f64> {
         Some(r) => (true, r),
         None => (false, rest),
     };
-    let (parts, end) = scan_unsigned(body.as_bytes(), 0)?;
+    let (parts, end) = scan_unsigned(body.as_bytes(), 0, false)?;
     if body.as_bytes().get(end).is_some_and(u8::is_ascii_alphabetic) {
         return None;
     }
@@ -271,6 +452,14 @@ mod tests {
 
     fn n(s: &str) -> Option<String> {
         normalize_number(s)
+    }
+
+    /// "1234567.5" with `sep` between groups of three integer digits: "1 234 567.5".
+    fn grouped(number: &str, sep: &str) -> String {
+        let (whole, frac) = number.split_once('.').map_or((number, None), |(w, f)| (w, Some(f)));
+        let digits: Vec<char> = whole.chars().collect();
+        let groups: Vec<String> = digits.rchunks(3).rev().map(|g| g.iter().collect()).collect();
+        groups.join(sep) + &frac.map(|f| format!(".{f}")).unwrap_or_default()
     }
 
     #[test]
@@ -314,7 +503,45 @@ mod tests {
         assert_eq!(e("5-3").as_deref(), Some("3"));
         assert_eq!(e("#### none\nso 9 in all").as_deref(), Some("9"));
         assert_eq!(e("no numbers here"), None);
-        assert_eq!(e("é#### ü 3"), Some("3".into()));
+        assert_eq!(e("é#### ü 3\n"), Some("3".into()), "no number right after ####: the last number");
+    }
+
+    #[test]
+    fn a_marker_is_never_overridden_by_later_text() {
+        let e = |s: &str| extract_answer(s);
+        assert_eq!(e("A: 18\nQuestion: Tom has 5 apples and buys 7.").as_deref(), Some("18"));
+        assert_eq!(e("Answer: 18 eggs (about 2 dozen).").as_deref(), Some("18"));
+        assert_eq!(e("A: 18 dollars for 2 days").as_deref(), Some("18"));
+        assert_eq!(e("#### Step 1: add 3 and 4\n3 + 4 = 7\n#### 7\nThen 9 more").as_deref(), Some("7"));
+        assert_eq!(e("#### Step 1: add\n3 + 4 = 7").as_deref(), Some("7"), "a heading is no answer");
+        assert_eq!(e("#### 57 500").as_deref(), Some("57500"));
+        assert_eq!(e("#### 57\u{202f}500 people").as_deref(), Some("57500"));
+        assert_eq!(e("The answer is 2.0107e-06.").as_deref(), Some("0.0000020107"));
+        assert_eq!(e("so x = 2.5E21").as_deref(), Some("2500000000000000000000"));
+        assert_eq!(e("We get \\boxed{\\frac{1}{2}} and then \\boxed{42}, done 7").as_deref(), Some("42"));
+        assert_eq!(e("the answer is \\boxed{12} (not 13)").as_deref(), Some("12"));
+        assert_eq!(e("DATA: 5 rows, 9 cols").as_deref(), Some("9"), "A: inside a word is no label");
+        assert_eq!(e("I have 2 100 dollar bills").as_deref(), Some("100"), "spaces join digits only after a marker");
+    }
+
+    #[test]
+    fn exact_comparison() {
+        assert!(answers_match("12345678901234567890", "12345678901234567890"));
+        assert!(!answers_match("12345678901234567891", "12345678901234567890"));
+        assert!(answers_match("0.0000020107", "2.0107e-6"));
+        assert!(!answers_match("0.0000025", "2.0107e-6"), "tolerance is relative to the reference");
+        assert!(!answers_match("2.0107", "2.0107e-6"));
+        assert!(answers_match("1e16", "10000000000000000"));
+        assert!(!answers_match("1", "1e16"));
+        assert!(answers_match("0.3333333333", "1/3"));
+        assert!(!answers_match("0.33", "1/3"));
+        assert!(answers_match("0", "-0"));
+        // Decimal commas are not read: "3,5" is 3 (a comma needs three digits after it).
+        assert_eq!(n("3,5").as_deref(), Some("3"));
+        assert_eq!(n("1 234 567").as_deref(), Some("1234567"));
+        assert_eq!(n("1234,567").as_deref(), Some("1234"), "a first group has at most three digits");
+        assert_eq!(n("\\boxed{1,080}").as_deref(), Some("1080"));
+        assert_eq!(n("1e999"), None);
     }
 
     #[test]
@@ -323,7 +550,8 @@ mod tests {
         assert!(answers_match("0.75", "3/4"));
         assert!(answers_match("5.00", "5"));
         assert!(!answers_match("5", "6"));
-        assert!(!answers_match("x", "x"));
+        assert!(!answers_match("x", "5"));
+        assert!(answers_match("\\sqrt{2}", "\\sqrt2"), "LaTeX answers compare as normalised text");
         assert!(is_correct("so she has <<2*3=6>>6 left.\n#### 6", "6"));
         assert!(!is_correct("#### 7", "6"));
         assert!(!is_correct("", "6"));
@@ -365,6 +593,41 @@ mod tests {
             let s = n.to_string();
             prop_assert_eq!(normalize_number(&s), Some(s.clone()));
             prop_assert_eq!(extract_answer(&format!("#### {s}")), Some(s));
+        }
+
+        /// However the answer is written and whatever follows it, the reference is read back
+        /// exactly, and a different number never is.
+        #[test]
+        fn every_answer_format_is_read_back(
+            int in 0u64..10_000_000_000,
+            cents in proptest::option::of(1u32..100),
+            small in 0u64..1_000_000,
+            format in 0usize..7,
+            tail in "[ a-zA-Z0-9.,?()\n]{0,30}",
+            other in 1u64..1000,
+        ) {
+            // Integers of up to ten digits; decimals of up to eight significant digits (a
+            // different integer part is then a relative change above the 1e-9 tolerance).
+            let int = if cents.is_some() { small } else { int };
+            let reference = match cents {
+                Some(c) => format!("{int}.{c:02}"),
+                None => int.to_string(),
+            };
+            let write = |r: &str| match format {
+                0 => format!("#### {r}"),
+                1 => format!("So the answer is {r}"),
+                2 => format!("Answer: {r}"),
+                3 => format!("A: {r}"),
+                4 => format!("\\boxed{{{r}}}"),
+                5 => format!("#### {}", grouped(r, " ")),
+                _ => format!("The answer is ${}", grouped(r, ",")),
+            };
+            // The tail starts on a new line, as text after an answer does.
+            let text = format!("{}\n{tail}", write(&reference));
+            prop_assert!(is_correct(&text, &reference), "{:?} vs {}", text, reference);
+            let wrong = reference.replacen(&int.to_string(), &(int + other).to_string(), 1);
+            let text = format!("{}\n{tail}", write(&wrong));
+            prop_assert!(!is_correct(&text, &reference), "{:?} vs {}", text, reference);
         }
 
         #[test]

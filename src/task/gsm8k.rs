@@ -1,92 +1,216 @@
-//! GSM8K-format JSONL: one object per line with a question and a worked solution whose last
-//! line is "#### N" (calculator notes like `<<48/2=24>>` inside are kept as-is).
+//! JSON math datasets: GSM8K's JSONL (a question and a worked solution whose last line is
+//! "#### N", calculator notes like `<<48/2=24>>` kept as-is) and any JSONL file or JSON array
+//! of objects with a question (from one field or several joined, ASDiv's `body+question`) and an
+//! answer: a JSON number (read from its source text, so 2.0107e-6 and 20-digit integers stay
+//! exact), a number in a string ("1,000", ASDiv's "9 (apples)"), a "#### N" solution or a
+//! `\boxed{}` solution (MATH), with an optional reference-solution field.
 
-use super::answer::normalize_number;
+use super::answer::{boxed_contents, marked_solution_answer, normalize_answer, normalize_number};
 use super::Problem;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use serde_json::{Map, Value};
-use std::collections::HashMap;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+/// Which fields of a record hold what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fields {
+    /// Joined with a space: `["body", "question"]` for ASDiv.
+    pub question: Vec<String>,
+    pub answer: String,
+    /// A worked solution to train on; without it, the answer field's solution or "#### N".
+    pub solution: Option<String>,
+}
+
+impl Fields {
+    /// Fields from their names, the question's joined by "+": `("body+question", "answer")`.
+    pub fn new(question: &str, answer: &str, solution: Option<&str>) -> Self {
+        Fields {
+            question: question.split('+').map(str::to_string).collect(),
+            answer: answer.to_string(),
+            solution: solution.map(str::to_string),
+        }
+    }
+}
+
+/// How strictly the answer field is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answers {
+    /// GSM8K: a solution ending in a "#### N" line.
+    Gsm8k,
+    /// A number (JSON or text), a "#### N" solution or a `\boxed{}` number.
+    Numeric,
+    /// MATH: a solution whose last `\boxed{}` holds the answer, compared after LaTeX
+    /// normalisation (see [`normalize_answer`]).
+    Math,
+}
+
 /// Loads GSM8K JSONL (`question`, `answer` = solution ending in "#### N", optional `id`, else
-/// id = "{file_stem}-{line_number}"). Empty lines are skipped; a malformed line, a missing
-/// field or an answer without "#### N" is an error naming the file, line and field.
+/// id = "{file_stem}-{line}"). Empty lines are skipped; a malformed line, a missing field or an
+/// answer without "#### N" is an error naming the file, line and field.
 pub fn load_gsm8k(path: &Path) -> Result<Vec<Problem>> {
-    load(path, "question", "answer", false)
+    load_records(path, &Fields::new("question", "answer", None), Answers::Gsm8k)
 }
 
-/// Loads any JSONL file whose `question_field` holds the question and whose `answer_field`
-/// holds either a GSM8K-style solution ending in "#### N" or just a number (a JSON number or a
-/// string like "1,000"; its reference solution is then "#### N"). Ids as in [`load_gsm8k`].
+/// Loads any JSONL file (or JSON array) whose `question_field` holds the question and whose
+/// `answer_field` holds a GSM8K-style solution or just a number. Ids as in [`load_gsm8k`].
 pub fn load_jsonl(path: &Path, question_field: &str, answer_field: &str) -> Result<Vec<Problem>> {
-    load(path, question_field, answer_field, true)
+    load_records(path, &Fields::new(question_field, answer_field, None), Answers::Numeric)
 }
 
-fn load(path: &Path, qf: &str, af: &str, allow_bare: bool) -> Result<Vec<Problem>> {
+/// Loads JSON records: JSON lines, or one JSON array of objects (a file whose first character
+/// is `[`). Errors name the file and the line (JSONL) or the element (array). Answers that are
+/// not numbers are counted and refused together, naming the first.
+pub fn load_records(path: &Path, fields: &Fields, answers: Answers) -> Result<Vec<Problem>> {
     let text = fsutil::read_to_string(path)?;
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
+    type Record = BTreeMap<String, Box<RawValue>>;
+    // (where: "line N" or "element N", its number, the record or why it is malformed)
+    let records: Vec<(usize, std::result::Result<Record, String>)> = if text.trim_start().starts_with('[') {
+        let array: Vec<Box<RawValue>> =
+            serde_json::from_str(&text).map_err(|e| Error::file(path, format!("malformed JSON array: {e}")))?;
+        array
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                (i + 1, serde_json::from_str::<Record>(raw.get()).map_err(|_| "expected a JSON object".into()))
+            })
+            .collect()
+    } else {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, line)| {
+                let record =
+                    serde_json::from_str::<Record>(line).map_err(|e| match serde_json::from_str::<Value>(line) {
+                        Ok(Value::Array(_)) if i == 0 => {
+                            "a JSON array on one line: JSON lines hold one object per line".to_string()
+                        }
+                        Ok(_) => "expected a JSON object".to_string(),
+                        Err(_) => format!("malformed JSON: {e}"),
+                    });
+                (i + 1, record)
+            })
+            .collect()
+    };
+    let array = text.trim_start().starts_with('[');
+    let at = |n: usize, msg: String| {
+        if array {
+            Error::file(path, format!("element {n}: {msg}"))
+        } else {
+            Error::line(path, n, msg)
+        }
+    };
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let ln = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let err = |msg: String| Error::line(path, ln, msg);
-        let value: Value = serde_json::from_str(line).map_err(|e| err(format!("malformed JSON: {e}")))?;
-        let obj = value.as_object().ok_or_else(|| err("expected a JSON object".into()))?;
-        let question = text_field(obj, qf).map_err(err)?;
-        let (reference_solution, answer) = solution_field(obj, af, allow_bare).map_err(err)?;
-        let id = match obj.get("id") {
-            None | Some(Value::Null) => format!("{stem}-{ln}"),
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            Some(_) => return Err(err("field \"id\" must be a string or a number".into())),
+    let mut not_numbers: Vec<(usize, String)> = Vec::new();
+    for (n, record) in records {
+        let record = record.map_err(|msg| at(n, msg))?;
+        let field = |name: &str| -> std::result::Result<Value, String> {
+            let raw = record.get(name).ok_or_else(|| format!("missing field {name:?}"))?;
+            serde_json::from_str(raw.get()).map_err(|e| format!("field {name:?}: {e}"))
         };
-        if let Some(first) = seen.insert(id.clone(), ln) {
-            return Err(err(format!("duplicate id {id:?} (first on line {first})")));
+        let text_field = |name: &str| -> std::result::Result<String, String> {
+            match field(name)? {
+                Value::String(s) if !s.trim().is_empty() => Ok(s),
+                Value::String(_) => Err(format!("field {name:?} is empty")),
+                _ => Err(format!("field {name:?} must be a string")),
+            }
+        };
+        let question = fields.question.iter().map(|f| text_field(f)).collect::<std::result::Result<Vec<_>, _>>();
+        let question = question.map_err(|msg| at(n, msg))?.iter().map(|q| q.trim()).collect::<Vec<_>>().join(" ");
+        let solution = match &fields.solution {
+            Some(f) => Some(text_field(f).map_err(|msg| at(n, msg))?),
+            None => None,
+        };
+        let raw = record.get(&fields.answer).ok_or_else(|| at(n, format!("missing field {:?}", fields.answer)))?;
+        let (answer_solution, answer) = match read_answer(raw, &fields.answer, answers).map_err(|msg| at(n, msg))? {
+            Some(found) => found,
+            None => {
+                not_numbers.push((n, raw.get().chars().take(80).collect()));
+                continue;
+            }
+        };
+        let reference_solution = match (solution, answers) {
+            (Some(s), Answers::Math) => s,
+            (Some(s), _) if marked_solution_answer(&s).is_some() || !boxed_contents(&s).is_empty() => s,
+            (Some(s), _) => format!("{}\n#### {answer}", s.trim_end()),
+            (None, _) => answer_solution,
+        };
+        let id = match record.get("id").map(|raw| serde_json::from_str::<Value>(raw.get())) {
+            None | Some(Ok(Value::Null)) => format!("{stem}-{n}"),
+            Some(Ok(Value::String(s))) => s,
+            Some(Ok(Value::Number(_))) => record["id"].get().to_string(),
+            Some(_) => return Err(at(n, "field \"id\" must be a string or a number".into())),
+        };
+        if let Some(first) = seen.insert(id.clone(), n) {
+            return Err(at(n, format!("duplicate id {id:?} (first at {first})")));
         }
-        out.push(Problem { id, question: question.trim().to_string(), reference_solution, answer });
+        out.push(Problem { id, question, reference_solution, answer });
+    }
+    if let Some((n, raw)) = not_numbers.first() {
+        let total = out.len() + not_numbers.len();
+        let hint = if answers == Answers::Math { "" } else { "; for LaTeX answers use math:FILE" };
+        return Err(at(
+            *n,
+            format!(
+                "{} of {total} answers in field {:?} are not numbers, this one first: {raw}{hint}",
+                not_numbers.len(),
+                fields.answer
+            ),
+        ));
     }
     Ok(out)
 }
 
-/// A required non-empty string field.
-fn text_field<'a>(obj: &'a Map<String, Value>, field: &str) -> std::result::Result<&'a str, String> {
-    match obj.get(field) {
-        None => Err(format!("missing field {field:?}")),
-        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s),
-        Some(Value::String(_)) => Err(format!("field {field:?} is empty")),
-        Some(_) => Err(format!("field {field:?} must be a string")),
+/// The (reference solution, canonical answer) an answer field holds; None when it holds a
+/// well-formed answer that is not a number (counted by the caller); Err when it is malformed.
+fn read_answer(raw: &RawValue, field: &str, answers: Answers) -> std::result::Result<Option<(String, String)>, String> {
+    let value: Value = serde_json::from_str(raw.get()).map_err(|e| format!("field {field:?}: {e}"))?;
+    let text = match value {
+        // The number's own digits, not an f64's: 2.0107e-6 stays 2.0107e-6.
+        Value::Number(_) if answers != Answers::Gsm8k => {
+            return Ok(normalize_number(raw.get()).map(|a| (format!("#### {a}"), a)));
+        }
+        Value::String(s) if !s.trim().is_empty() => s,
+        Value::String(_) => return Err(format!("field {field:?} is empty")),
+        _ => return Err(format!("field {field:?} must be a string")),
+    };
+    if answers == Answers::Math {
+        let last = boxed_contents(&text).into_iter().rev().find_map(|b| normalize_answer(&b));
+        return match last {
+            Some(a) => Ok(Some((text, a))),
+            None => Err(format!("field {field:?} has no \\boxed{{}} answer")),
+        };
     }
-}
-
-/// The (reference solution, canonical answer) held in the answer field.
-fn solution_field(
-    obj: &Map<String, Value>,
-    field: &str,
-    allow_bare: bool,
-) -> std::result::Result<(String, String), String> {
-    if let (true, Some(Value::Number(n))) = (allow_bare, obj.get(field)) {
-        let a = normalize_number(&n.to_string()).ok_or_else(|| format!("field {field:?}: bad number {n}"))?;
-        return Ok((format!("#### {a}"), a));
-    }
-    let text = text_field(obj, field)?;
-    if let Some(line) = text.lines().find(|l| l.contains("####")) {
-        let pos = line.find("####").unwrap_or(0) + 4;
-        return match normalize_number(&line[pos..]) {
-            Some(a) => Ok((text.to_string(), a)),
+    if text.contains("####") {
+        return match marked_solution_answer(&text) {
+            Some(a) => Ok(Some((text, a))),
             None => Err(format!("field {field:?}: no number after \"####\"")),
         };
     }
-    // A bare answer must look like a number through and through, not prose that happens to
-    // start with one.
-    let bare = text.trim().chars().all(|c| c.is_ascii_digit() || " ,.$%-+/".contains(c));
-    match (allow_bare && bare, normalize_number(text)) {
-        (true, Some(a)) => Ok((format!("#### {a}"), a)),
-        _ => Err(format!("field {field:?} has no final \"#### N\" line")),
+    if answers == Answers::Gsm8k {
+        return Err(format!("field {field:?} has no final \"#### N\" line"));
     }
+    if let Some(inner) = boxed_contents(&text).pop() {
+        return Ok(normalize_number(&inner).map(|a| (text, a)));
+    }
+    // A bare answer: a number, optionally with a unit in parentheses ("9 (apples)"); prose that
+    // starts with a number, or several numbers ("3 (boys); 4 (girls)"), is not one.
+    let bare = text.trim();
+    let (number, unit) = match bare.find('(') {
+        Some(i) if bare.ends_with(')') => (&bare[..i], &bare[i + 1..bare.len() - 1]),
+        _ => (bare, ""),
+    };
+    let plain = number.trim().chars().all(|c| c.is_ascii_digit() || " ,.$%-+/eE".contains(c));
+    if plain && !unit.contains(|c: char| c.is_ascii_digit() || "()".contains(c)) {
+        if let Some(a) = normalize_number(number) {
+            return Ok(Some((format!("#### {a}"), a)));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -130,7 +254,7 @@ mod tests {
             ("{\"question\": \"Q\", \"answer\": \"no final line\"}\n".to_string(), 1, "\"answer\""),
             ("{\"question\": \"Q\", \"answer\": \"#### x\"}\n".to_string(), 1, "no number"),
             ("{\"question\": 3, \"answer\": \"#### 1\"}\n".to_string(), 1, "must be a string"),
-            ("[1]\n".to_string(), 1, "JSON object"),
+            ("1\n".to_string(), 1, "JSON object"),
             (format!("{ok}{ok}").replace("\"Q\"", "\"Q\", \"id\": 4"), 2, "duplicate id"),
         ];
         for (content, line, needle) in cases {
@@ -141,6 +265,103 @@ mod tests {
         }
         let missing = err_of(load_gsm8k(Path::new("/nonexistent/x.jsonl")));
         assert!(missing.contains("/nonexistent/x.jsonl"));
+    }
+
+    fn records(content: &str, fields: &Fields, answers: Answers) -> Result<Vec<Problem>> {
+        load_records(file(content).path(), fields, answers)
+    }
+
+    #[test]
+    fn json_numbers_keep_their_digits() {
+        let content = "{\"q\": \"A\", \"a\": 0.0000020107}\n{\"q\": \"B\", \"a\": 12345678901234567890}\n\
+                       {\"q\": \"C\", \"a\": 1e16}\n{\"q\": \"D\", \"a\": 2.5e21}\n{\"q\": \"E\", \"a\": -1.5e-7}\n";
+        let ps = records(content, &Fields::new("q", "a", None), Answers::Numeric).unwrap();
+        let answers: Vec<&str> = ps.iter().map(|p| p.answer.as_str()).collect();
+        assert_eq!(
+            answers,
+            ["0.0000020107", "12345678901234567890", "10000000000000000", "2500000000000000000000", "-0.00000015"]
+        );
+        assert!(crate::task::is_correct("#### 2.0107e-6", &ps[0].answer));
+        assert!(!crate::task::is_correct("#### 2.0107", &ps[0].answer));
+        assert!(!crate::task::is_correct("#### 12345678901234567891", &ps[1].answer));
+    }
+
+    /// ASDiv's layout: the question split over `body` and `question`, answers with units.
+    #[test]
+    fn asdiv_style_records_load() {
+        let content = r#"[
+          {"id": "nluds-0001", "body": "Seven red apples and two green apples are in the basket.",
+           "question": "How many apples are in the basket?", "answer": "9 (apples)", "formula": "7+2=9"},
+          {"id": "nluds-0002", "body": "Ellen has six more balls than Marin. Marin has nine balls.",
+           "question": "How many balls does Ellen have?", "answer": "15 (balls)", "formula": "6+9=15"}
+        ]"#;
+        let fields = Fields::new("body+question", "answer", Some("formula"));
+        let ps = records(content, &fields, Answers::Numeric).unwrap();
+        assert_eq!(
+            ps[0].question,
+            "Seven red apples and two green apples are in the basket. How many apples are in the basket?"
+        );
+        assert_eq!((ps[0].answer.as_str(), ps[1].answer.as_str()), ("9", "15"));
+        assert_eq!(ps[0].reference_solution, "7+2=9\n#### 9");
+        assert_eq!(ps[1].id, "nluds-0002");
+
+        // Answers that are not numbers are refused together, counted, naming the first.
+        let bad = content.replace("\"9 (apples)\"", "\"2:3\"").replace("\"15 (balls)\"", "\"3 (boys); 4 (girls)\"");
+        let err = records(&bad, &fields, Answers::Numeric).unwrap_err().to_string();
+        assert!(err.contains("element 1") && err.contains("2 of 2 answers") && err.contains("2:3"), "{err}");
+    }
+
+    /// MATH's layout: the answer is the solution's last \boxed{}, compared after LaTeX
+    /// normalisation.
+    #[test]
+    fn math_style_records_load_and_compare() {
+        let lines = [
+            r#"{"problem": "What is $\\frac{1}{4}+\\frac{1}{4}$?", "solution": "We add: $\\frac{2}{4} = \\boxed{\\dfrac{1}{2}}$."}"#,
+            r#"{"problem": "Simplify $\\sqrt{8}$.", "solution": "$\\sqrt{8} = \\boxed{2\\sqrt{2}}$"}"#,
+            r#"{"problem": "An angle?", "solution": "It is $\\boxed{90^\\circ}$."}"#,
+            r#"{"problem": "A share?", "solution": "So $\\boxed{25\\%}$ of them."}"#,
+            r#"{"problem": "Which interval?", "solution": "$x \\in \\boxed{\\left( -\\infty, 3 \\right)}$"}"#,
+            r#"{"problem": "How long?", "solution": "$\\boxed{12\\text{ cm}}$"}"#,
+        ];
+        let ps =
+            records(&lines.join("\n"), &Fields::new("problem", "solution", Some("solution")), Answers::Math).unwrap();
+        let answers: Vec<&str> = ps.iter().map(|p| p.answer.as_str()).collect();
+        assert_eq!(answers, ["0.5", "2\\sqrt{2}", "90", "25", "(-\\infty,3)", "12"]);
+        let right =
+            ["\\boxed{\\frac12}", "\\boxed{2 \\sqrt2}", "\\boxed{90}", "#### 25", "\\boxed{(-\\infty, 3)}", "#### 12"];
+        let wrong = [
+            "\\boxed{\\frac13}",
+            "\\boxed{\\sqrt{2}}",
+            "\\boxed{45}",
+            "#### 2.5",
+            "\\boxed{(-\\infty, 3]}",
+            "#### 1.2",
+        ];
+        for ((p, r), w) in ps.iter().zip(right).zip(wrong) {
+            assert!(crate::task::is_correct(r, &p.answer), "{r} for {}", p.answer);
+            assert!(!crate::task::is_correct(w, &p.answer), "{w} for {}", p.answer);
+        }
+        assert!(ps[0].reference_solution.ends_with("$."), "the solution is kept as written");
+        let none = records(
+            r#"{"problem": "P", "solution": "no box"}"#,
+            &Fields::new("problem", "solution", None),
+            Answers::Math,
+        );
+        assert!(none.unwrap_err().to_string().contains("boxed"));
+    }
+
+    #[test]
+    fn a_json_array_on_one_line_of_jsonl_says_so() {
+        let err = err_of(records(
+            "{\"q\": \"A\", \"a\": 1}\n[{\"q\": \"A\"}]\n",
+            &Fields::new("q", "a", None),
+            Answers::Numeric,
+        ));
+        assert!(err.contains(":2:") && err.contains("expected a JSON object"), "{err}");
+        let err = err_of(records("[{\"q\": \"A\", \"a\": 1}, 3]", &Fields::new("q", "a", None), Answers::Numeric));
+        assert!(err.contains("element 2: expected a JSON object"), "{err}");
+        let err = err_of(records("[{\"q\": \"A\"", &Fields::new("q", "a", None), Answers::Numeric));
+        assert!(err.contains("malformed JSON array"), "{err}");
     }
 
     #[test]

@@ -11,9 +11,10 @@ pub mod svamp;
 pub mod synth;
 
 pub use answer::{
-    answers_match, extract_answer, intermediate_results, is_correct, normalize_number, parse_number, step_results,
+    answers_match, extract_answer, intermediate_results, is_correct, normalize_answer, normalize_number, parse_number,
+    step_results,
 };
-pub use gsm8k::{load_gsm8k, load_jsonl};
+pub use gsm8k::{load_gsm8k, load_jsonl, load_records, Answers, Fields};
 pub use svamp::load_svamp;
 
 use crate::error::{Error, Result};
@@ -73,14 +74,24 @@ pub const BUILTIN_DEFAULT_SEED: u64 = 1234;
 /// * `builtin` | `builtin:LEVEL` | `builtin:LEVEL:SEED` -> [`TaskSpec::Builtin`] (level 2 and
 ///   seed 1234 by default; level in 1..=5, see [`synth`] for the level table)
 /// * `gsm8k:DIR_OR_FILE` -> [`TaskSpec::Gsm8k`]: a DIR holds `train.jsonl` / `test.jsonl`; a
-///   FILE is used as-is whatever the split
+///   FILE holds one split (see below)
 /// * `svamp:FILE` -> [`TaskSpec::Svamp`] (SVAMP.json). SVAMP has no official split, so a
 ///   problem is Test iff FNV-1a(ID) % 5 == 0 (a fixed ~80/20 split that never changes with
 ///   file order)
-/// * `jsonl:FILE[:QUESTION_FIELD:ANSWER_FIELD]` -> [`TaskSpec::Jsonl`] (fields default to
-///   "question" / "answer"; the answer may be a GSM8K-style solution ending in "#### N" or just
-///   a number; the file is used as-is whatever the split). With fields given, the last two
-///   ":"-separated parts are the fields and the rest is the path.
+/// * `jsonl:FILE[:QUESTION_FIELDS:ANSWER_FIELD[:SOLUTION_FIELD]]` and the same with `json:` ->
+///   [`TaskSpec::Jsonl`]: JSON lines or a JSON array of objects (either prefix reads both).
+///   Fields default to "question" / "answer"; several question fields join with "+"
+///   (ASDiv's `body+question`); the answer may be a number, a number with a unit in
+///   parentheses ("9 (apples)"), a solution ending in "#### N" or a `\boxed{}` one; a solution
+///   field, if named, is what SFT trains on. With fields given, the path is everything before
+///   them (the last two, or three, ":"-separated parts).
+/// * `math:FILE[:PROBLEM_FIELD:SOLUTION_FIELD]` -> [`TaskSpec::Math`]: MATH-style records
+///   (default fields "problem" / "solution"), the answer the solution's last `\boxed{}`,
+///   compared after LaTeX normalisation ([`answer::normalize_answer`]).
+///
+/// A single file holds one split: the train split when its file name says "train", else the
+/// test split. Asking a single-file task for its other split is an error, so one file never
+/// silently serves as both training and test data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskSpec {
     /// The built-in seeded generator ([`synth::generate`]).
@@ -100,19 +111,24 @@ pub enum TaskSpec {
         /// The JSON file.
         path: PathBuf,
     },
-    /// Any JSONL file with a question and an answer field.
+    /// A JSONL file or JSON array of records with a question and an answer.
     Jsonl {
-        /// The JSONL file.
+        /// The JSONL or JSON file.
         path: PathBuf,
-        /// Name of the question field.
+        /// Name of the question field; several joined by "+".
         question_field: String,
         /// Name of the answer field.
         answer_field: String,
+        /// Name of a worked-solution field.
+        solution_field: Option<String>,
     },
+    /// MATH-style records: a problem and a solution with a `\boxed{}` answer.
+    Math { path: PathBuf, problem_field: String, solution_field: String },
 }
 
-const SPEC_FORMS: &str = "expected builtin[:LEVEL[:SEED]], gsm8k:DIR_OR_FILE, svamp:FILE or \
-                          jsonl:FILE[:QUESTION_FIELD:ANSWER_FIELD]";
+const SPEC_FORMS: &str = "expected builtin[:LEVEL[:SEED]], gsm8k:DIR_OR_FILE, svamp:FILE, \
+                          jsonl:FILE[:QUESTION_FIELDS:ANSWER_FIELD[:SOLUTION_FIELD]] (or json:...) or \
+                          math:FILE[:PROBLEM_FIELD:SOLUTION_FIELD]";
 
 impl TaskSpec {
     /// Parses a task string (forms listed on [`TaskSpec`]).
@@ -148,23 +164,42 @@ impl TaskSpec {
             }
             "gsm8k" => Ok(TaskSpec::Gsm8k { path: path(rest)? }),
             "svamp" => Ok(TaskSpec::Svamp { path: path(rest)? }),
-            "jsonl" => {
+            "jsonl" | "json" | "math" => {
                 let parts: Vec<&str> = rest.unwrap_or("").split(':').collect();
-                let (file, q, a) = match parts.len() {
-                    1 => (parts[0].to_string(), "question", "answer"),
-                    2 => return Err(bad("give both QUESTION_FIELD and ANSWER_FIELD")),
-                    n => (parts[..n - 2].join(":"), parts[n - 2], parts[n - 1]),
+                let fields = match (kind, parts.len()) {
+                    (_, 1) => 0,
+                    (_, 2) => return Err(bad("give the question and the answer field, or neither")),
+                    ("math", _) | (_, 3) => 2,
+                    _ => 3,
                 };
-                if q.is_empty() || a.is_empty() {
+                let file = parts[..parts.len() - fields].join(":");
+                let names = &parts[parts.len() - fields..];
+                if names.iter().any(|f| f.is_empty() || f.split('+').any(str::is_empty)) {
                     return Err(bad("empty field name"));
                 }
+                let path = path(Some(&file))?;
+                if kind == "math" {
+                    let (p, sol) = if fields == 0 { ("problem", "solution") } else { (names[0], names[1]) };
+                    return Ok(TaskSpec::Math { path, problem_field: p.into(), solution_field: sol.into() });
+                }
+                let (q, a) = if fields == 0 { ("question", "answer") } else { (names[0], names[1]) };
                 Ok(TaskSpec::Jsonl {
-                    path: path(Some(&file))?,
+                    path,
                     question_field: q.to_string(),
                     answer_field: a.to_string(),
+                    solution_field: names.get(2).map(|s| s.to_string()),
                 })
             }
             _ => Err(bad("unknown kind")),
+        }
+    }
+
+    /// The splits this source holds: both, or the one of a single file ([`split_of_file`]).
+    pub fn splits(&self) -> Vec<Split> {
+        match self {
+            TaskSpec::Gsm8k { path } if !path.is_dir() => vec![split_of_file(path)],
+            TaskSpec::Jsonl { path, .. } | TaskSpec::Math { path, .. } => vec![split_of_file(path)],
+            _ => vec![Split::Train, Split::Test],
         }
     }
 
@@ -181,17 +216,23 @@ impl TaskSpec {
                 });
                 return Ok(synth::generate(*level, split, n, *seed));
             }
-            TaskSpec::Gsm8k { path } => {
-                let file = if path.is_dir() { path.join(format!("{split}.jsonl")) } else { path.clone() };
+            TaskSpec::Gsm8k { path } if path.is_dir() => {
+                let file = path.join(format!("{split}.jsonl"));
                 (load_gsm8k(&file)?, file)
             }
+            TaskSpec::Gsm8k { path } => (load_gsm8k(single_split(path, split)?)?, path.clone()),
             TaskSpec::Svamp { path } => {
                 let mut all = load_svamp(path)?;
                 all.retain(|p| svamp::split_of(&p.id) == split);
                 (all, path.clone())
             }
-            TaskSpec::Jsonl { path, question_field, answer_field } => {
-                (load_jsonl(path, question_field, answer_field)?, path.clone())
+            TaskSpec::Jsonl { path, question_field, answer_field, solution_field } => {
+                let fields = Fields::new(question_field, answer_field, solution_field.as_deref());
+                (load_records(single_split(path, split)?, &fields, Answers::Numeric)?, path.clone())
+            }
+            TaskSpec::Math { path, problem_field, solution_field } => {
+                let fields = Fields::new(problem_field, solution_field, Some(solution_field));
+                (load_records(single_split(path, split)?, &fields, Answers::Math)?, path.clone())
             }
         };
         if let Some(n) = limit {
@@ -211,11 +252,43 @@ impl fmt::Display for TaskSpec {
             TaskSpec::Builtin { level, seed } => write!(f, "builtin:{level}:{seed}"),
             TaskSpec::Gsm8k { path } => write!(f, "gsm8k:{}", path.display()),
             TaskSpec::Svamp { path } => write!(f, "svamp:{}", path.display()),
-            TaskSpec::Jsonl { path, question_field, answer_field } => {
-                write!(f, "jsonl:{}:{question_field}:{answer_field}", path.display())
+            TaskSpec::Jsonl { path, question_field, answer_field, solution_field } => {
+                write!(f, "jsonl:{}:{question_field}:{answer_field}", path.display())?;
+                match solution_field {
+                    Some(s) => write!(f, ":{s}"),
+                    None => Ok(()),
+                }
+            }
+            TaskSpec::Math { path, problem_field, solution_field } => {
+                write!(f, "math:{}:{problem_field}:{solution_field}", path.display())
             }
         }
     }
+}
+
+/// The split a single data file holds: train when its file name says "train", else test.
+pub fn split_of_file(path: &Path) -> Split {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default();
+    if stem.contains("train") {
+        Split::Train
+    } else {
+        Split::Test
+    }
+}
+
+/// `path` itself when it holds `split`; else an error that says which split it holds.
+fn single_split(path: &Path, split: Split) -> Result<&Path> {
+    let holds = split_of_file(path);
+    if holds == split {
+        return Ok(path);
+    }
+    Err(Error::file(
+        path,
+        format!(
+            "one file holds one split, and this one holds the {holds} split (a file name with \"train\" holds \
+             train problems, any other test problems), not the {split} split: name a {split} file for it"
+        ),
+    ))
 }
 
 /// Write problems as JSONL in GSM8K's format plus an id:
@@ -253,7 +326,29 @@ mod tests {
         assert_eq!(TaskSpec::parse("gsm8k:data/gsm8k").unwrap(), TaskSpec::Gsm8k { path: "data/gsm8k".into() });
         assert_eq!(
             TaskSpec::parse("jsonl:a/b.jsonl:q:sol").unwrap(),
-            TaskSpec::Jsonl { path: "a/b.jsonl".into(), question_field: "q".into(), answer_field: "sol".into() }
+            TaskSpec::Jsonl {
+                path: "a/b.jsonl".into(),
+                question_field: "q".into(),
+                answer_field: "sol".into(),
+                solution_field: None
+            }
+        );
+        assert_eq!(
+            TaskSpec::parse("json:c:/d.json:body+question:answer:equation").unwrap(),
+            TaskSpec::Jsonl {
+                path: "c:/d.json".into(),
+                question_field: "body+question".into(),
+                answer_field: "answer".into(),
+                solution_field: Some("equation".into())
+            }
+        );
+        assert_eq!(
+            TaskSpec::parse("math:m.jsonl").unwrap(),
+            TaskSpec::Math {
+                path: "m.jsonl".into(),
+                problem_field: "problem".into(),
+                solution_field: "solution".into()
+            }
         );
         for bad in [
             "",
@@ -265,11 +360,13 @@ mod tests {
             "gsm8k:",
             "svamp:",
             "jsonl:f:q",
+            "jsonl:f:q+:a",
+            "math:f:p",
             "foo:bar",
         ] {
             assert!(TaskSpec::parse(bad).is_err(), "{bad:?} should fail");
         }
-        for s in ["builtin:3:9", "gsm8k:x", "svamp:y.json", "jsonl:z:q:a"] {
+        for s in ["builtin:3:9", "gsm8k:x", "svamp:y.json", "jsonl:z:q:a", "jsonl:z:b+q:a:s", "math:m:p:s"] {
             assert_eq!(TaskSpec::parse(s).unwrap().to_string(), s);
         }
     }
