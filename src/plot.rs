@@ -105,6 +105,8 @@ struct Series {
     label: String,
     color: RGBColor,
     points: Vec<(f64, f64)>,
+    /// (x, lo, hi): the 95% interval, where the run logs `METRIC_lo` and `METRIC_hi`.
+    band: Vec<(f64, f64, f64)>,
 }
 
 /// Everything the renderer needs, backend-independent.
@@ -134,21 +136,13 @@ pub fn plot(req: &PlotRequest) -> Result<Vec<PathBuf>> {
 
     let png = with_suffix(&req.out, "png");
     let svg = with_suffix(&req.out, "svg");
-    let dir = match req.out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-
-    // PNG: plotters saves the file itself (format from the extension), so render into a temp
-    // `.png` beside the target and rename it into place.
-    let tmp = temp_beside(&dir, "png")?;
-    {
-        let root = BitMapBackend::new(tmp.path(), SIZE).into_drawing_area();
+    // PNG: plotters saves the file itself (format from the extension), so it renders into a
+    // temp `.png` beside the target, which is then renamed into place.
+    crate::fsutil::write_atomic_via_path(&png, |tmp| {
+        let root = BitMapBackend::new(tmp, SIZE).into_drawing_area();
         render(&root, &chart).map_err(|e| Error::file(&png, format!("rendering PNG: {e}")))?;
-        root.present().map_err(|e| Error::file(&png, format!("writing PNG: {e}")))?;
-    }
-    persist(tmp, &png)?;
+        root.present().map_err(|e| Error::file(&png, format!("writing PNG: {e}")))
+    })?;
 
     // SVG: render into a string, then write it the same way.
     let mut svg_text = String::new();
@@ -157,32 +151,9 @@ pub fn plot(req: &PlotRequest) -> Result<Vec<PathBuf>> {
         render(&root, &chart).map_err(|e| Error::file(&svg, format!("rendering SVG: {e}")))?;
         root.present().map_err(|e| Error::file(&svg, format!("rendering SVG: {e}")))?;
     }
-    let tmp = temp_beside(&dir, "svg")?;
-    std::fs::write(tmp.path(), svg_text.as_bytes()).map_err(|e| Error::io(&svg, e))?;
-    persist(tmp, &svg)?;
+    crate::fsutil::write_atomic(&svg, |w| w.write_all(svg_text.as_bytes()))?;
 
     Ok(vec![png, svg])
-}
-
-/// A temp file `.tmp-plot-*.EXT` in `dir` (removed if dropped before `persist`).
-fn temp_beside(dir: &Path, ext: &str) -> Result<tempfile::NamedTempFile> {
-    tempfile::Builder::new()
-        .prefix(".tmp-plot-")
-        .suffix(&format!(".{ext}"))
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))
-}
-
-/// Renames a finished temp file into place, readable by all like an ordinary new file
-/// (temp files are created owner-only).
-fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(path, e))?;
-    }
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
 }
 
 /// Reads the runs and collects the series, checking that every requested metric has points.
@@ -216,8 +187,15 @@ fn build_chart(req: &PlotRequest) -> Result<Chart> {
                 continue;
             }
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let (lo, hi) = (format!("{metric}_lo"), format!("{metric}_hi"));
+            let mut band: Vec<(f64, f64, f64)> = rows
+                .iter()
+                .filter_map(|row| Some((*row.get(&req.x)?, *row.get(&lo)?, *row.get(&hi)?)))
+                .filter(|&(_, lo, _)| !req.log_y || lo > 0.0)
+                .collect();
+            band.sort_by(|a, b| a.0.total_cmp(&b.0));
             let color = COLORS[series.len() % COLORS.len()];
-            series.push(Series { label: format!("{name} {metric}"), color, points });
+            series.push(Series { label: format!("{name} {metric}"), color, points, band });
         }
         if series.len() == before {
             let why = if req.log_y { " (positive values, for the log y axis)" } else { "" };
@@ -229,7 +207,8 @@ fn build_chart(req: &PlotRequest) -> Result<Chart> {
         }
     }
 
-    let all = || series.iter().flat_map(|s| s.points.iter());
+    let band_ends = series.iter().flat_map(|s| s.band.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]));
+    let all = || series.iter().flat_map(|s| s.points.iter().copied()).chain(band_ends.clone());
     let (mut x0, mut x1) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let (mut y0, mut y1) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
     if x1 <= x0 {
@@ -370,6 +349,16 @@ where
         .bold_line_style(RGBColor(210, 210, 210))
         .draw()?;
 
+    // 95% bands first, beneath every line, so a wiggle inside its band reads as noise.
+    for s in chart.series.iter().filter(|s| s.band.len() > 1) {
+        let outline: Vec<(f64, f64)> =
+            s.band.iter().map(|&(x, _, hi)| (x, hi)).chain(s.band.iter().rev().map(|&(x, lo, _)| (x, lo))).collect();
+        ctx.draw_series(std::iter::once(Polygon::new(outline, s.color.mix(0.15).filled())))?;
+    }
+    for s in chart.series.iter().filter(|s| s.band.len() == 1) {
+        let (x, lo, hi) = s.band[0];
+        ctx.draw_series(std::iter::once(PathElement::new(vec![(x, lo), (x, hi)], s.color.stroke_width(2))))?;
+    }
     for s in &chart.series {
         let color = s.color;
         ctx.draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))?
@@ -497,6 +486,29 @@ mod tests {
         };
         let paths = plot(&req).unwrap();
         check_outputs(&paths, "sft_a loss");
+    }
+
+    #[test]
+    fn intervals_draw_a_band_that_the_axis_holds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lines = [(0, 0.30, 0.25, 0.35), (100, 0.32, 0.20, 0.45), (200, 0.31, 0.27, 0.36)]
+            .map(|(x, v, lo, hi)| format!("{{\"samples_seen\":{x},\"m\":{v},\"m_lo\":{lo},\"m_hi\":{hi}}}\n"));
+        let run = write_run(tmp.path(), "r", &lines.concat());
+        let plain = write_run(tmp.path(), "p", "{\"samples_seen\":0,\"m\":0.3}\n");
+        let req = PlotRequest {
+            runs: vec![run, plain],
+            metrics: vec!["m".into()],
+            x: "samples_seen".into(),
+            out: tmp.path().join("m"),
+            title: None,
+            log_y: false,
+        };
+        let chart = build_chart(&req).unwrap();
+        assert_eq!(chart.series[0].band, vec![(0.0, 0.25, 0.35), (100.0, 0.20, 0.45), (200.0, 0.27, 0.36)]);
+        assert!(chart.series[1].band.is_empty(), "no interval logged, no band");
+        let (y0, y1) = chart.y_range;
+        assert!(y0 < 0.20 && y1 > 0.45, "the axis must hold the band, not only the line: {y0}..{y1}");
+        check_outputs(&plot(&req).unwrap(), "r m");
     }
 
     #[test]

@@ -218,6 +218,10 @@ pub struct EvalSummary {
     pub problems: usize,
     /// n: temperature samples per problem (0 for a greedy-only evaluation).
     pub samples_per_problem: usize,
+    /// Problems with samples: the metrics drawn from samples (maj@k, pass@k, rerank@k, wmaj@k,
+    /// distinct correct) are over these; greedy maj@1 is over all `problems`.
+    #[serde(default)]
+    pub sampled_problems: usize,
     /// Sampling temperature of `samples`, as passed in [`EvalOptions`].
     pub temperature: Option<f64>,
     /// Greedy accuracy (None without greedy episodes).
@@ -351,11 +355,14 @@ pub fn evaluate(
         return Err(Error::Invalid("no episodes to evaluate".into()));
     }
 
-    let (n, first_id) = (groups[0].samples.len(), groups[0].id);
+    // Sampled problems all have n samples; with greedy episodes, the others may have none (a
+    // greedy pass over more problems than were sampled).
+    let first = groups.iter().max_by_key(|g| g.samples.len()).expect("not empty");
+    let (n, first_id) = (first.samples.len(), first.id);
     for g in &mut groups {
-        if g.samples.len() != n {
+        if g.samples.len() != n && !(g.samples.is_empty() && g.greedy.is_some()) {
             return Err(Error::Invalid(format!(
-                "problem {:?} has {} samples but problem {:?} has {n}; every problem needs the same number",
+                "problem {:?} has {} samples but problem {:?} has {n}; every sampled problem needs the same number",
                 g.id,
                 g.samples.len(),
                 first_id
@@ -385,7 +392,27 @@ pub fn evaluate(
     let mut distinct = Vec::new();
     let mut records = Vec::with_capacity(groups.len());
 
+    let mut sampled_problems = 0;
     for g in &groups {
+        if g.samples.is_empty() {
+            if let Some(e) = g.greedy {
+                maj1.push(e.correct as u8 as f64);
+                records.push(ProblemRecord {
+                    problem_id: g.id.to_string(),
+                    reference_answer: g.reference.to_string(),
+                    greedy: Some(sample_record(e, None)),
+                    samples: Vec::new(),
+                    correct_samples: 0,
+                    distinct_correct: 0,
+                    majority: BTreeMap::new(),
+                    pass: BTreeMap::new(),
+                    rerank: BTreeMap::new(),
+                    wmaj: BTreeMap::new(),
+                });
+            }
+            continue;
+        }
+        sampled_problems += 1;
         let correct_samples = g.samples.iter().filter(|(e, _)| e.correct).count();
         let distinct_correct = g
             .samples
@@ -454,6 +481,7 @@ pub fn evaluate(
     let summary = EvalSummary {
         problems: groups.len(),
         samples_per_problem: n,
+        sampled_problems,
         temperature: opts.temperature,
         maj1: (!maj1.is_empty()).then(|| Metric::bootstrap(&maj1, opts)),
         maj: boot(maj),
@@ -462,7 +490,7 @@ pub fn evaluate(
         wmaj_minus_maj,
         rerank: boot(rerank),
         wmaj: boot(wmaj),
-        mean_distinct_correct: distinct.iter().sum::<f64>() / distinct.len() as f64,
+        mean_distinct_correct: mean_or_zero(&distinct),
         mean_response_tokens: mean_or_zero(&lengths),
     };
     Ok((records, summary))
@@ -511,9 +539,13 @@ pub fn summary_markdown(summary: &EvalSummary, title: &str) -> String {
     let temperature = summary.temperature.map_or_else(|| "-".to_string(), |t| format!("{t}"));
     let _ = writeln!(
         out,
-        "\nProblems: {}, samples per problem: {}, temperature: {temperature}, mean distinct correct: {:.2}, \
-         mean response tokens: {:.1}",
-        summary.problems, summary.samples_per_problem, summary.mean_distinct_correct, summary.mean_response_tokens
+        "\nProblems: {} greedy, {} sampled; samples per problem: {}, temperature: {temperature}, mean distinct \
+         correct: {:.2}, mean response tokens: {:.1}",
+        summary.problems,
+        summary.sampled_problems,
+        summary.samples_per_problem,
+        summary.mean_distinct_correct,
+        summary.mean_response_tokens
     );
     out
 }
@@ -521,7 +553,7 @@ pub fn summary_markdown(summary: &EvalSummary, title: &str) -> String {
 /// Writes records.jsonl, summary.json and summary.md into `dir` (created if missing), each
 /// atomically.
 pub fn write_report(dir: &Path, records: &[ProblemRecord], summary: &EvalSummary, title: &str) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    fsutil::create_output_dir(dir)?;
     fsutil::write_jsonl(&dir.join("records.jsonl"), records)?;
     fsutil::write_atomic(&dir.join("summary.json"), |w| {
         serde_json::to_writer_pretty(&mut *w, summary)?;
@@ -575,14 +607,17 @@ pub fn paired_differences(
     if pairs.iter().all(|(a, b)| greedy(a).is_some() && greedy(b).is_some()) {
         add("maj@1".into(), pairs.iter().map(|(a, b)| greedy(a).unwrap() - greedy(b).unwrap()).collect());
     }
-    for k in run.first().map(|r| r.pass.keys().copied().collect::<Vec<_>>()).unwrap_or_default() {
+    for k in run.iter().flat_map(|r| r.pass.keys().copied()).collect::<BTreeSet<_>>() {
         for metric in ["maj", "rerank", "wmaj", "pass"] {
             if k == 1 && metric != "pass" {
                 continue; // sampled maj@1, rerank@1, wmaj@1 are pass@1's first sample; maj@1 is greedy
             }
-            let diffs: Option<Vec<f64>> =
-                pairs.iter().map(|(a, b)| Some(record_value(metric, a, k)? - record_value(metric, b, k)?)).collect();
-            if let Some(diffs) = diffs {
+            // Over the problems both runs sampled (a greedy pass may cover more).
+            let diffs: Vec<f64> = pairs
+                .iter()
+                .filter_map(|(a, b)| Some(record_value(metric, a, k)? - record_value(metric, b, k)?))
+                .collect();
+            if !diffs.is_empty() {
                 add(format!("{metric}@{k}"), diffs);
             }
         }
@@ -787,6 +822,32 @@ mod tests {
         (greedy, samples)
     }
 
+    #[test]
+    fn greedy_may_cover_more_problems_than_were_sampled() {
+        let (mut greedy, samples) = fixture();
+        greedy.push(ep("D", "3", 0, "g", Some("3"), &[-0.5; 2]));
+        greedy.push(ep("E", "4", 0, "g", Some("9"), &[-0.5; 2]));
+        let (records, s) = evaluate(&greedy, &samples, None, &opts(&[4])).unwrap();
+        assert_eq!((s.problems, s.sampled_problems, s.samples_per_problem), (5, 3, 4));
+        assert!(close(s.maj1.as_ref().unwrap().value, 3.0 / 5.0), "greedy over all five");
+        assert!(close(s.pass[&4].value, 2.0 / 3.0), "pass@4 over the three sampled");
+        assert!(close(s.mean_distinct_correct, 4.0 / 3.0));
+        assert!(records[3].samples.is_empty() && records[3].pass.is_empty());
+
+        // Paired against a baseline: maj@1 over all five problems, pass@4 over the sampled three.
+        let mut base = records.clone();
+        base[4].greedy.as_mut().unwrap().correct = true; // E: the baseline was right
+        base[0].pass.insert(4, 0.0); // A: the baseline never solved it
+        let d = paired_differences(&records, &base, 200, 1).unwrap();
+        assert!(close(d["maj@1"].value, -1.0 / 5.0));
+        assert!(close(d["pass@4"].value, 1.0 / 3.0));
+
+        // A sampled problem with fewer samples than the others is still an error.
+        let short: Vec<Episode> =
+            samples.into_iter().filter(|e| !(e.problem_id == "C" && e.sample_index == 3)).collect();
+        assert!(evaluate(&greedy, &short, None, &opts(&[4])).is_err());
+    }
+
     fn opts(ks: &[usize]) -> EvalOptions {
         EvalOptions { ks: ks.to_vec(), bootstrap_resamples: 200, seed: 5, temperature: Some(0.7) }
     }
@@ -902,6 +963,7 @@ mod tests {
         let summary = EvalSummary {
             problems: 500,
             samples_per_problem: 16,
+            sampled_problems: 500,
             temperature: Some(0.7),
             maj1: Some(m(0.41, 0.38, 0.44)),
             maj: BTreeMap::from([(16, m(0.5, 0.45, 0.55))]),
@@ -923,7 +985,7 @@ mod tests {
             md.contains("| rerank@16 - maj@16 | -5.0 | [-9.0, -1.0] |\n| wmaj@16 - maj@16 | +2.0 | [-1.0, +5.0] |"),
             "{md}"
         );
-        assert!(md.contains("Problems: 500, samples per problem: 16, temperature: 0.7, mean distinct correct: 3.21"));
+        assert!(md.contains("Problems: 500 greedy, 500 sampled; samples per problem: 16, temperature: 0.7, mean distinct correct: 3.21"), "{md}");
     }
 
     #[test]

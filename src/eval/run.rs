@@ -29,6 +29,9 @@ pub struct EvalConfig {
     pub problems: usize,
     /// Samples per problem for maj@k / pass@k / rerank@k / wmaj@k (0 = greedy only).
     pub samples: usize,
+    /// Sample only the first N problems (0 = all); the greedy pass covers every problem, so
+    /// maj@1 can be measured on thousands of problems and the k-sample metrics on hundreds.
+    pub sampled_problems: usize,
     pub temperature: f64,
     pub top_p: f64,
     /// The k of maj@k, pass@k and rerank@k (each at most `samples`).
@@ -59,6 +62,7 @@ impl Default for EvalConfig {
             split: "test".into(),
             problems: 0,
             samples: 16,
+            sampled_problems: 0,
             temperature: 0.7,
             top_p: 1.0,
             ks: vec![1, 4, 16],
@@ -136,6 +140,7 @@ fn sample(cfg: &EvalConfig) -> Result<(Vec<Episode>, Vec<Episode>)> {
     let prompter = Prompter::new(&cfg.prompt, &task.load(Split::Train, Some(cfg.prompt.shots.max(1)))?)?;
     let spec = SampleSpec {
         samples: cfg.samples,
+        sampled_problems: cfg.sampled_problems,
         temperature: cfg.temperature,
         top_p: cfg.top_p,
         max_new_tokens: cfg.max_new_tokens,
@@ -149,6 +154,8 @@ fn sample(cfg: &EvalConfig) -> Result<(Vec<Episode>, Vec<Episode>)> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleSpec {
     pub samples: usize,
+    /// Samples are drawn for the first N problems only (0 = all); greedy covers all.
+    pub sampled_problems: usize,
     pub temperature: f64,
     pub top_p: f64,
     pub max_new_tokens: usize,
@@ -175,15 +182,17 @@ pub fn sample_episodes(
     let greedy = rollout(model, tokenizer, prompter, problems, &SamplingConfig { temperature: 0.0, ..base.clone() })?;
     let samples = if spec.samples > 0 {
         let sampled = SamplingConfig { temperature: spec.temperature, samples_per_prompt: spec.samples, ..base };
-        rollout(model, tokenizer, prompter, problems, &sampled)?
+        let n = if spec.sampled_problems == 0 { problems.len() } else { spec.sampled_problems.min(problems.len()) };
+        rollout(model, tokenizer, prompter, &problems[..n], &sampled)?
     } else {
         Vec::new()
     };
     let tokens: usize = greedy.iter().chain(&samples).map(|e| e.response_tokens.len()).sum();
     let seconds = start.elapsed().as_secs_f64();
     eprintln!(
-        "sampled {} problems x (1 greedy + {} samples): {tokens} tokens in {seconds:.1}s ({:.0} tokens/s)",
+        "sampled {} problems greedily and {} x {} at temperature: {tokens} tokens in {seconds:.1}s ({:.0} tokens/s)",
         problems.len(),
+        samples.len() / spec.samples.max(1),
         spec.samples,
         tokens as f64 / seconds
     );

@@ -292,7 +292,7 @@ pub fn check_stages(cfg: &StudyConfig) -> Result<()> {
 pub fn run(cfg: &StudyConfig, config_toml: &str) -> Result<Outcome> {
     let plan = plan(cfg)?;
     check_stages(cfg)?;
-    std::fs::create_dir_all(&plan.dir).map_err(|e| Error::io(&plan.dir, e))?;
+    crate::fsutil::create_output_dir(&plan.dir)?;
     write_atomic(&plan.dir.join("config.toml"), |w| w.write_all(config_toml.as_bytes()))?;
     let bar = crate::progress::bar(plan.jobs.len() as u64, 0, "jobs");
     let mut outcome = Outcome {
@@ -438,6 +438,7 @@ fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
                 task: cfg.task.clone(),
                 problems: e.problems,
                 samples: e.samples,
+                sampled_problems: e.sampled_problems,
                 temperature: e.temperature,
                 ks: e.ks.clone(),
                 max_new_tokens: e.max_new_tokens,

@@ -408,8 +408,9 @@ pub fn write(cfg: &StudyConfig, plan: &Plan) -> Result<String> {
     let mut md = format!("# Study `{}` on {}\n\n", cfg.name, cfg.task);
     let _ = writeln!(
         md,
-        "Every model is evaluated on {} test problems: maj@1 is greedy; maj@k, rerank@k and wmaj@k (by {}) and \
-         pass@k (unbiased) come from {} samples at temperature {}. Intervals are 95% bootstrap intervals over problems. \
+        "Every model is evaluated on {} test problems: maj@1 is greedy on all of them; maj@k, rerank@k and wmaj@k \
+         (by {}) and pass@k (unbiased) come from {} samples at temperature {} on {}. Intervals are 95% bootstrap \
+         intervals over problems; a Δ column is the paired difference from the starting model on the same problems. \
          `samples` counts the solutions a run generated; `samples to 95%` is the first in-run evaluation that \
          reached 95% of the run's final in-run maj@1 (for runs that ended above their start).\n",
         if cfg.eval.problems == 0 { "all".into() } else { cfg.eval.problems.to_string() },
@@ -420,7 +421,11 @@ pub fn write(cfg: &StudyConfig, plan: &Plan) -> Result<String> {
             "mean log-prob"
         },
         cfg.eval.samples,
-        cfg.eval.temperature
+        cfg.eval.temperature,
+        match cfg.eval.sampled_problems {
+            0 => "every problem".to_string(),
+            n => format!("the first {n}"),
+        }
     );
     md.push_str(&table);
     let failed: Vec<&RowResult> = results.iter().filter(|r| r.error.is_some()).collect();
@@ -555,6 +560,7 @@ mod tests {
         let summary = EvalSummary {
             problems: n,
             samples_per_problem: 8,
+            sampled_problems: 0,
             temperature: Some(0.7),
             maj1: Some(metric(mean(&|r| r.greedy.as_ref().unwrap().correct as u8 as f64))).filter(|_| n > 0),
             maj: BTreeMap::new(),

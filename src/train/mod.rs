@@ -600,6 +600,7 @@ pub fn validation_metrics(
         let eval = rounds::RoundEval {
             problems: problems.len(),
             samples: cfg.samples,
+            sampled_problems: 0,
             temperature: cfg.temperature,
             ks: vec![1, cfg.samples],
             max_new_tokens: cfg.max_new_tokens,
@@ -632,9 +633,10 @@ pub fn prepare_run_dir(dir: &Path, config_toml: &str, resume: bool, force: bool)
                 "already holds a run (pass --resume to continue it or --force to start over)",
             ));
         }
+        crate::fsutil::check_overwrite(dir, force)?; // only a folder reasonrl wrote is wiped
         std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    crate::fsutil::create_output_dir(dir)?;
     crate::fsutil::write_atomic(&dir.join("config.toml"), |w| w.write_all(config_toml.as_bytes()))
 }
 

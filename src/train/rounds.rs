@@ -51,8 +51,12 @@ impl RoundSampling {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoundEval {
+    /// Test problems, each decoded greedily (maj@1).
     pub problems: usize,
+    /// Samples per problem at `temperature` (maj@k, pass@k).
     pub samples: usize,
+    /// Of `problems`, the first N are sampled (0 = all).
+    pub sampled_problems: usize,
     pub temperature: f64,
     pub ks: Vec<usize>,
     pub max_new_tokens: usize,
@@ -64,6 +68,7 @@ impl Default for RoundEval {
         RoundEval {
             problems: 500,
             samples: 16,
+            sampled_problems: 0,
             temperature: 0.7,
             ks: vec![1, 4, 16],
             max_new_tokens: 160,
@@ -84,6 +89,7 @@ pub fn evaluate_policy(
 ) -> Result<Metrics> {
     let spec = SampleSpec {
         samples: eval.samples,
+        sampled_problems: eval.sampled_problems,
         temperature: eval.temperature,
         top_p: 1.0,
         max_new_tokens: eval.max_new_tokens,
