@@ -575,9 +575,17 @@ mod tests {
         fn never_panics_on_any_text(s in ".*") {
             let _ = extract_answer(&s);
             let _ = normalize_number(&s);
+            let _ = normalize_answer(&s);
             let _ = intermediate_results(&s);
             let _ = step_results(&s);
             let _ = is_correct(&s, &s);
+        }
+
+        #[test]
+        fn never_panics_on_latex_like_text(s in "(\\\\(boxed|frac|dfrac|sqrt|text|left|right)|[{}0-9a-z ^$%.,:\\-]){0,16}") {
+            let _ = extract_answer(&s);
+            let _ = normalize_answer(&s);
+            let _ = answers_match(&s, &s);
         }
 
         #[test]

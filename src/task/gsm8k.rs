@@ -67,35 +67,29 @@ pub fn load_records(path: &Path, fields: &Fields, answers: Answers) -> Result<Ve
     let text = fsutil::read_to_string(path)?;
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
     type Record = BTreeMap<String, Box<RawValue>>;
-    // (where: "line N" or "element N", its number, the record or why it is malformed)
-    let records: Vec<(usize, std::result::Result<Record, String>)> = if text.trim_start().starts_with('[') {
-        let array: Vec<Box<RawValue>> =
+    let object = |json: &str| serde_json::from_str::<Record>(json);
+    // (line or element number, the record or why it is not one)
+    let array = text.trim_start().starts_with('[');
+    let records: Vec<(usize, std::result::Result<Record, String>)> = if array {
+        let items: Vec<Box<RawValue>> =
             serde_json::from_str(&text).map_err(|e| Error::file(path, format!("malformed JSON array: {e}")))?;
-        array
+        items
             .iter()
             .enumerate()
-            .map(|(i, raw)| {
-                (i + 1, serde_json::from_str::<Record>(raw.get()).map_err(|_| "expected a JSON object".into()))
-            })
+            .map(|(i, raw)| (i + 1, object(raw.get()).map_err(|_| "expected a JSON object".into())))
             .collect()
     } else {
-        text.lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
+        let lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+        lines
             .map(|(i, line)| {
-                let record =
-                    serde_json::from_str::<Record>(line).map_err(|e| match serde_json::from_str::<Value>(line) {
-                        Ok(Value::Array(_)) if i == 0 => {
-                            "a JSON array on one line: JSON lines hold one object per line".to_string()
-                        }
-                        Ok(_) => "expected a JSON object".to_string(),
-                        Err(_) => format!("malformed JSON: {e}"),
-                    });
-                (i + 1, record)
+                let why = |e: serde_json::Error| match serde_json::from_str::<Value>(line) {
+                    Ok(_) => "expected a JSON object".to_string(),
+                    Err(_) => format!("malformed JSON: {e}"),
+                };
+                (i + 1, object(line).map_err(why))
             })
             .collect()
     };
-    let array = text.trim_start().starts_with('[');
     let at = |n: usize, msg: String| {
         if array {
             Error::file(path, format!("element {n}: {msg}"))
@@ -351,7 +345,7 @@ mod tests {
     }
 
     #[test]
-    fn a_json_array_on_one_line_of_jsonl_says_so() {
+    fn json_arrays_and_their_errors() {
         let err = err_of(records(
             "{\"q\": \"A\", \"a\": 1}\n[{\"q\": \"A\"}]\n",
             &Fields::new("q", "a", None),
