@@ -539,9 +539,8 @@ fn bench_tokenizer(spec: &TaskSpec) -> Result<reasonrl::tokenizer::Tokenizer> {
 fn run_bench_workload(args: BenchArgs, device: tch::Device, kind: tch::Kind) -> Result<()> {
     let spec = TaskSpec::parse(&args.task)?;
     let problems = spec.load(Split::Test, Some(args.problems))?;
-    let train = spec.load(Split::Train, Some(16))?;
     let prompt = reasonrl::prompt::PromptConfig { format: args.prompt.clone(), ..Default::default() };
-    let prompter = reasonrl::prompt::Prompter::new(&prompt, &train)?;
+    let prompter = reasonrl::prompt::Prompter::for_task(&prompt, &spec)?;
     let sampling = reasonrl::sample::SamplingConfig {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,

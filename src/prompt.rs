@@ -53,6 +53,14 @@ impl Prompter {
     }
 
     /// From a config; few-shot examples come from `train` (the first `shots` problems).
+    /// The prompter of `cfg` for a task, loading its train split only when the format shows
+    /// solved examples (so a plain prompt works on a one-file test set too).
+    pub fn for_task(cfg: &PromptConfig, task: &crate::task::TaskSpec) -> Result<Self> {
+        let shots = if cfg.format == "plain" { 0 } else { cfg.shots };
+        let train = if shots > 0 { task.load(crate::task::Split::Train, Some(shots))? } else { Vec::new() };
+        Self::new(cfg, &train)
+    }
+
     pub fn new(cfg: &PromptConfig, train: &[Problem]) -> Result<Self> {
         let mut prompter = Prompter::plain();
         if !cfg.condition.is_empty() {
@@ -201,6 +209,18 @@ mod tests {
         assert_eq!(Prompter::plain().text(q), format!("Question: {q}\nAnswer:\n"));
         assert!(prompter.stop_strings().contains(&"Question:".to_string()));
         assert!(Prompter::new(&PromptConfig { shots: 3, ..cfg }, &ex).is_err());
+    }
+
+    #[test]
+    fn a_plain_prompt_needs_no_train_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("asdiv.jsonl");
+        std::fs::write(&file, "{\"question\": \"Q?\", \"answer\": 3}\n").unwrap();
+        let task = crate::task::TaskSpec::parse(&format!("jsonl:{}", file.display())).unwrap();
+        Prompter::for_task(&PromptConfig { format: "plain".into(), ..PromptConfig::default() }, &task).unwrap();
+        let few_shot = PromptConfig { format: "few-shot".into(), shots: 2, ..PromptConfig::default() };
+        let err = Prompter::for_task(&few_shot, &task).unwrap_err().to_string();
+        assert!(err.contains("asdiv.jsonl") && err.contains("test split"), "{err}");
     }
 
     #[test]

@@ -137,7 +137,7 @@ fn sample(cfg: &EvalConfig) -> Result<(Vec<Episode>, Vec<Episode>)> {
     let (model, tokenizer) = CausalLm::load_with_tokenizer(&cfg.model, device, false)?;
     let task = TaskSpec::parse(&cfg.task)?;
     let problems = task.load(split, (cfg.problems > 0).then_some(cfg.problems))?;
-    let prompter = Prompter::new(&cfg.prompt, &task.load(Split::Train, Some(cfg.prompt.shots.max(1)))?)?;
+    let prompter = Prompter::for_task(&cfg.prompt, &task)?;
     let spec = SampleSpec {
         samples: cfg.samples,
         sampled_problems: cfg.sampled_problems,
