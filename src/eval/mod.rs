@@ -188,7 +188,7 @@ pub struct SampleRecord {
 }
 
 /// Per-problem record written to records.jsonl.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct ProblemRecord {
     pub problem_id: String,
     pub reference_answer: String,
@@ -394,22 +394,17 @@ pub fn evaluate(
 
     let mut sampled_problems = 0;
     for g in &groups {
+        if let Some(e) = g.greedy {
+            maj1.push(e.correct as u8 as f64);
+        }
         if g.samples.is_empty() {
-            if let Some(e) = g.greedy {
-                maj1.push(e.correct as u8 as f64);
-                records.push(ProblemRecord {
-                    problem_id: g.id.to_string(),
-                    reference_answer: g.reference.to_string(),
-                    greedy: Some(sample_record(e, None)),
-                    samples: Vec::new(),
-                    correct_samples: 0,
-                    distinct_correct: 0,
-                    majority: BTreeMap::new(),
-                    pass: BTreeMap::new(),
-                    rerank: BTreeMap::new(),
-                    wmaj: BTreeMap::new(),
-                });
-            }
+            // Greedy only: no sample metrics for this problem.
+            records.push(ProblemRecord {
+                problem_id: g.id.to_string(),
+                reference_answer: g.reference.to_string(),
+                greedy: g.greedy.map(|e| sample_record(e, None)),
+                ..ProblemRecord::default()
+            });
             continue;
         }
         sampled_problems += 1;
@@ -447,9 +442,6 @@ pub fn evaluate(
                 rec_wmaj.insert(k, ok);
                 wmaj.entry(k).or_default().push(ok as u8 as f64);
             }
-        }
-        if let Some(e) = g.greedy {
-            maj1.push(e.correct as u8 as f64);
         }
         distinct.push(distinct_correct as f64);
 

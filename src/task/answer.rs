@@ -30,24 +30,20 @@ pub fn marked_solution_answer(text: &str) -> Option<String> {
 /// The answer an explicit marker gives, by the precedence of [`extract_answer`].
 fn marked_answer(text: &str) -> Option<String> {
     let after = |i: usize| number_after_marker(&text[i..]);
-    if let Some(n) = marked_solution_answer(text) {
-        return Some(n);
-    }
     // to_ascii_lowercase keeps every byte offset, so positions found in `lower` index `text`.
     let lower = text.to_ascii_lowercase();
     const IS: &str = "the answer is";
-    if let Some(n) = lower.rmatch_indices(IS).find_map(|(i, _)| after(i + IS.len())) {
-        return Some(n);
-    }
     let word_start = |i: usize| i == 0 || !lower.as_bytes()[i - 1].is_ascii_alphanumeric();
-    let labelled = ["answer:", "a:"]
-        .iter()
-        .flat_map(|label| lower.match_indices(label).filter(|(i, _)| word_start(*i)).map(|(i, m)| i + m.len()))
-        .collect::<std::collections::BTreeSet<_>>();
-    if let Some(n) = labelled.into_iter().find_map(after) {
-        return Some(n);
-    }
-    boxed_contents(text).into_iter().rev().find_map(|inner| normalize_answer(&inner))
+    let labelled = || {
+        let at = ["answer:", "a:"]
+            .iter()
+            .flat_map(|label| lower.match_indices(label).filter(|(i, _)| word_start(*i)).map(|(i, m)| i + m.len()));
+        at.collect::<std::collections::BTreeSet<_>>().into_iter().find_map(after)
+    };
+    marked_solution_answer(text)
+        .or_else(|| lower.rmatch_indices(IS).find_map(|(i, _)| after(i + IS.len())))
+        .or_else(labelled)
+        .or_else(|| boxed_contents(text).into_iter().rev().find_map(|inner| normalize_answer(&inner)))
 }
 
 /// A final answer as compared: a number's canonical text (see [`normalize_number`]), or else
@@ -58,7 +54,7 @@ pub fn normalize_answer(s: &str) -> Option<String> {
     let mut t = s.trim().to_string();
     // \text{..} is unwrapped, unless it ends an answer that has more before it: a unit, dropped.
     while let Some(i) = t.find("\\text{") {
-        let inner = boxed_like(&t[i + 5..])?;
+        let inner = braced(&t[i + 5..])?;
         let end = i + 5 + inner.len() + 2;
         let unit = i > 0 && t[end..].trim().is_empty();
         t = format!("{}{}{}", &t[..i], if unit { "" } else { inner.as_str() }, &t[end..]);
@@ -102,18 +98,8 @@ pub fn normalize_answer(s: &str) -> Option<String> {
         out.push_str(rest);
         t = out;
     }
-    if let Some(body) = t.strip_prefix("\\frac{") {
-        let num = boxed_like(&t[5..])?;
-        let den = boxed_like(body.get(num.len() + 1..)?)?;
-        if body.len() == num.len() + den.len() + 3 {
-            let (a, b) = (normalize_number(&num), normalize_number(&den));
-            if let (Some(a), Some(b)) = (a, b) {
-                let (a, b) = (a.parse::<f64>().ok()?, b.parse::<f64>().ok()?);
-                if b != 0.0 {
-                    return Some(format_number(a / b));
-                }
-            }
-        }
+    if let Some(v) = numeric_fraction(&t) {
+        return Some(v);
     }
     let numeric = t.trim_start_matches(['-', '+']).chars().all(|c| c.is_ascii_digit() || ".,/".contains(c));
     match normalize_number(&t) {
@@ -123,8 +109,21 @@ pub fn normalize_answer(s: &str) -> Option<String> {
     }
 }
 
+/// `\\frac{a}{b}` of two numbers, and nothing else, as the number a / b.
+fn numeric_fraction(t: &str) -> Option<String> {
+    let args = t.strip_prefix("\\frac")?;
+    let num = braced(args)?;
+    let rest = &args[num.len() + 2..];
+    let den = braced(rest)?;
+    if rest.len() != den.len() + 2 {
+        return None;
+    }
+    let (a, b) = (parse_number(&num)?, parse_number(&den)?);
+    (b != 0.0).then(|| format_number(a / b))
+}
+
 /// The text inside the braces that open `s` ("{a{b}c}rest" gives "a{b}c"), if they close.
-fn boxed_like(s: &str) -> Option<String> {
+fn braced(s: &str) -> Option<String> {
     let body = s.strip_prefix('{')?;
     let mut depth = 1usize;
     for (j, c) in body.char_indices() {
@@ -154,7 +153,7 @@ fn number_after_marker(rest: &str) -> Option<String> {
 /// The contents of every `\boxed{...}` in `text`, braces balanced, in order.
 pub fn boxed_contents(text: &str) -> Vec<String> {
     const OPEN: &str = "\\boxed";
-    text.match_indices(OPEN).filter_map(|(i, _)| boxed_like(&text[i + OPEN.len()..])).collect()
+    text.match_indices(OPEN).filter_map(|(i, _)| braced(&text[i + OPEN.len()..])).collect()
 }
 
 /// Normalise a number string: strip "$", "%", trailing units/words, trailing ".", "+"; handle
@@ -286,13 +285,11 @@ impl Parts {
         } else {
             (digits[..point as usize].to_string(), digits[point as usize..].to_string())
         };
-        let int = int.trim_start_matches('0');
-        let frac = frac.trim_end_matches('0');
-        let body = match (int.is_empty(), frac.is_empty()) {
-            (_, true) if int.is_empty() => return Some("0".into()),
-            (_, true) => int.to_string(),
-            (true, false) => format!("0.{frac}"),
-            (false, false) => format!("{int}.{frac}"),
+        let body = match (int.trim_start_matches('0'), frac.trim_end_matches('0')) {
+            ("", "") => return Some("0".into()),
+            (int, "") => int.to_string(),
+            ("", frac) => format!("0.{frac}"),
+            (int, frac) => format!("{int}.{frac}"),
         };
         Some(if neg { format!("-{body}") } else { body })
     }

@@ -66,30 +66,7 @@ pub fn load_jsonl(path: &Path, question_field: &str, answer_field: &str) -> Resu
 pub fn load_records(path: &Path, fields: &Fields, answers: Answers) -> Result<Vec<Problem>> {
     let text = fsutil::read_to_string(path)?;
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
-    type Record = BTreeMap<String, Box<RawValue>>;
-    let object = |json: &str| serde_json::from_str::<Record>(json);
-    // (line or element number, the record or why it is not one)
-    let array = text.trim_start().starts_with('[');
-    let records: Vec<(usize, std::result::Result<Record, String>)> = if array {
-        let items: Vec<Box<RawValue>> =
-            serde_json::from_str(&text).map_err(|e| Error::file(path, format!("malformed JSON array: {e}")))?;
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, raw)| (i + 1, object(raw.get()).map_err(|_| "expected a JSON object".into())))
-            .collect()
-    } else {
-        let lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-        lines
-            .map(|(i, line)| {
-                let why = |e: serde_json::Error| match serde_json::from_str::<Value>(line) {
-                    Ok(_) => "expected a JSON object".to_string(),
-                    Err(_) => format!("malformed JSON: {e}"),
-                };
-                (i + 1, object(line).map_err(why))
-            })
-            .collect()
-    };
+    let (array, records) = json_records(path, &text)?;
     let at = |n: usize, msg: String| {
         if array {
             Error::file(path, format!("element {n}: {msg}"))
@@ -157,6 +134,32 @@ pub fn load_records(path: &Path, fields: &Fields, answers: Answers) -> Result<Ve
         ));
     }
     Ok(out)
+}
+
+/// One JSON object, its fields left unparsed (so a number keeps its digits).
+type Record = BTreeMap<String, Box<RawValue>>;
+/// A record with its line or element number, or why it is not an object.
+type Numbered = (usize, std::result::Result<Record, String>);
+
+/// The records of a file: whether it is one JSON array, and each record with its line (JSON
+/// lines) or element (array) number, or why it is not an object.
+fn json_records(path: &Path, text: &str) -> Result<(bool, Vec<Numbered>)> {
+    let object = |json: &str| serde_json::from_str::<Record>(json);
+    if text.trim_start().starts_with('[') {
+        let items: Vec<Box<RawValue>> =
+            serde_json::from_str(text).map_err(|e| Error::file(path, format!("malformed JSON array: {e}")))?;
+        let records = items.iter().map(|raw| object(raw.get()).map_err(|_| "expected a JSON object".to_string()));
+        return Ok((true, records.enumerate().map(|(i, r)| (i + 1, r)).collect()));
+    }
+    let lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let records = lines.map(|(i, line)| {
+        let why = |e: serde_json::Error| match serde_json::from_str::<Value>(line) {
+            Ok(_) => "expected a JSON object".to_string(),
+            Err(_) => format!("malformed JSON: {e}"),
+        };
+        (i + 1, object(line).map_err(why))
+    });
+    Ok((false, records.collect()))
 }
 
 /// The (reference solution, canonical answer) an answer field holds; None when it holds a

@@ -194,12 +194,20 @@ impl TaskSpec {
         }
     }
 
-    /// The splits this source holds: both, or the one of a single file ([`split_of_file`]).
-    pub fn splits(&self) -> Vec<Split> {
+    /// The file of a one-file source, which holds one split ([`split_of_file`]).
+    fn single_file(&self) -> Option<&Path> {
         match self {
-            TaskSpec::Gsm8k { path } if !path.is_dir() => vec![split_of_file(path)],
-            TaskSpec::Jsonl { path, .. } | TaskSpec::Math { path, .. } => vec![split_of_file(path)],
-            _ => vec![Split::Train, Split::Test],
+            TaskSpec::Gsm8k { path } if !path.is_dir() => Some(path),
+            TaskSpec::Jsonl { path, .. } | TaskSpec::Math { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// The splits this source holds: both, or the one of a single file.
+    pub fn splits(&self) -> Vec<Split> {
+        match self.single_file() {
+            Some(file) => vec![split_of_file(file)],
+            None => vec![Split::Train, Split::Test],
         }
     }
 
@@ -208,6 +216,16 @@ impl TaskSpec {
     ///
     /// A file source that yields no problems is an error (unless `limit` is 0).
     pub fn load(&self, split: Split, limit: Option<usize>) -> Result<Vec<Problem>> {
+        if let Some(file) = self.single_file().filter(|f| split_of_file(f) != split) {
+            return Err(Error::file(
+                file,
+                format!(
+                    "one file holds one split, and this one holds the {} split (a file name with \"train\" holds \
+                     train problems, any other test problems), not the {split} split: name a {split} file for it",
+                    split_of_file(file)
+                ),
+            ));
+        }
         let (mut problems, path) = match self {
             TaskSpec::Builtin { level, seed } => {
                 let n = limit.unwrap_or(match split {
@@ -220,7 +238,7 @@ impl TaskSpec {
                 let file = path.join(format!("{split}.jsonl"));
                 (load_gsm8k(&file)?, file)
             }
-            TaskSpec::Gsm8k { path } => (load_gsm8k(single_split(path, split)?)?, path.clone()),
+            TaskSpec::Gsm8k { path } => (load_gsm8k(path)?, path.clone()),
             TaskSpec::Svamp { path } => {
                 let mut all = load_svamp(path)?;
                 all.retain(|p| svamp::split_of(&p.id) == split);
@@ -228,11 +246,11 @@ impl TaskSpec {
             }
             TaskSpec::Jsonl { path, question_field, answer_field, solution_field } => {
                 let fields = Fields::new(question_field, answer_field, solution_field.as_deref());
-                (load_records(single_split(path, split)?, &fields, Answers::Numeric)?, path.clone())
+                (load_records(path, &fields, Answers::Numeric)?, path.clone())
             }
             TaskSpec::Math { path, problem_field, solution_field } => {
                 let fields = Fields::new(problem_field, solution_field, Some(solution_field));
-                (load_records(single_split(path, split)?, &fields, Answers::Math)?, path.clone())
+                (load_records(path, &fields, Answers::Math)?, path.clone())
             }
         };
         if let Some(n) = limit {
@@ -274,21 +292,6 @@ pub fn split_of_file(path: &Path) -> Split {
     } else {
         Split::Test
     }
-}
-
-/// `path` itself when it holds `split`; else an error that says which split it holds.
-fn single_split(path: &Path, split: Split) -> Result<&Path> {
-    let holds = split_of_file(path);
-    if holds == split {
-        return Ok(path);
-    }
-    Err(Error::file(
-        path,
-        format!(
-            "one file holds one split, and this one holds the {holds} split (a file name with \"train\" holds \
-             train problems, any other test problems), not the {split} split: name a {split} file for it"
-        ),
-    ))
 }
 
 /// Write problems as JSONL in GSM8K's format plus an id:
