@@ -1,11 +1,12 @@
 //! `reasonrl bench`: training and sampling throughput of each preset (or a model folder) on this
 //! machine, on fixed-length rows (`bench_model`) or on a realistic rollout (`bench_workload`).
 
+use crate::engine::Engine;
 use crate::error::Result;
 use crate::model::{presets, CausalLm};
 use crate::prompt::Prompter;
 use crate::rng::Rng;
-use crate::rollout::rollout;
+use crate::rollout::rollout_with;
 use crate::sample::{generate, Finish, SamplingConfig};
 use crate::task::Problem;
 use crate::tokenizer::Tokenizer;
@@ -125,9 +126,11 @@ pub struct WorkloadResult {
     pub accuracy: f64,
 }
 
-/// Times `rollout` of `problems` with `cfg`, after a short warm-up.
+/// Times `rollout` of `problems` with `cfg` on `engine` (`model` samples when it is local),
+/// after a short warm-up.
 pub fn bench_workload(
     name: &str,
+    engine: &Engine,
     model: &CausalLm,
     tokenizer: &Tokenizer,
     prompter: &Prompter,
@@ -135,9 +138,9 @@ pub fn bench_workload(
     cfg: &SamplingConfig,
 ) -> Result<WorkloadResult> {
     let warm_up = SamplingConfig { samples_per_prompt: 1, max_new_tokens: 8.min(cfg.max_new_tokens), ..cfg.clone() };
-    rollout(model, tokenizer, prompter, &problems[..problems.len().min(4)], &warm_up)?;
+    rollout_with(engine, model, tokenizer, prompter, &problems[..problems.len().min(4)], &warm_up)?;
     let start = Instant::now();
-    let episodes = rollout(model, tokenizer, prompter, problems, cfg)?;
+    let episodes = rollout_with(engine, model, tokenizer, prompter, problems, cfg)?;
     let seconds = start.elapsed().as_secs_f64();
     let new_tokens: usize = episodes.iter().map(|e| e.response_tokens.len()).sum();
     let count = |f: &dyn Fn(&crate::rollout::Episode) -> bool| episodes.iter().filter(|e| f(e)).count() as f64;

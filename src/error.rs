@@ -16,6 +16,9 @@ pub enum Error {
     /// A bad argument or an inconsistent state not tied to one file.
     #[error("{0}")]
     Invalid(String),
+    /// A rollout engine (an OpenAI-compatible server) failed or could not be reached.
+    #[error("rollout engine {url}: {msg}")]
+    Engine { url: String, msg: String },
     /// The user asked to stop (Ctrl-C); what was due has been written.
     #[error("interrupted")]
     Interrupted,
@@ -31,6 +34,9 @@ impl Error {
     }
     pub fn file(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::File { path: path.into(), msg: msg.into() }
+    }
+    pub fn engine(url: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Engine { url: url.into(), msg: msg.into() }
     }
     pub fn line(path: impl Into<PathBuf>, line: usize, msg: impl Into<String>) -> Self {
         Error::Line { path: path.into(), line, msg: msg.into() }

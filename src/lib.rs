@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod fsutil;

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use reasonrl::engine::{Engine, EngineKind, RolloutConfig, SyncMode};
 use reasonrl::model::{presets, CausalLm};
 use reasonrl::rollout::{rollout, Episode};
 use reasonrl::sample::SamplingConfig;
@@ -175,6 +176,19 @@ enum ModelCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Export a model folder as a llama.cpp GGUF file (Llama architecture, byte-level BPE).
+    ExportGguf {
+        /// Model folder (config.json, safetensors, tokenizer.json).
+        dir: PathBuf,
+        /// The .gguf file to write.
+        out: PathBuf,
+        /// How matrices are stored (norms stay f32).
+        #[arg(long, value_enum, default_value = "f16")]
+        dtype: reasonrl::model::gguf_export::GgufDtype,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Describe a model folder and check that its files agree.
     Info {
         /// Model folder (config.json, safetensors, tokenizer.json).
@@ -279,10 +293,31 @@ struct BenchArgs {
     /// Prompt format of the eval workload: plain, few-shot or chat (see configs/eval.toml).
     #[arg(long, default_value = "plain")]
     prompt: String,
+    /// Where the eval workload samples: `local` (this process) or `openai` (a server at
+    /// --base-url; needs --model).
+    #[arg(long, value_enum, default_value = "local")]
+    engine: BenchEngine,
+    /// OpenAI-compatible servers of `--engine openai`, comma-separated.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
+    base_url: Vec<String>,
+    /// Start each server with this command (as `[rollout] command`: `{gguf}`, `{hf_dir}`,
+    /// `{host}`, `{port}`) serving --model, and stop it at the end; without it the servers must
+    /// already serve --model.
+    #[arg(long)]
+    engine_command: Option<String>,
+    /// Requests in flight at once with `--engine openai`.
+    #[arg(long, default_value_t = 64)]
+    max_concurrency: usize,
     /// Write the eval workload's prompts (token ids, a JSON array per line) here, so another
     /// sampler can be timed on the same ones (scripts/bench-vs-pytorch.sh).
     #[arg(long)]
     prompts_out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum BenchEngine {
+    Local,
+    Openai,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -333,6 +368,10 @@ fn run(cli: Cli) -> Result<()> {
                 tokenizer.vocab_size(),
                 out.display()
             );
+        }
+        Command::Model(ModelCommand::ExportGguf { dir, out, dtype, force }) => {
+            reasonrl::model::gguf_export::export_dir(&dir, &out, dtype, force)?;
+            println!("exported {} to {} ({dtype:?})", dir.display(), out.display());
         }
         Command::Model(ModelCommand::ConvertGguf { file, out, force }) => {
             let config = reasonrl::model::gguf::convert(&file, &out, force)?;
@@ -572,8 +611,12 @@ fn run_bench_workload(args: BenchArgs, device: tch::Device, kind: tch::Kind) -> 
         let lines = problems.iter().map(|p| prompter.encode(tokenizer, &p.question)).collect::<Result<Vec<_>, _>>()?;
         fsutil::write_jsonl(path, &lines)?;
     }
+    let on = match args.engine {
+        BenchEngine::Local => format!("device {device:?}"),
+        BenchEngine::Openai => format!("engine {}", args.base_url.join(", ")),
+    };
     println!(
-        "device {device:?}, dtype {}, threads {}; {} problems x {} samples of {}, temperature {}, batch {}",
+        "{on}, dtype {}, threads {}; {} problems x {} samples of {}, temperature {}, batch {}",
         args.dtype,
         tch::get_num_threads(),
         problems.len(),
@@ -586,10 +629,25 @@ fn run_bench_workload(args: BenchArgs, device: tch::Device, kind: tch::Kind) -> 
         "{:<24} {:>9} {:>10} {:>8} {:>10} {:>10} {:>11} {:>9} {:>9}",
         "model", "samples", "new tok", "s", "tok/s", "samples/s", "problems/s", "early", "correct"
     );
+    let engine_dir = tempfile::tempdir()?;
+    let rollout = match args.engine {
+        BenchEngine::Local => RolloutConfig::default(),
+        BenchEngine::Openai if args.model.is_none() => bail!("--engine openai needs --model (the served model)"),
+        BenchEngine::Openai => RolloutConfig {
+            engine: EngineKind::Openai,
+            base_url: args.base_url.clone(),
+            max_concurrency: args.max_concurrency,
+            sync: if args.engine_command.is_some() { SyncMode::Restart } else { SyncMode::None },
+            command: args.engine_command.clone().unwrap_or_default(),
+            ..RolloutConfig::default()
+        },
+    };
     let mut results = Vec::new();
     for (name, mut model, tokenizer) in models {
         model.vs.set_kind(kind);
-        let r = reasonrl::bench::bench_workload(&name, &model, &tokenizer, &prompter, &problems, &sampling)?;
+        let mut engine = Engine::new(&rollout, engine_dir.path(), false)?;
+        engine.sync(&model, &tokenizer)?;
+        let r = reasonrl::bench::bench_workload(&name, &engine, &model, &tokenizer, &prompter, &problems, &sampling)?;
         println!(
             "{:<24} {:>9} {:>10} {:>8.1} {:>10.0} {:>10.1} {:>11.2} {:>8.0}% {:>8.1}%",
             r.model,
@@ -627,7 +685,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         prompt_tokens: 32,
         new_tokens: args.new_tokens,
     };
-    if let Workload::Eval = args.workload {
+    if matches!(args.workload, Workload::Eval) || args.engine == BenchEngine::Openai {
         return run_bench_workload(args, cfg.device, kind);
     }
     let presets = if args.model.is_some() { vec![] } else { args.presets.clone() };

@@ -1,10 +1,11 @@
 //! Problems -> Episodes: prompt, sample, extract and check the answer. Every algorithm and the
 //! evaluator consume Episodes, so this is the one path from a policy to scored samples.
 
+use crate::engine::Engine;
 use crate::error::Result;
 use crate::model::Llama;
 use crate::prompt::Prompter;
-use crate::sample::{generate, Finish, SamplingConfig};
+use crate::sample::{Finish, SamplingConfig};
 use crate::task::{answers_match, extract_answer, Problem};
 use crate::tokenizer::Tokenizer;
 
@@ -24,10 +25,23 @@ pub struct Episode {
     pub correct: bool,
 }
 
-/// Samples `cfg.samples_per_prompt` solutions per problem and checks each answer.
-/// The prompter's stop strings are added to `cfg`'s, and its per-step control token (if any)
-/// becomes the step prefix.
+/// Samples `cfg.samples_per_prompt` solutions per problem from `model`, in this process, and
+/// checks each answer (see [`rollout_with`]).
 pub fn rollout(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    prompter: &Prompter,
+    problems: &[Problem],
+    cfg: &SamplingConfig,
+) -> Result<Vec<Episode>> {
+    rollout_with(&Engine::Local, model, tokenizer, prompter, problems, cfg)
+}
+
+/// Samples `cfg.samples_per_prompt` solutions per problem on `engine` (from `model` when it is
+/// local) and checks each answer. The prompter's stop strings are added to `cfg`'s, and its
+/// per-step control token (if any) becomes the step prefix.
+pub fn rollout_with(
+    engine: &Engine,
     model: &Llama,
     tokenizer: &Tokenizer,
     prompter: &Prompter,
@@ -38,7 +52,7 @@ pub fn rollout(
     let mut cfg = cfg.clone();
     cfg.stop_strings.extend(prompter.stop_strings());
     cfg.step_prefix = cfg.step_prefix.or(prompter.step_condition(tokenizer)?);
-    let generations = generate(model, tokenizer, &prompts, &cfg)?;
+    let generations = engine.generate(model, tokenizer, &prompts, &cfg)?;
     Ok(generations
         .into_iter()
         .map(|g| {

@@ -149,6 +149,35 @@ pub fn generate(
     Ok(out)
 }
 
+/// A response sampled elsewhere (by an inference engine) put through the same stop rules as
+/// local decoding: it is cut where a stop token, stop string or answer line ends it, so its
+/// tokens, text and finish are what local sampling would have kept. `engine_stopped`: the engine
+/// ended it at a stop of its own (a stop string it trimmed, or an end-of-sequence it left out).
+pub fn replay(
+    prompt_index: usize,
+    sample_index: usize,
+    tokens: &[u32],
+    logprobs: &[f32],
+    tokenizer: &Tokenizer,
+    cfg: &SamplingConfig,
+    engine_stopped: bool,
+) -> Result<Generation> {
+    if cfg.step_prefix.is_some() {
+        return Err(Error::Invalid("per-step conditioning (a step prefix) needs local sampling".into()));
+    }
+    let stops = Stops { ids: tokenizer.stop_ids(), ends_line: Vec::new(), cfg };
+    let mut row = Row::new(prompt_index, sample_index, tokenizer, cfg);
+    for (&token, &logprob) in tokens.iter().zip(logprobs) {
+        row.push(token, logprob, &stops)?;
+        if row.finish.is_some() {
+            return row.finish();
+        }
+    }
+    row.text = tokenizer.decode(&row.tokens, true)?;
+    row.finish = Some(if engine_stopped { Finish::Stop } else { Finish::Length });
+    row.finish()
+}
+
 /// The rows being decoded, one per decoder slot, and the token each slot is fed next.
 struct Batch<'m, 't> {
     decoder: Decoder<'m>,

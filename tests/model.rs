@@ -280,3 +280,37 @@ fn control_tokens_survive_save_and_load() {
     assert_eq!(ids[0], controls.good);
     assert_eq!(loaded_tokenizer.decode(&ids, true).unwrap(), "Tom has 3 apples.");
 }
+
+#[test]
+fn a_gguf_export_reads_back_as_the_same_model_and_tokenizer() {
+    use reasonrl::model::gguf_export::{export_dir, GgufDtype};
+    let dir = tempfile::tempdir().unwrap();
+    let problems = reasonrl::task::synth::generate(1, reasonrl::task::Split::Train, 200, 3);
+    let corpus = problems.iter().map(|p| format!("{}\n{}", p.question, p.reference_solution));
+    let (model, tokenizer) =
+        reasonrl::model::presets::init_from_scratch("tiny", corpus, 300, 128, 1, Device::Cpu).unwrap();
+    let src = dir.path().join("model");
+    model.save_with_tokenizer(&tokenizer, &src, false).unwrap();
+    let weights = |m: &CausalLm| -> BTreeMap<String, Tensor> { m.vs.variables().into_iter().collect() };
+    // F32 is exact; F16 keeps ~11 bits; Q8_0 rounds each block of 32 to steps of max|w|/127,
+    // the step itself stored as f16.
+    for (dtype, tolerance) in
+        [(GgufDtype::F32, 0.0), (GgufDtype::F16, 1e-3), (GgufDtype::Q8_0, 1.0 / 254.0 + 1.0 / 2048.0)]
+    {
+        let file = dir.path().join(format!("{dtype:?}.gguf"));
+        export_dir(&src, &file, dtype, false).unwrap();
+        let back = dir.path().join(format!("{dtype:?}"));
+        reasonrl::model::gguf::convert(&file, &back, false).unwrap();
+        let (again, tokenizer_again) = CausalLm::load_with_tokenizer(&back, Device::Cpu, false).unwrap();
+        for (name, w) in weights(&model) {
+            let scale = w.abs().max().double_value(&[]).max(1e-12);
+            let diff = max_diff(&w, &weights(&again)[&name]) / scale;
+            assert!(diff <= tolerance + 1e-7, "{dtype:?} {name}: relative difference {diff}");
+        }
+        let text = &problems[0].reference_solution;
+        assert_eq!(tokenizer_again.encode(text).unwrap(), tokenizer.encode(text).unwrap(), "{dtype:?}");
+        assert_eq!((tokenizer_again.bos_id(), tokenizer_again.eos_id()), (tokenizer.bos_id(), tokenizer.eos_id()));
+    }
+    let err = export_dir(&src, &dir.path().join("F32.gguf"), GgufDtype::F32, false).unwrap_err().to_string();
+    assert!(err.contains("F32.gguf"), "{err}");
+}

@@ -6,12 +6,13 @@ use super::{
     evaluate, paired_differences, read_episodes, read_records, summary_markdown, write_report, EvalOptions,
     EvalSummary, MeanLogprobScorer, Scorer,
 };
+use crate::engine::{Engine, RolloutConfig};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::model::CausalLm;
 use crate::prompt::{PromptConfig, Prompter};
 use crate::reward::Orm;
-use crate::rollout::{rollout, Episode};
+use crate::rollout::{rollout_with, Episode};
 use crate::sample::SamplingConfig;
 use crate::task::{Split, TaskSpec};
 use std::path::{Path, PathBuf};
@@ -44,6 +45,8 @@ pub struct EvalConfig {
     /// or the folder of an ORM trained with `reasonrl orm`.
     pub scorer: String,
     pub prompt: PromptConfig,
+    /// The engine that samples (`local`, or OpenAI-compatible servers).
+    pub rollout: RolloutConfig,
     /// Output folder: greedy.jsonl, samples.jsonl, records.jsonl, summary.json, summary.md.
     pub out: PathBuf,
     /// Score the episodes saved in this earlier output folder instead of sampling.
@@ -72,6 +75,7 @@ impl Default for EvalConfig {
             bootstrap_resamples: 1000,
             scorer: String::new(),
             prompt: PromptConfig::default(),
+            rollout: RolloutConfig::default(),
             out: "runs/eval".into(),
             reuse: None,
             baseline: None,
@@ -138,6 +142,8 @@ fn sample(cfg: &EvalConfig) -> Result<(Vec<Episode>, Vec<Episode>)> {
     let task = TaskSpec::parse(&cfg.task)?;
     let problems = task.load(split, (cfg.problems > 0).then_some(cfg.problems))?;
     let prompter = Prompter::for_task(&cfg.prompt, &task)?;
+    let mut engine = Engine::new(&cfg.rollout, &cfg.out.join("engine"), false)?;
+    engine.sync(&model, &tokenizer)?;
     let spec = SampleSpec {
         samples: cfg.samples,
         sampled_problems: cfg.sampled_problems,
@@ -147,7 +153,7 @@ fn sample(cfg: &EvalConfig) -> Result<(Vec<Episode>, Vec<Episode>)> {
         batch_size: cfg.batch_size,
         seed: cfg.seed,
     };
-    sample_episodes(&model, &tokenizer, &prompter, &problems, &spec)
+    sample_episodes(&engine, &model, &tokenizer, &prompter, &problems, &spec)
 }
 
 /// What an evaluation samples per problem: one greedy solution and `samples` at `temperature`.
@@ -163,8 +169,10 @@ pub struct SampleSpec {
     pub seed: u64,
 }
 
-/// The greedy episodes and the sampled ones, for [`evaluate`].
+/// The greedy episodes and the sampled ones, for [`evaluate`], from `engine` (or `model` when it
+/// is local).
 pub fn sample_episodes(
+    engine: &Engine,
     model: &CausalLm,
     tokenizer: &crate::tokenizer::Tokenizer,
     prompter: &Prompter,
@@ -179,11 +187,18 @@ pub fn sample_episodes(
         ..SamplingConfig::default()
     };
     let start = std::time::Instant::now();
-    let greedy = rollout(model, tokenizer, prompter, problems, &SamplingConfig { temperature: 0.0, ..base.clone() })?;
+    let greedy = rollout_with(
+        engine,
+        model,
+        tokenizer,
+        prompter,
+        problems,
+        &SamplingConfig { temperature: 0.0, ..base.clone() },
+    )?;
     let samples = if spec.samples > 0 {
         let sampled = SamplingConfig { temperature: spec.temperature, samples_per_prompt: spec.samples, ..base };
         let n = if spec.sampled_problems == 0 { problems.len() } else { spec.sampled_problems.min(problems.len()) };
-        rollout(model, tokenizer, prompter, &problems[..n], &sampled)?
+        rollout_with(engine, model, tokenizer, prompter, &problems[..n], &sampled)?
     } else {
         Vec::new()
     };

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod gguf;
+pub mod gguf_export;
 pub mod hf;
 pub mod llama;
 pub mod presets;

@@ -44,6 +44,9 @@ pub struct StudyConfig {
     pub rerank: String,
     /// The final test evaluation of every model (the same settings as a round's evaluation).
     pub eval: RoundEval,
+    /// The engine that samples in every stage that samples (ORM, the algorithms, the final
+    /// evaluations); a stage's own `rollout.*` overrides win.
+    pub rollout: crate::engine::RolloutConfig,
     /// Base config and overrides of each stage; the study sets model, task, seed, run folder,
     /// device, reward and prompt on top.
     pub pretrain: Stage,
@@ -68,6 +71,7 @@ impl Default for StudyConfig {
             experiments: vec![Experiment { algorithm: "ei".into(), reward: "sparse".into() }],
             rerank: "orm".into(),
             eval: RoundEval::default(),
+            rollout: crate::engine::RolloutConfig::default(),
             pretrain: Stage::default(),
             sft: Stage::default(),
             orm: Stage::default(),
@@ -355,12 +359,22 @@ fn quoted(text: impl std::fmt::Display) -> String {
     toml::Value::String(text.to_string()).to_string()
 }
 
-/// A stage's config: its base file and overrides, then the study's own settings.
+/// A stage's config: its base file, `defaults`, its overrides, then the study's own settings.
 fn stage_config<T: serde::de::DeserializeOwned + serde::Serialize + Default>(
     stage: &Stage,
+    defaults: &[String],
     study: Vec<String>,
 ) -> Result<T> {
-    load(stage.config.as_deref(), &[stage.set.clone(), study].concat())
+    load(stage.config.as_deref(), &[defaults.to_vec(), stage.set.clone(), study].concat())
+}
+
+/// The study's `[rollout]` as `rollout.KEY=VALUE` overrides (none for the local engine).
+fn rollout_sets(rollout: &crate::engine::RolloutConfig) -> Vec<String> {
+    if rollout.engine == crate::engine::EngineKind::Local {
+        return Vec::new();
+    }
+    let table = toml::Table::try_from(rollout).expect("the rollout settings serialise to a TOML table");
+    table.iter().map(|(key, value)| format!("rollout.{key}={value}")).collect()
 }
 
 fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
@@ -375,21 +389,23 @@ fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
         |p: &PromptConfig| vec![format!("prompt.format={}", quoted(&p.format)), format!("prompt.shots={}", p.shots)];
     let resume = job.dir.join("checkpoints").exists();
     let task = format!("task={}", quoted(&cfg.task));
+    let engine = rollout_sets(&cfg.rollout);
     match &job.action {
         Action::Pretrain { size } => {
             let c: pretrain::PretrainConfig =
-                stage_config(&cfg.pretrain, [run, vec![task, format!("init.preset={}", quoted(size))]].concat())?;
+                stage_config(&cfg.pretrain, &[], [run, vec![task, format!("init.preset={}", quoted(size))]].concat())?;
             pretrain::run(&c, resume, !resume)
         }
         Action::Sft { pretrained } => {
             let model = format!("model={}", quoted(output_of(pretrained)?.display()));
-            let c: sft::SftConfig = stage_config(&cfg.sft, [run, vec![task, model]].concat())?;
+            let c: sft::SftConfig = stage_config(&cfg.sft, &[], [run, vec![task, model]].concat())?;
             sft::run(&c, resume, !resume)?;
             Ok(job.dir.join("best"))
         }
         Action::Orm { policy, prompt } => {
             let policy = format!("policy={}", quoted(output_of(policy)?.display()));
-            let c: orm::OrmConfig = stage_config(&cfg.orm, [run, vec![task, policy], prompt_set(prompt)].concat())?;
+            let c: orm::OrmConfig =
+                stage_config(&cfg.orm, &engine, [run, vec![task, policy], prompt_set(prompt)].concat())?;
             orm::run(&c, resume, !resume)?;
             Ok(job.dir.join("best"))
         }
@@ -403,21 +419,21 @@ fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
                 _ => None,
             };
             match experiment.algorithm.as_str() {
-                "ei" => ei::run(&stage_config(&cfg.ei, set)?, resume, !resume),
+                "ei" => ei::run(&stage_config(&cfg.ei, &engine, set)?, resume, !resume),
                 "rcrl" => {
                     let labels = if experiment.reward == "sparse" { "outcome" } else { &experiment.reward };
                     set.push(format!("labels={}", quoted(labels)));
                     set.extend(orm_path.map(|p| format!("orm={p}")));
-                    rcrl::run(&stage_config(&cfg.rcrl, set)?, resume, !resume)
+                    rcrl::run(&stage_config(&cfg.rcrl, &engine, set)?, resume, !resume)
                 }
                 algorithm => {
                     set.push(format!("reward.kind={}", quoted(&experiment.reward)));
                     set.extend(orm_path.map(|p| format!("reward.orm={p}")));
                     if algorithm == "ppo" {
-                        ppo::run(&stage_config(&cfg.ppo, set)?, resume, !resume)
+                        ppo::run(&stage_config(&cfg.ppo, &engine, set)?, resume, !resume)
                     } else {
                         set.push(format!("estimator={}", quoted(algorithm)));
-                        grpo::run(&stage_config(&cfg.grpo, set)?, resume, !resume)
+                        grpo::run(&stage_config(&cfg.grpo, &engine, set)?, resume, !resume)
                     }
                 }
             }
@@ -445,6 +461,7 @@ fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
                 batch_size: e.batch_size,
                 scorer,
                 prompt: prompt.clone(),
+                rollout: cfg.rollout.clone(),
                 out: job.dir.clone(),
                 device: cfg.device.clone(),
                 ..Default::default()
@@ -452,5 +469,28 @@ fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
             crate::eval::run::run(&eval, true)?;
             Ok(job.dir.clone())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{EngineKind, RolloutConfig, SyncMode};
+
+    #[test]
+    fn the_study_rollout_reaches_every_sampling_stage_and_a_stage_may_override_it() {
+        assert!(rollout_sets(&RolloutConfig::default()).is_empty(), "local adds nothing");
+        let rollout = RolloutConfig {
+            engine: EngineKind::Openai,
+            base_url: vec!["http://a:1".into(), "http://b:2".into()],
+            command: "llama-server -m {gguf} --port {port}".into(),
+            sync_every: 3,
+            ..RolloutConfig::default()
+        };
+        let stage = Stage { config: None, set: vec!["rollout.sync=\"sglang\"".into()] };
+        let ei: ei::EiConfig = stage_config(&stage, &rollout_sets(&rollout), vec![]).unwrap();
+        assert_eq!(ei.rollout, RolloutConfig { sync: SyncMode::Sglang, ..rollout.clone() });
+        let ppo: ppo::PpoConfig = stage_config(&Stage::default(), &rollout_sets(&rollout), vec![]).unwrap();
+        assert_eq!(ppo.rollout, rollout);
     }
 }

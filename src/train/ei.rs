@@ -9,10 +9,11 @@ use super::rounds::{
 };
 use super::sft::solution_example;
 use super::{prepare_run_dir, Metrics, RunConfig, TrainConfig, Trainer};
+use crate::engine::Engine;
 use crate::error::Result;
 use crate::model::CausalLm;
 use crate::prompt::{PromptConfig, Prompter};
-use crate::rollout::rollout;
+use crate::rollout::rollout_with;
 use crate::task::{Split, TaskSpec};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -38,6 +39,9 @@ pub struct EiConfig {
     pub dedup: String,
     pub prompt: PromptConfig,
     pub sampling: RoundSampling,
+    /// The engine that samples each round (`local`, or OpenAI-compatible servers synced with the
+    /// policy before every round).
+    pub rollout: crate::engine::RolloutConfig,
     /// Fine-tuning on the pool each round.
     pub train: TrainConfig,
     pub eval: RoundEval,
@@ -57,6 +61,7 @@ impl Default for EiConfig {
             dedup: "text".into(),
             prompt: PromptConfig::default(),
             sampling: RoundSampling::default(),
+            rollout: crate::engine::RolloutConfig::default(),
             train: TrainConfig::default(),
             eval: RoundEval::default(),
         }
@@ -116,6 +121,7 @@ pub fn run(cfg: &EiConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let checkpoints = super::checkpoint::Checkpoints::new(&dir, 2);
     let index: HashMap<&str, usize> = questions.iter().enumerate().map(|(i, q)| (q.id.as_str(), i)).collect();
 
+    let mut engine = Engine::new(&cfg.rollout, &dir.join("engine"), true)?;
     let mut pool = Pool::new(&cfg.dedup);
     let (mut done, mut samples_seen) = (0, 0);
     if resume {
@@ -135,7 +141,9 @@ pub fn run(cfg: &EiConfig, resume: bool, force: bool) -> Result<PathBuf> {
     }
     for round in done + 1..=cfg.rounds {
         // 1. Sample K solutions per question from the current policy.
-        let episodes = rollout(&policy, &tokenizer, &prompter, &questions, &cfg.sampling.config(cfg.seed, round))?;
+        engine.sync(&policy, &tokenizer)?;
+        let sampling = cfg.sampling.config(cfg.seed, round);
+        let episodes = rollout_with(&engine, &policy, &tokenizer, &prompter, &questions, &sampling)?;
         samples_seen += episodes.len();
         // 2. Keep the correct ones, deduplicated, in the pool of all rounds.
         let mut solved = HashSet::new();

@@ -51,6 +51,9 @@ pub struct GrpoConfig {
     pub kl_in_reward: bool,
     pub reward: RewardConfig,
     pub prompt: PromptConfig,
+    /// The engine that samples (`local`, or OpenAI-compatible servers synced every
+    /// `rollout.sync_every` updates).
+    pub rollout: crate::engine::RolloutConfig,
     /// Optimiser settings (see `PpoConfig::optim`).
     pub optim: TrainConfig,
     pub eval_every: usize,
@@ -81,6 +84,7 @@ impl Default for GrpoConfig {
             kl_in_reward: false,
             reward: RewardConfig::default(),
             prompt: PromptConfig::default(),
+            rollout: crate::engine::RolloutConfig::default(),
             optim: TrainConfig {
                 lr: 5e-5,
                 warmup_steps: 10,
@@ -144,6 +148,7 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         sample_batch_size: cfg.sample_batch_size,
         reward: &cfg.reward,
         prompt: &cfg.prompt,
+        rollout: &cfg.rollout,
         eval_every: cfg.eval_every,
         eval: &cfg.eval,
         save_every: cfg.save_every,

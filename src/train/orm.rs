@@ -6,12 +6,13 @@
 
 use super::rounds::{dedup_key, RoundSampling};
 use super::{prepare_run_dir, Example, Metrics, Objective, RunConfig, TrainConfig, Trainer};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::eval::{auroc, expected_calibration_error, read_episodes};
 use crate::model::CausalLm;
 use crate::prompt::{PromptConfig, Prompter};
 use crate::reward::outcome_probabilities;
-use crate::rollout::{rollout, Episode};
+use crate::rollout::{rollout_with, Episode};
 use crate::task::{Split, TaskSpec};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -45,6 +46,8 @@ pub struct OrmConfig {
     pub seed: u64,
     pub prompt: PromptConfig,
     pub sampling: RoundSampling,
+    /// The engine that samples the policy's solutions (`local`, or OpenAI-compatible servers).
+    pub rollout: crate::engine::RolloutConfig,
     pub train: TrainConfig,
     /// Token budget of a batch when scoring held-out solutions.
     pub eval_batch_tokens: usize,
@@ -70,6 +73,7 @@ impl Default for OrmConfig {
             seed: 0,
             prompt: PromptConfig::default(),
             sampling: RoundSampling::default(),
+            rollout: crate::engine::RolloutConfig::default(),
             train: TrainConfig::default(),
             eval_batch_tokens: 16384,
             best_by: "auroc".into(),
@@ -101,7 +105,9 @@ pub fn run(cfg: &OrmConfig, resume: bool, force: bool) -> Result<PathBuf> {
         None if resume && samples_file.exists() => read_episodes(&samples_file)?,
         None => {
             let prompter = Prompter::new(&cfg.prompt, &questions)?;
-            rollout(&model, &tokenizer, &prompter, &questions, &cfg.sampling.config(cfg.seed, 0))?
+            let mut engine = Engine::new(&cfg.rollout, &dir.join("engine"), false)?;
+            engine.sync(&model, &tokenizer)?;
+            rollout_with(&engine, &model, &tokenizer, &prompter, &questions, &cfg.sampling.config(cfg.seed, 0))?
         }
     };
     crate::fsutil::write_jsonl(&samples_file, &episodes)?;

@@ -72,6 +72,9 @@ pub struct PpoConfig {
     pub critic_warmup_updates: usize,
     pub reward: RewardConfig,
     pub prompt: PromptConfig,
+    /// The engine that samples (`local`, or OpenAI-compatible servers synced every
+    /// `rollout.sync_every` updates).
+    pub rollout: crate::engine::RolloutConfig,
     /// Optimiser: lr, schedule, warm-up, AdamW betas, weight decay, gradient clipping (the
     /// epoch and batch fields are unused; the schedule spans `updates * epochs * minibatches`).
     pub optim: TrainConfig,
@@ -115,6 +118,7 @@ impl Default for PpoConfig {
             critic_warmup_updates: 0,
             reward: RewardConfig::default(),
             prompt: PromptConfig::default(),
+            rollout: crate::engine::RolloutConfig::default(),
             optim: TrainConfig {
                 lr: 5e-5,
                 warmup_steps: 10,
@@ -166,6 +170,7 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         sample_batch_size: cfg.sample_batch_size,
         reward: &cfg.reward,
         prompt: &cfg.prompt,
+        rollout: &cfg.rollout,
         eval_every: cfg.eval_every,
         eval: &cfg.eval,
         save_every: cfg.save_every,

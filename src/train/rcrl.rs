@@ -12,11 +12,12 @@ use super::rounds::{
     RoundSampling,
 };
 use super::{prepare_run_dir, Example, Metrics, Objective, RunConfig, TrainConfig, Trainer};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::CausalLm;
 use crate::prompt::{PromptConfig, Prompter};
 use crate::reward::{heuristic_checks, heuristic_step_rewards, split_steps, Orm};
-use crate::rollout::{rollout, Episode};
+use crate::rollout::{rollout_with, Episode};
 use crate::task::{Problem, Split, TaskSpec};
 use crate::tokenizer::Tokenizer;
 use std::collections::{HashMap, HashSet};
@@ -51,6 +52,9 @@ pub struct RcrlConfig {
     pub dedup: String,
     pub prompt: PromptConfig,
     pub sampling: RoundSampling,
+    /// The engine that samples each round (`local`, or OpenAI-compatible servers synced with the
+    /// policy before every round).
+    pub rollout: crate::engine::RolloutConfig,
     pub train: TrainConfig,
     pub eval: RoundEval,
 }
@@ -72,6 +76,7 @@ impl Default for RcrlConfig {
             dedup: "text".into(),
             prompt: PromptConfig::default(),
             sampling: RoundSampling::default(),
+            rollout: crate::engine::RolloutConfig::default(),
             train: TrainConfig::default(),
             eval: RoundEval::default(),
         }
@@ -216,6 +221,13 @@ pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
         "heuristic" | "orm" => true,
         other => return Err(Error::Invalid(format!("labels `{other}`: use outcome, heuristic or orm"))),
     };
+    if per_step && cfg.rollout.engine != crate::engine::EngineKind::Local {
+        // An engine cannot feed [GOOD] after every line it writes.
+        return Err(Error::Invalid(format!(
+            "labels `{}` condition every step: use rollout.engine = \"local\"",
+            cfg.labels
+        )));
+    }
     let dir = cfg.run.dir();
     prepare_run_dir(&dir, &crate::config::to_toml(cfg), resume, force)?;
     let device = crate::parse_device(&cfg.run.device)?;
@@ -238,6 +250,7 @@ pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let index: HashMap<&str, usize> = questions.iter().enumerate().map(|(i, q)| (q.id.as_str(), i)).collect();
     let checkpoints = super::checkpoint::Checkpoints::new(&dir, 2);
 
+    let mut engine = Engine::new(&cfg.rollout, &dir.join("engine"), true)?;
     let mut pool = Pool::default();
     let (mut done, mut samples_seen) = (0, 0);
     if resume {
@@ -263,7 +276,9 @@ pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
     for round in done + 1..=cfg.rounds {
         // 1. Sample, as a good solver once the policy knows what [GOOD] means.
         let sampler = if round == 1 { &prompter } else { &good_prompter };
-        let episodes = rollout(&policy, &tokenizer, sampler, &questions, &cfg.sampling.config(cfg.seed, round))?;
+        engine.sync(&policy, &tokenizer)?;
+        let sampling = cfg.sampling.config(cfg.seed, round);
+        let episodes = rollout_with(&engine, &policy, &tokenizer, sampler, &questions, &sampling)?;
         samples_seen += episodes.len();
         let (total, correct) = (episodes.len(), episodes.iter().filter(|e| e.correct).count());
         // 2. Label every new solution, right or wrong, and pool it.

@@ -6,12 +6,13 @@
 use super::checkpoint::{load_checkpoint, Checkpoints, PgState, TrainerState};
 use super::rounds::{evaluate_policy, report, RoundEval};
 use super::{prepare_run_dir, AdamW, Metrics, RunConfig};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::{CausalLm, Llama};
 use crate::prompt::{PromptConfig, Prompter};
 use crate::reward::{heuristic_step_rewards, orm_step_rewards, sparse, split_steps, token_rewards, Orm, OrmDense};
 use crate::rng::Rng;
-use crate::rollout::{rollout, Episode};
+use crate::rollout::{rollout_with, Episode};
 use crate::sample::SamplingConfig;
 use crate::task::{Problem, Split, TaskSpec};
 use crate::tokenizer::Tokenizer;
@@ -39,6 +40,11 @@ pub struct PgRun<'a> {
     critic_checkpoints: Checkpoints,
     /// Whether the sampler's log-probs were checked against the trainer's (first update).
     checked: bool,
+    /// The sampler, and the update whose policy it serves (None: not synced yet).
+    engine: Engine,
+    synced_at: Option<usize>,
+    /// Mean and max |engine log-prob - trainer log-prob| of the last rollout (remote engines).
+    logprob_gap: Option<(f64, f64)>,
     stream: PromptStream,
     progress: indicatif::ProgressBar,
 }
@@ -56,6 +62,7 @@ pub struct PgSettings<'a> {
     pub sample_batch_size: usize,
     pub reward: &'a RewardConfig,
     pub prompt: &'a PromptConfig,
+    pub rollout: &'a crate::engine::RolloutConfig,
     pub eval_every: usize,
     pub eval: &'a RoundEval,
     pub save_every: usize,
@@ -93,11 +100,15 @@ impl<'a> PgRun<'a> {
         let questions = task.load(Split::Train, (s.questions > 0).then_some(s.questions))?;
         let test = task.load(Split::Test, (s.eval.problems > 0).then_some(s.eval.problems))?;
         let prompter = Prompter::new(s.prompt, &questions)?;
+        let engine = Engine::new(s.rollout, &dir.join("engine"), true)?;
         let run = PgRun {
             // Two of each, so that a policy checkpoint always has its critic's beside it.
             checkpoints: Checkpoints::new(&dir, 2),
             critic_checkpoints: Checkpoints::new(&dir.join("critic"), 2),
             checked: false,
+            engine,
+            synced_at: None,
+            logprob_gap: None,
             stream: PromptStream::new(questions.len(), s.seed),
             progress: indicatif::ProgressBar::hidden(),
             settings: s,
@@ -147,12 +158,14 @@ impl<'a> PgRun<'a> {
     }
 
     /// Samples `samples_per_prompt` solutions to each of the next `prompts` training questions
-    /// (ordered by question, then sample), counts them, and on the first update of this process
-    /// checks that the policy's recomputed log-probs equal the sampler's. Returns the episodes
-    /// and those log-probs (and the policy head's values, if it has one).
+    /// (ordered by question, then sample) and counts them. Local samples are checked on the first
+    /// update of this process: the policy's recomputed log-probs must equal the sampler's. A
+    /// remote engine is synced first when due (every `rollout.sync_every` updates), and the gap
+    /// between its log-probs and the trainer's is logged instead (`rollout/logprob_diff_*`).
+    /// Returns the episodes and the trainer's log-probs (and the policy head's values, if any).
     pub fn sample(
         &mut self,
-        policy: &Llama,
+        policy: &CausalLm,
         update: usize,
         prompts: usize,
         samples_per_prompt: usize,
@@ -167,11 +180,17 @@ impl<'a> PgRun<'a> {
             ..SamplingConfig::default()
         };
         let batch: Vec<Problem> = self.stream.take(prompts).into_iter().map(|i| self.questions[i].clone()).collect();
-        let episodes = rollout(policy, &self.tokenizer, &self.prompter, &batch, &sampling)?;
+        if self.synced_at.is_none_or(|at| update - at >= s.rollout.sync_every) {
+            self.engine.sync(policy, &self.tokenizer)?;
+            self.synced_at = Some(update);
+        }
+        let episodes = rollout_with(&self.engine, policy, &self.tokenizer, &self.prompter, &batch, &sampling)?;
         self.samples_seen += episodes.len();
         let refs: Vec<&Episode> = episodes.iter().collect();
         let (logprobs, values) = self.score(policy, &refs)?;
-        if !self.checked {
+        if self.engine.is_remote() {
+            self.logprob_gap = Some(logprob_gap(&refs, &logprobs));
+        } else if !self.checked {
             self.checked = true;
             let worst = check_behaviour_logprobs(&refs, &logprobs, 2e-3)?;
             self.progress
@@ -203,6 +222,9 @@ impl<'a> PgRun<'a> {
         message: String,
     ) -> Result<()> {
         let n = episodes.len().max(1) as f64;
+        if let Some((mean, max)) = self.logprob_gap {
+            line.extend([("rollout/logprob_diff_mean".into(), mean), ("rollout/logprob_diff_max".into(), max)]);
+        }
         line.extend([
             ("reward/correct".into(), episodes.iter().filter(|e| e.correct).count() as f64 / n),
             ("response_length".into(), episodes.iter().map(|e| e.response_tokens.len()).sum::<usize>() as f64 / n),
@@ -557,6 +579,14 @@ pub fn explained_variance(values: &[Vec<f32>], returns: &[Vec<f32>]) -> f64 {
     }
 }
 
+/// Mean and max |sampler's - trainer's log-prob| over every token: how far an engine's log-probs
+/// (or a stale engine policy) are from the trainer's.
+pub fn logprob_gap(episodes: &[&Episode], recomputed: &[Vec<f32>]) -> (f64, f64) {
+    let diffs = episodes.iter().zip(recomputed).flat_map(|(e, r)| e.logprobs.iter().zip(r).map(|(a, b)| (a - b).abs()));
+    let (n, sum, max) = diffs.fold((0usize, 0f64, 0f64), |(n, s, m), d| (n + 1, s + d as f64, m.max(d as f64)));
+    (sum / n.max(1) as f64, max)
+}
+
 /// The trainer's log-probs of the sampled tokens must equal the sampler's (same model, same
 /// temperature): a mismatch means the update would use wrong ratios, so it stops the run.
 pub fn check_behaviour_logprobs(episodes: &[&Episode], recomputed: &[Vec<f32>], tolerance: f32) -> Result<f32> {
@@ -586,6 +616,25 @@ mod tests {
 
     fn close(a: &[f32], b: &[f32]) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
+    }
+
+    #[test]
+    fn the_logprob_gap_is_the_mean_and_max_absolute_difference() {
+        let episode = |logprobs: Vec<f32>| Episode {
+            problem_id: "p".into(),
+            sample_index: 0,
+            prompt_tokens: vec![1],
+            response_tokens: vec![2; logprobs.len()],
+            text: String::new(),
+            logprobs,
+            finish: crate::sample::Finish::Length,
+            extracted_answer: None,
+            reference_answer: "1".into(),
+            correct: false,
+        };
+        let (a, b) = (episode(vec![-1.0, -2.0]), episode(vec![-0.5]));
+        let (mean, max) = logprob_gap(&[&a, &b], &[vec![-1.25, -2.0], vec![-1.5]]);
+        assert!((mean - 1.25 / 3.0).abs() < 1e-9 && (max - 1.0).abs() < 1e-9, "{mean} {max}");
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub fn evaluate_policy(
         batch_size: eval.batch_size,
         seed,
     };
-    let (greedy, samples) = sample_episodes(policy, tokenizer, prompter, test, &spec)?;
+    let (greedy, samples) = sample_episodes(&crate::engine::Engine::Local, policy, tokenizer, prompter, test, &spec)?;
     let ks = if samples.is_empty() { vec![] } else { eval.ks.clone() };
     let opts = EvalOptions { ks, temperature: Some(eval.temperature), ..EvalOptions::default() };
     let (_, summary) = evaluate(&greedy, &samples, None, &opts)?;

