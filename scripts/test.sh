@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup-libtorch.sh
-# llama.cpp's server for the rollout-engine tests (tests/engine.rs), built once into the user cache.
-REASONRL_LLAMA_SERVER="$(scripts/setup-llama-server.sh)"
-export REASONRL_LLAMA_SERVER
+# llama.cpp's server for the rollout-engine tests, built once into the user cache, while cargo
+# compiles; tests/engine.rs calls the same script, which waits for this build to finish.
+scripts/setup-llama-server.sh >/dev/null 2>"${TMPDIR:-/tmp}/reasonrl-llama-server-build.log" &
 cargo test --locked "$@"
+wait
