@@ -216,6 +216,9 @@ impl TaskSpec {
     ///
     /// A file source that yields no problems is an error (unless `limit` is 0).
     pub fn load(&self, split: Split, limit: Option<usize>) -> Result<Vec<Problem>> {
+        if let Some(file) = self.single_file().filter(|f| !f.exists()) {
+            return Err(Error::file(file, "does not exist (a task names a file or, for gsm8k, a folder)"));
+        }
         if let Some(file) = self.single_file().filter(|f| split_of_file(f) != split) {
             return Err(Error::file(
                 file,
@@ -320,6 +323,14 @@ pub(crate) fn fnv1a(s: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_source_is_named_as_missing() {
+        for spec in ["gsm8k:/nonexistent/gsm8k", "jsonl:/nonexistent/train.jsonl"] {
+            let err = TaskSpec::parse(spec).unwrap().load(Split::Train, None).unwrap_err().to_string();
+            assert!(err.contains("/nonexistent") && err.contains("does not exist"), "{spec}: {err}");
+        }
+    }
 
     #[test]
     fn parses_specs() {
