@@ -393,14 +393,24 @@ pub fn dequantize(kind: GgmlType, bytes: &[u8]) -> Vec<f32> {
 /// each): in each head it stores the rotary pairs interleaved (0, d/2, 1, d/2+1, ...); Hugging
 /// Face keeps the two halves apart.
 pub fn unpermute_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    reorder_rotary_rows(w, heads, cols, false)
+}
+
+/// llama.cpp's row order of a Hugging Face q or k projection: the inverse of [`unpermute_rows`].
+pub fn permute_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    reorder_rotary_rows(w, heads, cols, true)
+}
+
+fn reorder_rotary_rows(w: &[f32], heads: usize, cols: usize, to_llama_cpp: bool) -> Vec<f32> {
     let rows = w.len() / cols;
     let half = rows / heads / 2;
     let mut out = vec![0f32; w.len()];
     for h in 0..heads {
         for i in 0..half {
             for pair in 0..2 {
-                let from = h * 2 * half + 2 * i + pair;
-                let to = h * 2 * half + pair * half + i;
+                let interleaved = h * 2 * half + 2 * i + pair;
+                let split = h * 2 * half + pair * half + i;
+                let (to, from) = if to_llama_cpp { (interleaved, split) } else { (split, interleaved) };
                 out[to * cols..(to + 1) * cols].copy_from_slice(&w[from * cols..(from + 1) * cols]);
             }
         }
@@ -408,32 +418,46 @@ pub fn unpermute_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// (llama.cpp, Hugging Face) names of the tensors outside the layers.
+const MODEL_TENSORS: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// (llama.cpp, Hugging Face) names of a layer's tensors, after `blk.N.` / `model.layers.N.`.
+const LAYER_TENSORS: [(&str, &str); 9] = [
+    ("attn_norm.weight", "input_layernorm.weight"),
+    ("ffn_norm.weight", "post_attention_layernorm.weight"),
+    ("attn_q.weight", "self_attn.q_proj.weight"),
+    ("attn_k.weight", "self_attn.k_proj.weight"),
+    ("attn_v.weight", "self_attn.v_proj.weight"),
+    ("attn_output.weight", "self_attn.o_proj.weight"),
+    ("ffn_gate.weight", "mlp.gate_proj.weight"),
+    ("ffn_up.weight", "mlp.up_proj.weight"),
+    ("ffn_down.weight", "mlp.down_proj.weight"),
+];
+
 /// The Hugging Face name of a llama.cpp tensor name.
 fn hf_name(name: &str) -> Option<String> {
-    let fixed = match name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(n) = fixed {
-        return Some(n.into());
+    rename(name, true)
+}
+
+/// llama.cpp's name of a Hugging Face tensor name.
+pub fn gguf_name(name: &str) -> Option<String> {
+    rename(name, false)
+}
+
+/// `name` looked up in the tables, llama.cpp -> Hugging Face (`to_hf`) or back.
+fn rename(name: &str, to_hf: bool) -> Option<String> {
+    let ordered = |(gguf, hf): (&'static str, &'static str)| if to_hf { (gguf, hf) } else { (hf, gguf) };
+    if let Some((_, renamed)) = MODEL_TENSORS.into_iter().map(ordered).find(|(from, _)| *from == name) {
+        return Some(renamed.to_string());
     }
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let part = match part {
-        "attn_norm.weight" => "input_layernorm.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{part}"))
+    let (from, to) = ordered(("blk.", "model.layers."));
+    let (layer, part) = name.strip_prefix(from)?.split_once('.')?;
+    let (_, part) = LAYER_TENSORS.into_iter().map(ordered).find(|(f, _)| *f == part)?;
+    Some(format!("{to}{layer}.{part}"))
 }
 
 /// Converts a Llama-architecture GGUF into a Hugging Face folder at `out`, which must not exist
@@ -684,5 +708,6 @@ mod tests {
         let stored = [0., 0., 2., 2., 1., 1., 3., 3., 4., 4., 6., 6., 5., 5., 7., 7.];
         let hf: Vec<f32> = (0..8).flat_map(|i| [i as f32; 2]).collect();
         assert_eq!(unpermute_rows(&stored, 2, 2), hf);
+        assert_eq!(permute_rows(&hf, 2, 2), stored);
     }
 }

@@ -6,7 +6,7 @@
 //! with the q/k rows in its rotary order. Matrices are stored as F32, F16 or Q8_0; norms stay F32,
 //! as llama.cpp's own converter keeps them.
 
-use super::gguf::GgmlType;
+use super::gguf::{gguf_name, permute_rows, GgmlType};
 use super::hf::CausalLm;
 use super::llama::HEAD_PREFIX;
 use crate::error::{Error, Result};
@@ -216,51 +216,6 @@ fn tokenizer_metadata(meta: &mut Metadata, tokenizer: &Tokenizer, json: &Json, v
     meta.bool("tokenizer.ggml.add_bos_token", tokenizer.bos_id().is_some());
     meta.bool("tokenizer.ggml.add_eos_token", false);
     Ok(())
-}
-
-/// llama.cpp's name of a Hugging Face tensor name.
-fn gguf_name(hf: &str) -> Option<String> {
-    let fixed = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(n) = fixed {
-        return Some(n.into());
-    }
-    let (layer, part) = hf.strip_prefix("model.layers.")?.split_once('.')?;
-    let part = match part {
-        "input_layernorm.weight" => "attn_norm.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{part}"))
-}
-
-/// llama.cpp's row order for a q or k projection: in each head, the rotary halves interleaved
-/// (0, d/2, 1, d/2+1, ...). The inverse of [`super::gguf::unpermute_rows`].
-pub fn permute_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
-    let rows = w.len() / cols;
-    let half = rows / heads / 2;
-    let mut out = vec![0f32; w.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for pair in 0..2 {
-                let to = h * 2 * half + 2 * i + pair;
-                let from = h * 2 * half + pair * half + i;
-                out[to * cols..(to + 1) * cols].copy_from_slice(&w[from * cols..(from + 1) * cols]);
-            }
-        }
-    }
-    out
 }
 
 /// The bytes of `values` stored as `kind` (F32, F16 or Q8_0).
