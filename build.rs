@@ -2,12 +2,41 @@
 // LD_LIBRARY_PATH can point a binary at another installation of the same libtorch, e.g. a GPU
 // machine's PyTorch). With `cuda`, force-link libtorch_cuda, or the linker drops it as unused and
 // the CUDA backend silently disappears.
+//
+// csrc/dist.cpp, the binding to c10d (src/dist.rs), is compiled against libtorch's headers and
+// the gloo headers that scripts/setup-libtorch.sh puts beside them.
+use std::path::PathBuf;
+
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
-    if let Ok(libtorch) = std::env::var("LIBTORCH") {
-        println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags");
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{libtorch}/lib");
+    println!("cargo:rerun-if-env-changed=REASONRL_GLOO_INCLUDE");
+    println!("cargo:rerun-if-changed=csrc/dist.cpp");
+    let libtorch = PathBuf::from(std::env::var("LIBTORCH").expect("LIBTORCH is set by .cargo/config.toml"));
+    println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", libtorch.join("lib").display());
+
+    let gloo = std::env::var_os("REASONRL_GLOO_INCLUDE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| libtorch.join("../gloo/include"));
+    if !gloo.join("gloo/context.h").exists() {
+        panic!("gloo headers not found in {} (run scripts/setup-libtorch.sh)", gloo.display());
     }
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/dist.cpp")
+        .include(libtorch.join("include"))
+        .include(libtorch.join("include/torch/csrc/api/include"))
+        .include(&gloo)
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .define("USE_C10D_GLOO", None)
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        .warnings(false)
+        .compile("reasonrl_dist");
+    println!("cargo:rustc-link-search=native={}", libtorch.join("lib").display());
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
+
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");

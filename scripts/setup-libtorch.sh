@@ -4,7 +4,28 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="$root/.libtorch"
+
+# The gloo headers c10d's ProcessGroupGloo.hpp includes (the wheel ships its library, not them),
+# for csrc/dist.cpp: Debian's libgloo-dev, fetched with apt and unpacked here, not installed.
+# Only pointers to gloo types appear in the c10d classes we use, so these headers' age does not
+# change their layout.
+install_gloo_headers() {
+  [ -f "$dest/gloo/include/gloo/context.h" ] && return 0
+  local deb=libgloo-dev_0.0~git20220518.5b14351-3_amd64.deb
+  local sum=80529c9fd8af452faf489e686b94bf87075965c40673803810c4f41634b1e299
+  local tmp
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && { apt-get download -q=2 libgloo-dev=0.0~git20220518.5b14351-3 2>/dev/null ||
+    { apt-get update -q=2 && apt-get download -q=2 libgloo-dev=0.0~git20220518.5b14351-3; }; })
+  echo "$sum  $tmp/$deb" | sha256sum --check --quiet
+  dpkg-deb -x "$tmp/$deb" "$tmp/x"
+  mkdir -p "$dest/gloo"
+  rm -rf "$dest/gloo/include"
+  mv "$tmp/x/usr/include" "$dest/gloo/include"
+  rm -rf "$tmp"
+}
 if [ -f "$dest/torch/build-version" ] && grep -q '^2\.11\.0' "$dest/torch/build-version"; then
+  install_gloo_headers
   exit 0
 fi
 echo "setting up libtorch 2.11.0 in $dest (one time, ~600 MB download)" >&2
@@ -44,3 +65,4 @@ rm -rf "$dest"
 mv "$tmp" "$dest"
 trap - EXIT
 echo "libtorch $(cat "$dest/torch/build-version") ready" >&2
+install_gloo_headers

@@ -130,8 +130,17 @@ fn name_of(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into())
 }
 
+/// Whether this process writes: in a data-parallel run only rank 0 does, and every writer of a
+/// run's outputs goes through the helpers below, which do nothing on the other ranks.
+pub fn writes_here() -> bool {
+    crate::dist::is_main()
+}
+
 /// Writes a file through `fill` into a temp file beside it, then renames it into place.
 pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+    if !writes_here() {
+        return Ok(());
+    }
     let dir = folder_of(path)?;
     let tmp = TempPath::file_in(dir, &name_of(path)).map_err(|e| cannot_write(path, dir, e))?;
     {
@@ -146,6 +155,9 @@ pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::R
 /// `path` ending in the same extension, for writers that pick the format from it), then renames
 /// it into place.
 pub fn write_atomic_via_path(path: &Path, render: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if !writes_here() {
+        return Ok(());
+    }
     let dir = folder_of(path)?;
     let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
     let tmp = TempPath::new_in(dir, &name_of(path), &ext, false).map_err(|e| cannot_write(path, dir, e))?;
@@ -162,6 +174,9 @@ pub fn read_to_string(path: &Path) -> Result<String> {
 /// `dir` is never half-written; the new folder holds [`MARKER`]. An existing `dir` is replaced
 /// (callers check with [`check_overwrite`] first).
 pub fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if !writes_here() {
+        return Ok(());
+    }
     let parent = folder_of(dir)?;
     let tmp = TempPath::new_in(parent, &name_of(dir), "", true).map_err(|e| cannot_write(dir, parent, e))?;
     fill(&tmp.path)?;
@@ -181,6 +196,9 @@ pub fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result
 
 /// Creates `dir` (and its parents) as a reasonrl output folder, with [`MARKER`] in it.
 pub fn create_output_dir(dir: &Path) -> Result<()> {
+    if !writes_here() {
+        return Ok(());
+    }
     let parent = folder_of(dir)?;
     std::fs::create_dir_all(dir).map_err(|e| cannot_write(dir, parent, e))?;
     mark(dir)
@@ -193,6 +211,14 @@ fn mark(dir: &Path) -> Result<()> {
     }
     std::fs::write(&marker, b"written by reasonrl; --force may replace this folder\n")
         .map_err(|e| Error::io(&marker, e))
+}
+
+/// Removes a folder reasonrl wrote (on rank 0 only, like every write).
+pub fn remove_dir(dir: &Path) -> Result<()> {
+    if !writes_here() {
+        return Ok(());
+    }
+    std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))
 }
 
 /// Writes one JSON object per line, atomically.

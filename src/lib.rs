@@ -6,10 +6,12 @@
 
 pub mod bench;
 pub mod config;
+pub mod dist;
 pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod fsutil;
+pub mod launch;
 pub mod model;
 pub mod plot;
 pub mod progress;
@@ -25,11 +27,12 @@ pub mod train;
 
 pub use error::{Error, Result};
 
-/// Parses `cpu`, `cuda` or `cuda:N`, checking that a requested GPU is there.
+/// Parses `cpu`, `cuda` or `cuda:N`, checking that a requested GPU is there. Plain `cuda` is
+/// this rank's GPU in a data-parallel run (`LOCAL_RANK`), else the first.
 pub fn parse_device(s: &str) -> Result<tch::Device> {
     let device = match s {
         "cpu" => return Ok(tch::Device::Cpu),
-        "cuda" => tch::Device::Cuda(0),
+        "cuda" => tch::Device::Cuda(dist::world().local_rank),
         _ => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
             Some(n) => tch::Device::Cuda(n),
             None => return Err(Error::Invalid(format!("unknown device `{s}` (use cpu, cuda or cuda:N)"))),

@@ -49,6 +49,31 @@ enum Command {
     Plot(PlotArgs),
     /// Measure training and sampling throughput of the presets on this machine.
     Bench(BenchArgs),
+    /// Run a command as N data-parallel ranks (torchrun's variables), e.g. `launch --nproc 2 -- sft
+    /// --config configs/sft.toml`.
+    Launch(LaunchArgs),
+}
+
+/// `reasonrl launch`: this node's ranks of a data-parallel run.
+#[derive(Args)]
+struct LaunchArgs {
+    /// Ranks on this node (one per GPU, or a few on CPU).
+    #[arg(long, default_value_t = 1)]
+    nproc: usize,
+    /// Nodes in the run; each runs `launch` with its own --node-rank.
+    #[arg(long, default_value_t = 1)]
+    nnodes: usize,
+    #[arg(long, default_value_t = 0)]
+    node_rank: usize,
+    /// Address of node 0, where rank 0 holds the rendezvous store.
+    #[arg(long, default_value = "127.0.0.1")]
+    master_addr: String,
+    /// Port of the rendezvous store (default: a free one; several nodes must name one).
+    #[arg(long, default_value_t = 0)]
+    master_port: u16,
+    /// The reasonrl command each rank runs, after `--`.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
 }
 
 /// A config file and overrides.
@@ -335,6 +360,17 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     reasonrl::progress::install_ctrl_c()?;
+    if let Command::Launch(args) = cli.command {
+        let launch = reasonrl::launch::Launch {
+            nproc: args.nproc,
+            nnodes: args.nnodes,
+            node_rank: args.node_rank,
+            master_addr: args.master_addr,
+            master_port: args.master_port,
+        };
+        std::process::exit(launch.run(&args.command)?);
+    }
+    let world = reasonrl::dist::init_from_env()?;
     match cli.command {
         Command::Task(TaskCommand::Make { task, out, train, test, force }) => {
             let spec = TaskSpec::parse(&task)?;
@@ -475,7 +511,9 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Bench(args) => run_bench(args)?,
+        Command::Launch(_) => unreachable!("handled above"),
     }
+    world.barrier()?; // no rank leaves while rank 0 still writes what all of them made
     Ok(())
 }
 

@@ -51,6 +51,9 @@ fn bars() -> &'static indicatif::MultiProgress {
 /// A bar of `total` steps, started at `position`, labelled `unit`.
 pub fn bar(total: u64, position: u64, unit: &str) -> indicatif::ProgressBar {
     let template = format!("{{bar:30}} {{pos}}/{{len}} {unit} [{{elapsed_precise}}<{{eta_precise}}] {{msg}}");
+    if !crate::dist::is_main() {
+        return indicatif::ProgressBar::hidden(); // one bar per run, rank 0's
+    }
     let bar = indicatif::ProgressBar::new(total)
         .with_style(indicatif::ProgressStyle::with_template(&template).expect("valid template"));
     bar.set_position(position);

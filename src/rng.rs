@@ -4,6 +4,13 @@
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
+/// The seed of sample `sample` of `prompt`: from the prompt's tokens, not its place in a batch,
+/// so a sample is the same whichever rank, batch or engine draws it.
+pub fn sample_seed(seed: u64, prompt: &[u32], sample: usize) -> u64 {
+    let hash = prompt.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &t| (h ^ t as u64).wrapping_mul(0x100_0000_01b3));
+    Rng::new(seed ^ (sample as u64) << 32 ^ hash).next_u64()
+}
+
 impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng(seed ^ 0x9E37_79B9_7F4A_7C15)

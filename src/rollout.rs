@@ -39,7 +39,9 @@ pub fn rollout(
 
 /// Samples `cfg.samples_per_prompt` solutions per problem on `engine` (from `model` when it is
 /// local) and checks each answer. The prompter's stop strings are added to `cfg`'s, and its
-/// per-step control token (if any) becomes the step prefix.
+/// per-step control token (if any) becomes the step prefix. In a data-parallel run each rank
+/// samples its block of the problems (all samples of a problem on one rank) and every rank gets
+/// all the episodes back, in problem order.
 pub fn rollout_with(
     engine: &Engine,
     model: &Llama,
@@ -48,12 +50,15 @@ pub fn rollout_with(
     problems: &[Problem],
     cfg: &SamplingConfig,
 ) -> Result<Vec<Episode>> {
+    let world = crate::dist::world();
+    let problems = &problems[world.shard(problems.len())];
     let prompts = problems.iter().map(|p| prompter.encode(tokenizer, &p.question)).collect::<Result<Vec<_>>>()?;
     let mut cfg = cfg.clone();
     cfg.stop_strings.extend(prompter.stop_strings());
     cfg.step_prefix = cfg.step_prefix.or(prompter.step_condition(tokenizer)?);
-    let generations = engine.generate(model, tokenizer, &prompts, &cfg)?;
-    Ok(generations
+    let generations =
+        if prompts.is_empty() { Vec::new() } else { engine.generate(model, tokenizer, &prompts, &cfg)? };
+    let episodes = generations
         .into_iter()
         .map(|g| {
             let problem = &problems[g.prompt_index];
@@ -72,5 +77,6 @@ pub fn rollout_with(
                 correct,
             }
         })
-        .collect())
+        .collect();
+    world.all_gather_items(episodes)
 }

@@ -4,13 +4,14 @@
 //! the prompt is prefilled once for all of its samples and its keys and values are copied into
 //! their rows, then every row decodes a token per step. A row that finishes hands its slot to the
 //! next waiting sample (as soon as an eighth of the batch is free, so one prefill serves several),
-//! so the batch stays nearly full until the queue is empty; after that, finished rows leave it. Every row draws from its own generator seeded by (seed, prompt,
-//! sample), not from torch's global one, so the same call repeats exactly, whatever else runs in
-//! the process and whatever the batch size.
+//! so the batch stays nearly full until the queue is empty; after that, finished rows leave it.
+//! Every row draws from its own generator seeded by (seed, the prompt's tokens, sample), not from
+//! torch's global one, so a sample repeats exactly whatever else runs in the process, the batch
+//! size, or the rank that draws it.
 
 use crate::error::{Error, Result};
 use crate::model::{CacheWrite, KvCache, Llama};
-use crate::rng::Rng;
+use crate::rng::{sample_seed, Rng};
 use crate::tokenizer::Tokenizer;
 use std::collections::VecDeque;
 use tch::{Device, Kind, Tensor};
@@ -166,7 +167,7 @@ pub fn replay(
         return Err(Error::Invalid("per-step conditioning (a step prefix) needs local sampling".into()));
     }
     let stops = Stops { ids: tokenizer.stop_ids(), ends_line: Vec::new(), cfg };
-    let mut row = Row::new(prompt_index, sample_index, tokenizer, cfg);
+    let mut row = Row::new(prompt_index, &[], sample_index, tokenizer, cfg); // draws nothing
     for (&token, &logprob) in tokens.iter().zip(logprobs) {
         row.push(token, logprob, &stops)?;
         if row.finish.is_some() {
@@ -210,7 +211,7 @@ impl<'t> Batch<'_, 't> {
                 Some((prompt, slots)) if std::ptr::eq(*prompt, prompts[p].as_slice()) => slots.push(slot as i64),
                 _ => groups.push((&prompts[p], vec![slot as i64])),
             }
-            self.rows[slot] = Some(Row::new(p, s, tokenizer, cfg));
+            self.rows[slot] = Some(Row::new(p, &prompts[p], s, tokenizer, cfg));
             self.feed[slot] = *prompts[p].last().expect("prompts are not empty") as i64;
         }
         if !groups.is_empty() {
@@ -280,7 +281,13 @@ struct Row<'t> {
 }
 
 impl<'t> Row<'t> {
-    fn new(prompt_index: usize, sample_index: usize, tokenizer: &'t Tokenizer, cfg: &SamplingConfig) -> Self {
+    fn new(
+        prompt_index: usize,
+        prompt: &[u32],
+        sample_index: usize,
+        tokenizer: &'t Tokenizer,
+        cfg: &SamplingConfig,
+    ) -> Self {
         Row {
             prompt_index,
             sample_index,
@@ -290,7 +297,7 @@ impl<'t> Row<'t> {
             stream: Some(tokenizer.inner().decode_stream(true)),
             text: String::new(),
             tokenizer,
-            rng: Rng::new(Rng::new(cfg.seed).next_u64() ^ ((prompt_index as u64) << 24) ^ sample_index as u64),
+            rng: Rng::new(sample_seed(cfg.seed, prompt, sample_index)),
             at_line_start: false,
         }
     }

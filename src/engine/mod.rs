@@ -163,6 +163,12 @@ impl Engine {
     /// their files and logs go to `work_dir`.
     pub fn new(cfg: &RolloutConfig, work_dir: &Path, trains: bool) -> Result<Self> {
         cfg.check(trains)?;
+        if cfg.engine == EngineKind::Openai && crate::dist::world().size > 1 {
+            return Err(Error::Invalid(
+                "rollout.engine = \"openai\" runs in one process: launch it without --nproc (the servers batch for you)"
+                    .into(),
+            ));
+        }
         Ok(match cfg.engine {
             EngineKind::Local => Engine::Local,
             EngineKind::Openai => Engine::Remote(Box::new(Remote::new(cfg.clone(), work_dir)?)),

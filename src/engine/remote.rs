@@ -193,7 +193,7 @@ impl Remote {
     /// One completion: (token ids, their log-probs where the engine gave them, whether the
     /// engine stopped it itself).
     fn complete(&self, url: &str, prompt: &[u32], sample: usize, cfg: &SamplingConfig) -> Result<Completion> {
-        let seed = crate::rng::Rng::new(cfg.seed ^ (sample as u64) << 32 ^ prompt_hash(prompt)).next_u64() >> 33;
+        let seed = crate::rng::sample_seed(cfg.seed, prompt, sample) >> 33;
         let body = json!({
             "model": self.model_name(url)?,
             "prompt": prompt,
@@ -322,8 +322,4 @@ fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
-}
-
-fn prompt_hash(prompt: &[u32]) -> u64 {
-    prompt.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &t| (h ^ t as u64).wrapping_mul(0x100_0000_01b3))
 }

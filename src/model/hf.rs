@@ -97,6 +97,9 @@ impl CausalLm {
     /// Saves config.json, model.safetensors, generation_config.json and, with a head,
     /// head.safetensors. Each file is written to a temp file and renamed into place.
     pub fn save(&self, dir: &Path) -> Result<()> {
+        if !fsutil::writes_here() {
+            return Ok(());
+        }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut config = self.net.config.clone();
         config.extra.insert("torch_dtype".into(), dtype_name(self.vs.kind()).into());

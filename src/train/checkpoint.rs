@@ -109,7 +109,7 @@ impl Checkpoints {
             write_state(tmp, state)
         })?;
         for (_, old) in self.list().into_iter().skip(self.keep) {
-            std::fs::remove_dir_all(&old).map_err(|e| Error::io(old, e))?;
+            fsutil::remove_dir(&old)?;
         }
         Ok(())
     }
@@ -149,6 +149,9 @@ impl Checkpoints {
 
     /// Appends one line to `metrics.jsonl`.
     pub fn log(&self, line: &Metrics) -> Result<()> {
+        if !fsutil::writes_here() {
+            return Ok(());
+        }
         let path = self.run_dir.join(METRICS_FILE);
         std::fs::create_dir_all(&self.run_dir).map_err(|e| Error::io(&self.run_dir, e))?;
         let mut file =
@@ -160,7 +163,7 @@ impl Checkpoints {
     /// Keeps only the metrics lines up to `step` (a resumed run rewrites what came after).
     fn truncate_metrics(&self, step: usize) -> Result<()> {
         let path = self.run_dir.join(METRICS_FILE);
-        if !path.exists() {
+        if !path.exists() || !fsutil::writes_here() {
             return Ok(());
         }
         let text = fsutil::read_to_string(&path)?;

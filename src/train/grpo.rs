@@ -12,8 +12,8 @@
 
 use super::checkpoint::PgState;
 use super::rl::{
-    clipped_policy_loss, kl_k3, masked_mean, minibatch_rng, pad_rows, score_responses, PgRun, PgSettings, RewardConfig,
-    Trained,
+    check_minibatch_size, clipped_policy_loss, kl_k3, masked_mean, minibatch_rng, pad_rows, rank_part, score_responses,
+    PgRun, PgSettings, RewardConfig, Trained,
 };
 use super::rounds::RoundEval;
 use super::{learning_rate, AdamW, Metrics, RunConfig, TrainConfig};
@@ -154,12 +154,14 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         save_every: cfg.save_every,
     };
     let (mut run, mut policy) = PgRun::start(settings, &crate::config::to_toml(cfg), false, resume, force)?;
+    check_minibatch_size(cfg.prompts_per_update * cfg.group_size, cfg.minibatches)?;
     let mut optimizer = AdamW::new(&policy);
     let (mut done, mut step) = (0, 0);
     if resume {
         (done, PgState { lr_step: step, .. }) =
             run.resume(&mut policy, &mut optimizer, None, cfg.prompts_per_update)?;
     }
+    crate::dist::broadcast_weights(&policy.vs)?;
     let total_steps = cfg.updates * cfg.epochs * cfg.minibatches;
 
     for update in done + 1..=cfg.updates {
@@ -202,6 +204,7 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
             for mb in order.chunks(order.len().div_ceil(cfg.minibatches)) {
                 let lr = learning_rate(&cfg.optim, step, total_steps);
                 step += 1;
+                let (mb, share) = rank_part(mb, &episodes);
                 let batch: Vec<&Episode> = mb.iter().map(|&i| &episodes[i]).collect();
                 let r = batch.iter().map(|e| e.response_tokens.len()).max().unwrap_or(1).max(1);
                 let rows =
@@ -214,21 +217,26 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
                     clipped_policy_loss(&scored.logprobs, &rows(&old_logprobs), &adv, &scored.mask, cfg.clip);
                 let kl = masked_mean(&kl_k3(&scored.logprobs, &rows(&ref_logprobs)), &scored.mask);
                 let loss = if cfg.kl_in_reward { pg_loss.shallow_clone() } else { &pg_loss + &kl * cfg.kl_coef };
-                let value = loss.double_value(&[]);
+                optimizer.zero_grad();
+                (&loss * share).backward();
+                crate::dist::all_reduce_grads(&policy.vs)?;
+                let means =
+                    [&loss, &pg_loss, &kl, &clip_fraction, &approx_kl, &masked_mean(&scored.entropy, &scored.mask)]
+                        .map(|t| t.double_value(&[]) * share);
+                let [value, pg_loss, kl, clip_fraction, approx_kl, entropy] =
+                    <[f64; 6]>::try_from(crate::dist::world().sum(&means)?).expect("six sums");
                 if !value.is_finite() {
                     return Err(Error::Invalid(format!("GRPO loss is {value}: stopping (lower optim.lr?)")));
                 }
-                optimizer.zero_grad();
-                loss.backward();
                 let grad_norm = optimizer.clip_grad_norm(cfg.optim.grad_clip);
                 optimizer.step(&cfg.optim, lr);
                 steps += 1;
                 for (name, v) in [
-                    ("grpo/policy_loss", pg_loss.double_value(&[])),
-                    ("grpo/kl_k3", kl.double_value(&[])),
-                    ("grpo/clip_fraction", clip_fraction.double_value(&[])),
-                    ("grpo/approx_kl", approx_kl.double_value(&[])),
-                    ("grpo/entropy", masked_mean(&scored.entropy, &scored.mask).double_value(&[])),
+                    ("grpo/policy_loss", pg_loss),
+                    ("grpo/kl_k3", kl),
+                    ("grpo/clip_fraction", clip_fraction),
+                    ("grpo/approx_kl", approx_kl),
+                    ("grpo/entropy", entropy),
                     ("grpo/grad_norm", grad_norm),
                     ("lr", lr),
                 ] {

@@ -426,6 +426,7 @@ impl<'a> Trainer<'a> {
             eprintln!("resuming from {} (step {})", dir.display(), loaded.step);
             state = loaded;
         }
+        crate::dist::broadcast_weights(&model.vs)?;
         Ok(Trainer {
             model,
             tokenizer,
@@ -439,7 +440,10 @@ impl<'a> Trainer<'a> {
     }
 
     /// Trains on `examples` until `max_steps` (or `epochs`), logging, evaluating and
-    /// checkpointing on the way.
+    /// checkpointing on the way. In a data-parallel run of N ranks a micro-batch holds
+    /// `N * batch_tokens` tokens, planned alike on every rank; each rank computes the loss of its
+    /// share (whole groups) and the gradients are summed, so N ranks step as one rank with N
+    /// times the budget would.
     pub fn train(&mut self, examples: &[Example], eval: &mut EvalFn) -> Result<()> {
         if examples.is_empty() {
             return Err(Error::Invalid("no training examples".into()));
@@ -450,7 +454,9 @@ impl<'a> Trainer<'a> {
             .collect();
         let lengths: Vec<usize> = examples.iter().map(|e| e.tokens.len()).collect();
         let groups: Vec<Option<usize>> = examples.iter().map(|e| e.group).collect();
-        let per_epoch = make_batches(&lengths, &groups, self.cfg.batch_tokens, self.cfg.seed, 0).len();
+        let world = crate::dist::world();
+        let budget = self.cfg.batch_tokens * world.size;
+        let per_epoch = make_batches(&lengths, &groups, budget, self.cfg.seed, 0).len();
         let total = if self.cfg.max_steps > 0 {
             self.cfg.max_steps
         } else {
@@ -458,7 +464,7 @@ impl<'a> Trainer<'a> {
         };
         let progress = crate::progress::bar(total as u64, self.state.step as u64, "steps");
         let pad = self.tokenizer.pad_id();
-        let mut batches = make_batches(&lengths, &groups, self.cfg.batch_tokens, self.cfg.seed, self.state.epoch);
+        let mut batches = make_batches(&lengths, &groups, budget, self.cfg.seed, self.state.epoch);
         let mut window = (Instant::now(), 0usize); // tokens since the last log line
         let mut loss_window = (0.0f64, 0usize);
         while self.state.step < total {
@@ -468,7 +474,7 @@ impl<'a> Trainer<'a> {
                 if self.state.batch_in_epoch >= batches.len() {
                     self.state.epoch += 1;
                     self.state.batch_in_epoch = 0;
-                    batches = make_batches(&lengths, &groups, self.cfg.batch_tokens, self.cfg.seed, self.state.epoch);
+                    batches = make_batches(&lengths, &groups, budget, self.cfg.seed, self.state.epoch);
                 }
                 micro.push(batches[self.state.batch_in_epoch].clone());
                 self.state.batch_in_epoch += 1;
@@ -479,17 +485,22 @@ impl<'a> Trainer<'a> {
             self.optimizer.zero_grad();
             let mut loss_sum = 0.0;
             for batch in &micro {
-                let batch: Vec<&Example> = batch.iter().map(|&i| &examples[i]).collect();
-                let loss = self.objective.loss(self.model, &batch, pad)?;
-                let value = loss.double_value(&[]);
-                if !value.is_finite() {
-                    return Err(Error::Invalid(format!(
-                        "loss is {value} at step {}: stopping (lower train.lr?)",
-                        self.state.step + 1
-                    )));
+                let mine = rank_share(batch, &groups);
+                if mine.is_empty() {
+                    continue;
                 }
-                loss_sum += value;
+                let batch: Vec<&Example> = mine.iter().map(|&i| &examples[i]).collect();
+                let loss = self.objective.loss(self.model, &batch, pad)?;
+                loss_sum += loss.double_value(&[]);
                 (loss / weight).backward();
+            }
+            crate::dist::all_reduce_grads(&self.model.vs)?;
+            let loss_sum = world.sum(&[loss_sum])?[0];
+            if !loss_sum.is_finite() {
+                return Err(Error::Invalid(format!(
+                    "loss is {loss_sum} at step {}: stopping (lower train.lr?)",
+                    self.state.step + 1
+                )));
             }
             let grad_norm = self.optimizer.clip_grad_norm(self.cfg.grad_clip);
             self.optimizer.step(&self.cfg, lr);
@@ -540,7 +551,7 @@ impl<'a> Trainer<'a> {
                 line.insert("tokens_seen".into(), self.state.tokens_seen as f64);
                 self.checkpoints.log(&line)?;
             }
-            let stop = crate::progress::stop_requested();
+            let stop = world.any(crate::progress::stop_requested())?;
             if every(step, self.cfg.save_every) || at_end || stop {
                 self.checkpoints.save(self.model, self.tokenizer, &self.optimizer, &self.state)?;
             }
@@ -552,6 +563,24 @@ impl<'a> Trainer<'a> {
         progress.finish_and_clear();
         Ok(())
     }
+}
+
+/// This rank's share of a micro-batch: its block of the batch's units (an example, or a whole
+/// group, whose members `make_batches` keeps together).
+fn rank_share(batch: &[usize], groups: &[Option<usize>]) -> Vec<usize> {
+    let world = crate::dist::world();
+    if world.size == 1 {
+        return batch.to_vec();
+    }
+    let mut units: Vec<Vec<usize>> = Vec::new();
+    for &i in batch {
+        let group = groups.get(i).copied().flatten();
+        match units.last_mut() {
+            Some(unit) if group.is_some() && groups.get(unit[0]).copied().flatten() == group => unit.push(i),
+            _ => units.push(vec![i]),
+        }
+    }
+    units[world.shard(units.len())].concat()
 }
 
 /// Whether a periodic action (every `n` steps; 0 = never) falls on `step`.
@@ -634,7 +663,7 @@ pub fn prepare_run_dir(dir: &Path, config_toml: &str, resume: bool, force: bool)
             ));
         }
         crate::fsutil::check_overwrite(dir, force)?; // only a folder reasonrl wrote is wiped
-        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        crate::fsutil::remove_dir(dir)?;
     }
     crate::fsutil::create_output_dir(dir)?;
     crate::fsutil::write_atomic(&dir.join("config.toml"), |w| w.write_all(config_toml.as_bytes()))

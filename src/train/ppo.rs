@@ -14,8 +14,8 @@
 
 use super::checkpoint::PgState;
 use super::rl::{
-    clipped_policy_loss, clipped_value_loss, explained_variance, gae, masked_mean, minibatch_rng, pad_rows,
-    score_responses, whiten, PgRun, PgSettings, RewardConfig, Trained,
+    check_minibatch_size, clipped_policy_loss, clipped_value_loss, explained_variance, gae, masked_mean, minibatch_rng,
+    pad_rows, rank_part, score_responses, whiten, PgRun, PgSettings, RewardConfig, Trained,
 };
 use super::rounds::RoundEval;
 use super::{learning_rate, AdamW, Metrics, RunConfig, TrainConfig};
@@ -186,6 +186,12 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         let critic = critic.as_mut().zip(critic_optimizer.as_mut());
         (done, clocks) = run.resume(&mut policy, &mut optimizer, critic, cfg.prompts_per_update)?;
     }
+    // A fresh value head is initialised at random on each rank: rank 0's wins.
+    crate::dist::broadcast_weights(&policy.vs)?;
+    if let Some(critic) = &critic {
+        crate::dist::broadcast_weights(&critic.vs)?;
+    }
+    check_minibatch_size(cfg.prompts_per_update * cfg.samples_per_prompt, cfg.minibatches)?;
     let total_steps = cfg.updates * cfg.epochs * cfg.minibatches;
 
     for update in done + 1..=cfg.updates {
@@ -292,6 +298,8 @@ fn minibatch_step(
     (policy_lr, value_lr): (f64, f64),
     stats: &mut UpdateStats,
 ) -> Result<f64> {
+    let (mb, share) = rank_part(mb, &batch.episodes);
+    let world = crate::dist::world();
     let episodes: Vec<&Episode> = mb.iter().map(|&i| &batch.episodes[i]).collect();
     let r = episodes.iter().map(|e| e.response_tokens.len()).max().unwrap_or(1).max(1);
     let device = policy.device();
@@ -309,38 +317,44 @@ fn minibatch_step(
             let values = scored.values.as_ref().expect("a shared critic is the policy's head");
             let value_loss = clipped_value_loss(values, &old_values, &returns, &scored.mask, cfg.value_clip);
             loss += &value_loss * cfg.vf_coef;
-            value_loss.double_value(&[])
+            value_loss
         }
         Some((critic, critic_optimizer)) => {
             let values = score_responses(critic, &episodes, cfg.temperature).values.expect("critic head");
             let value_loss = clipped_value_loss(&values, &old_values, &returns, &scored.mask, cfg.value_clip);
             critic_optimizer.zero_grad();
-            value_loss.backward();
+            (&value_loss * share).backward();
+            crate::dist::all_reduce_grads(&critic.vs)?;
             critic_optimizer.clip_grad_norm(cfg.optim.grad_clip);
             critic_optimizer.step(&cfg.optim, value_lr);
-            value_loss.double_value(&[])
+            value_loss
         }
     };
-    let loss_value = loss.double_value(&[]);
+    optimizer.zero_grad();
+    if loss.requires_grad() {
+        (&loss * share).backward();
+        crate::dist::all_reduce_grads(&policy.vs)?;
+    }
+    let means =
+        [&loss, &policy_loss, &value_loss, &entropy, &approx_kl, &clip_fraction].map(|t| t.double_value(&[]) * share);
+    let [loss_value, policy_loss, value_loss, entropy, approx_kl, clip_fraction] =
+        <[f64; 6]>::try_from(world.sum(&means)?).expect("six sums");
     if !loss_value.is_finite() {
         return Err(Error::Invalid(format!("PPO loss is {loss_value}: stopping (lower optim.lr?)")));
     }
-    optimizer.zero_grad();
     let grad_norm = if loss.requires_grad() {
-        loss.backward();
         let grad_norm = optimizer.clip_grad_norm(cfg.optim.grad_clip);
         optimizer.step_by(&cfg.optim, |name| if name.starts_with(HEAD_PREFIX) { value_lr } else { policy_lr });
         grad_norm
     } else {
         0.0
     };
-    let approx_kl = approx_kl.double_value(&[]);
     stats.steps += 1;
-    stats.add("ppo/policy_loss", policy_loss.double_value(&[]));
+    stats.add("ppo/policy_loss", policy_loss);
     stats.add("ppo/value_loss", value_loss);
-    stats.add("ppo/entropy", entropy.double_value(&[]));
+    stats.add("ppo/entropy", entropy);
     stats.add("ppo/approx_kl", approx_kl);
-    stats.add("ppo/clip_fraction", clip_fraction.double_value(&[]));
+    stats.add("ppo/clip_fraction", clip_fraction);
     stats.add("ppo/grad_norm", grad_norm);
     stats.add("lr", policy_lr);
     stats.add("lr/value", value_lr);

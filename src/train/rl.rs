@@ -392,6 +392,28 @@ impl Rewarder {
     }
 }
 
+/// This rank's block of minibatch `mb` and its share of the minibatch's response tokens. The
+/// losses are means over tokens, so a rank's loss times its share, summed over ranks, is the
+/// loss of the whole minibatch: ranks scale their loss by it before backward and their logged
+/// means before summing them.
+pub fn rank_part<'a>(mb: &'a [usize], episodes: &[Episode]) -> (&'a [usize], f64) {
+    let mine = &mb[crate::dist::world().shard(mb.len())];
+    let tokens = |rows: &[usize]| rows.iter().map(|&i| episodes[i].response_tokens.len()).sum::<usize>();
+    (mine, tokens(mine) as f64 / tokens(mb).max(1) as f64)
+}
+
+/// Refuses minibatches smaller than the world: every rank needs an episode of each.
+pub fn check_minibatch_size(episodes_per_update: usize, minibatches: usize) -> Result<()> {
+    let ranks = crate::dist::world().size;
+    if episodes_per_update / minibatches.max(1) < ranks {
+        return Err(Error::Invalid(format!(
+            "{episodes_per_update} episodes per update in {minibatches} minibatches leave some of the {ranks} ranks \
+             without an episode: use fewer minibatches or more prompts_per_update"
+        )));
+    }
+    Ok(())
+}
+
 /// The generator of one update's minibatch order: a function of (seed, update) alone, so that a
 /// resumed run shuffles as the uninterrupted one did.
 pub fn minibatch_rng(seed: u64, update: usize) -> Rng {

@@ -184,7 +184,7 @@ pub fn resume_round<T: serde::de::DeserializeOwned>(
 pub fn fresh_round_dir(run_dir: &std::path::Path, round: usize) -> Result<std::path::PathBuf> {
     let dir = run_dir.join(format!("round-{round}"));
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        crate::fsutil::remove_dir(&dir)?;
     }
     Ok(dir)
 }
