@@ -264,14 +264,18 @@ pub fn broadcast_weights(vs: &tch::nn::VarStore) -> Result<()> {
     }
     tch::no_grad(|| {
         for (_, mut t) in sorted(vs) {
-            w.broadcast(&mut t, 0)?;
+            // Through the host: Gloo moves CPU tensors (NCCL is not bound yet).
+            let mut host = t.to_device(tch::Device::Cpu);
+            w.broadcast(&mut host, 0)?;
+            t.copy_(&host);
         }
         Ok(())
     })
 }
 
 /// Sums every trainable parameter's gradient over ranks, in buckets of about 16M values
-/// (flattened, so a bucket is one collective). A parameter without a gradient counts as zero.
+/// (flattened in f32 on the host, so a bucket is one Gloo collective). A parameter without a
+/// gradient counts as zero.
 pub fn all_reduce_grads(vs: &tch::nn::VarStore) -> Result<()> {
     let w = world();
     if w.size == 1 {
@@ -296,7 +300,7 @@ pub fn all_reduce_grads(vs: &tch::nn::VarStore) -> Result<()> {
         }
         let grads: Vec<Tensor> =
             params[start..end].iter().map(|p| p.grad().to_kind(Kind::Float).reshape([-1])).collect();
-        let mut flat = Tensor::cat(&grads, 0);
+        let mut flat = Tensor::cat(&grads, 0).to_device(tch::Device::Cpu); // Gloo reduces on the host
         w.all_reduce(&mut flat, Reduce::Sum)?;
         let mut offset = 0;
         tch::no_grad(|| {

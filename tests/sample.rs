@@ -104,7 +104,8 @@ fn continuous_batching_matches_one_row_at_a_time() {
     (cfg.samples_per_prompt, cfg.max_new_tokens, cfg.batch_size) = (4, 16, 1);
     let alone = generate(&model, &tokenizer, &prompts, &cfg).unwrap();
     // Stop strings taken from the output, so rows finish at different steps and slots free up.
-    cfg.stop_strings = alone.iter().step_by(3).map(|g| tokenizer.decode(&g.tokens[..2], true).unwrap()).collect();
+    cfg.stop_strings =
+        alone.iter().step_by(3).map(|g| tokenizer.decode(&g.tokens[..g.tokens.len().min(2)], true).unwrap()).collect();
     cfg.stop_strings.retain(|s| !s.trim().is_empty());
     let alone = generate(&model, &tokenizer, &prompts, &cfg).unwrap();
     let lengths: std::collections::HashSet<usize> = alone.iter().map(|g| g.tokens.len()).collect();

@@ -467,6 +467,7 @@ impl<'a> Trainer<'a> {
         let mut batches = make_batches(&lengths, &groups, budget, self.cfg.seed, self.state.epoch);
         let mut window = (Instant::now(), 0usize); // tokens since the last log line
         let mut loss_window = (0.0f64, 0usize);
+        let mut sync_seconds = 0.0; // in gradient all-reduces since the last log line
         while self.state.step < total {
             // Gather this step's micro-batches, moving to the next epoch as needed.
             let mut micro = Vec::with_capacity(self.cfg.grad_accum);
@@ -494,8 +495,10 @@ impl<'a> Trainer<'a> {
                 loss_sum += loss.double_value(&[]);
                 (loss / weight).backward();
             }
+            let sync = Instant::now();
             crate::dist::all_reduce_grads(&self.model.vs)?;
             let loss_sum = world.sum(&[loss_sum])?[0];
+            sync_seconds += sync.elapsed().as_secs_f64();
             if !loss_sum.is_finite() {
                 return Err(Error::Invalid(format!(
                     "loss is {loss_sum} at step {}: stopping (lower train.lr?)",
@@ -524,6 +527,10 @@ impl<'a> Trainer<'a> {
                 line.insert("lr".into(), lr);
                 line.insert("grad_norm".into(), grad_norm);
                 line.insert("tokens_per_s".into(), window.1 as f64 / seconds.max(1e-9));
+                if world.size > 1 {
+                    line.insert("dist/allreduce_ms".into(), 1e3 * sync_seconds / loss_window.1.max(1) as f64);
+                    sync_seconds = 0.0;
+                }
                 window = (Instant::now(), 0);
                 loss_window = (0.0, 0);
             }
