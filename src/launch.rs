@@ -51,6 +51,10 @@ impl Launch {
         for local in 0..self.nproc {
             let mut cmd = Command::new(&exe);
             cmd.args(args).envs(self.env(local, port));
+            if std::env::var_os("OMP_NUM_THREADS").is_none() {
+                // The node's cores shared out, as torchrun does, not every rank on all of them.
+                cmd.env("OMP_NUM_THREADS", threads_per_rank(self.nproc).to_string());
+            }
             // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
             unsafe {
                 cmd.pre_exec(|| {
@@ -87,6 +91,12 @@ impl Launch {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// This node's cores divided among `nproc` ranks (at least one each).
+fn threads_per_rank(nproc: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / nproc.max(1)).max(1)
 }
 
 /// SIGTERM to every rank still running, then SIGKILL to those that ignore it for 10 s.
