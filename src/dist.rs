@@ -216,6 +216,11 @@ impl World {
         Ok(Vec::<f64>::try_from(&t)?)
     }
 
+    /// [`World::sum`] of a fixed number of values (the means a step logs).
+    pub fn sum_each<const N: usize>(&self, values: [f64; N]) -> Result<[f64; N]> {
+        Ok(self.sum(&values)?.try_into().expect("one sum per value"))
+    }
+
     /// Whether `flag` holds on any rank (a stop request seen by one rank stops all).
     pub fn any(&self, flag: bool) -> Result<bool> {
         Ok(self.sum(&[flag as u8 as f64])?[0] > 0.0)

@@ -223,8 +223,7 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 let means =
                     [&loss, &pg_loss, &kl, &clip_fraction, &approx_kl, &masked_mean(&scored.entropy, &scored.mask)]
                         .map(|t| t.double_value(&[]) * share);
-                let [value, pg_loss, kl, clip_fraction, approx_kl, entropy] =
-                    <[f64; 6]>::try_from(crate::dist::world().sum(&means)?).expect("six sums");
+                let [value, pg_loss, kl, clip_fraction, approx_kl, entropy] = crate::dist::world().sum_each(means)?;
                 if !value.is_finite() {
                     return Err(Error::Invalid(format!("GRPO loss is {value}: stopping (lower optim.lr?)")));
                 }

@@ -337,8 +337,7 @@ fn minibatch_step(
     }
     let means =
         [&loss, &policy_loss, &value_loss, &entropy, &approx_kl, &clip_fraction].map(|t| t.double_value(&[]) * share);
-    let [loss_value, policy_loss, value_loss, entropy, approx_kl, clip_fraction] =
-        <[f64; 6]>::try_from(world.sum(&means)?).expect("six sums");
+    let [loss_value, policy_loss, value_loss, entropy, approx_kl, clip_fraction] = world.sum_each(means)?;
     if !loss_value.is_finite() {
         return Err(Error::Invalid(format!("PPO loss is {loss_value}: stopping (lower optim.lr?)")));
     }
