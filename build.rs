@@ -4,12 +4,14 @@
 // the CUDA backend silently disappears.
 //
 // csrc/dist.cpp, the binding to c10d (src/dist.rs), is compiled against libtorch's headers and
-// the gloo headers that scripts/setup-libtorch.sh puts beside them.
+// the gloo headers that scripts/setup-libtorch.sh puts beside them; with `cuda`, also its NCCL
+// branch, against the CUDA and NCCL headers of scripts/setup-cuda-headers.sh.
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=REASONRL_GLOO_INCLUDE");
+    println!("cargo:rerun-if-env-changed=REASONRL_CUDA_INCLUDE");
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
     let libtorch = PathBuf::from(std::env::var("LIBTORCH").expect("LIBTORCH is set by .cargo/config.toml"));
     println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags");
@@ -21,8 +23,9 @@ fn main() {
     if !gloo.join("gloo/context.h").exists() {
         panic!("gloo headers not found in {} (run scripts/setup-libtorch.sh)", gloo.display());
     }
-    cc::Build::new()
-        .cpp(true)
+    let cuda = std::env::var_os("CARGO_FEATURE_CUDA").is_some();
+    let mut shim = cc::Build::new();
+    shim.cpp(true)
         .file("csrc/dist.cpp")
         .include(libtorch.join("include"))
         .include(libtorch.join("include/torch/csrc/api/include"))
@@ -31,15 +34,25 @@ fn main() {
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .define("USE_C10D_GLOO", None)
         .define("GLOG_USE_GLOG_EXPORT", None)
-        .warnings(false)
-        .compile("reasonrl_dist");
+        .warnings(false);
+    if cuda {
+        let headers = std::env::var_os("REASONRL_CUDA_INCLUDE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| libtorch.join("../cuda/include"));
+        if !headers.join("nccl.h").exists() || !headers.join("nv/target").exists() {
+            panic!("CUDA and NCCL headers not found in {} (run scripts/setup-cuda-headers.sh)", headers.display());
+        }
+        shim.include(headers).define("USE_C10D_NCCL", None).define("USE_CUDA", None).define("REASONRL_NCCL", None);
+    }
+    shim.compile("reasonrl_dist");
     println!("cargo:rustc-link-search=native={}", libtorch.join("lib").display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
 
-    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+    if cuda {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-lc10_cuda");
         println!("cargo:rustc-link-arg=-ltorch");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }

@@ -1,9 +1,14 @@
-// A thin C ABI over c10d, PyTorch's collective engine, for src/dist.rs: a TCPStore rendezvous and
-// a Gloo (CPU) process group. Every call catches C++ exceptions and returns their message, so a
-// dead peer or a timeout becomes a Rust error, never an abort.
+// A thin C ABI over c10d, PyTorch's collective engine, for src/dist.rs: a TCPStore rendezvous, a
+// Gloo process group for CPU tensors and, in a CUDA build (REASONRL_NCCL), an NCCL one for CUDA
+// tensors, as torch's "cpu:gloo,cuda:nccl". Every call catches C++ exceptions and returns their
+// message, so a dead peer or a timeout becomes a Rust error, never an abort.
 #include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef REASONRL_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include <chrono>
 #include <cstring>
@@ -14,8 +19,22 @@ namespace {
 
 struct Group {
   c10::intrusive_ptr<c10d::TCPStore> store;
-  c10::intrusive_ptr<c10d::Backend> backend;
+  c10::intrusive_ptr<c10d::Backend> gloo;
+  c10::intrusive_ptr<c10d::Backend> nccl;  // null unless asked for in a CUDA build
   std::chrono::milliseconds timeout;
+
+  ~Group() {
+    // NCCL's communicators and watchdog thread must be stopped before the group goes, as
+    // torch.distributed.destroy_process_group does.
+    if (nccl) nccl->shutdown();
+  }
+
+  // The backend that moves `tensor`: NCCL for a CUDA tensor, Gloo for the rest.
+  c10d::Backend& backend_for(const at::Tensor& tensor) {
+    if (!tensor.is_cuda()) return *gloo;
+    if (!nccl) throw std::runtime_error("a CUDA tensor reached a group without NCCL");
+    return *nccl;
+  }
 };
 
 char* copy_message(const char* what) {
@@ -47,7 +66,8 @@ void wait(Group* g, c10::intrusive_ptr<c10d::Work> work) {
 
 extern "C" {
 
-char* rr_dist_init(const char* host, int port, int rank, int world, int64_t timeout_ms, void** out) {
+// With `nccl` set, CUDA tensors go through NCCL (an error in a build without it).
+char* rr_dist_init(const char* host, int port, int rank, int world, int64_t timeout_ms, int nccl, void** out) {
   return guarded([&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions options;
@@ -56,11 +76,24 @@ char* rr_dist_init(const char* host, int port, int rank, int world, int64_t time
     options.numWorkers = world;
     options.waitWorkers = true;
     options.timeout = timeout;
-    auto group = new Group{c10::make_intrusive<c10d::TCPStore>(std::string(host), options), {}, timeout};
+    auto group = new Group{c10::make_intrusive<c10d::TCPStore>(std::string(host), options), {}, {}, timeout};
     try {
+      // Each backend keeps its rendezvous keys under its own prefix of the one store.
       auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
       gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(host));
-      group->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(group->store, rank, world, gloo);
+      auto gloo_store = c10::make_intrusive<c10d::PrefixStore>("gloo", group->store);
+      group->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(gloo_store, rank, world, gloo);
+      if (nccl) {
+#ifdef REASONRL_NCCL
+        // Communicators are made lazily, on the device of the first CUDA tensor reduced.
+        auto options = c10d::ProcessGroupNCCL::Options::create();
+        options->timeout = timeout;
+        auto nccl_store = c10::make_intrusive<c10d::PrefixStore>("nccl", group->store);
+        group->nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(nccl_store, rank, world, options);
+#else
+        throw std::runtime_error("NCCL asked for, but this build has no NCCL (build with --features cuda)");
+#endif
+      }
     } catch (...) {
       delete group;
       throw;
@@ -81,7 +114,7 @@ char* rr_dist_all_reduce(void* group, at::Tensor* tensor, int op) {
     c10d::AllreduceOptions options;
     options.reduceOp = op == 1 ? c10d::ReduceOp::MAX : c10d::ReduceOp::SUM;
     options.timeout = g->timeout;
-    wait(g, g->backend->allreduce(tensors, options));
+    wait(g, g->backend_for(*tensor).allreduce(tensors, options));
   });
 }
 
@@ -92,7 +125,7 @@ char* rr_dist_broadcast(void* group, at::Tensor* tensor, int root) {
     c10d::BroadcastOptions options;
     options.rootRank = root;
     options.timeout = g->timeout;
-    wait(g, g->backend->broadcast(tensors, options));
+    wait(g, g->backend_for(*tensor).broadcast(tensors, options));
   });
 }
 
@@ -105,7 +138,7 @@ char* rr_dist_all_gather(void* group, at::Tensor* output, at::Tensor* input) {
     std::vector<at::Tensor> inputs{*input};
     c10d::AllgatherOptions options;
     options.timeout = g->timeout;
-    wait(g, g->backend->allgather(outputs, inputs, options));
+    wait(g, g->backend_for(*input).allgather(outputs, inputs, options));
   });
 }
 
@@ -114,7 +147,7 @@ char* rr_dist_barrier(void* group) {
     auto g = static_cast<Group*>(group);
     c10d::BarrierOptions options;
     options.timeout = g->timeout;
-    wait(g, g->backend->barrier(options));
+    wait(g, g->gloo->barrier(options));
   });
 }
 

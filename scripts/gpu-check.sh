@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # One GPU check in two halves.
-#   scripts/gpu-check.sh prepare   (here, no GPU needed) builds reasonrl and the `logits` example
-#                                  with --features cuda into .gpu/bin, and saves small models with
+#   scripts/gpu-check.sh prepare   (here, no GPU needed) builds reasonrl, the `logits` example and
+#                                  the library's tests with --features cuda into .gpu/bin (the
+#                                  CUDA and NCCL headers first), and saves small models with
 #                                  their CPU logits into .gpu/models.
 #                                  It also fetches SmolLM2-135M-Instruct's GGUF and splits it in two
 #                                  parts (.gpu/smollm2/part-1, part-2) and writes a GSM8K subset.
 #   scripts/gpu-check.sh run       (on an NVIDIA machine with PyTorch 2.11.0 + transformers; carry
 #                                  .gpu) checks our folders load in transformers with the same
 #                                  logits, transformers' folders load here with the same logits
-#                                  on CPU and GPU, then benchmarks and samples on the GPU.
+#                                  on CPU and GPU, runs the NCCL checks (a world of one), then
+#                                  benchmarks and samples on the GPU.
 #   scripts/gpu-check.sh smollm2   (on the NVIDIA machine, at most ~8 minutes) joins and converts
 #                                  the GGUF, checks forward and backward on the GPU against the CPU
 #                                  (f32 and bf16), measures training and sampling tokens/s, then
@@ -23,10 +25,15 @@ case "${1:-}" in
 prepare)
   set -e
   scripts/setup-libtorch.sh
+  scripts/setup-cuda-headers.sh
   cargo build --locked --release --features cuda --target-dir target/cuda --bin reasonrl --example logits \
     --example device_check
   mkdir -p .gpu/bin .gpu/models .gpu/smollm2 .gpu/data
   cp target/cuda/release/reasonrl target/cuda/release/examples/{logits,device_check} .gpu/bin/
+  # The library's tests, for the NCCL checks (`--ignored dist::`).
+  tests=$(cargo test --locked --release --features cuda --target-dir target/cuda --lib --no-run \
+    --message-format=json | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+  cp "$tests" .gpu/bin/lib-tests
   gguf=$(scripts/fetch-smollm2.sh)
   split -n 2 -a 1 --numeric-suffixes=1 "$gguf" .gpu/smollm2/part-
   sha256sum "$gguf" | cut -d' ' -f1 >.gpu/smollm2/sha256
@@ -74,6 +81,8 @@ PY
   for dtype in f32 bf16; do
     $bin/reasonrl bench --workload eval --presets small --device cuda --dtype "$dtype" --batch-size 256 || status=1
   done
+  echo "== NCCL: a world of one moves CUDA tensors (and, without NCCL, stages them through the host)"
+  $bin/lib-tests --ignored dist:: || status=1
   echo "== sampling on CUDA"
   $bin/reasonrl sample --model .gpu/models/small --device cuda --limit 16 -k 4 --temperature 1 \
     --out "$work/samples.jsonl" || status=1

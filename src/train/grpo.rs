@@ -161,7 +161,7 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         (done, PgState { lr_step: step, .. }) =
             run.resume(&mut policy, &mut optimizer, None, cfg.prompts_per_update)?;
     }
-    crate::dist::broadcast_weights(&policy.vs)?;
+    crate::dist::world().broadcast_weights(&policy.vs)?;
     let total_steps = cfg.updates * cfg.epochs * cfg.minibatches;
 
     for update in done + 1..=cfg.updates {
@@ -219,7 +219,7 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 let loss = if cfg.kl_in_reward { pg_loss.shallow_clone() } else { &pg_loss + &kl * cfg.kl_coef };
                 optimizer.zero_grad();
                 (&loss * share).backward();
-                crate::dist::all_reduce_grads(&policy.vs)?;
+                crate::dist::world().all_reduce_grads(&policy.vs)?;
                 let means =
                     [&loss, &pg_loss, &kl, &clip_fraction, &approx_kl, &masked_mean(&scored.entropy, &scored.mask)]
                         .map(|t| t.double_value(&[]) * share);

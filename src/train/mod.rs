@@ -426,7 +426,7 @@ impl<'a> Trainer<'a> {
             eprintln!("resuming from {} (step {})", dir.display(), loaded.step);
             state = loaded;
         }
-        crate::dist::broadcast_weights(&model.vs)?;
+        crate::dist::world().broadcast_weights(&model.vs)?;
         Ok(Trainer {
             model,
             tokenizer,
@@ -496,7 +496,7 @@ impl<'a> Trainer<'a> {
                 (loss / weight).backward();
             }
             let sync = Instant::now();
-            crate::dist::all_reduce_grads(&self.model.vs)?;
+            crate::dist::world().all_reduce_grads(&self.model.vs)?;
             let loss_sum = world.sum(&[loss_sum])?[0];
             sync_seconds += sync.elapsed().as_secs_f64();
             if !loss_sum.is_finite() {

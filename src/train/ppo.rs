@@ -187,9 +187,9 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         (done, clocks) = run.resume(&mut policy, &mut optimizer, critic, cfg.prompts_per_update)?;
     }
     // A fresh value head is initialised at random on each rank: rank 0's wins.
-    crate::dist::broadcast_weights(&policy.vs)?;
+    crate::dist::world().broadcast_weights(&policy.vs)?;
     if let Some(critic) = &critic {
-        crate::dist::broadcast_weights(&critic.vs)?;
+        crate::dist::world().broadcast_weights(&critic.vs)?;
     }
     check_minibatch_size(cfg.prompts_per_update * cfg.samples_per_prompt, cfg.minibatches)?;
     let total_steps = cfg.updates * cfg.epochs * cfg.minibatches;
@@ -324,7 +324,7 @@ fn minibatch_step(
             let value_loss = clipped_value_loss(&values, &old_values, &returns, &scored.mask, cfg.value_clip);
             critic_optimizer.zero_grad();
             (&value_loss * share).backward();
-            crate::dist::all_reduce_grads(&critic.vs)?;
+            crate::dist::world().all_reduce_grads(&critic.vs)?;
             critic_optimizer.clip_grad_norm(cfg.optim.grad_clip);
             critic_optimizer.step(&cfg.optim, value_lr);
             value_loss
@@ -333,7 +333,7 @@ fn minibatch_step(
     optimizer.zero_grad();
     if loss.requires_grad() {
         (&loss * share).backward();
-        crate::dist::all_reduce_grads(&policy.vs)?;
+        crate::dist::world().all_reduce_grads(&policy.vs)?;
     }
     let means =
         [&loss, &policy_loss, &value_loss, &entropy, &approx_kl, &clip_fraction].map(|t| t.double_value(&[]) * share);
