@@ -214,6 +214,19 @@ enum ModelCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Fold a LoRA adapter (PEFT folder) into its base model: a plain model folder, as
+    /// PEFT's `merge_and_unload` writes.
+    MergeLora {
+        /// The base model folder.
+        base: PathBuf,
+        /// The adapter folder (adapter_config.json, adapter_model.safetensors).
+        adapter: PathBuf,
+        /// Output model folder.
+        out: PathBuf,
+        /// Replace an existing folder.
+        #[arg(long)]
+        force: bool,
+    },
     /// Describe a model folder and check that its files agree.
     Info {
         /// Model folder (config.json, safetensors, tokenizer.json).
@@ -402,6 +415,21 @@ fn run(cli: Cli) -> Result<()> {
                 "initialised preset `{preset}`: {} parameters, {} tokens, saved to {}",
                 model.num_parameters(),
                 tokenizer.vocab_size(),
+                out.display()
+            );
+        }
+        Command::Model(ModelCommand::MergeLora { base, adapter, out, force }) => {
+            let model = CausalLm::load_adapter(&base, &adapter, tch::Device::Cpu, false)?;
+            let tokenizer_dir = if adapter.join("tokenizer.json").exists() { &adapter } else { &base };
+            let tokenizer = reasonrl::tokenizer::Tokenizer::load(tokenizer_dir)?;
+            model.merged()?.save_with_tokenizer(&tokenizer, &out, force)?;
+            let adapters = model.lora.as_ref().map_or(0, |l| l.config.target_modules.len())
+                * model.config().num_hidden_layers as usize;
+            println!(
+                "merged {} adapters of {} into {}, saved to {}",
+                adapters,
+                adapter.display(),
+                base.display(),
                 out.display()
             );
         }

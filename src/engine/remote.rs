@@ -53,11 +53,14 @@ impl Remote {
     }
 
     pub(super) fn sync(&mut self, policy: &CausalLm, tokenizer: &Tokenizer) -> Result<()> {
-        match self.cfg.sync {
-            SyncMode::None => return Ok(()),
-            SyncMode::Restart => self.restart(policy, tokenizer)?,
-            SyncMode::Sglang => self.sglang_update(policy, tokenizer)?,
+        if self.cfg.sync == SyncMode::None {
+            return Ok(());
         }
+        // Servers get plain weights: a LoRA policy's adapters are folded in.
+        policy.with_merged(|policy| match self.cfg.sync {
+            SyncMode::Sglang => self.sglang_update(policy, tokenizer),
+            _ => self.restart(policy, tokenizer),
+        })?;
         self.syncs += 1;
         Ok(())
     }

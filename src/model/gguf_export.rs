@@ -87,6 +87,10 @@ fn export(
     out: &Path,
     dtype: GgufDtype,
 ) -> Result<()> {
+    if model.lora.is_some() {
+        // llama.cpp gets plain weights: the adapters folded in.
+        return export(&model.merged()?, tokenizer, tokenizer_json, chat_template, name, out, dtype);
+    }
     let c = model.config();
     let arch = c.architectures.first().map(String::as_str).unwrap_or_default();
     if !matches!(arch, "LlamaForCausalLM" | "MistralForCausalLM") || c.attention_bias || c.mlp_bias {

@@ -5,6 +5,7 @@
 
 use super::config::ModelConfig;
 use super::llama::{Llama, HEAD_PREFIX};
+use super::lora::{self, LoraConfig, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PEFT_PREFIX};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::tokenizer::Tokenizer;
@@ -22,6 +23,21 @@ pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
 pub struct CausalLm {
     pub vs: nn::VarStore,
     pub net: Llama,
+    /// Set when the model carries LoRA adapters: then only they (and a scalar head) train, and
+    /// the model saves as a PEFT adapter folder over `base`.
+    pub lora: Option<LoraState>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoraState {
+    pub config: LoraConfig,
+    /// The base model's folder (written into `adapter_config.json`).
+    pub base: PathBuf,
+}
+
+/// Whether a variable belongs to a LoRA adapter.
+pub fn is_adapter(name: &str) -> bool {
+    name.contains(".lora_A.") || name.contains(".lora_B.")
 }
 
 impl std::ops::Deref for CausalLm {
@@ -37,35 +53,152 @@ impl CausalLm {
         config.validate().map_err(Error::Invalid)?;
         let vs = nn::VarStore::new(device);
         let net = Llama::new(&vs.root(), config, with_head);
-        Ok(CausalLm { vs, net })
+        Ok(CausalLm { vs, net, lora: None })
     }
 
-    /// Loads a HF model folder. With `with_head`, the scalar head comes from `head.safetensors`
-    /// when present and is freshly initialised otherwise; a folder with a head file always loads
-    /// its head.
+    /// Loads a HF model folder, or a PEFT adapter folder (`adapter_config.json`, no
+    /// `config.json`) over the base model it names. With `with_head`, the scalar head comes from
+    /// `head.safetensors` when present and is freshly initialised otherwise; a folder with a head
+    /// file always loads its head.
     pub fn load(dir: &Path, device: Device, with_head: bool) -> Result<Self> {
+        let with_head = with_head || dir.join(HEAD_FILE).exists();
+        if dir.join(ADAPTER_CONFIG_FILE).exists() && !dir.join(CONFIG_FILE).exists() {
+            let (_, base) = lora::read_peft_config(dir)?;
+            return CausalLm::load_adapter(&base, dir, device, with_head);
+        }
         let config = ModelConfig::load(&dir.join(CONFIG_FILE))?;
-        let mut model = CausalLm::new(&config, device, with_head || dir.join(HEAD_FILE).exists())?;
+        let mut model = CausalLm::new(&config, device, with_head)?;
         model.load_weights(dir)?;
         Ok(model)
     }
 
+    /// The model folder `base` with the PEFT adapter folder `adapter` over it (whatever base
+    /// the adapter's config names).
+    pub fn load_adapter(base: &Path, adapter: &Path, device: Device, with_head: bool) -> Result<Self> {
+        let (cfg, _) = lora::read_peft_config(adapter)?;
+        if !base.join(CONFIG_FILE).exists() {
+            return Err(Error::file(
+                adapter.join(ADAPTER_CONFIG_FILE),
+                format!("its base model {} is not a model folder (no {CONFIG_FILE})", base.display()),
+            ));
+        }
+        let mut model = CausalLm::load(base, device, with_head || adapter.join(HEAD_FILE).exists())?;
+        model.add_lora(&cfg, base)?;
+        model.load_weights(adapter)?;
+        Ok(model)
+    }
+
+    /// Adds fresh LoRA adapters (see [`Llama::add_adapters`]) over the model loaded from
+    /// `base`, freezes everything else but a scalar head, and casts the frozen weights to
+    /// `cfg.base_dtype`. The model then saves as an adapter folder.
+    pub fn add_lora(&mut self, cfg: &LoraConfig, base: &Path) -> Result<()> {
+        cfg.validate()?;
+        if self.lora.is_some() {
+            return Err(Error::Invalid("the model already has LoRA adapters".into()));
+        }
+        self.net.add_adapters(&self.vs.root(), cfg);
+        let kind = cfg.base_dtype.kind();
+        for (name, mut t) in self.vs.variables() {
+            if !is_adapter(&name) && !name.starts_with(HEAD_PREFIX) {
+                let _ = t.set_requires_grad(false);
+                if t.kind() != kind {
+                    tch::no_grad(|| t.set_data(&t.to_kind(kind)));
+                }
+            }
+        }
+        let base = std::path::absolute(base).map_err(|e| Error::io(base, e))?;
+        self.lora = Some(LoraState { config: cfg.clone(), base });
+        Ok(())
+    }
+
+    /// [`CausalLm::add_lora`] when `cfg` is set (a trainer's `[lora]`), over the model from `base`.
+    pub fn maybe_add_lora(&mut self, cfg: Option<&LoraConfig>, base: &Path) -> Result<()> {
+        cfg.map_or(Ok(()), |cfg| self.add_lora(cfg, base))
+    }
+
+    /// Draws the adapters afresh (B = 0: the base model again), for a round that restarts
+    /// from the base.
+    pub fn reset_adapters(&mut self) -> Result<()> {
+        let cfg = &self.lora.as_ref().ok_or_else(|| Error::Invalid("the model has no LoRA adapters".into()))?.config;
+        tch::no_grad(|| {
+            for (name, mut var) in self.vs.variables() {
+                if name.contains(".lora_A.") {
+                    cfg.a_init(var.size()[1]).set(&mut var);
+                } else if name.contains(".lora_B.") {
+                    let _ = var.zero_();
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// `f` of this model with its adapters folded in (see [`CausalLm::merged`]), or of this
+    /// model as it is when it has none: for writers of plain weights (GGUF, engine syncs).
+    pub fn with_merged<T>(&self, f: impl FnOnce(&CausalLm) -> Result<T>) -> Result<T> {
+        match self.lora {
+            Some(_) => f(&self.merged()?),
+            None => f(self),
+        }
+    }
+
+    /// Whether `name` is trained: every variable, or with LoRA the adapters and a scalar head.
+    pub fn trains(&self, name: &str) -> bool {
+        self.lora.is_none() || is_adapter(name) || name.starts_with(HEAD_PREFIX)
+    }
+
+    /// A plain model whose weights fold the adapters in (`W + alpha/r * B A`): what
+    /// `model merge-lora` writes. Without adapters, a copy.
+    pub fn merged(&self) -> Result<CausalLm> {
+        let merged = CausalLm::new(self.config(), self.vs.device(), self.has_head())?;
+        let vars = self.vs.variables();
+        let scale = self.lora.as_ref().map_or(1.0, |l| l.config.scale());
+        tch::no_grad(|| {
+            for (name, mut var) in merged.vs.variables() {
+                let module = name.strip_suffix(".weight").unwrap_or(&name);
+                let a = vars.get(&format!("{module}.lora_A.weight"));
+                let b = vars.get(&format!("{module}.lora_B.weight"));
+                let w = &vars[&name];
+                match (a, b) {
+                    (Some(a), Some(b)) => {
+                        let update = b.to_kind(Kind::Float).matmul(&a.to_kind(Kind::Float)) * scale;
+                        var.copy_(&(w.to_kind(Kind::Float) + update))
+                    }
+                    _ => var.copy_(w),
+                }
+            }
+        });
+        Ok(merged)
+    }
+
     /// Copies the weights of a model folder into this model; every tensor must be there with
-    /// this model's shape (a head missing from the folder keeps its values).
+    /// this model's shape (a head missing from the folder keeps its values). A model with LoRA
+    /// adapters reads an adapter folder instead: the adapters and the head, the base untouched.
     pub fn load_weights(&mut self, dir: &Path) -> Result<()> {
         let head_file = dir.join(HEAD_FILE);
         let mut tensors = HashMap::new();
-        let mut files = weight_files(dir)?;
+        let mut files = match self.lora {
+            Some(_) => vec![dir.join(ADAPTER_WEIGHTS_FILE)],
+            None => weight_files(dir)?,
+        };
         if head_file.exists() {
             files.push(head_file.clone());
         }
         for file in files {
             for (name, t) in Tensor::read_safetensors(&file).map_err(|e| Error::file(&file, e.to_string()))? {
+                let name = name.strip_prefix(PEFT_PREFIX).map(String::from).unwrap_or(name);
                 tensors.insert(name, (t, file.clone()));
             }
         }
-        let mut vars: Vec<_> = self.vs.variables().into_iter().collect();
+        let mut vars: Vec<_> = self.vs.variables().into_iter().filter(|(name, _)| self.trains(name)).collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
+        if self.lora.is_some() {
+            // An adapter tensor this model has no place for (another module, another layer
+            // count) would otherwise be dropped without a word.
+            let names: std::collections::HashSet<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+            if let Some((name, (_, file))) = tensors.iter().find(|(n, _)| !names.contains(n.as_str())) {
+                return Err(Error::file(file, format!("tensor `{name}` matches nothing in this model")));
+            }
+        }
         tch::no_grad(|| {
             for (name, mut var) in vars {
                 let is_head = name.starts_with(HEAD_PREFIX);
@@ -85,7 +218,12 @@ impl CausalLm {
                     }
                     None if is_head && !head_file.exists() => {} // fresh head
                     None => {
-                        let file = if is_head { head_file.clone() } else { dir.to_path_buf() };
+                        let file = match self.lora {
+                            _ if is_head => head_file.clone(),
+                            Some(_) => dir.join(ADAPTER_WEIGHTS_FILE),
+                            None => dir.to_path_buf(),
+                        };
+                        let name = if is_adapter(&name) { format!("{PEFT_PREFIX}{name}") } else { name };
                         return Err(Error::file(file, format!("tensor `{name}` is missing")));
                     }
                 }
@@ -95,12 +233,33 @@ impl CausalLm {
     }
 
     /// Saves config.json, model.safetensors, generation_config.json and, with a head,
-    /// head.safetensors. Each file is written to a temp file and renamed into place.
+    /// head.safetensors; with LoRA, adapter_config.json and adapter_model.safetensors (PEFT's
+    /// layout) instead of the first three. Each file is written to a temp file and renamed into
+    /// place.
     pub fn save(&self, dir: &Path) -> Result<()> {
         if !fsutil::writes_here() {
             return Ok(());
         }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        if let Some(state) = &self.lora {
+            let mut adapters = BTreeMap::new();
+            let mut head = BTreeMap::new();
+            for (name, t) in self.vs.variables() {
+                let t = t.detach().to_device(Device::Cpu).contiguous();
+                if is_adapter(&name) {
+                    adapters.insert(format!("{PEFT_PREFIX}{name}"), t);
+                } else if name.starts_with(HEAD_PREFIX) {
+                    head.insert(name, t);
+                }
+            }
+            let text = serde_json::to_string_pretty(&lora::peft_config(&state.config, &state.base)).expect("json");
+            fsutil::write_atomic(&dir.join(ADAPTER_CONFIG_FILE), |w| w.write_all(text.as_bytes()))?;
+            write_safetensors(&dir.join(ADAPTER_WEIGHTS_FILE), &adapters)?;
+            if !head.is_empty() {
+                write_safetensors(&dir.join(HEAD_FILE), &head)?;
+            }
+            return Ok(());
+        }
         let mut config = self.net.config.clone();
         config.extra.insert("torch_dtype".into(), dtype_name(self.vs.kind()).into());
         config.save(&dir.join(CONFIG_FILE))?;
@@ -160,6 +319,9 @@ impl CausalLm {
         if vocab_size <= old {
             return Ok(());
         }
+        if self.lora.is_some() {
+            return Err(Error::Invalid("cannot grow the vocabulary of a model with LoRA adapters".into()));
+        }
         let mut config = self.config().clone();
         config.vocab_size = vocab_size;
         let mut grown = CausalLm::new(&config, self.vs.device(), self.has_head())?;
@@ -178,6 +340,23 @@ impl CausalLm {
         });
         *self = grown;
         Ok(())
+    }
+
+    /// Sets token `id`'s embedding (and output) row to the mean of the rows of `like`.
+    pub fn set_token_like(&mut self, id: u32, like: &[u32]) {
+        if like.is_empty() {
+            return;
+        }
+        let rows = Tensor::from_slice(&like.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(self.vs.device());
+        let vars = self.vs.variables();
+        tch::no_grad(|| {
+            for name in ["model.embed_tokens.weight", "lm_head.weight"] {
+                if let Some(w) = vars.get(name) {
+                    let mean = w.index_select(0, &rows).mean_dim(0, false, w.kind());
+                    w.get(id as i64).copy_(&mean);
+                }
+            }
+        });
     }
 
     pub fn config(&self) -> &ModelConfig {

@@ -4,24 +4,55 @@
 //! Variable names are the Hugging Face ones, so safetensors files map one to one.
 
 use super::config::ModelConfig;
+use super::lora::{Adapter, LoraConfig, Target};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
-/// A linear layer `y = x W^T + b` with HF's `weight` / `bias` names.
+/// A linear layer `y = x W^T + b` with HF's `weight` / `bias` names, and an optional LoRA
+/// adapter (`lora_A` / `lora_B` beside them).
 #[derive(Debug)]
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    adapter: Option<Adapter>,
+}
+
+/// How a forward pass uses the adapters: at all, and with their dropout (training).
+#[derive(Debug, Clone, Copy)]
+struct AdapterUse {
+    on: bool,
+    dropout: bool,
 }
 
 impl Linear {
     fn new(p: nn::Path, in_dim: i64, out_dim: i64, bias: bool, std: f64) -> Self {
         let weight = p.var("weight", &[out_dim, in_dim], Init::Randn { mean: 0.0, stdev: std });
         let bias = bias.then(|| p.var("bias", &[out_dim], Init::Const(0.0)));
-        Linear { weight, bias }
+        Linear { weight, bias, adapter: None }
     }
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+
+    fn forward(&self, x: &Tensor, adapters: AdapterUse) -> Tensor {
+        // A trained head stays f32 over a bf16 base.
+        let y = if x.kind() == self.weight.kind() {
+            x.linear(&self.weight, self.bias.as_ref())
+        } else {
+            x.to_kind(self.weight.kind()).linear(&self.weight, self.bias.as_ref())
+        };
+        match &self.adapter {
+            Some(a) if adapters.on => y + a.forward(x, adapters.dropout),
+            _ => y,
+        }
+    }
+
+    /// Adds a fresh adapter under `p` (`lora_A.weight`, `lora_B.weight`, f32); B = 0, so the
+    /// layer's output does not change.
+    fn add_adapter(&mut self, p: nn::Path, cfg: &LoraConfig) {
+        let (out_dim, in_dim) = self.weight.size2().expect("a weight is [out, in]");
+        let r = cfg.rank;
+        let a = (&p / "lora_A").var("weight", &[r, in_dim], cfg.a_init(in_dim));
+        let b = (&p / "lora_B").var("weight", &[out_dim, r], Init::Const(0.0));
+        self.adapter = Some(Adapter { a, b, scale: cfg.scale(), dropout: cfg.dropout });
     }
 }
 
@@ -93,6 +124,10 @@ pub struct Llama {
     /// Optional scalar head (value or reward) on the final hidden state.
     head: Option<Linear>,
     inv_freq: Tensor,
+    /// Whether forward passes leave the adapters out (the base model: PPO's reference).
+    adapters_off: AtomicBool,
+    /// Whether the adapters' dropout is on (a supervised trainer is training).
+    adapter_dropout: AtomicBool,
 }
 
 /// Variable-name prefix of the scalar head; it is saved in its own file.
@@ -134,7 +169,57 @@ impl Llama {
             (0..hd / 2).map(|i| (1.0 / c.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32).collect();
         let inv_freq = Tensor::from_slice(&inv_freq).to_device(root.device());
         let norm = (&model / "norm").ones("weight", &[h]);
-        Llama { config: config.clone(), embed, blocks, norm, lm_head, head, inv_freq }
+        Llama {
+            config: config.clone(),
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            head,
+            inv_freq,
+            adapters_off: AtomicBool::new(false),
+            adapter_dropout: AtomicBool::new(false),
+        }
+    }
+
+    /// Adds a LoRA adapter to every `cfg.target_modules` layer of every block, its variables
+    /// under `root` beside the layer's (`model.layers.N.self_attn.q_proj.lora_A.weight`, ...).
+    pub fn add_adapters(&mut self, root: &nn::Path, cfg: &LoraConfig) {
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let p = root / "model" / "layers" / i;
+            for &target in &cfg.target_modules {
+                let (group, layer) = match target {
+                    Target::QProj => ("self_attn", &mut b.q),
+                    Target::KProj => ("self_attn", &mut b.k),
+                    Target::VProj => ("self_attn", &mut b.v),
+                    Target::OProj => ("self_attn", &mut b.o),
+                    Target::GateProj => ("mlp", &mut b.gate),
+                    Target::UpProj => ("mlp", &mut b.up),
+                    Target::DownProj => ("mlp", &mut b.down),
+                };
+                layer.add_adapter(&p / group / target.name(), cfg);
+            }
+        }
+    }
+
+    /// Runs `f` on the model without its adapters: the base model, for free.
+    pub fn without_adapters<T>(&self, f: impl FnOnce() -> T) -> T {
+        let was = self.adapters_off.swap(true, Ordering::SeqCst);
+        let out = f();
+        self.adapters_off.store(was, Ordering::SeqCst);
+        out
+    }
+
+    /// Turns the adapters' dropout on (while a supervised trainer trains) or off.
+    pub fn set_adapter_dropout(&self, on: bool) {
+        self.adapter_dropout.store(on, Ordering::SeqCst);
+    }
+
+    fn adapter_use(&self) -> AdapterUse {
+        AdapterUse {
+            on: !self.adapters_off.load(Ordering::SeqCst),
+            dropout: self.adapter_dropout.load(Ordering::SeqCst),
+        }
     }
 
     /// An empty cache for `batch` rows and up to `capacity` positions.
@@ -167,12 +252,13 @@ impl Llama {
             |x: &Tensor, weight: &Tensor| x.rms_norm([self.config.hidden_size], Some(weight), self.config.rms_norm_eps);
         // [B, 1, T, 1]: broadcasts over heads and head dims when scattered into the cache.
         let columns = cache.as_ref().map(|_| positions.unsqueeze(1).unsqueeze(-1));
+        let a = self.adapter_use();
         let mut x = Tensor::embedding(&self.embed, ids, -1, false, false);
         for (i, b) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_mut().zip(columns.as_ref()).map(|(c, cols)| (&mut *c.cache, i, cols, c.span));
             let h = &x + self.attention(b, &norm(&x, &b.input_norm), &cos, &sin, mask, layer_cache);
             let hn = norm(&h, &b.post_norm);
-            x = &h + b.down.forward(&(b.gate.forward(&hn).silu() * b.up.forward(&hn)));
+            x = &h + b.down.forward(&(b.gate.forward(&hn, a).silu() * b.up.forward(&hn, a)), a);
         }
         norm(&x, &self.norm)
     }
@@ -186,13 +272,14 @@ impl Llama {
         mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize, &Tensor, i64)>,
     ) -> Tensor {
+        let a = self.adapter_use();
         let (bs, t, _) = x.size3().expect("hidden is [B, T, H]");
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
         let heads = |y: Tensor, n: i64| y.view([bs, t, n, hd]).transpose(1, 2);
-        let q = apply_rope(&heads(b.q.forward(x), nh), cos, sin);
-        let k = apply_rope(&heads(b.k.forward(x), nkv), cos, sin);
-        let v = heads(b.v.forward(x), nkv);
+        let q = apply_rope(&heads(b.q.forward(x, a), nh), cos, sin);
+        let k = apply_rope(&heads(b.k.forward(x, a), nkv), cos, sin);
+        let v = heads(b.v.forward(x, a), nkv);
         let (k, v) = match cache {
             Some((cache, layer, columns, span)) => cache.store(layer, &k, &v, columns, span),
             None => (k, v),
@@ -209,7 +296,7 @@ impl Llama {
             (k, v)
         };
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, causal, None, grouped);
-        b.o.forward(&y.transpose(1, 2).reshape([bs, t, nh * hd]))
+        b.o.forward(&y.transpose(1, 2).reshape([bs, t, nh * hd]), a)
     }
 
     /// cos and sin tables `[B, 1, T, head_dim]` for the positions (HF rotate-half layout).
@@ -223,14 +310,14 @@ impl Llama {
     /// Next-token logits `[B, T, V]` from hidden states.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => head.forward(hidden, self.adapter_use()),
             None => hidden.matmul(&self.embed.tr()),
         }
     }
 
     /// The scalar head's values `[B, T]`, if the model has one.
     pub fn head_values(&self, hidden: &Tensor) -> Option<Tensor> {
-        self.head.as_ref().map(|h| h.forward(hidden).squeeze_dim(-1))
+        self.head.as_ref().map(|h| h.forward(hidden, self.adapter_use()).squeeze_dim(-1))
     }
 
     pub fn device(&self) -> tch::Device {

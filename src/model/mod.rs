@@ -1,11 +1,12 @@
-//! The Llama-family model: its config, the network, HF folders, from-scratch presets and GGUF
-//! conversion.
+//! The Llama-family model: its config, the network, LoRA adapters, HF folders, from-scratch
+//! presets and GGUF conversion.
 
 pub mod config;
 pub mod gguf;
 pub mod gguf_export;
 pub mod hf;
 pub mod llama;
+pub mod lora;
 pub mod presets;
 
 pub use config::ModelConfig;

@@ -44,6 +44,8 @@ pub struct EiConfig {
     pub rollout: crate::engine::RolloutConfig,
     /// Fine-tuning on the pool each round.
     pub train: TrainConfig,
+    /// LoRA adapters instead of full fine-tuning, when `[lora]` is present.
+    pub lora: Option<crate::model::lora::LoraConfig>,
     pub eval: RoundEval,
 }
 
@@ -62,6 +64,7 @@ impl Default for EiConfig {
             prompt: PromptConfig::default(),
             sampling: RoundSampling::default(),
             rollout: crate::engine::RolloutConfig::default(),
+            lora: None,
             train: TrainConfig::default(),
             eval: RoundEval::default(),
         }
@@ -97,12 +100,14 @@ impl Pool {
     }
 }
 
-/// Where a round's fine-tuning starts: the base model again (`reset`) or the policy as it is.
+/// Where a round's fine-tuning starts: the base model again (`reset`: with LoRA, fresh
+/// adapters) or the policy as it is.
 pub fn start_round(policy: &mut CausalLm, base: &Path, reset: bool) -> Result<()> {
-    if reset {
-        policy.load_weights(base)?;
+    match (reset, &policy.lora) {
+        (false, _) => Ok(()),
+        (true, Some(_)) => policy.reset_adapters(),
+        (true, None) => policy.load_weights(base),
     }
-    Ok(())
 }
 
 /// Runs Expert Iteration; the last round's policy ends in `RUN/final`. Per-round figures go to
@@ -114,6 +119,7 @@ pub fn run(cfg: &EiConfig, resume: bool, force: bool) -> Result<PathBuf> {
     prepare_run_dir(&dir, &crate::config::to_toml(cfg), resume, force)?;
     let device = crate::parse_device(&cfg.run.device)?;
     let (mut policy, tokenizer) = CausalLm::load_with_tokenizer(&cfg.model, device, false)?;
+    policy.maybe_add_lora(cfg.lora.as_ref(), &cfg.model)?;
     let task = TaskSpec::parse(&cfg.task)?;
     let questions = task.load(Split::Train, (cfg.questions > 0).then_some(cfg.questions))?;
     let test = task.load(Split::Test, (cfg.eval.problems > 0).then_some(cfg.eval.problems))?;

@@ -56,6 +56,8 @@ pub struct GrpoConfig {
     pub rollout: crate::engine::RolloutConfig,
     /// Optimiser settings (see `PpoConfig::optim`).
     pub optim: TrainConfig,
+    /// LoRA adapters instead of full fine-tuning, when `[lora]` is present.
+    pub lora: Option<crate::model::lora::LoraConfig>,
     pub eval_every: usize,
     pub eval: RoundEval,
     pub save_every: usize,
@@ -85,6 +87,7 @@ impl Default for GrpoConfig {
             reward: RewardConfig::default(),
             prompt: PromptConfig::default(),
             rollout: crate::engine::RolloutConfig::default(),
+            lora: None,
             optim: TrainConfig {
                 lr: 5e-5,
                 warmup_steps: 10,
@@ -152,6 +155,7 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         eval_every: cfg.eval_every,
         eval: &cfg.eval,
         save_every: cfg.save_every,
+        lora: cfg.lora.as_ref(),
     };
     let (mut run, mut policy) = PgRun::start(settings, &crate::config::to_toml(cfg), false, resume, force)?;
     check_minibatch_size(cfg.prompts_per_update * cfg.group_size, cfg.minibatches)?;
@@ -168,7 +172,7 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         // 1. G solutions per prompt (ordered by prompt, then sample: groups are contiguous).
         let (episodes, old_logprobs, _) = run.sample(&policy, update, cfg.prompts_per_update, cfg.group_size)?;
         let refs: Vec<&Episode> = episodes.iter().collect();
-        let (ref_logprobs, _) = run.score(&run.reference, &refs)?;
+        let ref_logprobs = run.reference_logprobs(&policy, &refs)?;
         // 2. Sequence rewards and group-relative advantages.
         let log_ratio: Vec<f64> = old_logprobs
             .iter()

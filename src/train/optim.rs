@@ -18,7 +18,9 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(model: &CausalLm) -> Self {
-        let mut params: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+        // Only what trains (with LoRA, the adapters and a head) has moments: the point of LoRA.
+        let mut params: Vec<(String, Tensor)> =
+            model.vs.variables().into_iter().filter(|(name, _)| model.trains(name)).collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let exp_avg = params.iter().map(|(_, p)| p.zeros_like()).collect();
         let exp_avg_sq = params.iter().map(|(_, p)| p.zeros_like()).collect();

@@ -49,6 +49,8 @@ pub struct OrmConfig {
     /// The engine that samples the policy's solutions (`local`, or OpenAI-compatible servers).
     pub rollout: crate::engine::RolloutConfig,
     pub train: TrainConfig,
+    /// LoRA adapters instead of full fine-tuning, when `[lora]` is present.
+    pub lora: Option<crate::model::lora::LoraConfig>,
     /// Token budget of a batch when scoring held-out solutions.
     pub eval_batch_tokens: usize,
     /// The held-out metric that picks `best/`: "auroc" (all pairs) or "auroc_within" (pairs from
@@ -74,6 +76,7 @@ impl Default for OrmConfig {
             prompt: PromptConfig::default(),
             sampling: RoundSampling::default(),
             rollout: crate::engine::RolloutConfig::default(),
+            lora: None,
             train: TrainConfig::default(),
             eval_batch_tokens: 16384,
             best_by: "auroc".into(),
@@ -94,6 +97,7 @@ pub fn run(cfg: &OrmConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let device = crate::parse_device(&cfg.run.device)?;
     tch::manual_seed(cfg.seed as i64); // the fresh head's initial weights
     let (mut model, tokenizer) = CausalLm::load_with_tokenizer(&cfg.policy, device, true)?;
+    model.maybe_add_lora(cfg.lora.as_ref(), &cfg.policy)?;
     let task = TaskSpec::parse(&cfg.task)?;
     let questions = task.load(Split::Train, (cfg.questions > 0).then_some(cfg.questions))?;
 

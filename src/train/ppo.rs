@@ -78,6 +78,8 @@ pub struct PpoConfig {
     /// Optimiser: lr, schedule, warm-up, AdamW betas, weight decay, gradient clipping (the
     /// epoch and batch fields are unused; the schedule spans `updates * epochs * minibatches`).
     pub optim: TrainConfig,
+    /// LoRA adapters instead of full fine-tuning, when `[lora]` is present.
+    pub lora: Option<crate::model::lora::LoraConfig>,
     /// Test evaluation every N updates (and at the start and end).
     pub eval_every: usize,
     pub eval: RoundEval,
@@ -119,6 +121,7 @@ impl Default for PpoConfig {
             reward: RewardConfig::default(),
             prompt: PromptConfig::default(),
             rollout: crate::engine::RolloutConfig::default(),
+            lora: None,
             optim: TrainConfig {
                 lr: 5e-5,
                 warmup_steps: 10,
@@ -174,10 +177,18 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         eval_every: cfg.eval_every,
         eval: &cfg.eval,
         save_every: cfg.save_every,
+        lora: cfg.lora.as_ref(),
     };
     let separate = cfg.critic == "separate";
     let (mut run, mut policy) = PgRun::start(settings, &crate::config::to_toml(cfg), !separate, resume, force)?;
-    let mut critic = if separate { Some(CausalLm::load(&cfg.model, run.device, true)?) } else { None };
+    let mut critic = match separate {
+        true => {
+            let mut critic = CausalLm::load(&cfg.model, run.device, true)?;
+            critic.maybe_add_lora(cfg.lora.as_ref(), &cfg.model)?;
+            Some(critic)
+        }
+        false => None,
+    };
     let mut optimizer = AdamW::new(&policy);
     let mut critic_optimizer = critic.as_ref().map(AdamW::new);
     let mut clocks = PgState { lr_step: 0, kl_coef: cfg.kl_coef };
@@ -205,7 +216,7 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
             None => shared_values,
         }
         .expect("the critic has a value head");
-        let (ref_logprobs, _) = run.score(&run.reference, &refs)?;
+        let ref_logprobs = run.reference_logprobs(&policy, &refs)?;
         // 2. Rewards, with the KL penalty to the reference at every token.
         let rewards = run.rewards(&episodes)?;
         let mut kl_sum = 0.0;

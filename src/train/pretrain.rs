@@ -52,6 +52,8 @@ pub struct PretrainConfig {
     /// How the evaluation prompts (few-shot by default).
     pub prompt: PromptConfig,
     pub train: TrainConfig,
+    /// LoRA adapters instead of full fine-tuning, when `[lora]` is present.
+    pub lora: Option<crate::model::lora::LoraConfig>,
     pub eval: EvalDuringTraining,
 }
 
@@ -63,6 +65,7 @@ impl Default for PretrainConfig {
             corpus: CorpusConfig::default(),
             task: "builtin".into(),
             prompt: PromptConfig { format: "few-shot".into(), shots: 4, ..PromptConfig::default() },
+            lora: None,
             train: TrainConfig::default(),
             eval: EvalDuringTraining::default(),
         }
@@ -85,6 +88,16 @@ pub fn run(cfg: &PretrainConfig, resume: bool, force: bool) -> Result<PathBuf> {
         cfg.init.seed,
         device,
     )?;
+    if let Some(lora) = &cfg.lora {
+        // Adapters are saved over a base folder: keep the initialised model in the run.
+        let base = dir.join("base");
+        if resume && base.exists() {
+            model = crate::model::CausalLm::load(&base, device, false)?;
+        } else {
+            model.save_with_tokenizer(&tokenizer, &base, true)?;
+        }
+        model.add_lora(lora, &base)?;
+    }
 
     // Pack the documents, separated by EOS, into rows of max_seq_len tokens that start with BOS.
     let mut stream = Vec::new();

@@ -56,6 +56,8 @@ pub struct RcrlConfig {
     /// policy before every round).
     pub rollout: crate::engine::RolloutConfig,
     pub train: TrainConfig,
+    /// LoRA adapters instead of full fine-tuning, when `[lora]` is present.
+    pub lora: Option<crate::model::lora::LoraConfig>,
     pub eval: RoundEval,
 }
 
@@ -77,6 +79,7 @@ impl Default for RcrlConfig {
             prompt: PromptConfig::default(),
             sampling: RoundSampling::default(),
             rollout: crate::engine::RolloutConfig::default(),
+            lora: None,
             train: TrainConfig::default(),
             eval: RoundEval::default(),
         }
@@ -100,11 +103,16 @@ pub struct Controls {
 
 impl Controls {
     /// Adds `[GOOD]` and `[BAD]` to the tokenizer (special tokens: never split, skipped in
-    /// decoded text) and grows the model's embedding to match.
+    /// decoded text) and grows the model's embedding to match. Each starts as the mean
+    /// embedding of its word (" good", " bad"), so the two differ from the first step: with
+    /// LoRA, where embeddings stay frozen, they must.
     pub fn add(model: &mut CausalLm, tokenizer: &mut Tokenizer) -> Result<Self> {
         let ids = tokenizer.add_special_tokens(&[GOOD, BAD]);
         let needed = ids.iter().max().map_or(0, |&m| m as i64 + 1).max(tokenizer.vocab_size() as i64);
         model.grow_vocab(needed)?;
+        for (&id, word) in ids.iter().zip([" good", " bad"]) {
+            model.set_token_like(id, &tokenizer.encode(word)?);
+        }
         Ok(Controls { good: ids[0], bad: ids[1] })
     }
 
@@ -235,6 +243,7 @@ pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let controls = Controls::add(&mut policy, &mut tokenizer)?;
     let base = dir.join("base");
     policy.save_with_tokenizer(&tokenizer, &base, true)?;
+    policy.maybe_add_lora(cfg.lora.as_ref(), &base)?;
     let orm = match cfg.labels.as_str() {
         "orm" => Some((Orm::load(&cfg.orm, device)?, cfg.orm_threshold)),
         _ => None,

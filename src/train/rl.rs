@@ -26,7 +26,8 @@ use tch::{Device, Kind, Tensor};
 /// checkpoints, logging). Shared by PPO and GRPO/RLOO.
 pub struct PgRun<'a> {
     pub tokenizer: Tokenizer,
-    pub reference: CausalLm,
+    /// The frozen reference policy; None with LoRA, where it is the policy without adapters.
+    reference: Option<CausalLm>,
     pub device: Device,
     settings: PgSettings<'a>,
     dir: PathBuf,
@@ -66,6 +67,7 @@ pub struct PgSettings<'a> {
     pub eval_every: usize,
     pub eval: &'a RoundEval,
     pub save_every: usize,
+    pub lora: Option<&'a crate::model::lora::LoraConfig>,
 }
 
 /// The models a policy-gradient update trained and where it stands: what a checkpoint holds.
@@ -93,8 +95,12 @@ impl<'a> PgRun<'a> {
         let device = crate::parse_device(&s.run.device)?;
         // A fresh value head (here or a separate critic's) draws from torch's generator.
         tch::manual_seed(s.seed as i64);
-        let (policy, tokenizer) = CausalLm::load_with_tokenizer(s.model, device, value_head)?;
-        let reference = CausalLm::load(s.model, device, false)?;
+        let (mut policy, tokenizer) = CausalLm::load_with_tokenizer(s.model, device, value_head)?;
+        policy.maybe_add_lora(s.lora, s.model)?;
+        let reference = match s.lora {
+            Some(_) => None,
+            None => Some(CausalLm::load(s.model, device, false)?),
+        };
         let rewarder = Rewarder::new(s.reward, &tokenizer, device)?;
         let task = TaskSpec::parse(s.task)?;
         let questions = task.load(Split::Train, (s.questions > 0).then_some(s.questions))?;
@@ -202,6 +208,14 @@ impl<'a> PgRun<'a> {
     /// Log-probs (and values) of the episodes under `model` at the sampling temperature.
     pub fn score(&self, model: &Llama, episodes: &[&Episode]) -> Result<(PerToken, Option<PerToken>)> {
         score_episodes(model, episodes, self.settings.temperature, self.settings.sample_batch_size)
+    }
+
+    /// The reference policy's log-probs of the episodes' responses.
+    pub fn reference_logprobs(&self, policy: &CausalLm, episodes: &[&Episode]) -> Result<PerToken> {
+        match &self.reference {
+            Some(reference) => Ok(self.score(reference, episodes)?.0),
+            None => policy.net.without_adapters(|| Ok(self.score(policy, episodes)?.0)),
+        }
     }
 
     /// Per-token rewards of the episodes (see [`Rewarder`]).

@@ -22,6 +22,8 @@ pub struct SftConfig {
     pub train_problems: usize,
     pub prompt: PromptConfig,
     pub train: TrainConfig,
+    /// LoRA adapters instead of full fine-tuning, when `[lora]` is present.
+    pub lora: Option<crate::model::lora::LoraConfig>,
     pub eval: EvalDuringTraining,
 }
 
@@ -33,6 +35,7 @@ impl Default for SftConfig {
             task: "builtin".into(),
             train_problems: 0,
             prompt: PromptConfig::default(),
+            lora: None,
             train: TrainConfig::default(),
             eval: EvalDuringTraining::default(),
         }
@@ -48,6 +51,7 @@ pub fn run(cfg: &SftConfig, resume: bool, force: bool) -> Result<PathBuf> {
         return Err(Error::Invalid("no model to fine-tune: set `model` (a model folder)".into()));
     }
     let (mut model, tokenizer) = CausalLm::load_with_tokenizer(&cfg.model, device, false)?;
+    model.maybe_add_lora(cfg.lora.as_ref(), &cfg.model)?;
     let mut problems = TaskSpec::parse(&cfg.task)?.load(Split::Train, None)?;
     if problems.len() <= cfg.eval.problems {
         return Err(Error::Invalid(format!(
