@@ -482,3 +482,101 @@ fn ppo_and_grpo_resume_exactly() {
         }
     }
 }
+
+#[test]
+fn every_trainer_trains_lora_adapters_over_a_frozen_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut common = two_tiny_updates(dir.path());
+    let model = dir.path().join("model");
+    let lora = ["lora.rank=4".to_string(), "lora.alpha=8".into(), "lora.dropout=0.05".into()];
+    let is_adapter = |run: &str| {
+        let f = dir.path().join(run).join("final");
+        f.join("adapter_config.json").exists()
+            && f.join("adapter_model.safetensors").exists()
+            && !f.join("model.safetensors").exists()
+    };
+    let base_of = |run: &str| {
+        let w = weights(&dir.path().join(run).join("final"), false);
+        w.into_iter().filter(|(n, _)| !n.contains(".lora_")).collect::<Vec<_>>()
+    };
+    let base = weights(&model, false);
+
+    // SFT: an adapter folder over the untouched base, which eval reads and merge-lora folds in.
+    let out_dir = format!("run.out_dir={}", s(dir.path()));
+    let sft = [
+        format!("model={}", s(&model)),
+        out_dir.clone(),
+        "task=builtin:1".into(),
+        "train.max_steps=3".into(),
+        "eval.problems=2".into(),
+        "eval.max_new_tokens=4".into(),
+    ];
+    ok(&strs(&with_sets(&["sft"], &[&sft[..], &lora[..]].concat(), &[])));
+    assert!(is_adapter("sft") && same(&base_of("sft"), &base), "sft");
+    let merged = dir.path().join("merged");
+    ok(&["model", "merge-lora", s(&model), s(&dir.path().join("sft/final")), s(&merged)]);
+    let ids = tch::Tensor::from_slice(&[1i64, 5, 9, 23, 42]).unsqueeze(0);
+    let logits = |p: &Path| reasonrl::model::CausalLm::load(p, tch::Device::Cpu, false).unwrap().forward_logits(&ids);
+    let diff = (logits(&merged) - logits(&dir.path().join("sft/final"))).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "merged vs adapter: {diff}");
+    let eval = ["eval", "--set", &format!("model={}", s(&dir.path().join("sft/final"))), "--set", "problems=2"];
+    ok(&[
+        &eval[..],
+        &["--set", "samples=0", "--set", "max_new_tokens=4", "--set"],
+        &[&format!("out={}", s(&dir.path().join("ev")))[..]],
+    ]
+    .concat());
+
+    // PPO (a separate critic with its own adapters and value head) and GRPO, which resumes exactly.
+    common.extend(lora.iter().cloned());
+    common.extend(["eval.problems=2".into(), "eval.samples=0".into(), "eval.max_new_tokens=4".into()]);
+    let ppo = [&common[..], &["critic=separate".into(), "samples_per_prompt=2".into(), "save_every=2".into()]].concat();
+    ok(&strs(&with_sets(&["ppo"], &ppo, &[])));
+    assert!(is_adapter("ppo") && same(&base_of("ppo"), &base), "ppo");
+    let critic = dir.path().join("ppo/critic/checkpoints/step-2");
+    assert!(critic.join("adapter_model.safetensors").exists() && critic.join("head.safetensors").exists());
+    let grpo = with_sets(&["grpo"], &[&common[..], &["group_size=2".into(), "save_every=1".into()]].concat(), &[]);
+    ok(&strs(&grpo));
+    assert!(is_adapter("grpo"), "grpo");
+    resumes_exactly(&grpo, dir.path(), "grpo", &["checkpoints/step-2"]);
+
+    // EI, each round from fresh adapters; RCRL over the base with its control tokens.
+    let rounds = [
+        format!("model={}", s(&model)),
+        out_dir,
+        "task=builtin:1".into(),
+        "rounds=2".into(),
+        "questions=4".into(),
+        "include_references=true".into(),
+        "sampling.samples_per_question=2".into(),
+        "sampling.max_new_tokens=6".into(),
+        "train.max_steps=2".into(),
+        "eval.problems=2".into(),
+        "eval.samples=0".into(),
+        "eval.max_new_tokens=4".into(),
+    ];
+    ok(&strs(&with_sets(&["ei"], &[&rounds[..], &lora[..], &["reset_to_base=true".into()]].concat(), &[])));
+    assert!(is_adapter("ei") && same(&base_of("ei"), &base), "ei");
+    ok(&strs(&with_sets(&["rcrl"], &[&rounds[..], &lora[..]].concat(), &[])));
+    assert!(is_adapter("rcrl"), "rcrl");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("rcrl/final/adapter_config.json")).unwrap())
+            .unwrap();
+    assert!(config["base_model_name_or_path"].as_str().unwrap().ends_with("rcrl/base"), "{config}");
+
+    // Pretraining keeps its initialised model as the adapters' base.
+    let pretrain = [
+        "init.preset=tiny".to_string(),
+        "init.vocab_size=300".into(),
+        "corpus.documents=30".into(),
+        "task=builtin:1".into(),
+        "prompt.shots=1".into(),
+        "train.max_steps=2".into(),
+        "train.max_seq_len=64".into(),
+        "eval.problems=2".into(),
+        "eval.max_new_tokens=4".into(),
+        format!("run.out_dir={}", s(dir.path())),
+    ];
+    ok(&strs(&with_sets(&["pretrain"], &[&pretrain[..], &lora[..]].concat(), &[])));
+    assert!(is_adapter("pretrain") && dir.path().join("pretrain/base/model.safetensors").exists());
+}
