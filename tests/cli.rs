@@ -580,3 +580,59 @@ fn every_trainer_trains_lora_adapters_over_a_frozen_base() {
     ok(&strs(&with_sets(&["pretrain"], &[&pretrain[..], &lora[..]].concat(), &[])));
     assert!(is_adapter("pretrain") && dir.path().join("pretrain/base/model.safetensors").exists());
 }
+
+/// A task a from-scratch tiny model can learn in seconds (copy a digit: the built-in task's
+/// arithmetic takes it ~2 epochs, minutes), so that LoRA's learning shows in greedy maj@1.
+#[test]
+fn lora_sft_raises_maj_at_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = dir.path().join("copy");
+    std::fs::create_dir(&task).unwrap();
+    let verbs = ["Copy", "Repeat", "Say", "Write"];
+    for (split, n) in [("train", 300), ("test", 50)] {
+        let rows: String = (0..n)
+            .map(|i: usize| {
+                let (verb, digit) = (verbs[(i * 7 + n) % 4], (i * 3 + i / 10 + n) % 10);
+                format!("{{\"question\": \"{verb} the digit {digit}.\", \"answer\": \"#### {digit}\"}}\n")
+            })
+            .collect();
+        std::fs::write(task.join(format!("{split}.jsonl")), rows).unwrap();
+    }
+    let gsm = format!("gsm8k:{}", s(&task));
+    let model = dir.path().join("model");
+    ok(&["model", "init", "--preset", "tiny", "--task", &gsm, "--vocab-size", "300", "--out", s(&model)]);
+    let maj1 = |m: &Path, name: &str| {
+        let out = dir.path().join(name);
+        let sets = [
+            format!("model={}", s(m)),
+            format!("task={gsm}"),
+            "problems=50".into(),
+            "samples=0".into(),
+            "max_new_tokens=8".into(),
+            "prompt.shots=0".into(),
+            format!("out={}", s(&out)),
+        ];
+        ok(&strs(&with_sets(&["eval"], &sets, &[])));
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        summary["maj1"]["value"].as_f64().unwrap()
+    };
+    let before = maj1(&model, "before");
+    let sft = [
+        format!("model={}", s(&model)),
+        format!("task={gsm}"),
+        format!("run.out_dir={}", s(dir.path())),
+        "lora.rank=16".into(),
+        "lora.alpha=32".into(),
+        "train.max_steps=150".into(),
+        "train.warmup_steps=4".into(),
+        "train.lr=5e-3".into(),
+        "train.batch_tokens=1024".into(),
+        "eval.problems=20".into(),
+        "eval.max_new_tokens=8".into(),
+        "prompt.shots=0".into(),
+    ];
+    ok(&strs(&with_sets(&["sft"], &sft, &[])));
+    let after = maj1(&dir.path().join("sft/final"), "after");
+    assert!(after >= before + 0.4, "LoRA SFT: greedy maj@1 {before} -> {after}");
+}
