@@ -83,6 +83,10 @@ PY
   done
   echo "== NCCL: a world of one moves CUDA tensors (and, without NCCL, stages them through the host)"
   $bin/lib-tests --ignored dist:: || status=1
+  echo "== LoRA SFT on CUDA: bf16 base, f32 adapters"
+  $bin/reasonrl sft --set model=.gpu/models/small --set task=builtin:1 --set run.device=cuda --set lora.rank=16 \
+    --set lora.base_dtype=bf16 --set "run.out_dir=$work" --set train.max_steps=20 --set train.log_every=5 \
+    --set eval.problems=20 --set eval.max_new_tokens=64 && cat "$work/sft/metrics.jsonl" || status=1
   echo "== sampling on CUDA"
   $bin/reasonrl sample --model .gpu/models/small --device cuda --limit 16 -k 4 --temperature 1 \
     --out "$work/samples.jsonl" || status=1

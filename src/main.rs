@@ -575,6 +575,18 @@ fn info(path: &std::path::Path) -> Result<()> {
     );
     println!("tied         {}", c.tie_word_embeddings);
     println!("scalar head  {}", if model.has_head() { "yes" } else { "no" });
+    if let Some(lora) = &model.lora {
+        let modules: Vec<&str> = lora.config.target_modules.iter().map(|t| t.name()).collect();
+        let trained: i64 =
+            model.vs.variables().iter().filter(|(n, _)| model.trains(n)).map(|(_, t)| t.numel() as i64).sum();
+        println!(
+            "lora         r {} alpha {} on {} ({trained} trained parameters) over {}",
+            lora.config.rank,
+            lora.config.alpha,
+            modules.join(","),
+            lora.base.display()
+        );
+    }
     println!("chat         {}", if tokenizer.chat_template().is_some() { "template" } else { "none" });
     Ok(())
 }

@@ -354,6 +354,13 @@ fn orm_reranks_and_rcrl_learns_from_labels() {
         format!("out={}", s(&dir.path().join("eval"))),
     ];
     assert!(ok(&strs(&with_sets(&["eval", "--scorer", s(&orm)], &eval_sets, &[]))).contains("rerank@2"));
+    // An ORM of LoRA adapters and a trained head over the frozen policy scores as well.
+    let lora_orm = [&orm_sets[..], &["run.name=orm-lora".into(), "lora.rank=4".into()]].concat();
+    ok(&strs(&with_sets(&["orm"], &lora_orm, &[])));
+    let orm_lora = dir.path().join("orm-lora/final");
+    assert!(orm_lora.join("adapter_model.safetensors").exists() && orm_lora.join("head.safetensors").exists());
+    let scored = ok(&strs(&with_sets(&["eval", "--scorer", s(&orm_lora)], &eval_sets, &["--force"])));
+    assert!(scored.contains("rerank@2"), "{scored}");
     let err = fails(&strs(&with_sets(&["eval", "--scorer", s(&model)], &eval_sets, &["--force"])));
     assert!(err.contains("head.safetensors"), "the policy itself is not an ORM: {err}");
 
