@@ -266,10 +266,13 @@ fn control_tokens_survive_save_and_load() {
     assert_eq!(model.config().vocab_size, old_vocab + 2);
     let embed = |m: &CausalLm| m.vs.variables()["model.embed_tokens.weight"].copy();
     let grown = embed(&model);
-    assert!(
-        max_diff(&grown.get(controls.good as i64), &grown.narrow(0, 0, old_vocab).mean_dim(0, false, Kind::Float))
-            < 1e-6
-    );
+    // Each starts as its word's mean embedding, so the two differ (LoRA keeps them frozen).
+    for (id, word) in [(controls.good, " good"), (controls.bad, " bad")] {
+        let rows: Vec<i64> = tokenizer.encode(word).unwrap().iter().map(|&t| t as i64).collect();
+        let mean = grown.index_select(0, &tch::Tensor::from_slice(&rows)).mean_dim(0, false, Kind::Float);
+        assert!(max_diff(&grown.get(id as i64), &mean) < 1e-6, "{word}");
+    }
+    assert!(max_diff(&grown.get(controls.good as i64), &grown.get(controls.bad as i64)) > 1e-4);
     model.save_with_tokenizer(&tokenizer, &dir.path().join("m"), false).unwrap();
     let (loaded, loaded_tokenizer) = CausalLm::load_with_tokenizer(&dir.path().join("m"), Device::Cpu, false).unwrap();
     assert_eq!(loaded_tokenizer.token_to_id("[GOOD]"), Some(controls.good));
