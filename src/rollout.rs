@@ -3,7 +3,7 @@
 
 use crate::engine::Engine;
 use crate::error::Result;
-use crate::model::Llama;
+use crate::model::CausalLm;
 use crate::prompt::Prompter;
 use crate::sample::{Finish, SamplingConfig};
 use crate::task::{answers_match, extract_answer, Problem};
@@ -28,7 +28,7 @@ pub struct Episode {
 /// Samples `cfg.samples_per_prompt` solutions per problem from `model`, in this process, and
 /// checks each answer (see [`rollout_with`]).
 pub fn rollout(
-    model: &Llama,
+    model: &CausalLm,
     tokenizer: &Tokenizer,
     prompter: &Prompter,
     problems: &[Problem],
@@ -44,7 +44,7 @@ pub fn rollout(
 /// all the episodes back, in problem order.
 pub fn rollout_with(
     engine: &Engine,
-    model: &Llama,
+    model: &CausalLm,
     tokenizer: &Tokenizer,
     prompter: &Prompter,
     problems: &[Problem],
@@ -56,8 +56,11 @@ pub fn rollout_with(
     let mut cfg = cfg.clone();
     cfg.stop_strings.extend(prompter.stop_strings());
     cfg.step_prefix = cfg.step_prefix.or(prompter.step_condition(tokenizer)?);
-    let generations =
-        if prompts.is_empty() { Vec::new() } else { engine.generate(model, tokenizer, &prompts, &cfg)? };
+    let generations = match prompts.is_empty() {
+        true => Vec::new(),
+        false if engine.is_remote() => engine.generate(model, tokenizer, &prompts, &cfg)?,
+        false => model.for_decoding(|m| engine.generate(m, tokenizer, &prompts, &cfg))?,
+    };
     let episodes = generations
         .into_iter()
         .map(|g| {

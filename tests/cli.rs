@@ -562,8 +562,10 @@ fn every_trainer_trains_lora_adapters_over_a_frozen_base() {
         "eval.samples=0".into(),
         "eval.max_new_tokens=4".into(),
     ];
-    ok(&strs(&with_sets(&["ei"], &[&rounds[..], &lora[..], &["reset_to_base=true".into()]].concat(), &[])));
+    let ei = with_sets(&["ei"], &[&rounds[..], &lora[..], &["reset_to_base=true".into()]].concat(), &[]);
+    ok(&strs(&ei));
     assert!(is_adapter("ei") && same(&base_of("ei"), &base), "ei");
+    resumes_exactly(&ei, dir.path(), "ei", &["checkpoints/step-2"]);
     ok(&strs(&with_sets(&["rcrl"], &[&rounds[..], &lora[..]].concat(), &[])));
     assert!(is_adapter("rcrl"), "rcrl");
     let config: serde_json::Value =

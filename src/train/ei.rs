@@ -101,11 +101,14 @@ impl Pool {
 }
 
 /// Where a round's fine-tuning starts: the base model again (`reset`: with LoRA, fresh
-/// adapters) or the policy as it is.
-pub fn start_round(policy: &mut CausalLm, base: &Path, reset: bool) -> Result<()> {
+/// adapters drawn from `seed`, so a resumed run draws the same) or the policy as it is.
+pub fn start_round(policy: &mut CausalLm, base: &Path, reset: bool, seed: u64) -> Result<()> {
     match (reset, &policy.lora) {
         (false, _) => Ok(()),
-        (true, Some(_)) => policy.reset_adapters(),
+        (true, Some(_)) => {
+            tch::manual_seed(seed as i64);
+            policy.reset_adapters()
+        }
         (true, None) => policy.load_weights(base),
     }
 }
@@ -174,7 +177,7 @@ pub fn run(cfg: &EiConfig, resume: bool, force: bool) -> Result<PathBuf> {
         if examples.is_empty() {
             eprintln!("round {round}: nothing correct to learn from yet; the policy stays as it is");
         } else {
-            start_round(&mut policy, &cfg.model, cfg.reset_to_base)?;
+            start_round(&mut policy, &cfg.model, cfg.reset_to_base, cfg.seed.wrapping_add(round as u64))?;
             let round_dir = fresh_round_dir(&dir, round)?;
             let mut trainer = Trainer::new(&mut policy, &tokenizer, cfg.train.clone(), &round_dir, false)?;
             trainer.train(&examples, &mut |_, _| Ok(Metrics::new()))?;
@@ -231,9 +234,9 @@ mod tests {
             let _ = embed.g_add_scalar_(1.0);
         });
         let trained = embed(&policy);
-        start_round(&mut policy, dir.path(), false).unwrap();
+        start_round(&mut policy, dir.path(), false, 0).unwrap();
         assert!(embed(&policy).equal(&trained), "continuing keeps the trained weights");
-        start_round(&mut policy, dir.path(), true).unwrap();
+        start_round(&mut policy, dir.path(), true, 0).unwrap();
         assert!(embed(&policy).equal(&embed(&base)), "reset brings back the base weights");
     }
 }

@@ -312,7 +312,7 @@ pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 Ok(labelled_example(&prompt, s, controls, tokenizer.eos_id()))
             })
             .collect::<Result<_>>()?;
-        start_round(&mut policy, &base, cfg.reset_to_base)?;
+        start_round(&mut policy, &base, cfg.reset_to_base, cfg.seed.wrapping_add(round as u64))?;
         let mut trainer =
             Trainer::new(&mut policy, &tokenizer, cfg.train.clone(), &fresh_round_dir(&dir, round)?, false)?;
         trainer.objective = Objective::LanguageModel { context_only: vec![controls.good, controls.bad] };
