@@ -2,8 +2,9 @@
 //! are PEFT's (and a PEFT adapter made in Python loads here with PEFT's logits).
 
 use reasonrl::model::lora::{BaseDtype, LoraConfig, Target, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+mod common;
+
 use reasonrl::model::{CausalLm, ModelConfig};
-use reasonrl::task::{synth, Split};
 use reasonrl::tokenizer::Tokenizer;
 use reasonrl::train::checkpoint::TrainerState;
 use reasonrl::train::{AdamW, Example, Metrics, Objective, TrainConfig, Trainer};
@@ -136,19 +137,6 @@ fn a_missing_base_or_adapter_tensor_is_named() {
     assert!(err.contains(ADAPTER_CONFIG_FILE) && err.contains("base model"), "{err}");
 }
 
-fn examples(tokenizer: &Tokenizer) -> Vec<Example> {
-    synth::generate(1, Split::Train, 120, 5)
-        .iter()
-        .map(|p| {
-            let mut tokens = vec![tokenizer.bos_id().unwrap()];
-            tokens.extend(tokenizer.encode(&p.question).unwrap());
-            let targets_from = tokens.len();
-            tokens.extend(tokenizer.encode(&p.reference_solution).unwrap());
-            Example::new(tokens, targets_from)
-        })
-        .collect()
-}
-
 /// The loss per target token over all of `examples`.
 fn mean_loss(model: &CausalLm, examples: &[Example], tokenizer: &Tokenizer) -> f64 {
     let objective = Objective::default();
@@ -165,11 +153,7 @@ fn no_eval(_: &CausalLm, _: &TrainerState) -> reasonrl::Result<Metrics> {
 fn only_adapters_train_and_a_killed_lora_run_resumes_exactly() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let problems = synth::generate(1, Split::Train, 120, 5);
-    let tokenizer =
-        Tokenizer::train_bpe(problems.iter().map(|p| format!("{}\n{}", p.question, p.reference_solution)), 300)
-            .unwrap();
-    let examples = examples(&tokenizer);
+    let (tokenizer, examples) = common::synth_examples();
     // A base that has learnt something: a random one's frozen embeddings and norms keep its
     // logits too flat for an adapter to sharpen.
     let base = dir.path().join("base");

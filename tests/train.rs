@@ -1,5 +1,7 @@
 //! The shared training machinery: learning, exact resume after a kill, refusing bad checkpoints.
 
+mod common;
+
 use reasonrl::model::{CausalLm, ModelConfig};
 use reasonrl::task::{synth, Split};
 use reasonrl::tokenizer::Tokenizer;
@@ -9,20 +11,7 @@ use std::path::Path;
 use tch::Device;
 
 fn setup(dir: &Path) -> (Tokenizer, Vec<Example>) {
-    let problems = synth::generate(1, Split::Train, 120, 5);
-    let tokenizer =
-        Tokenizer::train_bpe(problems.iter().map(|p| format!("{}\n{}", p.question, p.reference_solution)), 300)
-            .unwrap();
-    let examples = problems
-        .iter()
-        .map(|p| {
-            let mut tokens = vec![tokenizer.bos_id().unwrap()];
-            tokens.extend(tokenizer.encode(&p.question).unwrap());
-            let targets_from = tokens.len();
-            tokens.extend(tokenizer.encode(&p.reference_solution).unwrap());
-            Example::new(tokens, targets_from)
-        })
-        .collect();
+    let (tokenizer, examples) = common::synth_examples();
     let config = ModelConfig::llama(tokenizer.vocab_size() as i64, 32, 64, 2, 4, 2, 256, true);
     CausalLm::new(&config, Device::Cpu, false).unwrap().save(&dir.join("init")).unwrap();
     (tokenizer, examples)

@@ -1,8 +1,32 @@
-//! Checks shared by the integration tests.
+//! Checks and data shared by the integration tests (each test file uses some of them).
+#![allow(dead_code)]
 
 use reasonrl::model::CausalLm;
 use reasonrl::sample::Generation;
+use reasonrl::task::{synth, Split};
+use reasonrl::tokenizer::Tokenizer;
+use reasonrl::train::Example;
 use tch::{Kind, Tensor};
+
+/// 120 built-in problems (level 1), a 300-token BPE tokenizer trained on them, and their
+/// question -> reference-solution examples (the loss on the solution only).
+pub fn synth_examples() -> (Tokenizer, Vec<Example>) {
+    let problems = synth::generate(1, Split::Train, 120, 5);
+    let tokenizer =
+        Tokenizer::train_bpe(problems.iter().map(|p| format!("{}\n{}", p.question, p.reference_solution)), 300)
+            .unwrap();
+    let examples = problems
+        .iter()
+        .map(|p| {
+            let mut tokens = vec![tokenizer.bos_id().unwrap()];
+            tokens.extend(tokenizer.encode(&p.question).unwrap());
+            let targets_from = tokens.len();
+            tokens.extend(tokenizer.encode(&p.reference_solution).unwrap());
+            Example::new(tokens, targets_from)
+        })
+        .collect();
+    (tokenizer, examples)
+}
 
 /// Every token of a greedy generation is the argmax of a full forward pass over prompt and
 /// response, and its recorded log-prob equals that pass's within `tolerance`.
