@@ -56,10 +56,14 @@ pub fn rollout_with(
     let mut cfg = cfg.clone();
     cfg.stop_strings.extend(prompter.stop_strings());
     cfg.step_prefix = cfg.step_prefix.or(prompter.step_condition(tokenizer)?);
-    let generations = match prompts.is_empty() {
-        true => Vec::new(),
-        false if engine.is_remote() => engine.generate(model, tokenizer, &prompts, &cfg)?,
-        false => model.for_decoding(|m| engine.generate(m, tokenizer, &prompts, &cfg))?,
+    // A server decodes its own copy of the weights; here, a LoRA policy may be merged first.
+    let generate = |m: &CausalLm| engine.generate(m, tokenizer, &prompts, &cfg);
+    let generations = if prompts.is_empty() {
+        Vec::new()
+    } else if engine.is_remote() {
+        generate(model)?
+    } else {
+        model.for_decoding(generate)?
     };
     let episodes = generations
         .into_iter()

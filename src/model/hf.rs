@@ -49,13 +49,12 @@ impl CausalLm {
     /// `head.safetensors` when present and is freshly initialised otherwise; a folder with a head
     /// file always loads its head.
     pub fn load(dir: &Path, device: Device, with_head: bool) -> Result<Self> {
-        let with_head = with_head || dir.join(HEAD_FILE).exists();
         if dir.join(ADAPTER_CONFIG_FILE).exists() && !dir.join(CONFIG_FILE).exists() {
             let (_, base) = lora::read_peft_config(dir)?;
             return CausalLm::load_adapter(&base, dir, device, with_head);
         }
         let config = ModelConfig::load(&dir.join(CONFIG_FILE))?;
-        let mut model = CausalLm::new(&config, device, with_head)?;
+        let mut model = CausalLm::new(&config, device, with_head || dir.join(HEAD_FILE).exists())?;
         model.load_weights(dir)?;
         Ok(model)
     }

@@ -165,7 +165,8 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         (done, PgState { lr_step: step, .. }) =
             run.resume(&mut policy, &mut optimizer, None, cfg.prompts_per_update)?;
     }
-    crate::dist::world().broadcast_weights(&policy.vs)?;
+    let world = crate::dist::world();
+    world.broadcast_weights(&policy.vs)?;
     let total_steps = cfg.updates * cfg.epochs * cfg.minibatches;
 
     for update in done + 1..=cfg.updates {
@@ -223,11 +224,11 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 let loss = if cfg.kl_in_reward { pg_loss.shallow_clone() } else { &pg_loss + &kl * cfg.kl_coef };
                 optimizer.zero_grad();
                 (&loss * share).backward();
-                crate::dist::world().all_reduce_grads(&policy.vs)?;
+                world.all_reduce_grads(&policy.vs)?;
                 let means =
                     [&loss, &pg_loss, &kl, &clip_fraction, &approx_kl, &masked_mean(&scored.entropy, &scored.mask)]
                         .map(|t| t.double_value(&[]) * share);
-                let [value, pg_loss, kl, clip_fraction, approx_kl, entropy] = crate::dist::world().sum_each(means)?;
+                let [value, pg_loss, kl, clip_fraction, approx_kl, entropy] = world.sum_each(means)?;
                 if !value.is_finite() {
                     return Err(Error::Invalid(format!("GRPO loss is {value}: stopping (lower optim.lr?)")));
                 }

@@ -485,9 +485,11 @@ impl<'a> Trainer<'a> {
             let weight = weight.max(1e-9);
             self.optimizer.zero_grad();
             let mut loss_sum = 0.0;
-            // Dropout masks (LoRA's) are a function of (seed, step): a resumed run draws what the
-            // straight run drew.
-            tch::manual_seed((self.cfg.seed ^ (self.state.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
+            if self.model.lora.as_ref().is_some_and(|l| l.config.dropout > 0.0) {
+                // Dropout masks are a function of (seed, step): a resumed run draws what the
+                // straight run drew.
+                tch::manual_seed((self.cfg.seed ^ (self.state.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
+            }
             self.model.net.set_adapter_dropout(true);
             for batch in &micro {
                 let mine = rank_share(batch, &groups);
@@ -501,7 +503,7 @@ impl<'a> Trainer<'a> {
             }
             self.model.net.set_adapter_dropout(false);
             let sync = Instant::now();
-            crate::dist::world().all_reduce_grads(&self.model.vs)?;
+            world.all_reduce_grads(&self.model.vs)?;
             let loss_sum = world.sum(&[loss_sum])?[0];
             sync_seconds += sync.elapsed().as_secs_f64();
             if !loss_sum.is_finite() {

@@ -181,13 +181,12 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
     };
     let separate = cfg.critic == "separate";
     let (mut run, mut policy) = PgRun::start(settings, &crate::config::to_toml(cfg), !separate, resume, force)?;
-    let mut critic = match separate {
-        true => {
-            let mut critic = CausalLm::load(&cfg.model, run.device, true)?;
-            critic.maybe_add_lora(cfg.lora.as_ref(), &cfg.model)?;
-            Some(critic)
-        }
-        false => None,
+    let mut critic = if separate {
+        let mut critic = CausalLm::load(&cfg.model, run.device, true)?;
+        critic.maybe_add_lora(cfg.lora.as_ref(), &cfg.model)?;
+        Some(critic)
+    } else {
+        None
     };
     let mut optimizer = AdamW::new(&policy);
     let mut critic_optimizer = critic.as_ref().map(AdamW::new);
@@ -198,9 +197,10 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         (done, clocks) = run.resume(&mut policy, &mut optimizer, critic, cfg.prompts_per_update)?;
     }
     // A fresh value head is initialised at random on each rank: rank 0's wins.
-    crate::dist::world().broadcast_weights(&policy.vs)?;
+    let world = crate::dist::world();
+    world.broadcast_weights(&policy.vs)?;
     if let Some(critic) = &critic {
-        crate::dist::world().broadcast_weights(&critic.vs)?;
+        world.broadcast_weights(&critic.vs)?;
     }
     check_minibatch_size(cfg.prompts_per_update * cfg.samples_per_prompt, cfg.minibatches)?;
     let total_steps = cfg.updates * cfg.epochs * cfg.minibatches;
@@ -335,7 +335,7 @@ fn minibatch_step(
             let value_loss = clipped_value_loss(&values, &old_values, &returns, &scored.mask, cfg.value_clip);
             critic_optimizer.zero_grad();
             (&value_loss * share).backward();
-            crate::dist::world().all_reduce_grads(&critic.vs)?;
+            world.all_reduce_grads(&critic.vs)?;
             critic_optimizer.clip_grad_norm(cfg.optim.grad_clip);
             critic_optimizer.step(&cfg.optim, value_lr);
             value_loss
@@ -344,7 +344,7 @@ fn minibatch_step(
     optimizer.zero_grad();
     if loss.requires_grad() {
         (&loss * share).backward();
-        crate::dist::world().all_reduce_grads(&policy.vs)?;
+        world.all_reduce_grads(&policy.vs)?;
     }
     let means =
         [&loss, &policy_loss, &value_loss, &entropy, &approx_kl, &clip_fraction].map(|t| t.double_value(&[]) * share);
