@@ -7,7 +7,7 @@ use crate::model::{presets, CausalLm};
 use crate::prompt::Prompter;
 use crate::rng::Rng;
 use crate::rollout::rollout_with;
-use crate::sample::{generate, Finish, SamplingConfig};
+use crate::sample::{generate, Finish, Sampling, SamplingConfig};
 use crate::task::Problem;
 use crate::tokenizer::Tokenizer;
 use std::time::Instant;
@@ -85,13 +85,14 @@ pub fn bench_model(name: &str, mut model: CausalLm, tokenizer: &Tokenizer, cfg: 
     for &batch in &cfg.sample_batches {
         let prompts: Vec<Vec<u32>> =
             (0..batch).map(|_| random_ids(cfg.prompt_tokens).into_iter().map(|t| t as u32).collect()).collect();
-        let sampling_cfg = SamplingConfig {
-            max_new_tokens: cfg.new_tokens,
+        let spec = Sampling {
+            samples_per_prompt: 1,
             temperature: 1.0,
+            max_new_tokens: cfg.new_tokens,
             batch_size: batch,
-            stop_after_answer_line: false,
-            ..SamplingConfig::default()
+            top_p: 1.0,
         };
+        let sampling_cfg = SamplingConfig { stop_after_answer_line: false, ..spec.with_seed(0) };
         generate(&model, tokenizer, &prompts[..1], &sampling_cfg)?; // warm-up
         let start = Instant::now();
         let generations = generate(&model, tokenizer, &prompts, &sampling_cfg)?;
@@ -137,7 +138,8 @@ pub fn bench_workload(
     problems: &[Problem],
     cfg: &SamplingConfig,
 ) -> Result<WorkloadResult> {
-    let warm_up = SamplingConfig { samples_per_prompt: 1, max_new_tokens: 8.min(cfg.max_new_tokens), ..cfg.clone() };
+    let spec = Sampling { samples_per_prompt: 1, max_new_tokens: 8.min(cfg.spec.max_new_tokens), ..cfg.spec.clone() };
+    let warm_up = SamplingConfig { spec, ..cfg.clone() };
     rollout_with(engine, model, tokenizer, prompter, &problems[..problems.len().min(4)], &warm_up)?;
     let start = Instant::now();
     let episodes = rollout_with(engine, model, tokenizer, prompter, problems, cfg)?;

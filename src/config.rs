@@ -6,10 +6,28 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::Path;
 
+/// A config type: what `load` reads. `check` holds the range rules that serde's types cannot
+/// say, each error naming its key.
+pub trait Config: DeserializeOwned + Serialize + Default {
+    fn check(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Keys that were renamed: (old name, new name). An old key is refused with its new one.
+const RENAMED: &[(&str, &str)] = &[
+    ("samples_per_question", "samples_per_prompt"),
+    ("group_size", "samples_per_prompt"),
+    ("samples", "samples_per_prompt"),
+    ("sample_batch_size", "batch_size"),
+    ("policy", "model"),
+];
+
 /// Starts from `T::default()`, merges `path` into it, applies each `key.path=value` override
 /// (the value is read as TOML — `3`, `0.5`, `true`, `"text"`, `[1, 2]` — and as a plain string
-/// when that fails), and deserialises. Unknown keys are errors, so typos do not pass silently.
-pub fn load<T: DeserializeOwned + Serialize + Default>(path: Option<&Path>, overrides: &[String]) -> Result<T> {
+/// when that fails), deserialises and checks. A key the config does not have is an error naming
+/// it (and its new name, if it was renamed), so typos do not pass silently.
+pub fn load<T: Config>(path: Option<&Path>, overrides: &[String]) -> Result<T> {
     let mut table = toml::Table::try_from(T::default()).expect("defaults serialise to a TOML table");
     if let Some(p) = path {
         let file = crate::fsutil::read_to_string(p)?
@@ -25,72 +43,54 @@ pub fn load<T: DeserializeOwned + Serialize + Default>(path: Option<&Path>, over
             .map_err(|msg| Error::Invalid(format!("--set `{item}`: {msg}")))?;
     }
     let origin = path.map(|p| p.display().to_string()).unwrap_or_else(|| "the defaults".into());
-    check_sampling(&table, "")
-        .map_err(|msg| Error::Invalid(format!("config ({origin} with --set overrides): {msg}")))?;
-    T::deserialize(toml::Value::Table(table))
-        .map_err(|e| Error::Invalid(format!("config ({origin} with --set overrides): {}", e.to_string().trim())))
+    let invalid = |msg: String| Error::Invalid(format!("config ({origin} with --set overrides): {msg}"));
+    let config = T::deserialize(toml::Value::Table(table.clone())).map_err(|e| invalid(e.to_string().trim().into()))?;
+    let known = toml::Table::try_from(&config).expect("configs serialise to a TOML table");
+    unknown_key(&table, &known, "").map_or(Ok(()), |msg| Err(invalid(msg)))?;
+    config.check().map_err(invalid)?;
+    Ok(config)
 }
 
-/// Range checks of the sampling settings wherever they sit in a config, so a bad value fails
-/// when the config is read, named by its key: `temperature` is finite and >= 0, `top_p` in
-/// (0, 1], a K (`samples_per_question`, `samples_per_prompt`, `group_size`) at least 1, and each
-/// of `ks` in 1..=`samples` beside it (when `samples` > 0).
-fn check_sampling(table: &toml::Table, prefix: &str) -> std::result::Result<(), String> {
-    let number = |v: &toml::Value| v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
-    for (key, value) in table {
+/// The first key of `given` that `known` (the config read back) lacks: serde drops what it
+/// does not know, so whatever did not survive the round trip was never read.
+fn unknown_key(given: &toml::Table, known: &toml::Table, prefix: &str) -> Option<String> {
+    for (key, value) in given {
         let name = format!("{prefix}{key}");
-        if let toml::Value::Table(inner) = value {
-            check_sampling(inner, &format!("{name}."))?;
-            continue;
-        }
-        let x = number(value);
-        let bad = match key.as_str() {
-            "temperature" => x.filter(|t| !(t.is_finite() && *t >= 0.0)).map(|_| "a finite number >= 0"),
-            "top_p" => x.filter(|p| !(*p > 0.0 && *p <= 1.0)).map(|_| "in (0, 1]"),
-            "samples_per_question" | "samples_per_prompt" | "group_size" => {
-                x.filter(|k| *k < 1.0).map(|_| "at least 1")
+        match (value, known.get(key)) {
+            (toml::Value::Table(inner), Some(toml::Value::Table(k))) => {
+                if let Some(msg) = unknown_key(inner, k, &format!("{name}.")) {
+                    return Some(msg);
+                }
             }
-            _ => None,
-        };
-        if let Some(range) = bad {
-            return Err(format!("`{name}` = {value}: must be {range}"));
+            (toml::Value::Array(items), Some(toml::Value::Array(k))) => {
+                for (i, (item, k)) in items.iter().zip(k).enumerate() {
+                    if let (toml::Value::Table(item), toml::Value::Table(k)) = (item, k) {
+                        if let Some(msg) = unknown_key(item, k, &format!("{name}[{i}].")) {
+                            return Some(msg);
+                        }
+                    }
+                }
+            }
+            (_, Some(_)) => {}
+            (_, None) => {
+                let new = RENAMED.iter().find(|(old, _)| old == key).map_or(key.as_str(), |(_, new)| new);
+                let in_sampling =
+                    known.get("sampling").and_then(toml::Value::as_table).is_some_and(|t| t.contains_key(new));
+                let renamed = if in_sampling && !known.contains_key(new) {
+                    Some(format!(": it is now `{prefix}sampling.{new}`"))
+                } else {
+                    (new != key).then(|| format!(": it is now `{prefix}{new}`"))
+                };
+                let mut keys: Vec<&str> = known.keys().map(String::as_str).collect();
+                keys.sort();
+                return Some(match renamed {
+                    Some(hint) => format!("unknown key `{name}`{hint}"),
+                    None => format!("unknown key `{name}` (known here: {})", keys.join(", ")),
+                });
+            }
         }
     }
-    let samples = table.get("samples").and_then(toml::Value::as_integer).filter(|n| *n > 0);
-    if let (Some(n), Some(toml::Value::Array(ks))) = (samples, table.get("ks")) {
-        if let Some(k) = ks.iter().find(|k| !k.as_integer().is_some_and(|k| (1..=n).contains(&k))) {
-            return Err(format!("`{prefix}ks` holds {k}: each k must be in 1..={n} (`{prefix}samples`)"));
-        }
-    }
-    Ok(())
-}
-
-/// `--temperature`: a finite number >= 0 (0 is greedy).
-pub fn parse_temperature(s: &str) -> std::result::Result<f64, String> {
-    let t: f64 = s.parse().map_err(|_| "not a number".to_string())?;
-    if t.is_finite() && t >= 0.0 {
-        Ok(t)
-    } else {
-        Err("must be a finite number >= 0".into())
-    }
-}
-
-/// `--top-p`: in (0, 1].
-pub fn parse_top_p(s: &str) -> std::result::Result<f64, String> {
-    let p: f64 = s.parse().map_err(|_| "not a number".to_string())?;
-    if p > 0.0 && p <= 1.0 {
-        Ok(p)
-    } else {
-        Err("must be in (0, 1]".into())
-    }
-}
-
-/// `-k`: samples per question, at least 1.
-pub fn parse_k(s: &str) -> std::result::Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(k) if k >= 1 => Ok(k),
-        _ => Err("must be a whole number, at least 1".into()),
-    }
+    None
 }
 
 /// The config as TOML text, for the run folder.
@@ -152,7 +152,6 @@ mod tests {
     }
 
     #[derive(Debug, serde::Deserialize, serde::Serialize, PartialEq)]
-    #[serde(deny_unknown_fields)]
     struct Outer {
         #[serde(default)]
         steps: usize,
@@ -163,6 +162,8 @@ mod tests {
     fn inner() -> Inner {
         Inner { lr: 1.0, name: "x".into() }
     }
+
+    impl Config for Outer {}
 
     impl Default for Outer {
         fn default() -> Self {
@@ -198,27 +199,32 @@ mod tests {
     }
 
     #[test]
-    fn sampling_settings_are_range_checked_by_key() {
-        use crate::eval::run::EvalConfig;
-        use crate::train::ei::EiConfig;
+    fn old_keys_typos_and_bad_values_are_refused_by_name() {
+        use crate::train::ppo::PpoConfig;
         let err = |set: &[&str]| {
             let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
-            load::<EvalConfig>(None, &set).unwrap_err().to_string()
+            load::<PpoConfig>(None, &set).unwrap_err().to_string()
         };
-        assert!(err(&["temperature=-1"]).contains("`temperature` = -1: must be a finite number >= 0"));
-        assert!(err(&["temperature=nan"]).contains("`temperature` = nan"));
-        assert!(err(&["top_p=0"]).contains("`top_p` = 0: must be in (0, 1]"));
-        assert!(err(&["top_p=1.5"]).contains("`top_p` = 1.5"));
-        assert!(err(&["ks=[0]"]).contains("`ks` holds 0: each k must be in 1..=16"), "{}", err(&["ks=[0]"]));
-        assert!(err(&["samples=4", "ks=[8]"]).contains("1..=4"));
-        load::<EvalConfig>(None, &["samples=0".into(), "ks=[16]".into()]).expect("greedy only: ks unused");
-        load::<EvalConfig>(None, &["temperature=0".into(), "top_p=1".into()]).expect("the bounds are allowed");
-        let ei = load::<EiConfig>(None, &["sampling.samples_per_question=0".into()]).unwrap_err().to_string();
-        assert!(ei.contains("`sampling.samples_per_question` = 0: must be at least 1"), "{ei}");
-        let ei = load::<EiConfig>(None, &["eval.temperature=-0.5".into()]).unwrap_err().to_string();
-        assert!(ei.contains("`eval.temperature`"), "{ei}");
-        assert_eq!(parse_temperature("-1").unwrap_err(), "must be a finite number >= 0");
-        assert!(parse_temperature("inf").is_err() && parse_top_p("0").is_err() && parse_k("0").is_err());
-        assert_eq!((parse_temperature("0.7"), parse_top_p("1"), parse_k("3")), (Ok(0.7), Ok(1.0), Ok(3)));
+        assert!(err(&["temperature=0.5"]).contains("unknown key `temperature`: it is now `sampling.temperature`"));
+        assert!(err(&["group_size=4"]).contains("`group_size`: it is now `sampling.samples_per_prompt`"));
+        assert!(err(&["eval.samples=4"]).contains("`eval.samples`: it is now `eval.samples_per_prompt`"));
+        let typo = err(&["kl_coeff=1"]);
+        assert!(typo.contains("unknown key `kl_coeff` (known here: ") && typo.contains("kl_coef"), "{typo}");
+        assert!(err(&["reward.kinds=\"orm\""]).contains("kinds"));
+        for (set, named) in [("critic=\"shard\"", "shard"), ("optim.schedule=\"cosin\"", "cosin")] {
+            let e = err(&[set]);
+            assert!(e.contains(named) && e.contains("expected"), "{e}");
+        }
+        assert!(err(&["sampling.top_p=0"]).contains("`sampling.top_p` = 0: must be in (0, 1]"));
+        assert!(err(&["sampling.temperature=-1"]).contains("`sampling.temperature` = -1: must be a finite number >= 0"));
+        assert!(
+            err(&["eval.samples_per_prompt=4", "eval.ks=[8]"]).contains("`eval.ks` holds 8: each k must be in 1..=4")
+        );
+        let lora =
+            load::<PpoConfig>(None, &["lora.rank=4".into()]).expect("[lora] is read through the flattened block");
+        assert_eq!(lora.pg.common.lora.map(|l| l.rank), Some(4));
+        let ok =
+            load::<PpoConfig>(None, &["sampling.temperature=0".into(), "eval.samples_per_prompt=0".into()]).unwrap();
+        assert_eq!((ok.pg.sampling.temperature, ok.pg.eval.ks()), (0.0, vec![]));
     }
 }

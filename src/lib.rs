@@ -19,6 +19,7 @@ pub mod prompt;
 pub mod reward;
 pub mod rng;
 pub mod rollout;
+pub mod run;
 pub mod sample;
 pub mod study;
 pub mod task;

@@ -1,13 +1,14 @@
 //! The `reasonrl` command line: parse, dispatch, report errors. The work lives in the library.
 
-use anyhow::{bail, Context, Result};
+mod commands;
+
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
-use reasonrl::engine::{Engine, EngineKind, RolloutConfig, SyncMode};
+use reasonrl::fsutil;
 use reasonrl::model::{presets, CausalLm};
-use reasonrl::rollout::{rollout, Episode};
-use reasonrl::sample::SamplingConfig;
+use reasonrl::prompt::PromptFormat;
+use reasonrl::sample::Sampling;
 use reasonrl::task::{Split, TaskSpec};
-use reasonrl::{bench, fsutil, parse_device};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -105,9 +106,12 @@ struct RunArgs {
 struct EvalArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Score samples (rerank@k, wmaj@k) with this ORM folder, or `mean-logprob`.
+    /// Score samples (rerank@k, wmaj@k): `mean-logprob`, or `orm` with --orm.
+    #[arg(long, value_enum)]
+    scorer: Option<reasonrl::eval::run::ScorerKind>,
+    /// The ORM folder of `--scorer orm`.
     #[arg(long)]
-    scorer: Option<String>,
+    orm: Option<PathBuf>,
 }
 
 /// `reasonrl grpo`: a run's arguments, plus the advantage estimator.
@@ -116,8 +120,8 @@ struct GrpoArgs {
     #[command(flatten)]
     run: RunArgs,
     /// grpo ((R - mean) / std in the group) or rloo (leave-one-out baseline).
-    #[arg(long)]
-    estimator: Option<String>,
+    #[arg(long, value_enum)]
+    estimator: Option<reasonrl::train::grpo::Estimator>,
 }
 
 #[derive(Args)]
@@ -242,27 +246,14 @@ struct SampleArgs {
     /// Task to draw questions from.
     #[arg(long, default_value = "builtin")]
     task: String,
-    /// Split to draw questions from: train or test.
-    #[arg(long, default_value = "test")]
-    split: String,
+    /// Split to draw questions from.
+    #[arg(long, value_enum, default_value = "test")]
+    split: Split,
     /// Number of questions (the first N of the split).
     #[arg(long, default_value_t = 8)]
     limit: usize,
-    /// Samples per question.
-    #[arg(short = 'k', long, default_value_t = 1, value_parser = reasonrl::config::parse_k)]
-    k: usize,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0, value_parser = reasonrl::config::parse_temperature, allow_negative_numbers = true)]
-    temperature: f64,
-    /// Nucleus sampling mass.
-    #[arg(long, default_value_t = 1.0, value_parser = reasonrl::config::parse_top_p)]
-    top_p: f64,
-    /// Maximum new tokens per solution.
-    #[arg(long, default_value_t = 256)]
-    max_new_tokens: usize,
-    /// Rows decoded together.
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Stop strings (repeatable); generation also stops at EOS and after a complete "#### N" line.
     #[arg(long = "stop")]
     stop: Vec<String>,
@@ -291,9 +282,9 @@ struct BenchArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Parameter type: f32, or bf16 (CUDA).
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// Parameter type (bf16 on CUDA).
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: BenchDtype,
     /// Timed training steps per preset.
     #[arg(long, default_value_t = 5)]
     train_steps: usize,
@@ -316,21 +307,12 @@ struct BenchArgs {
     /// Problems of the eval workload.
     #[arg(long, default_value_t = 256)]
     problems: usize,
-    /// Samples per problem in the eval workload.
-    #[arg(short = 'k', long, default_value_t = 16, value_parser = reasonrl::config::parse_k)]
-    k: usize,
-    /// Sampling temperature of the eval workload.
-    #[arg(long, default_value_t = 0.7, value_parser = reasonrl::config::parse_temperature, allow_negative_numbers = true)]
-    temperature: f64,
-    /// Maximum new tokens per sample in the eval workload.
-    #[arg(long, default_value_t = 160)]
-    max_new_tokens: usize,
-    /// Rows decoded together in the eval workload.
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
-    /// Prompt format of the eval workload: plain, few-shot or chat (see configs/eval.toml).
-    #[arg(long, default_value = "plain")]
-    prompt: String,
+    /// How the eval workload samples.
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Prompt format of the eval workload (see configs/eval.toml).
+    #[arg(long, value_enum, default_value = "plain")]
+    prompt: PromptFormat,
     /// Where the eval workload samples: `local` (this process) or `openai` (a server at
     /// --base-url; needs --model).
     #[arg(long, value_enum, default_value = "local")]
@@ -350,6 +332,44 @@ struct BenchArgs {
     /// sampler can be timed on the same ones (scripts/bench-vs-pytorch.sh).
     #[arg(long)]
     prompts_out: Option<PathBuf>,
+}
+
+/// The sampling flags of `sample` and `bench`: `[sampling]`'s keys, with its defaults.
+#[derive(Args)]
+struct SamplingArgs {
+    /// K: samples per prompt.
+    #[arg(short = 'k', long, default_value_t = Sampling::default().samples_per_prompt)]
+    samples_per_prompt: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = Sampling::default().temperature, allow_negative_numbers = true)]
+    temperature: f64,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = Sampling::default().top_p)]
+    top_p: f64,
+    /// Maximum new tokens per solution.
+    #[arg(long, default_value_t = Sampling::default().max_new_tokens)]
+    max_new_tokens: usize,
+    /// Rows decoded together.
+    #[arg(long, default_value_t = Sampling::default().batch_size)]
+    batch_size: usize,
+}
+
+impl SamplingArgs {
+    fn spec(&self) -> Sampling {
+        Sampling {
+            samples_per_prompt: self.samples_per_prompt,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_new_tokens: self.max_new_tokens,
+            batch_size: self.batch_size,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum BenchDtype {
+    F32,
+    Bf16,
 }
 
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -447,10 +467,10 @@ fn run(cli: Cli) -> Result<()> {
                 config.vocab_size,
                 out.display()
             );
-            info(&out)?;
+            commands::info(&out)?;
         }
-        Command::Model(ModelCommand::Info { path }) => info(&path)?,
-        Command::Sample(args) => sample(args)?,
+        Command::Model(ModelCommand::Info { path }) => commands::info(&path)?,
+        Command::Sample(args) => commands::sample(args)?,
         Command::Pretrain(args) => {
             let cfg: reasonrl::train::pretrain::PretrainConfig = load_config(&args.config)?;
             let out = reasonrl::train::pretrain::run(&cfg, args.resume, args.config.force)?;
@@ -462,7 +482,7 @@ fn run(cli: Cli) -> Result<()> {
             println!(
                 "fine-tuned model saved to {} (best by validation maj@1 in {})",
                 out.display(),
-                cfg.run.dir().join("best").display()
+                cfg.common.run.dir().join("best").display()
             );
         }
         Command::Ei(args) => {
@@ -476,7 +496,7 @@ fn run(cli: Cli) -> Result<()> {
             println!(
                 "outcome reward model saved to {} (best by held-out AUROC in {})",
                 out.display(),
-                cfg.run.dir().join("best").display()
+                cfg.common.run.dir().join("best").display()
             );
         }
         Command::Rcrl(args) => {
@@ -495,7 +515,7 @@ fn run(cli: Cli) -> Result<()> {
                 cfg.estimator = estimator;
             }
             let out = reasonrl::train::grpo::run(&cfg, args.run.resume, args.run.config.force)?;
-            println!("{} policy saved to {}", cfg.estimator.to_uppercase(), out.display());
+            println!("{:?} policy saved to {}", cfg.estimator, out.display());
         }
         Command::Study(args) => {
             if args.force {
@@ -520,6 +540,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(args) => {
             let mut cfg: reasonrl::eval::run::EvalConfig = load_config(&args.config)?;
+            if let Some(orm) = args.orm {
+                cfg.orm = orm;
+                cfg.scorer = reasonrl::eval::run::ScorerKind::Orm;
+            }
             if let Some(scorer) = args.scorer {
                 cfg.scorer = scorer;
             }
@@ -538,266 +562,13 @@ fn run(cli: Cli) -> Result<()> {
                 println!("wrote {}", path.display());
             }
         }
-        Command::Bench(args) => run_bench(args)?,
+        Command::Bench(args) => commands::run_bench(args)?,
         Command::Launch(_) => unreachable!("handled above"),
     }
     world.barrier()?; // no rank leaves while rank 0 still writes what all of them made
     Ok(())
 }
 
-fn load_config<T: serde::de::DeserializeOwned + serde::Serialize + Default>(args: &ConfigArgs) -> Result<T> {
+fn load_config<T: reasonrl::config::Config>(args: &ConfigArgs) -> Result<T> {
     Ok(reasonrl::config::load(args.config.as_deref(), &args.set)?)
-}
-
-fn info(path: &std::path::Path) -> Result<()> {
-    let (model, tokenizer) = CausalLm::load_with_tokenizer(path, tch::Device::Cpu, false)?;
-    let c = model.config();
-    let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_else(|| "-".into());
-    println!("model        {}", path.display());
-    println!("architecture {} ({})", c.architectures[0], c.model_type);
-    println!("parameters   {}", model.num_parameters());
-    println!(
-        "shape        {} layers, hidden {}, mlp {}, {} heads / {} kv heads of {}",
-        c.num_hidden_layers,
-        c.hidden_size,
-        c.intermediate_size,
-        c.num_attention_heads,
-        c.kv_heads(),
-        c.head_dim()
-    );
-    println!("positions    {} (rope theta {})", c.max_position_embeddings, c.rope_theta);
-    println!("vocabulary   {} embeddings, {} tokenizer tokens", c.vocab_size, tokenizer.vocab_size());
-    println!(
-        "special      bos {} eos {} pad {}",
-        name(tokenizer.bos_id()),
-        name(Some(tokenizer.eos_id())),
-        name(Some(tokenizer.pad_id()))
-    );
-    println!("tied         {}", c.tie_word_embeddings);
-    println!("scalar head  {}", if model.has_head() { "yes" } else { "no" });
-    if let Some(lora) = &model.lora {
-        let modules: Vec<&str> = lora.config.target_modules.iter().map(|t| t.name()).collect();
-        let trained: i64 =
-            model.vs.variables().iter().filter(|(n, _)| model.trains(n)).map(|(_, t)| t.numel() as i64).sum();
-        println!(
-            "lora         r {} alpha {} on {} ({trained} trained parameters) over {}",
-            lora.config.rank,
-            lora.config.alpha,
-            modules.join(","),
-            lora.base.display()
-        );
-    }
-    println!("chat         {}", if tokenizer.chat_template().is_some() { "template" } else { "none" });
-    Ok(())
-}
-
-fn sample(args: SampleArgs) -> Result<()> {
-    let split = match args.split.as_str() {
-        "train" => Split::Train,
-        "test" => Split::Test,
-        other => bail!("unknown split `{other}` (use train or test)"),
-    };
-    if let Some(out) = &args.out {
-        fsutil::check_overwrite(out, args.force)?;
-    }
-    let device = parse_device(&args.device)?;
-    let (model, tokenizer) = CausalLm::load_with_tokenizer(&args.model, device, false)?;
-    let problems = TaskSpec::parse(&args.task)?.load(split, Some(args.limit))?;
-    let cfg = SamplingConfig {
-        max_new_tokens: args.max_new_tokens,
-        temperature: args.temperature,
-        top_p: args.top_p,
-        samples_per_prompt: args.k,
-        batch_size: args.batch_size,
-        seed: args.seed,
-        stop_strings: args.stop,
-        ..SamplingConfig::default()
-    };
-    let start = std::time::Instant::now();
-    let episodes = rollout(&model, &tokenizer, &reasonrl::prompt::Prompter::plain(), &problems, &cfg)?;
-    let seconds = start.elapsed().as_secs_f64();
-    let tokens: usize = episodes.iter().map(|e| e.response_tokens.len()).sum();
-    let correct = episodes.iter().filter(|e| e.correct).count();
-    match &args.out {
-        Some(out) => {
-            fsutil::write_jsonl(out, &episodes)?;
-            println!("wrote {} samples to {}", episodes.len(), out.display());
-        }
-        None => episodes.iter().for_each(print_episode),
-    }
-    println!(
-        "{correct}/{} correct; {tokens} tokens in {seconds:.1}s ({:.0} tokens/s)",
-        episodes.len(),
-        tokens as f64 / seconds
-    );
-    Ok(())
-}
-
-fn print_episode(e: &Episode) {
-    let mark = if e.correct { "correct" } else { "wrong" };
-    println!(
-        "--- {} #{} ({mark}; answer {}, reference {})",
-        e.problem_id,
-        e.sample_index,
-        e.extracted_answer.as_deref().unwrap_or("none"),
-        e.reference_answer
-    );
-    println!("{}", e.text.trim_end());
-}
-
-/// The presets' tokenizer in `bench`: 1,024 BPE tokens trained on the task's train split.
-fn bench_tokenizer(spec: &TaskSpec) -> Result<reasonrl::tokenizer::Tokenizer> {
-    let problems = spec.load(Split::Train, Some(2000))?;
-    let corpus = problems.iter().map(|p| format!("{}\n{}", p.question, p.reference_solution));
-    Ok(reasonrl::tokenizer::Tokenizer::train_bpe(corpus, 1024)?)
-}
-
-/// `bench --workload eval`: one realistic rollout per model.
-fn run_bench_workload(args: BenchArgs, device: tch::Device, kind: tch::Kind) -> Result<()> {
-    let spec = TaskSpec::parse(&args.task)?;
-    let problems = spec.load(Split::Test, Some(args.problems))?;
-    let prompt = reasonrl::prompt::PromptConfig { format: args.prompt.clone(), ..Default::default() };
-    let prompter = reasonrl::prompt::Prompter::for_task(&prompt, &spec)?;
-    let sampling = reasonrl::sample::SamplingConfig {
-        max_new_tokens: args.max_new_tokens,
-        temperature: args.temperature,
-        samples_per_prompt: args.k,
-        batch_size: args.batch_size,
-        ..Default::default()
-    };
-    let models: Vec<(String, CausalLm, reasonrl::tokenizer::Tokenizer)> = match &args.model {
-        Some(dir) => vec![(
-            dir.display().to_string(),
-            CausalLm::load(dir, device, false)?,
-            reasonrl::tokenizer::Tokenizer::load(dir)?,
-        )],
-        None => {
-            eprintln!(
-                "note: presets have random weights, so rows rarely stop early; pass --model for a trained policy"
-            );
-            let tokenizer = bench_tokenizer(&spec)?;
-            let mut models = Vec::new();
-            for preset in &args.presets {
-                let config = reasonrl::model::presets::preset(preset, tokenizer.vocab_size() as i64, 1024)?;
-                models.push((preset.clone(), CausalLm::new(&config, device, false)?, tokenizer.clone()));
-            }
-            models
-        }
-    };
-    if let Some(path) = &args.prompts_out {
-        let (_, _, tokenizer) = &models[0];
-        let lines = problems.iter().map(|p| prompter.encode(tokenizer, &p.question)).collect::<Result<Vec<_>, _>>()?;
-        fsutil::write_jsonl(path, &lines)?;
-    }
-    let on = match args.engine {
-        BenchEngine::Local => format!("device {device:?}"),
-        BenchEngine::Openai => format!("engine {}", args.base_url.join(", ")),
-    };
-    println!(
-        "{on}, dtype {}, threads {}; {} problems x {} samples of {}, temperature {}, batch {}",
-        args.dtype,
-        tch::get_num_threads(),
-        problems.len(),
-        args.k,
-        args.task,
-        args.temperature,
-        args.batch_size
-    );
-    println!(
-        "{:<24} {:>9} {:>10} {:>8} {:>10} {:>10} {:>11} {:>9} {:>9}",
-        "model", "samples", "new tok", "s", "tok/s", "samples/s", "problems/s", "early", "correct"
-    );
-    let engine_dir = tempfile::tempdir()?;
-    let rollout = match args.engine {
-        BenchEngine::Local => RolloutConfig::default(),
-        BenchEngine::Openai if args.model.is_none() => bail!("--engine openai needs --model (the served model)"),
-        BenchEngine::Openai => RolloutConfig {
-            engine: EngineKind::Openai,
-            base_url: args.base_url.clone(),
-            max_concurrency: args.max_concurrency,
-            sync: if args.engine_command.is_some() { SyncMode::Restart } else { SyncMode::None },
-            command: args.engine_command.clone().unwrap_or_default(),
-            ..RolloutConfig::default()
-        },
-    };
-    let mut results = Vec::new();
-    for (name, mut model, tokenizer) in models {
-        model.vs.set_kind(kind);
-        let mut engine = Engine::new(&rollout, engine_dir.path(), false)?;
-        engine.sync(&model, &tokenizer)?;
-        let r = reasonrl::bench::bench_workload(&name, &engine, &model, &tokenizer, &prompter, &problems, &sampling)?;
-        println!(
-            "{:<24} {:>9} {:>10} {:>8.1} {:>10.0} {:>10.1} {:>11.2} {:>8.0}% {:>8.1}%",
-            r.model,
-            r.samples,
-            r.new_tokens,
-            r.seconds,
-            r.tokens_per_s,
-            r.samples_per_s,
-            r.problems_per_s,
-            r.stopped_early * 100.0,
-            r.accuracy * 100.0
-        );
-        results.push(r);
-    }
-    if let Some(path) = args.json {
-        let text = serde_json::to_string_pretty(&results)?;
-        fsutil::write_atomic(&path, |w| w.write_all(text.as_bytes()))?;
-    }
-    Ok(())
-}
-
-fn run_bench(args: BenchArgs) -> Result<()> {
-    let kind = match args.dtype.as_str() {
-        "f32" => tch::Kind::Float,
-        "bf16" => tch::Kind::BFloat16,
-        other => bail!("unknown dtype `{other}` (use f32 or bf16)"),
-    };
-    let cfg = bench::BenchConfig {
-        device: parse_device(&args.device)?,
-        kind,
-        train_batch: 16,
-        train_seq: 128,
-        train_steps: args.train_steps,
-        sample_batches: args.sample_batches.clone(),
-        prompt_tokens: 32,
-        new_tokens: args.new_tokens,
-    };
-    if matches!(args.workload, Workload::Eval) || args.engine == BenchEngine::Openai {
-        return run_bench_workload(args, cfg.device, kind);
-    }
-    let presets = if args.model.is_some() { vec![] } else { args.presets.clone() };
-    let tokenizer = match &args.model {
-        Some(dir) => reasonrl::tokenizer::Tokenizer::load(dir)?,
-        None => bench_tokenizer(&TaskSpec::parse("builtin")?)?,
-    };
-    println!("device {:?}, dtype {}, threads {}", cfg.device, args.dtype, tch::get_num_threads());
-    println!(
-        "{:<8} {:>11} {:>14} {:>10} {:>20}",
-        "preset", "parameters", "train tok/s", "step ms", "sample tok/s (batch)"
-    );
-    let mut results = Vec::new();
-    if let Some(dir) = &args.model {
-        let model = CausalLm::load(dir, cfg.device, false)?;
-        results.push(bench::bench_model(&dir.display().to_string(), model, &tokenizer, &cfg)?);
-    }
-    for preset in &presets {
-        results.push(bench::bench_preset(preset, &tokenizer, &cfg).with_context(|| format!("preset {preset}"))?);
-    }
-    for r in &results {
-        let sampling: Vec<String> = r.sampling_tokens_per_s.iter().map(|(b, t)| format!("{t:.0} ({b})")).collect();
-        println!(
-            "{:<8} {:>11} {:>14.0} {:>10.1} {:>20}",
-            r.preset,
-            r.parameters,
-            r.train_tokens_per_s,
-            r.train_step_ms,
-            sampling.join(", ")
-        );
-    }
-    if let Some(path) = args.json {
-        let text = serde_json::to_string_pretty(&results)?;
-        fsutil::write_atomic(&path, |w| w.write_all(text.as_bytes()))?;
-    }
-    Ok(())
 }

@@ -5,14 +5,25 @@ use crate::error::{Error, Result};
 use crate::task::Problem;
 use crate::tokenizer::Tokenizer;
 
+/// How a question is put to the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PromptFormat {
+    /// "Question: ...\nAnswer:\n".
+    #[default]
+    Plain,
+    /// Solved examples first.
+    FewShot,
+    /// The tokenizer's chat template, as instruct models were trained; with `shots`, the
+    /// examples are earlier user/assistant turns.
+    Chat,
+}
+
 /// Prompt settings (`[prompt]` in configs).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PromptConfig {
-    /// "plain" ("Question: ...\nAnswer:\n"), "few-shot" (solved examples first) or "chat" (the
-    /// tokenizer's chat template, as instruct models were trained; with `shots`, the examples
-    /// are earlier user/assistant turns).
-    pub format: String,
+    pub format: PromptFormat,
     /// Text after the question in a chat prompt, e.g. how to state the answer ("" for none).
     pub instruction: String,
     /// Solved examples in a few-shot prompt (taken from the start of the train split).
@@ -27,7 +38,7 @@ pub struct PromptConfig {
 impl Default for PromptConfig {
     fn default() -> Self {
         PromptConfig {
-            format: "plain".into(),
+            format: PromptFormat::Plain,
             instruction: String::new(),
             shots: 4,
             condition: String::new(),
@@ -56,7 +67,7 @@ impl Prompter {
     /// The prompter of `cfg` for a task, loading its train split only when the format shows
     /// solved examples (so a plain prompt works on a one-file test set too).
     pub fn for_task(cfg: &PromptConfig, task: &crate::task::TaskSpec) -> Result<Self> {
-        let shots = if cfg.format == "plain" { 0 } else { cfg.shots };
+        let shots = if cfg.format == PromptFormat::Plain { 0 } else { cfg.shots };
         let train = if shots > 0 { task.load(crate::task::Split::Train, Some(shots))? } else { Vec::new() };
         Self::new(cfg, &train)
     }
@@ -66,21 +77,18 @@ impl Prompter {
         if !cfg.condition.is_empty() {
             prompter = prompter.conditioned(&cfg.condition, cfg.condition_every_step);
         }
-        match cfg.format.as_str() {
-            "plain" => Ok(prompter),
-            "few-shot" if cfg.shots <= train.len() => {
+        match cfg.format {
+            PromptFormat::Plain => Ok(prompter),
+            PromptFormat::FewShot if cfg.shots <= train.len() => {
                 Ok(Prompter { examples: train[..cfg.shots].to_vec(), ..prompter })
             }
-            "chat" if cfg.shots == 0 || cfg.shots <= train.len() => Ok(Prompter {
+            PromptFormat::Chat if cfg.shots == 0 || cfg.shots <= train.len() => Ok(Prompter {
                 examples: train[..cfg.shots.min(train.len())].to_vec(),
                 chat: Some(cfg.instruction.clone()),
                 ..prompter
             }),
-            "few-shot" | "chat" => {
+            PromptFormat::FewShot | PromptFormat::Chat => {
                 Err(Error::Invalid(format!("prompt.shots = {} but the train split has {}", cfg.shots, train.len())))
-            }
-            other => {
-                Err(Error::Invalid(format!("prompt.format `{other}` is not supported (use plain, few-shot or chat)")))
             }
         }
     }
@@ -203,7 +211,7 @@ mod tests {
             "Question: {}\nAnswer:\n{}\n\nQuestion: {}\nAnswer:\n{}\n\nQuestion: {q}\nAnswer:\n",
             ex[0].question, ex[0].reference_solution, ex[1].question, ex[1].reference_solution
         );
-        let cfg = PromptConfig { format: "few-shot".into(), shots: 2, ..PromptConfig::default() };
+        let cfg = PromptConfig { format: PromptFormat::FewShot, shots: 2, ..PromptConfig::default() };
         let prompter = Prompter::new(&cfg, &ex).unwrap();
         assert_eq!(prompter.text(q), want);
         assert_eq!(Prompter::plain().text(q), format!("Question: {q}\nAnswer:\n"));
@@ -217,8 +225,8 @@ mod tests {
         let file = dir.path().join("asdiv.jsonl");
         std::fs::write(&file, "{\"question\": \"Q?\", \"answer\": 3}\n").unwrap();
         let task = crate::task::TaskSpec::parse(&format!("jsonl:{}", file.display())).unwrap();
-        Prompter::for_task(&PromptConfig { format: "plain".into(), ..PromptConfig::default() }, &task).unwrap();
-        let few_shot = PromptConfig { format: "few-shot".into(), shots: 2, ..PromptConfig::default() };
+        Prompter::for_task(&PromptConfig { format: PromptFormat::Plain, ..PromptConfig::default() }, &task).unwrap();
+        let few_shot = PromptConfig { format: PromptFormat::FewShot, shots: 2, ..PromptConfig::default() };
         let err = Prompter::for_task(&few_shot, &task).unwrap_err().to_string();
         assert!(err.contains("asdiv.jsonl") && err.contains("test split"), "{err}");
     }

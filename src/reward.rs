@@ -8,12 +8,14 @@
 //! [`Orm`] is also the scorer behind rerank@k.
 
 use crate::error::{Error, Result};
-use crate::eval::Scorer;
 use crate::model::{CausalLm, Llama};
 use crate::rollout::Episode;
+use crate::rollout::Scorer;
+use crate::task::Problem;
 use crate::task::{answers_match, extract_answer, intermediate_results, step_results};
 use crate::tokenizer::Tokenizer;
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// The sparse reward: 1 for a right final answer, 0 otherwise.
@@ -192,6 +194,99 @@ impl Scorer for Orm {
     /// The probability after the whole response: what rerank@k ranks by.
     fn score(&self, episodes: &[Episode]) -> Result<Vec<f64>> {
         Ok(self.probabilities(episodes)?.iter().map(|p| p.last().copied().unwrap_or(0.0) as f64).collect())
+    }
+}
+
+/// Which reward a policy is trained on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardKind {
+    /// 1 for a right final answer, on the last token.
+    Sparse,
+    /// Sparse plus `dense_coef` per step whose intermediate result the reference also computes.
+    Heuristic,
+    /// Sparse plus `dense_coef` times the ORM's per-step reward.
+    Orm,
+}
+
+/// Which reward the policy is trained on (`[reward]`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RewardConfig {
+    pub kind: RewardKind,
+    pub dense_coef: f64,
+    /// The ORM folder, for kind = "orm".
+    pub orm: PathBuf,
+    /// The ORM's per-step reward: its probability, or its change from the step before.
+    pub orm_dense: OrmDense,
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        RewardConfig { kind: RewardKind::Sparse, dense_coef: 0.1, orm: PathBuf::new(), orm_dense: OrmDense::Change }
+    }
+}
+
+/// Turns episodes into per-token rewards.
+pub struct Rewarder {
+    cfg: RewardConfig,
+    orm: Option<Orm>,
+    newlines: Vec<u8>,
+}
+
+impl Rewarder {
+    pub fn new(cfg: &RewardConfig, tokenizer: &Tokenizer, device: Device) -> Result<Self> {
+        let orm = match cfg.kind {
+            RewardKind::Sparse | RewardKind::Heuristic => None,
+            RewardKind::Orm => Some(Orm::load(&cfg.orm, device)?),
+        };
+        Ok(Rewarder { cfg: cfg.clone(), orm, newlines: tokenizer.newline_counts()? })
+    }
+
+    /// One reward per response token: the sparse reward on the last token, plus the dense
+    /// rewards on the last token of each step.
+    pub fn token_rewards(
+        &self,
+        tokenizer: &Tokenizer,
+        episodes: &[Episode],
+        problems: &HashMap<&str, &Problem>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let orm_probabilities = match &self.orm {
+            Some(orm) => Some(orm.probabilities(episodes)?),
+            None => None,
+        };
+        episodes
+            .iter()
+            .enumerate()
+            .map(|(n, e)| {
+                let len = e.response_tokens.len();
+                let mut rewards = vec![0f32; len];
+                if self.cfg.kind != RewardKind::Sparse {
+                    let steps = split_steps(tokenizer, &self.newlines, &e.response_tokens)?;
+                    let dense: Vec<f64> = match &orm_probabilities {
+                        Some(p) => orm_step_rewards(&p[n], &steps, self.cfg.orm_dense),
+                        None => {
+                            let problem = problems[e.problem_id.as_str()];
+                            let texts: Vec<&str> = steps.iter().map(|s| s.text.as_str()).collect();
+                            let mut r = heuristic_step_rewards(&texts, &problem.reference_solution, &problem.answer);
+                            // The answer line's reward is the sparse one, paid below.
+                            for (r, t) in r.iter_mut().zip(&texts) {
+                                if t.contains("####") {
+                                    *r = 0.0;
+                                }
+                            }
+                            r
+                        }
+                    };
+                    let scaled: Vec<f64> = dense.iter().map(|r| r * self.cfg.dense_coef).collect();
+                    rewards = token_rewards(&steps, &scaled, len);
+                }
+                if let Some(last) = rewards.last_mut() {
+                    *last += sparse(e) as f32;
+                }
+                Ok(rewards)
+            })
+            .collect()
     }
 }
 

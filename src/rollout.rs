@@ -87,3 +87,31 @@ pub fn rollout_with(
         .collect();
     world.all_gather_items(episodes)
 }
+
+/// Scores samples for rerank@k and wmaj@k: a confidence in [0, 1] that the sample is right,
+/// higher is better. wmaj@k adds the scores up as votes, so they must not be negative.
+pub trait Scorer {
+    /// One score per episode, in the same order.
+    fn score(&self, episodes: &[Episode]) -> Result<Vec<f64>>;
+}
+
+/// A scorer for tests and baselines: the policy's own confidence, as the geometric mean of its
+/// token probabilities (exp of the mean behaviour log-prob). An empty response scores 0 (ranked
+/// last), since it has no confidence to speak of.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MeanLogprobScorer;
+
+impl Scorer for MeanLogprobScorer {
+    fn score(&self, episodes: &[Episode]) -> Result<Vec<f64>> {
+        Ok(episodes
+            .iter()
+            .map(|e| {
+                if e.logprobs.is_empty() {
+                    0.0
+                } else {
+                    (e.logprobs.iter().map(|&x| x as f64).sum::<f64>() / e.logprobs.len() as f64).exp()
+                }
+            })
+            .collect())
+    }
+}

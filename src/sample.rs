@@ -16,19 +16,68 @@ use crate::tokenizer::Tokenizer;
 use std::collections::VecDeque;
 use tch::{Device, Kind, Tensor};
 
-/// How to sample.
-#[derive(Debug, Clone)]
-pub struct SamplingConfig {
-    /// Stop after this many new tokens.
-    pub max_new_tokens: usize,
+/// How to sample (`[sampling]` in configs, and the sampled pass of every evaluation): the one
+/// place these settings and their defaults live. K is `samples_per_prompt` everywhere.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sampling {
+    /// K: solutions sampled per prompt (EI's K per question, GRPO's group size).
+    pub samples_per_prompt: usize,
     /// 0 means greedy decoding.
     pub temperature: f64,
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches `top_p`.
     pub top_p: f64,
-    /// Samples drawn per prompt (K).
-    pub samples_per_prompt: usize,
+    /// Stop after this many new tokens.
+    pub max_new_tokens: usize,
     /// Rows decoded together.
     pub batch_size: usize,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling { samples_per_prompt: 4, temperature: 0.7, top_p: 1.0, max_new_tokens: 256, batch_size: 64 }
+    }
+}
+
+impl Sampling {
+    /// The range rules, with each bad value named by its key under `prefix` (e.g. `sampling.`):
+    /// K at least `min_k` (0 where a sampled pass is optional), temperature finite and >= 0,
+    /// top_p in (0, 1], max_new_tokens and batch_size at least 1.
+    pub fn check(&self, prefix: &str, min_k: usize) -> std::result::Result<(), String> {
+        let bad = |key: &str, value: String, rule: &str| Err(format!("`{prefix}{key}` = {value}: must be {rule}"));
+        if self.samples_per_prompt < min_k {
+            return bad("samples_per_prompt", self.samples_per_prompt.to_string(), &format!("at least {min_k}"));
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad("temperature", self.temperature.to_string(), "a finite number >= 0");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", self.top_p.to_string(), "in (0, 1]");
+        }
+        if self.max_new_tokens == 0 {
+            return bad("max_new_tokens", "0".into(), "at least 1");
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", "0".into(), "at least 1");
+        }
+        Ok(())
+    }
+
+    /// The sampler's settings with this seed.
+    pub fn with_seed(&self, seed: u64) -> SamplingConfig {
+        SamplingConfig { spec: self.clone(), seed, ..SamplingConfig::default() }
+    }
+
+    /// The same settings, decoding greedily one sample per prompt.
+    pub fn greedy(&self) -> Sampling {
+        Sampling { samples_per_prompt: 1, temperature: 0.0, ..self.clone() }
+    }
+}
+
+/// One call of the sampler: the spec, the seed, and the stop rules the prompt adds.
+#[derive(Debug, Clone)]
+pub struct SamplingConfig {
+    pub spec: Sampling,
     pub seed: u64,
     /// Stop once the response contains any of these; the text ends with the stop string.
     pub stop_strings: Vec<String>,
@@ -42,11 +91,7 @@ pub struct SamplingConfig {
 impl Default for SamplingConfig {
     fn default() -> Self {
         SamplingConfig {
-            max_new_tokens: 256,
-            temperature: 1.0,
-            top_p: 1.0,
-            samples_per_prompt: 1,
-            batch_size: 64,
+            spec: Sampling::default(),
             seed: 0,
             stop_strings: Vec::new(),
             stop_after_answer_line: true,
@@ -90,18 +135,16 @@ pub fn generate(
     prompts: &[Vec<u32>],
     cfg: &SamplingConfig,
 ) -> Result<Vec<Generation>> {
-    if cfg.samples_per_prompt == 0 || cfg.batch_size == 0 || cfg.max_new_tokens == 0 {
-        return Err(Error::Invalid("samples_per_prompt, batch_size and max_new_tokens must be at least 1".into()));
-    }
+    cfg.spec.check("", 1).map_err(Error::Invalid)?;
     if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
         return Err(Error::Invalid(format!("prompt {i} is empty")));
     }
     let max_len = model.config.max_position_embeddings as usize;
-    if let Some(i) = prompts.iter().position(|p| p.len() + cfg.max_new_tokens > max_len) {
+    if let Some(i) = prompts.iter().position(|p| p.len() + cfg.spec.max_new_tokens > max_len) {
         return Err(Error::Invalid(format!(
             "prompt {i} ({} tokens) + max_new_tokens ({}) exceeds the model's {max_len} positions",
             prompts[i].len(),
-            cfg.max_new_tokens
+            cfg.spec.max_new_tokens
         )));
     }
     let stops = Stops {
@@ -113,9 +156,9 @@ pub fn generate(
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|&p| std::cmp::Reverse(prompts[p].len()));
     let mut queue: VecDeque<(usize, usize)> =
-        order.into_iter().flat_map(|p| (0..cfg.samples_per_prompt).map(move |s| (p, s))).collect();
-    let slots = cfg.batch_size.min(queue.len());
-    let capacity = prompts.iter().map(Vec::len).max().unwrap_or(0) + cfg.max_new_tokens;
+        order.into_iter().flat_map(|p| (0..cfg.spec.samples_per_prompt).map(move |s| (p, s))).collect();
+    let slots = cfg.spec.batch_size.min(queue.len());
+    let capacity = prompts.iter().map(Vec::len).max().unwrap_or(0) + cfg.spec.max_new_tokens;
     let mut out = Vec::with_capacity(queue.len());
     tch::no_grad(|| -> Result<()> {
         let mut batch = Batch {
@@ -339,7 +382,7 @@ impl<'t> Row<'t> {
                 return Ok(token);
             }
         }
-        if self.tokens.len() >= stops.cfg.max_new_tokens {
+        if self.tokens.len() >= stops.cfg.spec.max_new_tokens {
             self.finish = Some(Finish::Length);
         }
         Ok(token)
@@ -451,12 +494,13 @@ fn choose(logits: &Tensor, uniforms: &Tensor, cfg: &SamplingConfig) -> (Tensor, 
     // Few passes over the [B, V] logits and no [B, V] temporaries beyond the CDF: with a large
     // vocabulary these dominate a small model's decoding step.
     let logits = logits.to_kind(Kind::Float);
-    let greedy = cfg.temperature <= 0.0;
-    let scaled = if greedy { logits } else { &logits / cfg.temperature };
+    let greedy = cfg.spec.temperature <= 0.0;
+    let scaled = if greedy { logits } else { &logits / cfg.spec.temperature };
     let next = if greedy {
         scaled.argmax(-1, false)
     } else {
-        let filtered = if cfg.top_p < 1.0 { top_p_filter(&scaled, cfg.top_p) } else { scaled.shallow_clone() };
+        let filtered =
+            if cfg.spec.top_p < 1.0 { top_p_filter(&scaled, cfg.spec.top_p) } else { scaled.shallow_clone() };
         let mut cdf = filtered.softmax(-1, Kind::Float);
         let _ = cdf.cumsum_(-1, Kind::Float);
         // Scaling by the total keeps rounding from ever landing past the last likely token; the
@@ -512,7 +556,7 @@ mod tests {
     #[test]
     fn inverse_cdf_sampling_follows_the_distribution() {
         let logits = Tensor::from_slice(&[0.1f32, 0.6, 0.3]).log().unsqueeze(0).repeat([4, 1]);
-        let cfg = SamplingConfig { temperature: 1.0, ..Default::default() };
+        let cfg = Sampling { temperature: 1.0, ..Default::default() }.with_seed(0);
         let (next, logp) = choose(&logits, &Tensor::from_slice(&[0.05f32, 0.2, 0.69, 0.95]), &cfg);
         assert_eq!(Vec::<i64>::try_from(next).unwrap(), vec![0, 1, 1, 2]);
         let logp = Vec::<f32>::try_from(logp).unwrap();

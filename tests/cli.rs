@@ -124,7 +124,7 @@ fn eval_on_a_gsm8k_slice_then_rescore_the_saved_samples() {
         format!("model={}", s(&model)),
         format!("task={gsm8k}"),
         "problems=5".into(),
-        "samples=3".into(),
+        "samples_per_prompt=3".into(),
         "ks=[1,3]".into(),
         "max_new_tokens=12".into(),
         "scorer=mean-logprob".into(),
@@ -180,12 +180,12 @@ fn expert_iteration_runs_its_rounds_and_counts_samples() {
         format!("run.out_dir={}", s(dir.path())),
         "rounds=2".into(),
         "questions=6".into(),
-        "sampling.samples_per_question=3".into(),
+        "sampling.samples_per_prompt=3".into(),
         "sampling.max_new_tokens=8".into(),
         "include_references=true".into(),
         "train.max_steps=2".into(),
         "eval.problems=4".into(),
-        "eval.samples=2".into(),
+        "eval.samples_per_prompt=2".into(),
         "eval.ks=[1,2]".into(),
         "eval.max_new_tokens=8".into(),
     ] {
@@ -279,7 +279,7 @@ fn two_tiny_updates(dir: &Path) -> Vec<String> {
         "questions=20".into(),
         "updates=2".into(),
         "prompts_per_update=4".into(),
-        "max_new_tokens=10".into(),
+        "sampling.max_new_tokens=10".into(),
     ]
 }
 
@@ -328,7 +328,7 @@ fn orm_reranks_and_rcrl_learns_from_labels() {
     std::fs::write(&samples, marked.join("\n")).unwrap();
     let out_dir = format!("run.out_dir={}", s(dir.path()));
     let orm_sets = [
-        format!("policy={}", s(&model)),
+        format!("model={}", s(&model)),
         format!("episodes={}", s(&samples)),
         out_dir.clone(),
         "holdout=0.25".into(),
@@ -348,20 +348,20 @@ fn orm_reranks_and_rcrl_learns_from_labels() {
         format!("model={}", s(&model)),
         "task=builtin:1".into(),
         "problems=3".into(),
-        "samples=2".into(),
+        "sampling.samples_per_prompt=2".into(),
         "ks=[1,2]".into(),
         "max_new_tokens=8".into(),
         format!("out={}", s(&dir.path().join("eval"))),
     ];
-    assert!(ok(&strs(&with_sets(&["eval", "--scorer", s(&orm)], &eval_sets, &[]))).contains("rerank@2"));
+    assert!(ok(&strs(&with_sets(&["eval", "--orm", s(&orm)], &eval_sets, &[]))).contains("rerank@2"));
     // An ORM of LoRA adapters and a trained head over the frozen policy scores as well.
     let lora_orm = [&orm_sets[..], &["run.name=orm-lora".into(), "lora.rank=4".into()]].concat();
     ok(&strs(&with_sets(&["orm"], &lora_orm, &[])));
     let orm_lora = dir.path().join("orm-lora/final");
     assert!(orm_lora.join("adapter_model.safetensors").exists() && orm_lora.join("head.safetensors").exists());
-    let scored = ok(&strs(&with_sets(&["eval", "--scorer", s(&orm_lora)], &eval_sets, &["--force"])));
+    let scored = ok(&strs(&with_sets(&["eval", "--orm", s(&orm_lora)], &eval_sets, &["--force"])));
     assert!(scored.contains("rerank@2"), "{scored}");
-    let err = fails(&strs(&with_sets(&["eval", "--scorer", s(&model)], &eval_sets, &["--force"])));
+    let err = fails(&strs(&with_sets(&["eval", "--orm", s(&model)], &eval_sets, &["--force"])));
     assert!(err.contains("head.safetensors"), "the policy itself is not an ORM: {err}");
 
     // RCRL with per-step labels from the ORM, the references in the pool.
@@ -374,11 +374,11 @@ fn orm_reranks_and_rcrl_learns_from_labels() {
         "rounds=2".into(),
         "questions=4".into(),
         "include_references=true".into(),
-        "sampling.samples_per_question=2".into(),
+        "sampling.samples_per_prompt=2".into(),
         "sampling.max_new_tokens=8".into(),
         "train.max_steps=2".into(),
         "eval.problems=3".into(),
-        "eval.samples=2".into(),
+        "eval.samples_per_prompt=2".into(),
         "eval.ks=[1,2]".into(),
         "eval.max_new_tokens=8".into(),
     ];
@@ -410,7 +410,7 @@ fn ppo_and_grpo_run_their_updates() {
         "minibatches=2".into(),
         "eval_every=1".into(),
         "eval.problems=3".into(),
-        "eval.samples=2".into(),
+        "eval.samples_per_prompt=2".into(),
         "eval.ks=[1,2]".into(),
         "eval.max_new_tokens=8".into(),
     ]);
@@ -418,7 +418,7 @@ fn ppo_and_grpo_run_their_updates() {
     ppo.extend(["epochs=2".into(), "reward.kind=heuristic".into(), "critic=separate".into()]);
     ok(&strs(&with_sets(&["ppo"], &ppo, &[])));
     let mut grpo = common.to_vec();
-    grpo.push("group_size=3".into());
+    grpo.push("sampling.samples_per_prompt=3".into());
     ok(&strs(&with_sets(&["grpo", "--estimator", "rloo"], &grpo, &[])));
     for (run, keys) in [
         ("ppo", &["ppo/clip_fraction", "ppo/value_loss", "kl/reference", "value/explained_variance"][..]),
@@ -441,10 +441,10 @@ fn ppo_critic_warmup_trains_the_value_head_alone() {
     let model = dir.path().join("model");
     let mut sets = two_tiny_updates(dir.path());
     sets.extend([
-        "samples_per_prompt=2".into(),
+        "sampling.samples_per_prompt=2".into(),
         "eval_every=0".into(),
         "eval.problems=2".into(),
-        "eval.samples=0".into(),
+        "eval.samples_per_prompt=0".into(),
         "eval.max_new_tokens=4".into(),
         "optim.lr=1e-2".into(),
         "optim.warmup_steps=0".into(),
@@ -471,11 +471,18 @@ fn ppo_and_grpo_resume_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let mut common = two_tiny_updates(dir.path());
     common.extend(
-        ["updates=3", "save_every=1", "eval_every=0", "eval.problems=2", "eval.samples=0", "eval.max_new_tokens=4"]
-            .map(String::from),
+        [
+            "updates=3",
+            "save_every=1",
+            "eval_every=0",
+            "eval.problems=2",
+            "eval.samples_per_prompt=0",
+            "eval.max_new_tokens=4",
+        ]
+        .map(String::from),
     );
-    let ppo = ["critic=separate", "adaptive_kl=true", "samples_per_prompt=2", "optim.lr=1e-3", "target_kl=0"];
-    for (algorithm, extra) in [("ppo", &ppo[..]), ("grpo", &["group_size=2", "optim.lr=1e-3"][..])] {
+    let ppo = ["critic=separate", "adaptive_kl=true", "sampling.samples_per_prompt=2", "optim.lr=1e-3", "target_kl=0"];
+    for (algorithm, extra) in [("ppo", &ppo[..]), ("grpo", &["sampling.samples_per_prompt=2", "optim.lr=1e-3"][..])] {
         let mut sets = [&common[..], &[format!("run.name={algorithm}")]].concat();
         sets.extend(extra.iter().map(|s| s.to_string()));
         let args = with_sets(&[algorithm], &sets, &[]);
@@ -529,20 +536,25 @@ fn every_trainer_trains_lora_adapters_over_a_frozen_base() {
     let eval = ["eval", "--set", &format!("model={}", s(&dir.path().join("sft/final"))), "--set", "problems=2"];
     ok(&[
         &eval[..],
-        &["--set", "samples=0", "--set", "max_new_tokens=4", "--set"],
+        &["--set", "samples_per_prompt=0", "--set", "max_new_tokens=4", "--set"],
         &[&format!("out={}", s(&dir.path().join("ev")))[..]],
     ]
     .concat());
 
     // PPO (a separate critic with its own adapters and value head) and GRPO, which resumes exactly.
     common.extend(lora.iter().cloned());
-    common.extend(["eval.problems=2".into(), "eval.samples=0".into(), "eval.max_new_tokens=4".into()]);
-    let ppo = [&common[..], &["critic=separate".into(), "samples_per_prompt=2".into(), "save_every=2".into()]].concat();
+    common.extend(["eval.problems=2".into(), "eval.samples_per_prompt=0".into(), "eval.max_new_tokens=4".into()]);
+    let ppo = [&common[..], &["critic=separate".into(), "sampling.samples_per_prompt=2".into(), "save_every=2".into()]]
+        .concat();
     ok(&strs(&with_sets(&["ppo"], &ppo, &[])));
     assert!(is_adapter("ppo") && same(&base_of("ppo"), &base), "ppo");
     let critic = dir.path().join("ppo/critic/checkpoints/step-2");
     assert!(critic.join("adapter_model.safetensors").exists() && critic.join("head.safetensors").exists());
-    let grpo = with_sets(&["grpo"], &[&common[..], &["group_size=2".into(), "save_every=1".into()]].concat(), &[]);
+    let grpo = with_sets(
+        &["grpo"],
+        &[&common[..], &["sampling.samples_per_prompt=2".into(), "save_every=1".into()]].concat(),
+        &[],
+    );
     ok(&strs(&grpo));
     assert!(is_adapter("grpo"), "grpo");
     resumes_exactly(&grpo, dir.path(), "grpo", &["checkpoints/step-2"]);
@@ -555,11 +567,11 @@ fn every_trainer_trains_lora_adapters_over_a_frozen_base() {
         "rounds=2".into(),
         "questions=4".into(),
         "include_references=true".into(),
-        "sampling.samples_per_question=2".into(),
+        "sampling.samples_per_prompt=2".into(),
         "sampling.max_new_tokens=6".into(),
         "train.max_steps=2".into(),
         "eval.problems=2".into(),
-        "eval.samples=0".into(),
+        "eval.samples_per_prompt=0".into(),
         "eval.max_new_tokens=4".into(),
     ];
     let ei = with_sets(&["ei"], &[&rounds[..], &lora[..], &["reset_to_base=true".into()]].concat(), &[]);
@@ -616,7 +628,7 @@ fn lora_sft_raises_maj_at_1() {
             format!("model={}", s(m)),
             format!("task={gsm}"),
             "problems=50".into(),
-            "samples=0".into(),
+            "samples_per_prompt=0".into(),
             "max_new_tokens=8".into(),
             "prompt.shots=0".into(),
             format!("out={}", s(&out)),

@@ -10,27 +10,30 @@ fn config(name: &str) -> std::path::PathBuf {
 #[test]
 fn shipped_configs_parse() {
     let p: reasonrl::train::pretrain::PretrainConfig = load(Some(&config("pretrain.toml")), &[]).unwrap();
-    assert_eq!((p.corpus.level, p.prompt.format.as_str()), (1, "few-shot"));
+    assert_eq!((p.corpus.level, p.common.prompt.format), (1, reasonrl::prompt::PromptFormat::FewShot));
     for name in ["sft.toml", "sft-gsm8k.toml"] {
         let s: reasonrl::train::sft::SftConfig = load(Some(&config(name)), &[]).unwrap();
         assert!(s.train.lr > 0.0, "{name}");
     }
     for name in ["eval.toml", "eval-gsm8k.toml"] {
         let e: reasonrl::eval::run::EvalConfig = load(Some(&config(name)), &[]).unwrap();
-        assert!(e.ks.iter().all(|&k| k <= e.samples) || e.samples == 0, "{name}: every k needs k <= samples");
+        assert!(e.eval.check("").is_ok(), "{name}: every k needs k <= samples_per_prompt");
     }
     let ei: reasonrl::train::ei::EiConfig = load(Some(&config("ei.toml")), &["rounds=1".into()]).unwrap();
-    assert_eq!((ei.rounds, ei.run.name.as_str()), (1, "ei"));
+    assert_eq!((ei.rounds, ei.common.run.name.as_str()), (1, "ei"));
     let ei: reasonrl::train::ei::EiConfig = load(Some(&config("ei-smollm2.toml")), &[]).unwrap();
-    assert_eq!(ei.prompt.format, "chat");
+    assert_eq!(ei.common.prompt.format, reasonrl::prompt::PromptFormat::Chat);
     let orm: reasonrl::train::orm::OrmConfig = load(Some(&config("orm.toml")), &[]).unwrap();
     assert!(orm.balance && orm.holdout > 0.0);
     let rcrl: reasonrl::train::rcrl::RcrlConfig = load(Some(&config("rcrl.toml")), &[]).unwrap();
-    assert_eq!(rcrl.labels, "outcome");
+    assert_eq!(rcrl.labels, reasonrl::train::rcrl::Labels::Outcome);
     let ppo: reasonrl::train::ppo::PpoConfig = load(Some(&config("ppo.toml")), &[]).unwrap();
-    assert_eq!((ppo.kl_coef, ppo.gamma, ppo.lambda, ppo.reward.kind.as_str()), (0.05, 1.0, 0.95, "sparse"));
+    assert_eq!(
+        (ppo.pg.kl_coef, ppo.gamma, ppo.lambda, ppo.pg.reward.kind),
+        (0.05, 1.0, 0.95, reasonrl::reward::RewardKind::Sparse)
+    );
     let grpo: reasonrl::train::grpo::GrpoConfig = load(Some(&config("grpo.toml")), &[]).unwrap();
-    assert_eq!(grpo.estimator, "grpo");
+    assert_eq!(grpo.estimator, reasonrl::train::grpo::Estimator::Grpo);
     for name in ["study.toml", "study-full.toml"] {
         let s: reasonrl::study::StudyConfig = load(Some(&config(name)), &[]).unwrap();
         // Stage configs are relative to the repository root, where cargo runs tests.

@@ -162,13 +162,13 @@ fn two_ranks_sample_and_run_expert_iteration_like_one() {
                 "task=builtin:1".into(),
                 "rounds=2".into(),
                 "questions=9".into(),
-                "sampling.samples_per_question=3".into(),
+                "sampling.samples_per_prompt=3".into(),
                 "sampling.max_new_tokens=12".into(),
                 "include_references=true".into(),
                 "train.max_steps=3".into(),
                 format!("train.batch_tokens={batch_tokens}"),
                 "eval.problems=5".into(),
-                "eval.samples=2".into(),
+                "eval.samples_per_prompt=2".into(),
                 "eval.ks=[1,2]".into(),
                 "eval.max_new_tokens=8".into(),
             ],
@@ -218,17 +218,17 @@ fn grpo_and_ppo_minibatches_split_over_two_ranks_like_one() {
                 "questions=20".into(),
                 "updates=2".into(),
                 "prompts_per_update=8".into(),
-                "max_new_tokens=32".into(),
+                "sampling.max_new_tokens=32".into(),
                 "minibatches=2".into(),
                 "optim.lr=1e-3".into(),
                 "optim.warmup_steps=1".into(),
                 "eval.problems=3".into(),
-                "eval.samples=2".into(),
+                "eval.samples_per_prompt=2".into(),
                 "eval.ks=[1,2]".into(),
                 "eval.max_new_tokens=8".into(),
             ];
             if algorithm == "ppo" {
-                sets.push("samples_per_prompt=2".into());
+                sets.push("sampling.samples_per_prompt=2".into());
             }
             with_sets(algorithm, &sets)
         };

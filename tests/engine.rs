@@ -6,7 +6,7 @@ use reasonrl::engine::{Engine, EngineKind, RolloutConfig};
 use reasonrl::model::gguf_export::GgufDtype;
 use reasonrl::model::CausalLm;
 use reasonrl::prompt::Prompter;
-use reasonrl::sample::{generate, SamplingConfig};
+use reasonrl::sample::{generate, Sampling};
 use reasonrl::task::{synth, Split};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -65,7 +65,7 @@ fn llama_cpp_serves_an_exported_policy_with_the_local_greedy_tokens_and_logprobs
         .iter()
         .map(|p| prompter.encode(&tokenizer, &p.question).unwrap())
         .collect();
-    let cfg = SamplingConfig { temperature: 0.0, max_new_tokens: 24, ..SamplingConfig::default() };
+    let cfg = Sampling { temperature: 0.0, max_new_tokens: 24, ..Sampling::default() }.greedy().with_seed(0);
     let local = generate(&model, &tokenizer, &prompts, &cfg).unwrap();
     // F32 must match; llama.cpp must load F16 and Q8_0 too (their rounding may flip near-ties
     // of this untrained model, so only most prompts need to agree).
@@ -147,13 +147,13 @@ fn ei_sets(model: &str, dir: &Path, questions: usize, k: usize, tokens: usize) -
         "task=\"builtin:1\"".into(),
         "rounds=2".into(),
         format!("questions={questions}"),
-        format!("sampling.samples_per_question={k}"),
+        format!("sampling.samples_per_prompt={k}"),
         "sampling.temperature=0".into(),
         format!("sampling.max_new_tokens={tokens}"),
         "include_references=true".into(),
         "train.max_steps=2".into(),
         "eval.problems=4".into(),
-        "eval.samples=0".into(),
+        "eval.samples_per_prompt=0".into(),
         "eval.max_new_tokens=8".into(),
     ]
 }
@@ -237,7 +237,7 @@ fn a_wrong_base_url_fails_at_once_with_one_clear_line() {
         format!("model={}", toml::Value::String(model)),
         "task=\"builtin:1\"".into(),
         "problems=2".into(),
-        "samples=0".into(),
+        "samples_per_prompt=0".into(),
         format!("out={}", toml::Value::String(dir.path().join("eval").display().to_string())),
         "rollout.engine=\"openai\"".into(),
         "rollout.sync=\"none\"".into(),
@@ -267,13 +267,13 @@ fn ppo_and_grpo_sample_through_llama_cpp_and_log_the_logprob_gap() {
         "max_new_tokens=10".into(),
         "eval_every=0".into(),
         "eval.problems=2".into(),
-        "eval.samples=0".into(),
+        "eval.samples_per_prompt=0".into(),
         "eval.max_new_tokens=4".into(),
         "rollout.sync_every=1".into(),
     ];
     let engine = engine_sets(free_port(), &server_command());
     ok(&with_sets(&["ppo"], &[&common[..], &engine].concat()));
-    ok(&with_sets(&["grpo"], &[&common[..], &engine, &["group_size=3".to_string()]].concat()));
+    ok(&with_sets(&["grpo"], &[&common[..], &engine, &["sampling.samples_per_prompt=3".to_string()]].concat()));
     for (run, per_update) in [("ppo", 4.0), ("grpo", 12.0)] {
         let lines = metrics(&dir.path().join(run));
         let last = &lines[2];

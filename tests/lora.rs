@@ -5,9 +5,10 @@ use reasonrl::model::lora::{BaseDtype, LoraConfig, Target, ADAPTER_CONFIG_FILE, 
 mod common;
 
 use reasonrl::model::{CausalLm, ModelConfig};
+use reasonrl::run::Metrics;
 use reasonrl::tokenizer::Tokenizer;
 use reasonrl::train::checkpoint::TrainerState;
-use reasonrl::train::{AdamW, Example, Metrics, Objective, TrainConfig, Trainer};
+use reasonrl::train::{AdamW, Example, Objective, TrainConfig, Trainer};
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};

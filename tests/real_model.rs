@@ -7,7 +7,7 @@ mod common;
 
 use reasonrl::model::CausalLm;
 use reasonrl::prompt::{PromptConfig, Prompter};
-use reasonrl::sample::{generate, SamplingConfig};
+use reasonrl::sample::{generate, Sampling, SamplingConfig};
 use reasonrl::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -34,12 +34,12 @@ fn load() -> (CausalLm, Tokenizer) {
 }
 
 fn chat() -> Prompter {
-    let cfg = PromptConfig { format: "chat".into(), shots: 0, ..PromptConfig::default() };
+    let cfg = PromptConfig { format: reasonrl::prompt::PromptFormat::Chat, shots: 0, ..PromptConfig::default() };
     Prompter::new(&cfg, &[]).unwrap()
 }
 
 fn greedy(max_new_tokens: usize) -> SamplingConfig {
-    SamplingConfig { max_new_tokens, temperature: 0.0, batch_size: 8, ..SamplingConfig::default() }
+    Sampling { max_new_tokens, batch_size: 8, ..Sampling::default() }.greedy().with_seed(0)
 }
 
 #[test]

@@ -3,7 +3,7 @@
 mod common;
 
 use reasonrl::model::{CausalLm, ModelConfig};
-use reasonrl::sample::{generate, Finish, SamplingConfig};
+use reasonrl::sample::{generate, Finish, Sampling, SamplingConfig};
 use reasonrl::task::{synth, Split};
 use reasonrl::tokenizer::Tokenizer;
 use tch::{Device, Kind, Tensor};
@@ -29,15 +29,7 @@ fn prompts(tokenizer: &Tokenizer) -> Vec<Vec<u32>> {
 }
 
 fn sampling(temperature: f64, seed: u64) -> SamplingConfig {
-    SamplingConfig {
-        max_new_tokens: 12,
-        temperature,
-        top_p: 0.95,
-        samples_per_prompt: 3,
-        batch_size: 4,
-        seed,
-        ..SamplingConfig::default()
-    }
+    Sampling { max_new_tokens: 12, temperature, top_p: 0.95, samples_per_prompt: 3, batch_size: 4 }.with_seed(seed)
 }
 
 #[test]
@@ -61,7 +53,7 @@ fn same_seed_repeats_exactly_and_other_seeds_differ() {
     // A row's samples do not depend on the batch it was decoded in (log-probs up to float
     // rounding of different batch shapes).
     let mut small_batches = sampling(1.0, 7);
-    small_batches.batch_size = 1;
+    small_batches.spec.batch_size = 1;
     for (x, y) in generate(&model, &tokenizer, &prompts, &small_batches).unwrap().iter().zip(&a) {
         assert_eq!(x.tokens, y.tokens);
         assert!(x.logprobs.iter().zip(&y.logprobs).all(|(p, q)| (p - q).abs() < 1e-5));
@@ -73,10 +65,10 @@ fn greedy_tokens_and_logprobs_match_a_full_forward_pass() {
     let (model, tokenizer) = setup();
     let prompts = prompts(&tokenizer);
     let mut cfg = sampling(0.0, 0);
-    cfg.samples_per_prompt = 1;
-    cfg.batch_size = 2; // the third prompt takes the first free row mid-decode
-                        // Stop the first row early with a stop string taken from its own output, so rows leave the
-                        // batch at different steps.
+    cfg.spec.samples_per_prompt = 1;
+    cfg.spec.batch_size = 2; // the third prompt takes the first free row mid-decode
+                             // Stop the first row early with a stop string taken from its own output, so rows leave the
+                             // batch at different steps.
     let free = generate(&model, &tokenizer, &prompts, &cfg).unwrap();
     let stop = tokenizer.decode(&free[0].tokens[..3], true).unwrap();
     cfg.stop_strings = vec![stop.clone()];
@@ -101,7 +93,7 @@ fn continuous_batching_matches_one_row_at_a_time() {
     let mut prompts = prompts(&tokenizer);
     prompts.push(vec![tokenizer.bos_id().unwrap()]); // a prompt of one token has nothing to prefill
     let mut cfg = sampling(1.0, 3);
-    (cfg.samples_per_prompt, cfg.max_new_tokens, cfg.batch_size) = (4, 16, 1);
+    (cfg.spec.samples_per_prompt, cfg.spec.max_new_tokens, cfg.spec.batch_size) = (4, 16, 1);
     let alone = generate(&model, &tokenizer, &prompts, &cfg).unwrap();
     // Stop strings taken from the output, so rows finish at different steps and slots free up.
     cfg.stop_strings =
@@ -112,7 +104,7 @@ fn continuous_batching_matches_one_row_at_a_time() {
     assert!(lengths.len() > 2, "rows should stop at different steps: {lengths:?}");
     assert!(alone.iter().any(|g| g.finish == Finish::Stop));
     for batch_size in [3, 5, 16, 64] {
-        cfg.batch_size = batch_size;
+        cfg.spec.batch_size = batch_size;
         let batched = generate(&model, &tokenizer, &prompts, &cfg).unwrap();
         assert_eq!(batched.len(), alone.len());
         for (x, y) in batched.iter().zip(&alone) {
@@ -130,7 +122,7 @@ fn bad_requests_are_refused() {
     let (model, tokenizer) = setup();
     let mut cfg = sampling(1.0, 0);
     assert!(generate(&model, &tokenizer, &[vec![]], &cfg).is_err());
-    cfg.max_new_tokens = 1000;
+    cfg.spec.max_new_tokens = 1000;
     let err = generate(&model, &tokenizer, &prompts(&tokenizer), &cfg).unwrap_err().to_string();
     assert!(err.contains("128 positions"), "{err}");
 }
@@ -142,7 +134,8 @@ fn a_step_prefix_follows_every_line_end() {
     let newlines = tokenizer.newline_counts().unwrap();
     let prefix = 7; // any token will do for the sampler
     let mut cfg = sampling(3.0, 1);
-    (cfg.max_new_tokens, cfg.samples_per_prompt, cfg.top_p, cfg.stop_after_answer_line) = (60, 8, 1.0, false);
+    (cfg.spec.max_new_tokens, cfg.spec.samples_per_prompt, cfg.spec.top_p, cfg.stop_after_answer_line) =
+        (60, 8, 1.0, false);
     cfg.step_prefix = Some(prefix);
     let mut line_ends = 0;
     for g in generate(&model, &tokenizer, &prompts, &cfg).unwrap() {

@@ -20,12 +20,12 @@ fn config(dir: &Path) -> PathBuf {
             dir.display().to_string()
         ),
         stage("pretrain", r#""corpus.documents=100", "eval.problems=0", "train.max_steps=3""#),
-        stage("sft", r#""train.max_steps=4", "train.eval_every=2", "eval.problems=8", "eval.samples=4", "eval.max_new_tokens=48""#),
+        stage("sft", r#""train.max_steps=4", "train.eval_every=2", "eval.problems=8", "eval.samples_per_prompt=4", "eval.max_new_tokens=48""#),
         stage(
             "ei",
             r#""questions=8", "rounds=1", "train.max_steps=2", "eval.problems=8", "sampling.max_new_tokens=48", "eval.max_new_tokens=48""#,
         ),
-        stage("grpo", &format!(r#""updates=40", "prompts_per_update=2", "group_size=4", "eval_every=20", {tiny}"#)),
+        stage("grpo", &format!(r#""updates=40", "prompts_per_update=2", "sampling.samples_per_prompt=4", "eval_every=20", {tiny}"#)),
     ]
     .join("\n");
     let path = dir.join("study.toml");

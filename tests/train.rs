@@ -3,10 +3,11 @@
 mod common;
 
 use reasonrl::model::{CausalLm, ModelConfig};
+use reasonrl::run::Metrics;
 use reasonrl::task::{synth, Split};
 use reasonrl::tokenizer::Tokenizer;
 use reasonrl::train::checkpoint::{load_checkpoint, Checkpoints, TrainerState};
-use reasonrl::train::{AdamW, Example, Metrics, TrainConfig, Trainer};
+use reasonrl::train::{AdamW, Example, TrainConfig, Trainer};
 use std::path::Path;
 use tch::Device;
 
@@ -132,8 +133,8 @@ fn the_loss_covers_the_response_tokens_only() {
     let config = ModelConfig::llama(50, 32, 64, 2, 4, 2, 64, true);
     let model = CausalLm::new(&config, Device::Cpu, false).unwrap();
     let example = Example::new(vec![1, 7, 9, 11, 13, 21, 23, 25], 5);
-    let (inputs, targets) = reasonrl::train::collate(&[&example], 0, &[], Device::Cpu);
-    let loss = reasonrl::train::masked_lm_loss(&model, &inputs, &targets).double_value(&[]);
+    let (inputs, targets) = reasonrl::train::objective::collate(&[&example], 0, &[], Device::Cpu);
+    let loss = reasonrl::train::objective::masked_lm_loss(&model, &inputs, &targets).double_value(&[]);
     let ids: Vec<i64> = example.tokens.iter().map(|&t| t as i64).collect();
     let logp = model.forward_logits(&tch::Tensor::from_slice(&ids[..7]).unsqueeze(0)).log_softmax(-1, tch::Kind::Float);
     // Positions 4, 5, 6 predict tokens 5, 6, 7: the response. Positions 0-3 (the prompt) do not count.
@@ -147,16 +148,16 @@ fn the_orm_loss_covers_the_response_tokens_only_and_reaches_every_used_parameter
     let model = CausalLm::new(&config, Device::Cpu, true).unwrap();
     let mut example = Example::new(vec![1, 7, 9, 11, 13, 21], 3);
     example.label = Some(1.0);
-    let loss = reasonrl::train::outcome_loss(&model, &[&example], 0, 2.0, 0.0, 0.0).unwrap();
+    let loss = reasonrl::train::objective::outcome_loss(&model, &[&example], 0, 2.0, 0.0, 0.0).unwrap();
     let ids: Vec<i64> = example.tokens.iter().map(|&t| t as i64).collect();
     let values = model.head_values(&model.forward_hidden(&tch::Tensor::from_slice(&ids).unsqueeze(0))).unwrap();
     // Label 1 with weight 2 at positions 3, 4, 5 (after each response token): 2 * softplus(-v).
     let expected: f64 = (3..6).map(|j| 2.0 * (1.0 + (-values.double_value(&[0, j])).exp()).ln()).sum();
     assert!((loss.double_value(&[]) - expected).abs() < 1e-4, "{loss} vs {expected}");
     // The joint objective adds exactly the language-model loss on the response.
-    let joint = reasonrl::train::outcome_loss(&model, &[&example], 0, 2.0, 0.5, 0.0).unwrap();
-    let (inputs, targets) = reasonrl::train::collate(&[&example], 0, &[], Device::Cpu);
-    let lm = reasonrl::train::masked_lm_loss(&model, &inputs, &targets);
+    let joint = reasonrl::train::objective::outcome_loss(&model, &[&example], 0, 2.0, 0.5, 0.0).unwrap();
+    let (inputs, targets) = reasonrl::train::objective::collate(&[&example], 0, &[], Device::Cpu);
+    let lm = reasonrl::train::objective::masked_lm_loss(&model, &inputs, &targets);
     assert!((joint.double_value(&[]) - loss.double_value(&[]) - 0.5 * lm.double_value(&[])).abs() < 1e-3);
     loss.backward();
     for (name, p) in model.vs.variables() {
@@ -210,18 +211,20 @@ fn an_orm_learns_which_solutions_are_right() {
 
 #[test]
 fn the_trainers_log_probs_equal_the_samplers_and_a_mismatch_is_refused() {
-    use reasonrl::train::rl::{check_behaviour_logprobs, score_responses, unpad_rows};
+    use reasonrl::train::pg::{score_responses, unpad_rows};
+    use reasonrl::train::pg_run::check_behaviour_logprobs;
     let dir = tempfile::tempdir().unwrap();
     let (tokenizer, _) = setup(dir.path());
     let model = CausalLm::load(&dir.path().join("init"), Device::Cpu, true).unwrap();
     let problems = synth::generate(1, Split::Test, 5, 9);
-    let cfg = reasonrl::sample::SamplingConfig {
+    let cfg = reasonrl::sample::Sampling {
         temperature: 0.7,
         max_new_tokens: 12,
         samples_per_prompt: 3,
         batch_size: 4,
         ..Default::default()
-    };
+    }
+    .with_seed(0);
     let mut episodes =
         reasonrl::rollout::rollout(&model, &tokenizer, &reasonrl::prompt::Prompter::plain(), &problems, &cfg).unwrap();
     let refs: Vec<_> = episodes.iter().collect();

@@ -153,7 +153,7 @@ impl Remote {
         cfg: &SamplingConfig,
     ) -> Result<Vec<Generation>> {
         let jobs: Vec<(usize, usize)> =
-            (0..prompts.len()).flat_map(|p| (0..cfg.samples_per_prompt).map(move |s| (p, s))).collect();
+            (0..prompts.len()).flat_map(|p| (0..cfg.spec.samples_per_prompt).map(move |s| (p, s))).collect();
         let results: Vec<Mutex<Option<Completion>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
         let (next, failed, error) = (AtomicUsize::new(0), AtomicBool::new(false), Mutex::new(None));
         let workers = self.cfg.max_concurrency.min(jobs.len());
@@ -200,9 +200,9 @@ impl Remote {
         let body = json!({
             "model": self.model_name(url)?,
             "prompt": prompt,
-            "max_tokens": cfg.max_new_tokens,
-            "temperature": cfg.temperature,
-            "top_p": cfg.top_p,
+            "max_tokens": cfg.spec.max_new_tokens,
+            "temperature": cfg.spec.temperature,
+            "top_p": cfg.spec.top_p,
             "n": 1,
             "seed": seed,
             "logprobs": 1,

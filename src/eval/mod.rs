@@ -6,6 +6,7 @@
 //! Everything works on [`Episode`]s, so saved samples (see [`read_episodes`]) can be re-scored
 //! without sampling again.
 
+pub mod policy;
 pub mod run;
 
 use crate::error::{Error, Result};
@@ -63,34 +64,6 @@ fn weighted_majority_index(answers: &[Option<String>], weights: &[f64]) -> Optio
 /// None if there are no answers.
 pub fn majority_vote(answers: &[Option<String>]) -> Option<String> {
     majority_index(answers).and_then(|i| answers[i].clone())
-}
-
-/// Scores samples for rerank@k and wmaj@k: a confidence in [0, 1] that the sample is right,
-/// higher is better. wmaj@k adds the scores up as votes, so they must not be negative.
-pub trait Scorer {
-    /// One score per episode, in the same order.
-    fn score(&self, episodes: &[Episode]) -> Result<Vec<f64>>;
-}
-
-/// A scorer for tests and baselines: the policy's own confidence, as the geometric mean of its
-/// token probabilities (exp of the mean behaviour log-prob). An empty response scores 0 (ranked
-/// last), since it has no confidence to speak of.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MeanLogprobScorer;
-
-impl Scorer for MeanLogprobScorer {
-    fn score(&self, episodes: &[Episode]) -> Result<Vec<f64>> {
-        Ok(episodes
-            .iter()
-            .map(|e| {
-                if e.logprobs.is_empty() {
-                    0.0
-                } else {
-                    (e.logprobs.iter().map(|&x| x as f64).sum::<f64>() / e.logprobs.len() as f64).exp()
-                }
-            })
-            .collect())
-    }
 }
 
 /// 95% percentile bootstrap interval of the mean of per-problem `values`: resamples the
@@ -300,7 +273,7 @@ struct Group<'a> {
 /// - wmaj@k is maj@k with each sample's vote weighted by its score (Uesato et al. 2022's
 ///   verifier-weighted voting): a weak verifier still breaks ties and near-ties between answers,
 ///   where picking its single best sample would throw the votes away.
-/// - `scores`: one per sample episode, in the order of `samples` (e.g. from a [`Scorer`]);
+/// - `scores`: one per sample episode, in the order of `samples` (e.g. from a [`crate::rollout::Scorer`]);
 ///   rerank is computed only when given.
 /// - distinct_correct: distinct correct sample texts after whitespace normalisation.
 ///
@@ -645,6 +618,7 @@ pub fn read_records(path: &Path) -> Result<Vec<ProblemRecord>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rollout::{MeanLogprobScorer, Scorer};
     use crate::sample::Finish;
     use proptest::prelude::*;
 

@@ -22,6 +22,7 @@ use tch::{Device, Kind, Tensor};
 pub enum GgufDtype {
     F32,
     F16,
+    #[value(name = "q8_0")]
     Q8_0,
 }
 

@@ -12,11 +12,13 @@
 
 pub mod report;
 
-use crate::config::load;
+use crate::config::{load, Config};
 use crate::error::{Error, Result};
+use crate::eval::policy::EvalSpec;
+use crate::eval::run::{EvalConfig, ScorerKind};
 use crate::fsutil::write_atomic;
-use crate::prompt::PromptConfig;
-use crate::train::rounds::RoundEval;
+use crate::prompt::{PromptConfig, PromptFormat};
+use crate::reward::RewardKind;
 use crate::train::{ei, grpo, orm, ppo, pretrain, rcrl, sft};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -33,17 +35,14 @@ pub struct StudyConfig {
     pub device: String,
     /// Model presets; each is pretrained and fine-tuned once.
     pub sizes: Vec<String>,
-    /// Where the experiments start: "sft" (the fine-tuned model, plain prompts) and/or
-    /// "pretrained" (the pretrained model, few-shot prompts).
-    pub inits: Vec<String>,
+    /// Where the experiments start.
+    pub inits: Vec<Init>,
     /// Seeds of each experiment (pretraining and SFT run once per size).
     pub seeds: Vec<u64>,
     pub experiments: Vec<Experiment>,
-    /// rerank@k by an ORM trained on each init's own samples ("orm") or by the policy's mean
-    /// log-prob ("mean-logprob", cheaper).
-    pub rerank: String,
-    /// The final test evaluation of every model (the same settings as a round's evaluation).
-    pub eval: RoundEval,
+    pub rerank: Rerank,
+    /// The final test evaluation of every model (the same settings as a run's evaluation).
+    pub eval: EvalSpec,
     /// The engine that samples in every stage that samples (ORM, the algorithms, the final
     /// evaluations); a stage's own `rollout.*` overrides win.
     pub rollout: crate::engine::RolloutConfig,
@@ -66,11 +65,11 @@ impl Default for StudyConfig {
             task: "builtin:1".into(),
             device: "cpu".into(),
             sizes: vec!["small".into()],
-            inits: vec!["sft".into()],
+            inits: vec![Init::Sft],
             seeds: vec![0],
-            experiments: vec![Experiment { algorithm: "ei".into(), reward: "sparse".into() }],
-            rerank: "orm".into(),
-            eval: RoundEval::default(),
+            experiments: vec![Experiment::default()],
+            rerank: Rerank::Orm,
+            eval: EvalSpec::default(),
             rollout: crate::engine::RolloutConfig::default(),
             pretrain: Stage::default(),
             sft: Stage::default(),
@@ -83,19 +82,64 @@ impl Default for StudyConfig {
     }
 }
 
+impl Config for StudyConfig {
+    fn check(&self) -> std::result::Result<(), String> {
+        self.eval.check("eval.")
+    }
+}
+
+/// Where a study's experiments start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Init {
+    /// The fine-tuned model, plain prompts.
+    Sft,
+    /// The pretrained model, few-shot prompts.
+    Pretrained,
+}
+
+/// What ranks a study's samples for rerank@k.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rerank {
+    /// An ORM trained on each init's own samples.
+    Orm,
+    /// The policy's mean log-prob (cheaper).
+    MeanLogprob,
+}
+
+/// The algorithms a study runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    #[default]
+    Ei,
+    Ppo,
+    Grpo,
+    Rloo,
+    Rcrl,
+}
+
+/// The lower-case name of a unit enum as its config spells it.
+pub fn name_of<T: serde::Serialize>(value: &T) -> String {
+    match toml::Value::try_from(value) {
+        Ok(toml::Value::String(s)) => s,
+        _ => unreachable!("unit enums serialise to strings"),
+    }
+}
+
 /// One row of the grid before the inits, sizes and seeds multiply it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Experiment {
-    /// ei, ppo, grpo, rloo or rcrl.
-    pub algorithm: String,
-    /// sparse, heuristic or orm (EI learns from final answers only: sparse).
-    pub reward: String,
+    pub algorithm: Algorithm,
+    /// EI learns from final answers only: sparse.
+    pub reward: RewardKind,
 }
 
 impl Default for Experiment {
     fn default() -> Self {
-        Experiment { algorithm: "ei".into(), reward: "sparse".into() }
+        Experiment { algorithm: Algorithm::Ei, reward: RewardKind::Sparse }
     }
 }
 
@@ -161,40 +205,28 @@ pub struct Plan {
 /// work).
 pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
     let dir = cfg.out_dir.join(&cfg.name);
-    for e in &cfg.experiments {
-        if !["ei", "ppo", "grpo", "rloo", "rcrl"].contains(&e.algorithm.as_str()) {
-            return Err(Error::Invalid(format!(
-                "study: unknown algorithm `{}` (ei, ppo, grpo, rloo, rcrl)",
-                e.algorithm
-            )));
-        }
-        if !["sparse", "heuristic", "orm"].contains(&e.reward.as_str()) || (e.algorithm == "ei" && e.reward != "sparse")
-        {
-            return Err(Error::Invalid(format!(
-                "study: reward `{}` for {} (sparse, heuristic or orm; EI uses sparse)",
-                e.reward, e.algorithm
-            )));
-        }
+    if let Some(e) = cfg.experiments.iter().find(|e| e.algorithm == Algorithm::Ei && e.reward != RewardKind::Sparse) {
+        return Err(Error::Invalid(format!(
+            "study: reward `{}` for ei (EI learns from the sparse reward)",
+            name_of(&e.reward)
+        )));
     }
-    if let Some(init) = cfg.inits.iter().find(|i| !["sft", "pretrained"].contains(&i.as_str())) {
-        return Err(Error::Invalid(format!("study: unknown init `{init}` (sft or pretrained)")));
-    }
-    if !["orm", "mean-logprob"].contains(&cfg.rerank.as_str()) {
-        return Err(Error::Invalid(format!("study: rerank `{}` (orm or mean-logprob)", cfg.rerank)));
-    }
-    let needs_orm = cfg.rerank == "orm" || cfg.experiments.iter().any(|e| e.reward == "orm");
+    let needs_orm = cfg.rerank == Rerank::Orm || cfg.experiments.iter().any(|e| e.reward == RewardKind::Orm);
     let (mut jobs, mut rows) = (Vec::new(), Vec::new());
     for size in &cfg.sizes {
         let at = |name: &str| dir.join(size).join(name);
         jobs.push(Job { dir: at("pretrain"), action: Action::Pretrain { size: size.clone() } });
-        if cfg.inits.iter().any(|i| i == "sft") {
+        if cfg.inits.contains(&Init::Sft) {
             jobs.push(Job { dir: at("sft"), action: Action::Sft { pretrained: at("pretrain") } });
         }
         for init in &cfg.inits {
-            let (model, prompt) = match init.as_str() {
-                "sft" => (at("sft"), PromptConfig::default()),
-                _ => (at("pretrain"), PromptConfig { format: "few-shot".into(), ..PromptConfig::default() }),
+            let (model, prompt) = match init {
+                Init::Sft => (at("sft"), PromptConfig::default()),
+                Init::Pretrained => {
+                    (at("pretrain"), PromptConfig { format: PromptFormat::FewShot, ..PromptConfig::default() })
+                }
             };
+            let init = name_of(init);
             let orm = needs_orm.then(|| at(&format!("{init}-orm")));
             if let Some(orm) = &orm {
                 jobs.push(Job {
@@ -202,7 +234,7 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
                     action: Action::Orm { policy: model.clone(), prompt: prompt.clone() },
                 });
             }
-            let scorer = orm.clone().filter(|_| cfg.rerank == "orm");
+            let scorer = orm.clone().filter(|_| cfg.rerank == Rerank::Orm);
             let eval = |model: &Path, out: PathBuf, prompt: PromptConfig, scorer: Option<PathBuf>| Job {
                 dir: out,
                 action: Action::Eval { model: model.to_path_buf(), scorer, prompt },
@@ -220,7 +252,8 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
             rows.push(start.clone());
             for experiment in &cfg.experiments {
                 for &seed in &cfg.seeds {
-                    let run = at(&format!("{init}-{}-{}-s{seed}", experiment.algorithm, experiment.reward));
+                    let (algorithm, reward) = (name_of(&experiment.algorithm), name_of(&experiment.reward));
+                    let run = at(&format!("{init}-{algorithm}-{reward}-s{seed}"));
                     let action = Action::Train {
                         experiment: experiment.clone(),
                         seed,
@@ -232,15 +265,15 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
                     // An RCRL model is asked as a good solver, before every step in the dense variants.
                     // Its samples hold control tokens the init's ORM never saw: rerank by mean log-prob.
                     let (mut eval_prompt, mut eval_scorer) = (prompt.clone(), scorer.clone());
-                    if experiment.algorithm == "rcrl" {
+                    if experiment.algorithm == Algorithm::Rcrl {
                         eval_prompt.condition = rcrl::GOOD.into();
-                        eval_prompt.condition_every_step = experiment.reward != "sparse";
+                        eval_prompt.condition_every_step = experiment.reward != RewardKind::Sparse;
                         eval_scorer = None;
                     }
                     jobs.push(eval(&run, run.join("eval"), eval_prompt, eval_scorer));
                     rows.push(Row {
-                        algorithm: experiment.algorithm.clone(),
-                        reward: experiment.reward.clone(),
+                        algorithm,
+                        reward,
                         seed: Some(seed),
                         run: Some(run.clone()),
                         eval: run.join("eval"),
@@ -268,25 +301,25 @@ pub struct Outcome {
 
 /// Loads every stage's config with its overrides, so a typo fails now rather than hours in.
 pub fn check_stages(cfg: &StudyConfig) -> Result<()> {
-    fn check<T: serde::de::DeserializeOwned + serde::Serialize + Default>(name: &str, stage: &Stage) -> Result<()> {
+    fn check<T: Config>(name: &str, stage: &Stage) -> Result<()> {
         load::<T>(stage.config.as_deref(), &stage.set)
             .map(drop)
             .map_err(|e| Error::Invalid(format!("study stage [{name}]: {e}")))
     }
-    let used = |name: &str| cfg.experiments.iter().any(|e| e.algorithm == name);
+    let used = |a: Algorithm| cfg.experiments.iter().any(|e| e.algorithm == a);
     check::<pretrain::PretrainConfig>("pretrain", &cfg.pretrain)?;
     check::<sft::SftConfig>("sft", &cfg.sft)?;
     check::<orm::OrmConfig>("orm", &cfg.orm)?;
-    if used("ei") {
+    if used(Algorithm::Ei) {
         check::<ei::EiConfig>("ei", &cfg.ei)?;
     }
-    if used("ppo") {
+    if used(Algorithm::Ppo) {
         check::<ppo::PpoConfig>("ppo", &cfg.ppo)?;
     }
-    if used("grpo") || used("rloo") {
+    if used(Algorithm::Grpo) || used(Algorithm::Rloo) {
         check::<grpo::GrpoConfig>("grpo", &cfg.grpo)?;
     }
-    if used("rcrl") {
+    if used(Algorithm::Rcrl) {
         check::<rcrl::RcrlConfig>("rcrl", &cfg.rcrl)?;
     }
     Ok(())
@@ -360,11 +393,7 @@ fn quoted(text: impl std::fmt::Display) -> String {
 }
 
 /// A stage's config: its base file, `defaults`, its overrides, then the study's own settings.
-fn stage_config<T: serde::de::DeserializeOwned + serde::Serialize + Default>(
-    stage: &Stage,
-    defaults: &[String],
-    study: Vec<String>,
-) -> Result<T> {
+fn stage_config<T: Config>(stage: &Stage, defaults: &[String], study: Vec<String>) -> Result<T> {
     load(stage.config.as_deref(), &[defaults.to_vec(), stage.set.clone(), study].concat())
 }
 
@@ -385,8 +414,9 @@ fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
         format!("run.name={}", quoted(&name)),
         format!("run.device={}", quoted(&cfg.device)),
     ];
-    let prompt_set =
-        |p: &PromptConfig| vec![format!("prompt.format={}", quoted(&p.format)), format!("prompt.shots={}", p.shots)];
+    let prompt_set = |p: &PromptConfig| {
+        vec![format!("prompt.format={}", quoted(name_of(&p.format))), format!("prompt.shots={}", p.shots)]
+    };
     let resume = job.dir.join("checkpoints").exists();
     let task = format!("task={}", quoted(&cfg.task));
     let engine = rollout_sets(&cfg.rollout);
@@ -403,7 +433,7 @@ fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
             Ok(job.dir.join("best"))
         }
         Action::Orm { policy, prompt } => {
-            let policy = format!("policy={}", quoted(output_of(policy)?.display()));
+            let policy = format!("model={}", quoted(output_of(policy)?.display()));
             let c: orm::OrmConfig =
                 stage_config(&cfg.orm, &engine, [run, vec![task, policy], prompt_set(prompt)].concat())?;
             orm::run(&c, resume, !resume)?;
@@ -414,25 +444,26 @@ fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
                 [run, vec![task, format!("model={}", quoted(output_of(init)?.display())), format!("seed={seed}")]]
                     .concat();
             set.extend(prompt_set(prompt));
-            let orm_path = match (experiment.reward.as_str(), orm) {
-                ("orm", Some(orm)) => Some(quoted(output_of(orm)?.display())),
+            let orm_path = match (experiment.reward, orm) {
+                (RewardKind::Orm, Some(orm)) => Some(quoted(output_of(orm)?.display())),
                 _ => None,
             };
-            match experiment.algorithm.as_str() {
-                "ei" => ei::run(&stage_config(&cfg.ei, &engine, set)?, resume, !resume),
-                "rcrl" => {
-                    let labels = if experiment.reward == "sparse" { "outcome" } else { &experiment.reward };
-                    set.push(format!("labels={}", quoted(labels)));
+            let reward = quoted(name_of(&experiment.reward));
+            match experiment.algorithm {
+                Algorithm::Ei => ei::run(&stage_config(&cfg.ei, &engine, set)?, resume, !resume),
+                Algorithm::Rcrl => {
+                    let labels = if experiment.reward == RewardKind::Sparse { quoted("outcome") } else { reward };
+                    set.push(format!("labels={labels}"));
                     set.extend(orm_path.map(|p| format!("orm={p}")));
                     rcrl::run(&stage_config(&cfg.rcrl, &engine, set)?, resume, !resume)
                 }
                 algorithm => {
-                    set.push(format!("reward.kind={}", quoted(&experiment.reward)));
+                    set.push(format!("reward.kind={reward}"));
                     set.extend(orm_path.map(|p| format!("reward.orm={p}")));
-                    if algorithm == "ppo" {
+                    if algorithm == Algorithm::Ppo {
                         ppo::run(&stage_config(&cfg.ppo, &engine, set)?, resume, !resume)
                     } else {
-                        set.push(format!("estimator={}", quoted(algorithm)));
+                        set.push(format!("estimator={}", quoted(name_of(&algorithm))));
                         grpo::run(&stage_config(&cfg.grpo, &engine, set)?, resume, !resume)
                     }
                 }
@@ -440,26 +471,20 @@ fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
         }
         Action::Eval { model, scorer, prompt } => {
             // Without its ORM (failed) the evaluation still runs; rerank@k is left out.
-            let scorer = match scorer.as_deref().map(output_of) {
-                Some(Ok(orm)) => orm.display().to_string(),
+            let (scorer, orm) = match scorer.as_deref().map(output_of) {
+                Some(Ok(orm)) => (ScorerKind::Orm, orm),
                 Some(Err(e)) => {
                     crate::progress::println(&format!("no rerank@k: {e}"));
-                    String::new()
+                    (ScorerKind::None, PathBuf::new())
                 }
-                None => "mean-logprob".into(),
+                None => (ScorerKind::MeanLogprob, PathBuf::new()),
             };
-            let e = &cfg.eval;
-            let eval = crate::eval::run::EvalConfig {
+            let eval = EvalConfig {
                 model: output_of(model)?,
                 task: cfg.task.clone(),
-                problems: e.problems,
-                samples: e.samples,
-                sampled_problems: e.sampled_problems,
-                temperature: e.temperature,
-                ks: e.ks.clone(),
-                max_new_tokens: e.max_new_tokens,
-                batch_size: e.batch_size,
+                eval: cfg.eval.clone(),
                 scorer,
+                orm,
                 prompt: prompt.clone(),
                 rollout: cfg.rollout.clone(),
                 out: job.dir.clone(),
@@ -489,8 +514,8 @@ mod tests {
         };
         let stage = Stage { config: None, set: vec!["rollout.sync=\"sglang\"".into()] };
         let ei: ei::EiConfig = stage_config(&stage, &rollout_sets(&rollout), vec![]).unwrap();
-        assert_eq!(ei.rollout, RolloutConfig { sync: SyncMode::Sglang, ..rollout.clone() });
+        assert_eq!(ei.common.rollout, RolloutConfig { sync: SyncMode::Sglang, ..rollout.clone() });
         let ppo: ppo::PpoConfig = stage_config(&Stage::default(), &rollout_sets(&rollout), vec![]).unwrap();
-        assert_eq!(ppo.rollout, rollout);
+        assert_eq!(ppo.pg.common.rollout, rollout);
     }
 }

@@ -42,7 +42,7 @@ impl RowResult {
         let seconds = dirs.iter().filter_map(|d| read_seconds(d)).sum();
         let (mut samples, mut samples_to_95) = (None, None);
         if let Some(run) = row.run.as_ref().filter(|r| r.join(DONE_FILE).exists()) {
-            let rows = read_metrics(&run.join(crate::train::checkpoint::METRICS_FILE))?;
+            let rows = read_metrics(&run.join(crate::run::METRICS_FILE))?;
             samples = rows.iter().filter_map(|r| r.get("samples_seen").copied()).reduce(f64::max);
             let evals: Vec<(f64, f64)> =
                 rows.iter().filter_map(|r| Some((*r.get("samples_seen")?, *r.get("eval/maj@1")?))).collect();
@@ -419,7 +419,7 @@ fn largest_pass_key(rows: &[BTreeMap<String, f64>]) -> Option<String> {
 /// Writes `report.md` and the plots into the study folder; returns the table.
 pub fn write(cfg: &StudyConfig, plan: &Plan) -> Result<String> {
     let results = plan.rows.iter().map(RowResult::read).collect::<Result<Vec<_>>>()?;
-    let table = table(&results, cfg.eval.ks.iter().copied().max().unwrap_or(1));
+    let table = table(&results, cfg.eval.ks().iter().copied().max().unwrap_or(1));
     let mut md = format!("# Study `{}` on {}\n\n", cfg.name, cfg.task);
     let _ = writeln!(
         md,
@@ -429,14 +429,14 @@ pub fn write(cfg: &StudyConfig, plan: &Plan) -> Result<String> {
          `samples` counts the solutions a run generated; `samples to 95%` is the first in-run evaluation that \
          reached 95% of the run's final in-run maj@1 (for runs that ended above their start).\n",
         if cfg.eval.problems == 0 { "all".into() } else { cfg.eval.problems.to_string() },
-        if cfg.rerank == "orm" {
+        if cfg.rerank == super::Rerank::Orm {
             "an ORM trained on the starting model's samples; RCRL's samples, which hold control tokens the ORM \
              never saw, by mean log-prob"
         } else {
             "mean log-prob"
         },
-        cfg.eval.samples,
-        cfg.eval.temperature,
+        cfg.eval.sampling.samples_per_prompt,
+        cfg.eval.sampling.temperature,
         match cfg.eval.sampled_problems {
             0 => "every problem".to_string(),
             n => format!("the first {n}"),
@@ -455,12 +455,11 @@ pub fn write(cfg: &StudyConfig, plan: &Plan) -> Result<String> {
 
     md.push_str("\n## The paper's findings, checked\n");
     for size in &cfg.sizes {
-        for init in &cfg.inits {
-            let group: Vec<&RowResult> =
-                results.iter().filter(|r| &r.row.size == size && &r.row.init == init).collect();
+        for init in cfg.inits.iter().map(super::name_of) {
+            let group: Vec<&RowResult> = results.iter().filter(|r| &r.row.size == size && r.row.init == init).collect();
             let start = group.iter().find(|r| r.row.seed.is_none()).copied();
             let runs: Vec<&RowResult> = group.iter().filter(|r| r.row.seed.is_some()).copied().collect();
-            let sft_log = plan.dir.join(size).join("sft").join(crate::train::checkpoint::METRICS_FILE);
+            let sft_log = plan.dir.join(size).join("sft").join(crate::run::METRICS_FILE);
             let _ = writeln!(md, "\n### {size}, {init} init\n");
             for f in findings(start, &runs, sft_log.exists().then_some(sft_log.as_path())) {
                 let _ = writeln!(md, "- {} {}. {}", f.claim, f.verdict.label(), f.evidence);
@@ -474,11 +473,8 @@ pub fn write(cfg: &StudyConfig, plan: &Plan) -> Result<String> {
     let sft: Vec<PathBuf> =
         cfg.sizes.iter().map(|s| plan.dir.join(s).join("sft")).filter(|d| d.join(DONE_FILE).exists()).collect();
     let pass_key = |dirs: &[PathBuf]| {
-        let rows: Vec<_> = dirs
-            .iter()
-            .filter_map(|d| read_metrics(&d.join(crate::train::checkpoint::METRICS_FILE)).ok())
-            .flatten()
-            .collect();
+        let rows: Vec<_> =
+            dirs.iter().filter_map(|d| read_metrics(&d.join(crate::run::METRICS_FILE)).ok()).flatten().collect();
         largest_pass_key(&rows)
     };
     let mut charts = vec![

@@ -36,7 +36,8 @@ pub struct Problem {
 }
 
 /// Which half of a data source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum Split {
     /// Problems to train on.
     Train,

@@ -3,11 +3,13 @@
 //! size and CRC-32 of its files, so a truncated or corrupted one is refused on resume and the
 //! previous good one is used instead.
 
-use super::{AdamW, Metrics};
+use super::optim::AdamW;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::model::hf::write_safetensors;
 use crate::model::CausalLm;
+use crate::run::Metrics;
+pub use crate::run::METRICS_FILE;
 use crate::tokenizer::Tokenizer;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -15,7 +17,6 @@ use std::path::{Path, PathBuf};
 
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-pub const METRICS_FILE: &str = "metrics.jsonl";
 
 /// Where a run stands: enough to continue it exactly (the data order is a function of the seed
 /// and the epoch, so the position in it is all that is needed).

@@ -3,71 +3,63 @@
 //! add them to the pool of all rounds so far, and fine-tune on the pool — from the base model by
 //! default (the paper resets every round), or from the current policy.
 
-use super::rounds::{
-    check_dedup, dedup_key, evaluate_policy, fresh_round_dir, log_round, resume_round, save_round, RoundEval,
-    RoundSampling,
-};
-use super::sft::solution_example;
-use super::{prepare_run_dir, Metrics, RunConfig, TrainConfig, Trainer};
-use crate::engine::Engine;
+use super::objective::solution_example;
+use super::rounds::{fresh_round_dir, log_round, resume_round, save_round, start_round, Dedup};
+use super::{TrainConfig, Trainer};
+use crate::config::Config;
 use crate::error::Result;
-use crate::model::CausalLm;
-use crate::prompt::{PromptConfig, Prompter};
+use crate::eval::policy::{evaluate_policy, EvalSpec};
 use crate::rollout::rollout_with;
-use crate::task::{Split, TaskSpec};
+use crate::run::{Metrics, Run, RunSpec};
+use crate::sample::Sampling;
+use crate::task::Split;
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// `reasonrl ei` settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct EiConfig {
-    pub run: RunConfig,
-    /// The starting policy, and the base every round restarts from (`reset_to_base`).
-    pub model: PathBuf,
-    pub task: String,
+    /// `model` is the starting policy, and the base every round restarts from (`reset_to_base`).
+    #[serde(flatten)]
+    pub common: RunSpec,
     pub rounds: usize,
     /// Training questions sampled each round (the first N of the train split; 0 = all).
     pub questions: usize,
-    pub seed: u64,
     /// Fine-tune each round from the base model (true, the paper) or from the current policy.
     pub reset_to_base: bool,
     /// Put the reference solutions in the pool too.
     pub include_references: bool,
-    /// Duplicates: "text" (whitespace-normalised text) or "results" (the same sequence of
-    /// intermediate results).
-    pub dedup: String,
-    pub prompt: PromptConfig,
-    pub sampling: RoundSampling,
-    /// The engine that samples each round (`local`, or OpenAI-compatible servers synced with the
-    /// policy before every round).
-    pub rollout: crate::engine::RolloutConfig,
+    pub dedup: Dedup,
+    /// K solutions per question each round (the paper: K = 96), from the current policy on the
+    /// `[rollout]` engine, synced with the policy before every round.
+    pub sampling: Sampling,
     /// Fine-tuning on the pool each round.
     pub train: TrainConfig,
-    /// LoRA adapters instead of full fine-tuning, when `[lora]` is present.
-    pub lora: Option<crate::model::lora::LoraConfig>,
-    pub eval: RoundEval,
+    /// The test split, after every round.
+    pub eval: EvalSpec,
 }
 
 impl Default for EiConfig {
     fn default() -> Self {
         EiConfig {
-            run: RunConfig { name: "ei".into(), ..RunConfig::default() },
-            model: PathBuf::new(),
-            task: "builtin".into(),
+            common: RunSpec::named("ei"),
             rounds: 3,
             questions: 0,
-            seed: 0,
             reset_to_base: true,
             include_references: false,
-            dedup: "text".into(),
-            prompt: PromptConfig::default(),
-            sampling: RoundSampling::default(),
-            rollout: crate::engine::RolloutConfig::default(),
-            lora: None,
+            dedup: Dedup::Text,
+            sampling: Sampling::default(),
             train: TrainConfig::default(),
-            eval: RoundEval::default(),
+            eval: EvalSpec::default(),
         }
+    }
+}
+
+impl Config for EiConfig {
+    fn check(&self) -> std::result::Result<(), String> {
+        self.sampling.check("sampling.", 1)?;
+        self.eval.check("eval.")
     }
 }
 
@@ -75,19 +67,19 @@ impl Default for EiConfig {
 /// text).
 #[derive(Debug, Default)]
 pub struct Pool {
-    dedup: String,
+    dedup: Dedup,
     seen: HashSet<(usize, String)>,
     pub solutions: Vec<(usize, String)>,
 }
 
 impl Pool {
-    pub fn new(dedup: &str) -> Self {
-        Pool { dedup: dedup.into(), ..Pool::default() }
+    pub fn new(dedup: Dedup) -> Self {
+        Pool { dedup, ..Pool::default() }
     }
 
     /// Adds a solution unless the question already has a duplicate of it; true when added.
     pub fn add(&mut self, question: usize, text: &str) -> bool {
-        let fresh = self.seen.insert((question, dedup_key(&self.dedup, text)));
+        let fresh = self.dedup.key(text).is_none_or(|key| self.seen.insert((question, key)));
         if fresh {
             self.solutions.push((question, text.to_string()));
         }
@@ -100,38 +92,21 @@ impl Pool {
     }
 }
 
-/// Where a round's fine-tuning starts: the base model again (`reset`: with LoRA, fresh
-/// adapters drawn from `seed`, so a resumed run draws the same) or the policy as it is.
-pub fn start_round(policy: &mut CausalLm, base: &Path, reset: bool, seed: u64) -> Result<()> {
-    match (reset, &policy.lora) {
-        (false, _) => Ok(()),
-        (true, Some(_)) => {
-            tch::manual_seed(seed as i64);
-            policy.reset_adapters()
-        }
-        (true, None) => policy.load_weights(base),
-    }
-}
-
 /// Runs Expert Iteration; the last round's policy ends in `RUN/final`. Per-round figures go to
 /// `RUN/metrics.jsonl` (x axis: `samples_seen`, the paper's sample complexity). Each round ends
 /// with a checkpoint (policy and pool); `resume` continues after the newest.
 pub fn run(cfg: &EiConfig, resume: bool, force: bool) -> Result<PathBuf> {
-    check_dedup(&cfg.dedup)?;
-    let dir = cfg.run.dir();
-    prepare_run_dir(&dir, &crate::config::to_toml(cfg), resume, force)?;
-    let device = crate::parse_device(&cfg.run.device)?;
-    let (mut policy, tokenizer) = CausalLm::load_with_tokenizer(&cfg.model, device, false)?;
-    policy.maybe_add_lora(cfg.lora.as_ref(), &cfg.model)?;
-    let task = TaskSpec::parse(&cfg.task)?;
-    let questions = task.load(Split::Train, (cfg.questions > 0).then_some(cfg.questions))?;
-    let test = task.load(Split::Test, (cfg.eval.problems > 0).then_some(cfg.eval.problems))?;
-    let prompter = Prompter::new(&cfg.prompt, &questions)?;
-    let checkpoints = super::checkpoint::Checkpoints::new(&dir, 2);
+    let common = &cfg.common;
+    let Run { setup, mut policy, tokenizer } = common.open(cfg, resume, force, false)?;
+    let dir = &setup.dir;
+    let questions = setup.load(Split::Train, cfg.questions)?;
+    let test = setup.load(Split::Test, cfg.eval.problems)?;
+    let prompter = common.prompter(&questions)?;
+    let checkpoints = super::checkpoint::Checkpoints::new(dir, 2);
     let index: HashMap<&str, usize> = questions.iter().enumerate().map(|(i, q)| (q.id.as_str(), i)).collect();
 
-    let mut engine = Engine::new(&cfg.rollout, &dir.join("engine"), true)?;
-    let mut pool = Pool::new(&cfg.dedup);
+    let mut engine = common.engine(dir, true)?;
+    let mut pool = Pool::new(cfg.dedup);
     let (mut done, mut samples_seen) = (0, 0);
     if resume {
         let solutions: Vec<(usize, String)>;
@@ -145,13 +120,13 @@ pub fn run(cfg: &EiConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 pool.add(i, &q.reference_solution);
             }
         }
-        let line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?;
+        let line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, common.seed)?;
         log_round(&checkpoints, line, 0, 0)?;
     }
     for round in done + 1..=cfg.rounds {
         // 1. Sample K solutions per question from the current policy.
         engine.sync(&policy, &tokenizer)?;
-        let sampling = cfg.sampling.config(cfg.seed, round);
+        let sampling = cfg.sampling.with_seed(common.seed + round as u64);
         let episodes = rollout_with(&engine, &policy, &tokenizer, &prompter, &questions, &sampling)?;
         samples_seen += episodes.len();
         // 2. Keep the correct ones, deduplicated, in the pool of all rounds.
@@ -177,13 +152,13 @@ pub fn run(cfg: &EiConfig, resume: bool, force: bool) -> Result<PathBuf> {
         if examples.is_empty() {
             eprintln!("round {round}: nothing correct to learn from yet; the policy stays as it is");
         } else {
-            start_round(&mut policy, &cfg.model, cfg.reset_to_base, cfg.seed.wrapping_add(round as u64))?;
-            let round_dir = fresh_round_dir(&dir, round)?;
+            start_round(&mut policy, &common.model, cfg.reset_to_base, common.seed.wrapping_add(round as u64))?;
+            let round_dir = fresh_round_dir(dir, round)?;
             let mut trainer = Trainer::new(&mut policy, &tokenizer, cfg.train.clone(), &round_dir, false)?;
             trainer.train(&examples, &mut |_, _| Ok(Metrics::new()))?;
         }
         // 4. Evaluate and log the round.
-        let mut line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?;
+        let mut line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, common.seed)?;
         line.extend([
             ("solved_fraction".into(), solved.len() as f64 / questions.len() as f64),
             ("pool_size".into(), pool.solutions.len() as f64),
@@ -203,7 +178,7 @@ mod tests {
 
     #[test]
     fn the_pool_keeps_one_solution_per_duplicate_class_across_rounds() {
-        let mut pool = Pool::new("text");
+        let mut pool = Pool::new(Dedup::Text);
         // Round 1.
         assert!(pool.add(0, "a = <<1+1=2>>2\n#### 2"));
         assert!(!pool.add(0, "a  =  <<1+1=2>>2\n#### 2\n"), "same text up to whitespace");
@@ -215,28 +190,9 @@ mod tests {
         assert_eq!(pool.questions(), 2);
         assert_eq!(pool.solutions[0], (0, "a = <<1+1=2>>2\n#### 2".to_string()));
 
-        let mut by_results = Pool::new("results");
+        let mut by_results = Pool::new(Dedup::Results);
         assert!(by_results.add(0, "Tom has 1+1 = <<1+1=2>>2 pens.\n#### 2"));
         assert!(!by_results.add(0, "So 1 + 1 = <<1+1=2>>2.\n#### 2"), "same intermediate results");
         assert!(by_results.add(0, "2 * 1 = <<2*1=2>>2\n2 + 0 = <<2+0=2>>2\n#### 2"), "another sequence");
-    }
-
-    #[test]
-    fn a_round_restarts_from_the_base_or_continues() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = crate::model::ModelConfig::llama(40, 16, 32, 1, 2, 1, 32, true);
-        let base = CausalLm::new(&config, tch::Device::Cpu, false).unwrap();
-        base.save(dir.path()).unwrap();
-        let embed = |m: &CausalLm| m.vs.variables()["model.embed_tokens.weight"].copy();
-        let mut policy = CausalLm::load(dir.path(), tch::Device::Cpu, false).unwrap();
-        tch::no_grad(|| {
-            let mut embed = policy.vs.variables().remove("model.embed_tokens.weight").unwrap();
-            let _ = embed.g_add_scalar_(1.0);
-        });
-        let trained = embed(&policy);
-        start_round(&mut policy, dir.path(), false, 0).unwrap();
-        assert!(embed(&policy).equal(&trained), "continuing keeps the trained weights");
-        start_round(&mut policy, dir.path(), true, 0).unwrap();
-        assert!(embed(&policy).equal(&embed(&base)), "reset brings back the base weights");
     }
 }

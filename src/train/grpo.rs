@@ -11,94 +11,53 @@
 //! with kl_coef * the summed log-ratio subtracted from R (RLOO's way). No value model.
 
 use super::checkpoint::PgState;
-use super::rl::{
-    check_minibatch_size, clipped_policy_loss, kl_k3, masked_mean, minibatch_rng, pad_rows, rank_part, score_responses,
-    PgRun, PgSettings, RewardConfig, Trained,
-};
-use super::rounds::RoundEval;
-use super::{learning_rate, AdamW, Metrics, RunConfig, TrainConfig};
+use super::optim::{learning_rate, AdamW};
+use super::pg::{clipped_policy_loss, kl_k3, masked_mean, pad_rows, score_responses};
+use super::pg_run::{check_minibatch_size, minibatch_rng, rank_part, PgRun, PgSpec, Trained};
+use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::prompt::PromptConfig;
 use crate::rollout::Episode;
+use crate::run::Metrics;
 use std::path::PathBuf;
+
+/// The group baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Estimator {
+    /// (R - mean) / std within the group (Shao et al. 2024).
+    Grpo,
+    /// R minus the mean of the other rewards (Ahmadian et al. 2024).
+    Rloo,
+}
 
 /// `reasonrl grpo` settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct GrpoConfig {
-    pub run: RunConfig,
-    /// The initial policy, also the frozen reference.
-    pub model: PathBuf,
-    pub task: String,
-    pub questions: usize,
-    pub seed: u64,
-    /// "grpo" or "rloo".
-    pub estimator: String,
-    /// GRPO: divide by the group's standard deviation.
+    /// `sampling.samples_per_prompt` is the group size G.
+    #[serde(flatten)]
+    pub pg: PgSpec,
+    pub estimator: Estimator,
+    /// GRPO: divide by the group's standard deviation (false: Dr. GRPO's R - mean).
     pub scale_by_std: bool,
-    pub updates: usize,
-    pub prompts_per_update: usize,
-    /// G: solutions per prompt.
-    pub group_size: usize,
-    pub temperature: f64,
-    pub max_new_tokens: usize,
-    pub sample_batch_size: usize,
-    pub epochs: usize,
-    pub minibatches: usize,
-    pub clip: f64,
-    pub kl_coef: f64,
-    /// Put the KL penalty in the reward (true) instead of the loss (k3 estimator).
+    /// Put the KL penalty in the reward (true, RLOO's way) instead of the loss (k3, GRPO's).
     pub kl_in_reward: bool,
-    pub reward: RewardConfig,
-    pub prompt: PromptConfig,
-    /// The engine that samples (`local`, or OpenAI-compatible servers synced every
-    /// `rollout.sync_every` updates).
-    pub rollout: crate::engine::RolloutConfig,
-    /// Optimiser settings (see `PpoConfig::optim`).
-    pub optim: TrainConfig,
-    /// LoRA adapters instead of full fine-tuning, when `[lora]` is present.
-    pub lora: Option<crate::model::lora::LoraConfig>,
-    pub eval_every: usize,
-    pub eval: RoundEval,
-    pub save_every: usize,
 }
 
 impl Default for GrpoConfig {
     fn default() -> Self {
         GrpoConfig {
-            run: RunConfig { name: "grpo".into(), ..RunConfig::default() },
-            model: PathBuf::new(),
-            task: "builtin".into(),
-            questions: 0,
-            seed: 0,
-            estimator: "grpo".into(),
+            pg: PgSpec { prompts_per_update: 16, kl_coef: 0.04, ..PgSpec::named("grpo") },
+            estimator: Estimator::Grpo,
             scale_by_std: true,
-            updates: 100,
-            prompts_per_update: 16,
-            group_size: 8,
-            temperature: 1.0,
-            max_new_tokens: 160,
-            sample_batch_size: 128,
-            epochs: 1,
-            minibatches: 2,
-            clip: 0.2,
-            kl_coef: 0.04,
             kl_in_reward: false,
-            reward: RewardConfig::default(),
-            prompt: PromptConfig::default(),
-            rollout: crate::engine::RolloutConfig::default(),
-            lora: None,
-            optim: TrainConfig {
-                lr: 5e-5,
-                warmup_steps: 10,
-                schedule: "constant".into(),
-                weight_decay: 0.0,
-                ..TrainConfig::default()
-            },
-            eval_every: 10,
-            eval: RoundEval::default(),
-            save_every: 0,
         }
+    }
+}
+
+impl Config for GrpoConfig {
+    fn check(&self) -> std::result::Result<(), String> {
+        self.pg.check(2)
     }
 }
 
@@ -131,47 +90,22 @@ pub fn rloo_advantages(rewards: &[f64]) -> Vec<f64> {
 
 /// Runs GRPO or RLOO; the policy ends in `RUN/final`.
 pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
-    if !["grpo", "rloo"].contains(&cfg.estimator.as_str()) {
-        return Err(Error::Invalid(format!("estimator `{}`: use grpo or rloo", cfg.estimator)));
-    }
-    if cfg.group_size < 2 || cfg.minibatches == 0 || cfg.epochs == 0 || cfg.prompts_per_update == 0 {
-        return Err(Error::Invalid(
-            "group_size must be at least 2; epochs, minibatches and prompts_per_update positive".into(),
-        ));
-    }
-    let settings = PgSettings {
-        run: &cfg.run,
-        model: &cfg.model,
-        task: &cfg.task,
-        questions: cfg.questions,
-        seed: cfg.seed,
-        updates: cfg.updates,
-        temperature: cfg.temperature,
-        max_new_tokens: cfg.max_new_tokens,
-        sample_batch_size: cfg.sample_batch_size,
-        reward: &cfg.reward,
-        prompt: &cfg.prompt,
-        rollout: &cfg.rollout,
-        eval_every: cfg.eval_every,
-        eval: &cfg.eval,
-        save_every: cfg.save_every,
-        lora: cfg.lora.as_ref(),
-    };
-    let (mut run, mut policy) = PgRun::start(settings, &crate::config::to_toml(cfg), false, resume, force)?;
-    check_minibatch_size(cfg.prompts_per_update * cfg.group_size, cfg.minibatches)?;
+    let pg = &cfg.pg;
+    let group_size = pg.sampling.samples_per_prompt;
+    let (mut run, mut policy) = PgRun::start(pg, cfg, false, resume, force)?;
+    check_minibatch_size(pg.episodes_per_update(), pg.minibatches)?;
     let mut optimizer = AdamW::new(&policy);
     let (mut done, mut step) = (0, 0);
     if resume {
-        (done, PgState { lr_step: step, .. }) =
-            run.resume(&mut policy, &mut optimizer, None, cfg.prompts_per_update)?;
+        (done, PgState { lr_step: step, .. }) = run.resume(&mut policy, &mut optimizer, None)?;
     }
     let world = crate::dist::world();
     world.broadcast_weights(&policy.vs)?;
-    let total_steps = cfg.updates * cfg.epochs * cfg.minibatches;
+    let total_steps = pg.updates * pg.epochs * pg.minibatches;
 
-    for update in done + 1..=cfg.updates {
+    for update in done + 1..=pg.updates {
         // 1. G solutions per prompt (ordered by prompt, then sample: groups are contiguous).
-        let (episodes, old_logprobs, _) = run.sample(&policy, update, cfg.prompts_per_update, cfg.group_size)?;
+        let (episodes, old_logprobs, _) = run.sample(&policy, update)?;
         let refs: Vec<&Episode> = episodes.iter().collect();
         let ref_logprobs = run.reference_logprobs(&policy, &refs)?;
         // 2. Sequence rewards and group-relative advantages.
@@ -185,16 +119,16 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
             .iter()
             .zip(&log_ratio)
             .map(|(r, kl)| {
-                let penalty = if cfg.kl_in_reward { cfg.kl_coef * kl } else { 0.0 };
+                let penalty = if cfg.kl_in_reward { pg.kl_coef * kl } else { 0.0 };
                 r.iter().map(|&x| x as f64).sum::<f64>() - penalty
             })
             .collect();
         let mut advantages = Vec::with_capacity(rewards.len());
         let mut informative_groups = 0;
-        for group in rewards.chunks(cfg.group_size) {
-            let a = match cfg.estimator.as_str() {
-                "rloo" => rloo_advantages(group),
-                _ => grpo_advantages(group, cfg.scale_by_std),
+        for group in rewards.chunks(group_size) {
+            let a = match cfg.estimator {
+                Estimator::Rloo => rloo_advantages(group),
+                Estimator::Grpo => grpo_advantages(group, cfg.scale_by_std),
             };
             informative_groups += a.iter().any(|&x| x != 0.0) as usize;
             advantages.extend(a);
@@ -202,12 +136,12 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         // 3. Epochs of minibatches on the token-level clipped objective.
         let mut sums = Metrics::new();
         let mut steps = 0usize;
-        let mut rng = minibatch_rng(cfg.seed, update);
-        for _ in 0..cfg.epochs {
+        let mut rng = minibatch_rng(pg.common.seed, update);
+        for _ in 0..pg.epochs {
             let mut order: Vec<usize> = (0..episodes.len()).collect();
             rng.shuffle(&mut order);
-            for mb in order.chunks(order.len().div_ceil(cfg.minibatches)) {
-                let lr = learning_rate(&cfg.optim, step, total_steps);
+            for mb in order.chunks(order.len().div_ceil(pg.minibatches)) {
+                let lr = learning_rate(&pg.optim, step, total_steps);
                 step += 1;
                 let (mb, share) = rank_part(mb, &episodes);
                 let batch: Vec<&Episode> = mb.iter().map(|&i| &episodes[i]).collect();
@@ -217,11 +151,11 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 let adv: Vec<Vec<f32>> =
                     mb.iter().map(|&i| vec![advantages[i] as f32; episodes[i].response_tokens.len()]).collect();
                 let adv = pad_rows(&adv.iter().map(Vec::as_slice).collect::<Vec<_>>(), r, run.device);
-                let scored = score_responses(&policy, &batch, cfg.temperature);
+                let scored = score_responses(&policy, &batch, pg.sampling.temperature);
                 let (pg_loss, clip_fraction, approx_kl) =
-                    clipped_policy_loss(&scored.logprobs, &rows(&old_logprobs), &adv, &scored.mask, cfg.clip);
+                    clipped_policy_loss(&scored.logprobs, &rows(&old_logprobs), &adv, &scored.mask, pg.clip);
                 let kl = masked_mean(&kl_k3(&scored.logprobs, &rows(&ref_logprobs)), &scored.mask);
-                let loss = if cfg.kl_in_reward { pg_loss.shallow_clone() } else { &pg_loss + &kl * cfg.kl_coef };
+                let loss = if cfg.kl_in_reward { pg_loss.shallow_clone() } else { &pg_loss + &kl * pg.kl_coef };
                 optimizer.zero_grad();
                 (&loss * share).backward();
                 world.all_reduce_grads(&policy.vs)?;
@@ -232,8 +166,8 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 if !value.is_finite() {
                     return Err(Error::Invalid(format!("GRPO loss is {value}: stopping (lower optim.lr?)")));
                 }
-                let grad_norm = optimizer.clip_grad_norm(cfg.optim.grad_clip);
-                optimizer.step(&cfg.optim, lr);
+                let grad_norm = optimizer.clip_grad_norm(pg.optim.grad_clip);
+                optimizer.step(&pg.optim, lr);
                 steps += 1;
                 for (name, v) in [
                     ("grpo/policy_loss", pg_loss),
@@ -254,14 +188,14 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         line.extend([
             ("reward/mean".into(), rewards.iter().sum::<f64>() / n),
             ("kl/reference".into(), log_ratio.iter().sum::<f64>() / n),
-            ("grpo/informative_groups".into(), informative_groups as f64 / cfg.prompts_per_update as f64),
+            ("grpo/informative_groups".into(), informative_groups as f64 / pg.prompts_per_update as f64),
         ]);
         let message = format!("reward {:.3}", line["reward/mean"]);
         let trained = Trained {
             policy: &policy,
             optimizer: &optimizer,
             critic: None,
-            state: PgState { lr_step: step, kl_coef: cfg.kl_coef },
+            state: PgState { lr_step: step, kl_coef: pg.kl_coef },
         };
         run.end_update(trained, update, &episodes, line, message)?;
     }

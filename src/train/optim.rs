@@ -1,12 +1,99 @@
 //! AdamW with decoupled weight decay (Loshchilov & Hutter, 2019), written out so that its state
 //! can be checkpointed and restored exactly.
 
-use super::TrainConfig;
 use crate::error::{Error, Result};
 use crate::model::CausalLm;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
+
+/// Optimisation settings (`[train]` in configs).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// The shape after linear warm-up.
+    pub schedule: Schedule,
+    pub warmup_steps: usize,
+    pub min_lr_ratio: f64,
+    /// Optimizer steps; 0 means `epochs` passes over the data.
+    pub max_steps: usize,
+    pub epochs: f64,
+    /// AdamW, decoupled weight decay on matrices only (not norms, biases).
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    pub grad_clip: f64,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Token budget of a micro-batch, padding included (rows x longest row).
+    pub batch_tokens: usize,
+    /// Longer examples are cut to this many tokens.
+    pub max_seq_len: usize,
+    /// Seed of the data order.
+    pub seed: u64,
+    pub log_every: usize,
+    /// Evaluate every N steps (0 = only at the end).
+    pub eval_every: usize,
+    /// Checkpoint every N steps (0 = only at the end).
+    pub save_every: usize,
+    /// Checkpoints kept (the newest); `best/` is kept apart.
+    pub keep_checkpoints: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            lr: 1e-3,
+            schedule: Schedule::Cosine,
+            warmup_steps: 50,
+            min_lr_ratio: 0.1,
+            max_steps: 0,
+            epochs: 1.0,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: 1.0,
+            grad_accum: 1,
+            batch_tokens: 4096,
+            max_seq_len: 512,
+            seed: 0,
+            log_every: 10,
+            eval_every: 0,
+            save_every: 0,
+            keep_checkpoints: 2,
+        }
+    }
+}
+
+/// The learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Cosine decay to `min_lr_ratio * lr` at the last step.
+    Cosine,
+    Constant,
+}
+
+/// Learning rate at `step` (0-based): linear warm-up, then constant or cosine decay.
+pub fn learning_rate(cfg: &TrainConfig, step: usize, total_steps: usize) -> f64 {
+    if step < cfg.warmup_steps {
+        return cfg.lr * (step + 1) as f64 / cfg.warmup_steps as f64;
+    }
+    match cfg.schedule {
+        Schedule::Constant => cfg.lr,
+        Schedule::Cosine => {
+            let span = total_steps.saturating_sub(cfg.warmup_steps).max(1) as f64;
+            let progress = ((step - cfg.warmup_steps) as f64 / span).min(1.0);
+            let min = cfg.lr * cfg.min_lr_ratio;
+            min + (cfg.lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        }
+    }
+}
 
 /// AdamW with decoupled weight decay, written out so its state can be checkpointed exactly.
 pub struct AdamW {
@@ -116,5 +203,21 @@ impl AdamW {
         }
         self.steps = state.get("steps").map_or(steps, |t| t.int64_value(&[0]));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_then_cosine_to_the_floor() {
+        let cfg = TrainConfig { lr: 1.0, warmup_steps: 4, min_lr_ratio: 0.1, ..TrainConfig::default() };
+        assert_eq!(learning_rate(&cfg, 0, 14), 0.25);
+        assert_eq!(learning_rate(&cfg, 3, 14), 1.0);
+        assert!((learning_rate(&cfg, 9, 14) - 0.55).abs() < 1e-12, "half way: mid between 1 and 0.1");
+        assert!((learning_rate(&cfg, 14, 14) - 0.1).abs() < 1e-12);
+        let constant = TrainConfig { schedule: Schedule::Constant, ..cfg };
+        assert_eq!(learning_rate(&constant, 10, 14), 1.0);
     }
 }

@@ -4,35 +4,56 @@
 //! every response token, p(final answer right | question, prefix) with binary cross-entropy.
 //! Held-out questions measure it: accuracy, AUROC and calibration of the final-token prediction.
 
-use super::rounds::{dedup_key, RoundSampling};
-use super::{prepare_run_dir, Example, Metrics, Objective, RunConfig, TrainConfig, Trainer};
-use crate::engine::Engine;
+use super::objective::{Example, Objective};
+use super::rounds::Dedup;
+use super::{TrainConfig, Trainer};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::eval::{auroc, expected_calibration_error, read_episodes};
 use crate::model::CausalLm;
-use crate::prompt::{PromptConfig, Prompter};
 use crate::reward::outcome_probabilities;
 use crate::rollout::{rollout_with, Episode};
-use crate::task::{Split, TaskSpec};
+use crate::run::{Metrics, Run, RunSpec};
+use crate::sample::Sampling;
+use crate::task::Split;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
+/// The held-out metric that picks `best/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BestBy {
+    /// AUROC over all pairs of a right and a wrong solution.
+    Auroc,
+    /// AUROC over pairs from one question: what reranking a question's samples needs.
+    AurocWithin,
+}
+
+impl BestBy {
+    fn metric(self) -> &'static str {
+        match self {
+            BestBy::Auroc => "orm/auroc",
+            BestBy::AurocWithin => "orm/auroc_within",
+        }
+    }
+}
+
 /// `reasonrl orm` settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct OrmConfig {
-    pub run: RunConfig,
-    /// The policy whose solutions the ORM learns to judge; the ORM starts as a copy of it.
-    pub policy: PathBuf,
-    pub task: String,
+    /// `model` is the policy whose solutions the ORM learns to judge; the ORM starts as a copy
+    /// of it, with a fresh scalar head drawn from `seed`.
+    #[serde(flatten)]
+    pub common: RunSpec,
     /// Training questions sampled (the first N of the train split; 0 = all).
     pub questions: usize,
     /// Fraction of those questions held out to measure the ORM.
     pub holdout: f64,
     /// Weigh right and wrong solutions equally in the loss (true) or as they come.
     pub balance: bool,
-    /// Drop duplicate solutions of a question (whitespace-normalised text).
-    pub dedup: bool,
+    /// Drop a question's duplicate solutions.
+    pub dedup: Dedup,
     /// Train only on questions with both a right and a wrong solution, so the ORM must tell
     /// solutions apart rather than easy questions from hard ones (held-out data stays whole).
     pub mixed_only: bool,
@@ -43,63 +64,49 @@ pub struct OrmConfig {
     pub pairwise_coef: f64,
     /// Learn from these episodes (e.g. an earlier run's `samples.jsonl`) instead of sampling.
     pub episodes: Option<PathBuf>,
-    pub seed: u64,
-    pub prompt: PromptConfig,
-    pub sampling: RoundSampling,
-    /// The engine that samples the policy's solutions (`local`, or OpenAI-compatible servers).
-    pub rollout: crate::engine::RolloutConfig,
+    /// K solutions per question from the policy, on the `[rollout]` engine.
+    pub sampling: Sampling,
     pub train: TrainConfig,
-    /// LoRA adapters instead of full fine-tuning, when `[lora]` is present.
-    pub lora: Option<crate::model::lora::LoraConfig>,
     /// Token budget of a batch when scoring held-out solutions.
     pub eval_batch_tokens: usize,
-    /// The held-out metric that picks `best/`: "auroc" (all pairs) or "auroc_within" (pairs from
-    /// one question: what reranking a question's samples needs).
-    pub best_by: String,
+    pub best_by: BestBy,
 }
 
 impl Default for OrmConfig {
     fn default() -> Self {
         OrmConfig {
-            run: RunConfig { name: "orm".into(), ..RunConfig::default() },
-            policy: PathBuf::new(),
-            task: "builtin".into(),
+            common: RunSpec::named("orm"),
             questions: 0,
             holdout: 0.1,
             balance: true,
-            dedup: true,
+            dedup: Dedup::Text,
             mixed_only: false,
             lm_coef: 0.0,
             pairwise_coef: 0.0,
             episodes: None,
-            seed: 0,
-            prompt: PromptConfig::default(),
-            sampling: RoundSampling::default(),
-            rollout: crate::engine::RolloutConfig::default(),
-            lora: None,
+            sampling: Sampling::default(),
             train: TrainConfig::default(),
             eval_batch_tokens: 16384,
-            best_by: "auroc".into(),
+            best_by: BestBy::Auroc,
         }
+    }
+}
+
+impl Config for OrmConfig {
+    fn check(&self) -> std::result::Result<(), String> {
+        if !(0.0..1.0).contains(&self.holdout) {
+            return Err(format!("`holdout` = {}: must be in [0, 1)", self.holdout));
+        }
+        self.sampling.check("sampling.", 1)
     }
 }
 
 /// Runs ORM training; the ORM ends in `RUN/final` and, by the held-out `best_by` metric, `RUN/best`.
 pub fn run(cfg: &OrmConfig, resume: bool, force: bool) -> Result<PathBuf> {
-    if !(0.0..1.0).contains(&cfg.holdout) {
-        return Err(Error::Invalid(format!("holdout {} must be in [0, 1)", cfg.holdout)));
-    }
-    if !["auroc", "auroc_within"].contains(&cfg.best_by.as_str()) {
-        return Err(Error::Invalid(format!("best_by `{}`: use auroc or auroc_within", cfg.best_by)));
-    }
-    let dir = cfg.run.dir();
-    prepare_run_dir(&dir, &crate::config::to_toml(cfg), resume, force)?;
-    let device = crate::parse_device(&cfg.run.device)?;
-    tch::manual_seed(cfg.seed as i64); // the fresh head's initial weights
-    let (mut model, tokenizer) = CausalLm::load_with_tokenizer(&cfg.policy, device, true)?;
-    model.maybe_add_lora(cfg.lora.as_ref(), &cfg.policy)?;
-    let task = TaskSpec::parse(&cfg.task)?;
-    let questions = task.load(Split::Train, (cfg.questions > 0).then_some(cfg.questions))?;
+    let common = &cfg.common;
+    let Run { setup, policy: mut model, tokenizer } = common.open(cfg, resume, force, true)?;
+    let dir = &setup.dir;
+    let questions = setup.load(Split::Train, cfg.questions)?;
 
     // 1. Solutions from the policy, labelled by their final answers (sampled once; a resumed
     //    run reads them back).
@@ -108,17 +115,15 @@ pub fn run(cfg: &OrmConfig, resume: bool, force: bool) -> Result<PathBuf> {
         Some(path) => read_episodes(path)?,
         None if resume && samples_file.exists() => read_episodes(&samples_file)?,
         None => {
-            let prompter = Prompter::new(&cfg.prompt, &questions)?;
-            let mut engine = Engine::new(&cfg.rollout, &dir.join("engine"), false)?;
+            let prompter = common.prompter(&questions)?;
+            let mut engine = common.engine(dir, false)?;
             engine.sync(&model, &tokenizer)?;
-            rollout_with(&engine, &model, &tokenizer, &prompter, &questions, &cfg.sampling.config(cfg.seed, 0))?
+            rollout_with(&engine, &model, &tokenizer, &prompter, &questions, &cfg.sampling.with_seed(common.seed))?
         }
     };
     crate::fsutil::write_jsonl(&samples_file, &episodes)?;
-    if cfg.dedup {
-        let mut seen = HashSet::new();
-        episodes.retain(|e| seen.insert((e.problem_id.clone(), dedup_key("text", &e.text))));
-    }
+    let mut seen = HashSet::new();
+    episodes.retain(|e| cfg.dedup.key(&e.text).is_none_or(|key| seen.insert((e.problem_id.clone(), key))));
     // 2. Hold out the last questions (by first appearance) to measure the ORM.
     let mut ids: Vec<&str> = Vec::new();
     let mut seen_ids = HashSet::new();
@@ -160,10 +165,10 @@ pub fn run(cfg: &OrmConfig, resume: bool, force: bool) -> Result<PathBuf> {
     );
 
     // 3. Train the scalar head (and the body) with binary cross-entropy at every response token.
-    let mut trainer = Trainer::new(&mut model, &tokenizer, cfg.train.clone(), &dir, resume)?;
+    let mut trainer = Trainer::new(&mut model, &tokenizer, cfg.train.clone(), dir, resume)?;
     let positive_weight = if cfg.balance { negatives as f64 / positives as f64 } else { 1.0 };
     trainer.objective = Objective::Outcome { positive_weight, lm_coef: cfg.lm_coef, pairwise_coef: cfg.pairwise_coef };
-    trainer.best_metric = Some(format!("orm/{}", cfg.best_by));
+    trainer.best_metric = Some(cfg.best_by.metric().into());
     let mut eval = |m: &CausalLm, _: &super::checkpoint::TrainerState| {
         let p = outcome_probabilities(m, &heldout, cfg.eval_batch_tokens)?;
         Ok(classifier_metrics(&heldout, &p))

@@ -13,48 +13,40 @@
 //!    loss - ent_coef * entropy; stop early once the approximate KL passes `target_kl`.
 
 use super::checkpoint::PgState;
-use super::rl::{
-    check_minibatch_size, clipped_policy_loss, clipped_value_loss, explained_variance, gae, masked_mean, minibatch_rng,
-    pad_rows, rank_part, score_responses, whiten, PgRun, PgSettings, RewardConfig, Trained,
+use super::optim::{learning_rate, AdamW};
+use super::pg::{
+    clipped_policy_loss, clipped_value_loss, explained_variance, gae, masked_mean, pad_rows, score_responses, whiten,
 };
-use super::rounds::RoundEval;
-use super::{learning_rate, AdamW, Metrics, RunConfig, TrainConfig};
+use super::pg_run::{check_minibatch_size, minibatch_rng, rank_part, PgRun, PgSpec, Trained};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::llama::HEAD_PREFIX;
 use crate::model::CausalLm;
-use crate::prompt::PromptConfig;
 use crate::rollout::Episode;
+use crate::run::Metrics;
 use std::path::PathBuf;
+
+/// Where the value function lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Critic {
+    /// A value head on the policy's trunk.
+    Shared,
+    /// A critic model of its own (a copy of the initial policy with a value head).
+    Separate,
+}
 
 /// `reasonrl ppo` settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct PpoConfig {
-    pub run: RunConfig,
-    /// The initial policy, also the frozen reference of the KL penalty.
-    pub model: PathBuf,
-    pub task: String,
-    /// Training questions drawn from (the first N of the train split; 0 = all).
-    pub questions: usize,
-    pub seed: u64,
-    /// Policy updates (each on a fresh rollout batch).
-    pub updates: usize,
-    pub prompts_per_update: usize,
-    pub samples_per_prompt: usize,
-    pub temperature: f64,
-    pub max_new_tokens: usize,
-    pub sample_batch_size: usize,
-    /// Passes over each rollout batch, and minibatches per pass.
-    pub epochs: usize,
-    pub minibatches: usize,
+    #[serde(flatten)]
+    pub pg: PgSpec,
     pub gamma: f64,
     pub lambda: f64,
-    pub clip: f64,
     pub value_clip: f64,
     pub vf_coef: f64,
     pub ent_coef: f64,
-    /// KL penalty coefficient (the paper: 0.05).
-    pub kl_coef: f64,
     /// Adapt kl_coef towards `kl_target` per sequence (Ziegler et al. 2019's controller).
     pub adaptive_kl: bool,
     pub kl_target: f64,
@@ -62,77 +54,42 @@ pub struct PpoConfig {
     /// Stop an update's epochs once the approximate KL to the rollout policy passes this (0 = off).
     pub target_kl: f64,
     pub whiten_advantages: bool,
-    /// "shared" (a value head on the policy's trunk) or "separate" (a critic model of its own).
-    pub critic: String,
+    pub critic: Critic,
     /// Learning rate of the value head (shared) or the critic (separate); 0 = `optim.lr`. A fresh
     /// head learns too slowly at a policy's learning rate: its explained variance stays negative.
     pub value_lr: f64,
     /// First updates that train only the value function (OpenRLHF's frozen-actor steps): the
     /// policy is not changed, but their samples count.
     pub critic_warmup_updates: usize,
-    pub reward: RewardConfig,
-    pub prompt: PromptConfig,
-    /// The engine that samples (`local`, or OpenAI-compatible servers synced every
-    /// `rollout.sync_every` updates).
-    pub rollout: crate::engine::RolloutConfig,
-    /// Optimiser: lr, schedule, warm-up, AdamW betas, weight decay, gradient clipping (the
-    /// epoch and batch fields are unused; the schedule spans `updates * epochs * minibatches`).
-    pub optim: TrainConfig,
-    /// LoRA adapters instead of full fine-tuning, when `[lora]` is present.
-    pub lora: Option<crate::model::lora::LoraConfig>,
-    /// Test evaluation every N updates (and at the start and end).
-    pub eval_every: usize,
-    pub eval: RoundEval,
-    /// Save the policy every N updates (0 = only at the end).
-    pub save_every: usize,
 }
 
 impl Default for PpoConfig {
     fn default() -> Self {
         PpoConfig {
-            run: RunConfig { name: "ppo".into(), ..RunConfig::default() },
-            model: PathBuf::new(),
-            task: "builtin".into(),
-            questions: 0,
-            seed: 0,
-            updates: 100,
-            prompts_per_update: 64,
-            samples_per_prompt: 1,
-            temperature: 1.0,
-            max_new_tokens: 160,
-            sample_batch_size: 128,
-            epochs: 4,
-            minibatches: 4,
+            pg: PgSpec { epochs: 4, minibatches: 4, ..PgSpec::named("ppo") },
             gamma: 1.0,
             lambda: 0.95,
-            clip: 0.2,
             value_clip: 0.2,
             vf_coef: 0.1,
             ent_coef: 0.0,
-            kl_coef: 0.05,
             adaptive_kl: false,
             kl_target: 6.0,
             kl_horizon: 10000.0,
             target_kl: 0.1,
             whiten_advantages: true,
-            critic: "shared".into(),
+            critic: Critic::Shared,
             value_lr: 0.0,
             critic_warmup_updates: 0,
-            reward: RewardConfig::default(),
-            prompt: PromptConfig::default(),
-            rollout: crate::engine::RolloutConfig::default(),
-            lora: None,
-            optim: TrainConfig {
-                lr: 5e-5,
-                warmup_steps: 10,
-                schedule: "constant".into(),
-                weight_decay: 0.0,
-                ..TrainConfig::default()
-            },
-            eval_every: 10,
-            eval: RoundEval::default(),
-            save_every: 0,
         }
+    }
+}
+
+impl Config for PpoConfig {
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.value_lr < 0.0 {
+            return Err(format!("`value_lr` = {}: must not be negative", self.value_lr));
+        }
+        self.pg.check(1)
     }
 }
 
@@ -147,54 +104,23 @@ struct Batch {
 
 /// Runs PPO; the policy ends in `RUN/final`.
 pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
-    if !["shared", "separate"].contains(&cfg.critic.as_str()) {
-        return Err(Error::Invalid(format!("critic `{}`: use shared or separate", cfg.critic)));
-    }
-    if cfg.minibatches == 0 || cfg.epochs == 0 || cfg.prompts_per_update == 0 || cfg.samples_per_prompt == 0 {
-        return Err(Error::Invalid(
-            "epochs, minibatches, prompts_per_update and samples_per_prompt must be positive".into(),
-        ));
-    }
-    if cfg.value_lr < 0.0 || cfg.optim.lr <= 0.0 {
-        return Err(Error::Invalid(format!(
-            "optim.lr {} must be positive and value_lr {} not negative",
-            cfg.optim.lr, cfg.value_lr
-        )));
-    }
-    let settings = PgSettings {
-        run: &cfg.run,
-        model: &cfg.model,
-        task: &cfg.task,
-        questions: cfg.questions,
-        seed: cfg.seed,
-        updates: cfg.updates,
-        temperature: cfg.temperature,
-        max_new_tokens: cfg.max_new_tokens,
-        sample_batch_size: cfg.sample_batch_size,
-        reward: &cfg.reward,
-        prompt: &cfg.prompt,
-        rollout: &cfg.rollout,
-        eval_every: cfg.eval_every,
-        eval: &cfg.eval,
-        save_every: cfg.save_every,
-        lora: cfg.lora.as_ref(),
-    };
-    let separate = cfg.critic == "separate";
-    let (mut run, mut policy) = PgRun::start(settings, &crate::config::to_toml(cfg), !separate, resume, force)?;
+    let pg = &cfg.pg;
+    let separate = cfg.critic == Critic::Separate;
+    let (mut run, mut policy) = PgRun::start(pg, cfg, !separate, resume, force)?;
     let mut critic = if separate {
-        let mut critic = CausalLm::load(&cfg.model, run.device, true)?;
-        critic.maybe_add_lora(cfg.lora.as_ref(), &cfg.model)?;
+        let mut critic = CausalLm::load(&pg.common.model, run.device, true)?;
+        critic.maybe_add_lora(pg.common.lora.as_ref(), &pg.common.model)?;
         Some(critic)
     } else {
         None
     };
     let mut optimizer = AdamW::new(&policy);
     let mut critic_optimizer = critic.as_ref().map(AdamW::new);
-    let mut clocks = PgState { lr_step: 0, kl_coef: cfg.kl_coef };
+    let mut clocks = PgState { lr_step: 0, kl_coef: pg.kl_coef };
     let mut done = 0;
     if resume {
         let critic = critic.as_mut().zip(critic_optimizer.as_mut());
-        (done, clocks) = run.resume(&mut policy, &mut optimizer, critic, cfg.prompts_per_update)?;
+        (done, clocks) = run.resume(&mut policy, &mut optimizer, critic)?;
     }
     // A fresh value head is initialised at random on each rank: rank 0's wins.
     let world = crate::dist::world();
@@ -202,14 +128,13 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
     if let Some(critic) = &critic {
         world.broadcast_weights(&critic.vs)?;
     }
-    check_minibatch_size(cfg.prompts_per_update * cfg.samples_per_prompt, cfg.minibatches)?;
-    let total_steps = cfg.updates * cfg.epochs * cfg.minibatches;
+    check_minibatch_size(pg.episodes_per_update(), pg.minibatches)?;
+    let total_steps = pg.updates * pg.epochs * pg.minibatches;
 
-    for update in done + 1..=cfg.updates {
+    for update in done + 1..=pg.updates {
         let kl_coef = clocks.kl_coef;
         // 1. Sample, and score the samples under the policy, its critic and the reference.
-        let (episodes, old_logprobs, shared_values) =
-            run.sample(&policy, update, cfg.prompts_per_update, cfg.samples_per_prompt)?;
+        let (episodes, old_logprobs, shared_values) = run.sample(&policy, update)?;
         let refs: Vec<&Episode> = episodes.iter().collect();
         let old_values = match &critic {
             Some(c) => run.score(c, &refs)?.1,
@@ -237,15 +162,15 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         let batch = Batch { episodes, old_logprobs, old_values, advantages, returns };
         // 4. Epochs of minibatches.
         let mut stats = UpdateStats::default();
-        let mut rng = minibatch_rng(cfg.seed, update);
-        'epochs: for _ in 0..cfg.epochs {
+        let mut rng = minibatch_rng(pg.common.seed, update);
+        'epochs: for _ in 0..pg.epochs {
             let mut order: Vec<usize> = (0..batch.episodes.len()).collect();
             rng.shuffle(&mut order);
-            for mb in order.chunks(order.len().div_ceil(cfg.minibatches)) {
-                let lr = learning_rate(&cfg.optim, clocks.lr_step, total_steps);
+            for mb in order.chunks(order.len().div_ceil(pg.minibatches)) {
+                let lr = learning_rate(&pg.optim, clocks.lr_step, total_steps);
                 clocks.lr_step += 1;
                 let critic = critic.as_mut().zip(critic_optimizer.as_mut());
-                let value_lr = if cfg.value_lr > 0.0 { lr * cfg.value_lr / cfg.optim.lr } else { lr };
+                let value_lr = if cfg.value_lr > 0.0 { lr * cfg.value_lr / pg.optim.lr } else { lr };
                 let policy_lr = if update > cfg.critic_warmup_updates { lr } else { 0.0 };
                 let lrs = (policy_lr, value_lr);
                 let approx_kl = minibatch_step(cfg, &batch, mb, &policy, &mut optimizer, critic, lrs, &mut stats)?;
@@ -318,9 +243,9 @@ fn minibatch_step(
     let (old_logprobs, old_values) = (rows(&batch.old_logprobs), rows(&batch.old_values));
     let (advantages, returns) = (rows(&batch.advantages), rows(&batch.returns));
 
-    let scored = score_responses(policy, &episodes, cfg.temperature);
+    let scored = score_responses(policy, &episodes, cfg.pg.sampling.temperature);
     let (policy_loss, clip_fraction, approx_kl) =
-        clipped_policy_loss(&scored.logprobs, &old_logprobs, &advantages, &scored.mask, cfg.clip);
+        clipped_policy_loss(&scored.logprobs, &old_logprobs, &advantages, &scored.mask, cfg.pg.clip);
     let entropy = masked_mean(&scored.entropy, &scored.mask);
     let mut loss = if policy_lr > 0.0 { &policy_loss - &entropy * cfg.ent_coef } else { policy_loss.zeros_like() };
     let value_loss = match critic {
@@ -331,13 +256,13 @@ fn minibatch_step(
             value_loss
         }
         Some((critic, critic_optimizer)) => {
-            let values = score_responses(critic, &episodes, cfg.temperature).values.expect("critic head");
+            let values = score_responses(critic, &episodes, cfg.pg.sampling.temperature).values.expect("critic head");
             let value_loss = clipped_value_loss(&values, &old_values, &returns, &scored.mask, cfg.value_clip);
             critic_optimizer.zero_grad();
             (&value_loss * share).backward();
             world.all_reduce_grads(&critic.vs)?;
-            critic_optimizer.clip_grad_norm(cfg.optim.grad_clip);
-            critic_optimizer.step(&cfg.optim, value_lr);
+            critic_optimizer.clip_grad_norm(cfg.pg.optim.grad_clip);
+            critic_optimizer.step(&cfg.pg.optim, value_lr);
             value_loss
         }
     };
@@ -353,8 +278,8 @@ fn minibatch_step(
         return Err(Error::Invalid(format!("PPO loss is {loss_value}: stopping (lower optim.lr?)")));
     }
     let grad_norm = if loss.requires_grad() {
-        let grad_norm = optimizer.clip_grad_norm(cfg.optim.grad_clip);
-        optimizer.step_by(&cfg.optim, |name| if name.starts_with(HEAD_PREFIX) { value_lr } else { policy_lr });
+        let grad_norm = optimizer.clip_grad_norm(cfg.pg.optim.grad_clip);
+        optimizer.step_by(&cfg.pg.optim, |name| if name.starts_with(HEAD_PREFIX) { value_lr } else { policy_lr });
         grad_norm
     } else {
         0.0

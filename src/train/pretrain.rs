@@ -2,26 +2,29 @@
 //! arithmetic facts) that never shows the `Question: ... Answer:` format, so the result is a
 //! "pretrained" init in the paper's sense: it solves some problems only when prompted few-shot.
 
-use super::{prepare_run_dir, validation_metrics, EvalDuringTraining, Example, RunConfig, TrainConfig, Trainer};
+use super::objective::Example;
+use super::{TrainConfig, Trainer};
+use crate::config::Config;
 use crate::error::Result;
+use crate::eval::policy::{evaluate_policy, EvalSpec};
 use crate::model::presets;
-use crate::prompt::{PromptConfig, Prompter};
-use crate::task::{corpus, Split, TaskSpec};
+use crate::prompt::{PromptConfig, PromptFormat};
+use crate::run::RunSpec;
+use crate::task::{corpus, Split};
 use std::path::PathBuf;
 
-/// The from-scratch model (`[init]`).
+/// The from-scratch model (`[init]`); its weights are drawn from the run's `seed`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InitConfig {
     pub preset: String,
     pub vocab_size: usize,
     pub max_positions: i64,
-    pub seed: u64,
 }
 
 impl Default for InitConfig {
     fn default() -> Self {
-        InitConfig { preset: "small".into(), vocab_size: 1024, max_positions: 512, seed: 0 }
+        InitConfig { preset: "small".into(), vocab_size: 1024, max_positions: 512 }
     }
 }
 
@@ -42,41 +45,45 @@ impl Default for CorpusConfig {
 
 /// `reasonrl pretrain` settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct PretrainConfig {
-    pub run: RunConfig,
+    /// `task` gives the few-shot evaluation (validation: the end of its train split), `prompt`
+    /// how it asks (few-shot by default); `model` stays empty: the model is `[init]`.
+    #[serde(flatten)]
+    pub common: RunSpec,
     pub init: InitConfig,
     pub corpus: CorpusConfig,
-    /// Task for the few-shot evaluation during training (validation: the end of its train split).
-    pub task: String,
-    /// How the evaluation prompts (few-shot by default).
-    pub prompt: PromptConfig,
     pub train: TrainConfig,
-    /// LoRA adapters instead of full fine-tuning, when `[lora]` is present.
-    pub lora: Option<crate::model::lora::LoraConfig>,
-    pub eval: EvalDuringTraining,
+    pub eval: EvalSpec,
 }
 
 impl Default for PretrainConfig {
     fn default() -> Self {
+        let prompt = PromptConfig { format: PromptFormat::FewShot, shots: 4, ..PromptConfig::default() };
         PretrainConfig {
-            run: RunConfig { name: "pretrain".into(), ..RunConfig::default() },
+            common: RunSpec { prompt, ..RunSpec::named("pretrain") },
             init: InitConfig::default(),
             corpus: CorpusConfig::default(),
-            task: "builtin".into(),
-            prompt: PromptConfig { format: "few-shot".into(), shots: 4, ..PromptConfig::default() },
-            lora: None,
             train: TrainConfig::default(),
-            eval: EvalDuringTraining::default(),
+            eval: EvalSpec { problems: 200, ..EvalSpec::default() },
         }
+    }
+}
+
+impl Config for PretrainConfig {
+    fn check(&self) -> std::result::Result<(), String> {
+        if !self.common.model.as_os_str().is_empty() {
+            return Err("`model` is not read by pretraining, which starts from `[init]`".into());
+        }
+        self.eval.check("eval.")
     }
 }
 
 /// Runs pretraining; the model ends in `RUN/final`.
 pub fn run(cfg: &PretrainConfig, resume: bool, force: bool) -> Result<PathBuf> {
-    let dir = cfg.run.dir();
-    prepare_run_dir(&dir, &crate::config::to_toml(cfg), resume, force)?;
-    let device = crate::parse_device(&cfg.run.device)?;
+    let common = &cfg.common;
+    let setup = common.prepare(cfg, resume, force)?;
+    let (dir, device) = (&setup.dir, setup.device);
     let documents = corpus::pretraining_corpus(cfg.corpus.level, cfg.corpus.documents, cfg.corpus.seed);
     // The tokenizer also learns the words of the prompt format, which the corpus never shows.
     let tokenizer_text = documents.iter().cloned().chain(std::iter::once(crate::prompt::plain("How many?")));
@@ -85,10 +92,10 @@ pub fn run(cfg: &PretrainConfig, resume: bool, force: bool) -> Result<PathBuf> {
         tokenizer_text,
         cfg.init.vocab_size,
         cfg.init.max_positions,
-        cfg.init.seed,
+        common.seed,
         device,
     )?;
-    if let Some(lora) = &cfg.lora {
+    if let Some(lora) = &common.lora {
         // Adapters are saved over a base folder: keep the initialised model in the run.
         let base = dir.join("base");
         if resume && base.exists() {
@@ -113,9 +120,9 @@ pub fn run(cfg: &PretrainConfig, resume: bool, force: bool) -> Result<PathBuf> {
         .map(|c| Example::new(bos.iter().chain(c).copied().collect(), 1))
         .collect();
 
-    let mut problems = TaskSpec::parse(&cfg.task)?.load(Split::Train, None)?;
+    let mut problems = setup.load(Split::Train, 0)?;
     let validation = problems.split_off(problems.len().saturating_sub(cfg.eval.problems));
-    let prompter = Prompter::new(&cfg.prompt, &problems)?;
+    let prompter = common.prompter(&problems)?;
     eprintln!(
         "pretrain: {} documents, {} tokens in {} rows of {}, run folder {}",
         documents.len(),
@@ -124,9 +131,9 @@ pub fn run(cfg: &PretrainConfig, resume: bool, force: bool) -> Result<PathBuf> {
         row + 1,
         dir.display()
     );
-    let mut trainer = Trainer::new(&mut model, &tokenizer, cfg.train.clone(), &dir, resume)?;
+    let mut trainer = Trainer::new(&mut model, &tokenizer, cfg.train.clone(), dir, resume)?;
     let mut eval = |m: &crate::model::CausalLm, _: &super::checkpoint::TrainerState| {
-        validation_metrics(m, &tokenizer, &prompter, &validation, &cfg.eval)
+        evaluate_policy(m, &tokenizer, &prompter, &validation, &cfg.eval, 0)
     };
     trainer.train(&examples, &mut eval)?;
     let last = dir.join("final");

@@ -6,19 +6,18 @@
 //! round samples from the policy conditioned on `[GOOD]` (the first from the starting policy, which
 //! has not learnt the labels yet), adds the labelled solutions to the pool and fine-tunes on it.
 
-use super::ei::start_round;
-use super::rounds::{
-    check_dedup, dedup_key, evaluate_policy, fresh_round_dir, log_round, resume_round, save_round, RoundEval,
-    RoundSampling,
-};
-use super::{prepare_run_dir, Example, Metrics, Objective, RunConfig, TrainConfig, Trainer};
-use crate::engine::Engine;
+use super::objective::{Example, Objective};
+use super::rounds::{fresh_round_dir, log_round, resume_round, save_round, start_round, Dedup};
+use super::{TrainConfig, Trainer};
+use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::eval::policy::{evaluate_policy, EvalSpec};
 use crate::model::CausalLm;
-use crate::prompt::{PromptConfig, Prompter};
 use crate::reward::{heuristic_checks, heuristic_step_rewards, split_steps, Orm};
 use crate::rollout::{rollout_with, Episode};
-use crate::task::{Problem, Split, TaskSpec};
+use crate::run::{Metrics, RunSpec};
+use crate::sample::Sampling;
+use crate::task::{Problem, Split};
 use crate::tokenizer::Tokenizer;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -26,63 +25,67 @@ use std::path::PathBuf;
 pub const GOOD: &str = "[GOOD]";
 pub const BAD: &str = "[BAD]";
 
+/// How sampled solutions are labelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Labels {
+    /// One label per solution, by its final answer (sparse).
+    Outcome,
+    /// One per step, by the heuristic dense reward.
+    Heuristic,
+    /// One per step, `[GOOD]` when the ORM's probability at the step's end is at least
+    /// `orm_threshold`.
+    Orm,
+}
+
 /// `reasonrl rcrl` settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct RcrlConfig {
-    pub run: RunConfig,
-    /// The starting policy (and the base that `reset_to_base` restarts from).
-    pub model: PathBuf,
-    pub task: String,
+    /// `model` is the starting policy (and the base that `reset_to_base` restarts from).
+    #[serde(flatten)]
+    pub common: RunSpec,
     pub rounds: usize,
     /// Training questions sampled each round (the first N of the train split; 0 = all).
     pub questions: usize,
-    pub seed: u64,
     /// Fine-tune each round from the base model (true) or from the current policy.
     pub reset_to_base: bool,
-    /// "outcome": one label per solution, by its final answer; "heuristic": one per step, by the
-    /// heuristic dense reward; "orm": one per step, `[GOOD]` when the ORM's probability at the
-    /// step's end is at least `orm_threshold`.
-    pub labels: String,
+    pub labels: Labels,
+    /// The ORM folder, for `labels = "orm"`.
     pub orm: PathBuf,
     pub orm_threshold: f64,
     /// Put the reference solutions in the pool too, labelled `[GOOD]` throughout.
     pub include_references: bool,
-    /// Duplicates: "text" or "results" (as in EI).
-    pub dedup: String,
-    pub prompt: PromptConfig,
-    pub sampling: RoundSampling,
-    /// The engine that samples each round (`local`, or OpenAI-compatible servers synced with the
-    /// policy before every round).
-    pub rollout: crate::engine::RolloutConfig,
+    pub dedup: Dedup,
+    /// K solutions per question each round, on the `[rollout]` engine (synced every round).
+    pub sampling: Sampling,
     pub train: TrainConfig,
-    /// LoRA adapters instead of full fine-tuning, when `[lora]` is present.
-    pub lora: Option<crate::model::lora::LoraConfig>,
-    pub eval: RoundEval,
+    pub eval: EvalSpec,
 }
 
 impl Default for RcrlConfig {
     fn default() -> Self {
         RcrlConfig {
-            run: RunConfig { name: "rcrl".into(), ..RunConfig::default() },
-            model: PathBuf::new(),
-            task: "builtin".into(),
+            common: RunSpec::named("rcrl"),
             rounds: 2,
             questions: 0,
-            seed: 0,
             reset_to_base: true,
-            labels: "outcome".into(),
+            labels: Labels::Outcome,
             orm: PathBuf::new(),
             orm_threshold: 0.5,
             include_references: false,
-            dedup: "text".into(),
-            prompt: PromptConfig::default(),
-            sampling: RoundSampling::default(),
-            rollout: crate::engine::RolloutConfig::default(),
-            lora: None,
+            dedup: Dedup::Text,
+            sampling: Sampling::default(),
             train: TrainConfig::default(),
-            eval: RoundEval::default(),
+            eval: EvalSpec::default(),
         }
+    }
+}
+
+impl Config for RcrlConfig {
+    fn check(&self) -> std::result::Result<(), String> {
+        self.sampling.check("sampling.", 1)?;
+        self.eval.check("eval.")
     }
 }
 
@@ -148,7 +151,7 @@ struct Pool {
 
 /// Labels sampled solutions.
 struct Labeller<'a> {
-    mode: &'a str,
+    mode: Labels,
     tokenizer: &'a Tokenizer,
     newlines: Vec<u8>,
     controls: Controls,
@@ -183,7 +186,7 @@ impl Labeller<'_> {
             .enumerate()
             .map(|(n, e)| {
                 let question = index[e.problem_id.as_str()];
-                if self.mode == "outcome" {
+                if self.mode == Labels::Outcome {
                     return Ok(Labelled { question, steps: vec![(e.response_tokens.clone(), e.correct)] });
                 }
                 let steps = split_steps(self.tokenizer, &self.newlines, &e.response_tokens)?;
@@ -223,43 +226,40 @@ impl Labeller<'_> {
 /// for the per-step variants). Each round ends with a checkpoint (policy and pool); `resume`
 /// continues after the newest.
 pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
-    check_dedup(&cfg.dedup)?;
-    let per_step = match cfg.labels.as_str() {
-        "outcome" => false,
-        "heuristic" | "orm" => true,
-        other => return Err(Error::Invalid(format!("labels `{other}`: use outcome, heuristic or orm"))),
-    };
-    if per_step && cfg.rollout.engine != crate::engine::EngineKind::Local {
+    let common = &cfg.common;
+    let per_step = cfg.labels != Labels::Outcome;
+    if per_step && common.rollout.engine != crate::engine::EngineKind::Local {
         // An engine cannot feed [GOOD] after every line it writes.
         return Err(Error::Invalid(format!(
-            "labels `{}` condition every step: use rollout.engine = \"local\"",
+            "labels `{:?}` condition every step: use rollout.engine = \"local\"",
             cfg.labels
         )));
     }
-    let dir = cfg.run.dir();
-    prepare_run_dir(&dir, &crate::config::to_toml(cfg), resume, force)?;
-    let device = crate::parse_device(&cfg.run.device)?;
-    let (mut policy, mut tokenizer) = CausalLm::load_with_tokenizer(&cfg.model, device, false)?;
+    let setup = common.prepare(cfg, resume, force)?;
+    let dir = &setup.dir;
+    // The control tokens join the vocabulary before the adapters go on: the base they restart
+    // from is the model with them.
+    let (mut policy, mut tokenizer) = CausalLm::load_with_tokenizer(&common.model, setup.device, false)?;
     let controls = Controls::add(&mut policy, &mut tokenizer)?;
     let base = dir.join("base");
     policy.save_with_tokenizer(&tokenizer, &base, true)?;
-    policy.maybe_add_lora(cfg.lora.as_ref(), &base)?;
-    let orm = match cfg.labels.as_str() {
-        "orm" => Some((Orm::load(&cfg.orm, device)?, cfg.orm_threshold)),
+    tch::manual_seed(common.seed as i64);
+    policy.maybe_add_lora(common.lora.as_ref(), &base)?;
+    let orm = match cfg.labels {
+        Labels::Orm => Some((Orm::load(&cfg.orm, setup.device)?, cfg.orm_threshold)),
         _ => None,
     };
     let labeller =
-        Labeller { mode: &cfg.labels, tokenizer: &tokenizer, newlines: tokenizer.newline_counts()?, controls, orm };
+        Labeller { mode: cfg.labels, tokenizer: &tokenizer, newlines: tokenizer.newline_counts()?, controls, orm };
 
-    let task = TaskSpec::parse(&cfg.task)?;
-    let questions = task.load(Split::Train, (cfg.questions > 0).then_some(cfg.questions))?;
-    let test = task.load(Split::Test, (cfg.eval.problems > 0).then_some(cfg.eval.problems))?;
-    let prompter = Prompter::new(&cfg.prompt, &questions)?.unconditioned();
+    let questions = setup.load(Split::Train, cfg.questions)?;
+    let test = setup.load(Split::Test, cfg.eval.problems)?;
+    let prompter = common.prompter(&questions)?.unconditioned();
     let good_prompter = prompter.clone().conditioned(GOOD, per_step);
     let index: HashMap<&str, usize> = questions.iter().enumerate().map(|(i, q)| (q.id.as_str(), i)).collect();
-    let checkpoints = super::checkpoint::Checkpoints::new(&dir, 2);
+    let checkpoints = super::checkpoint::Checkpoints::new(dir, 2);
 
-    let mut engine = Engine::new(&cfg.rollout, &dir.join("engine"), true)?;
+    let mut engine = common.engine(dir, true)?;
     let mut pool = Pool::default();
     let (mut done, mut samples_seen) = (0, 0);
     if resume {
@@ -268,7 +268,9 @@ pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
         if cfg.include_references {
             for (i, q) in questions.iter().enumerate() {
                 let text = q.reference_solution.trim_end();
-                pool.seen.insert((i, dedup_key(&cfg.dedup, text)));
+                if let Some(key) = cfg.dedup.key(text) {
+                    pool.seen.insert((i, key));
+                }
                 let steps = text
                     .split_inclusive('\n')
                     .map(|line| Ok((tokenizer.encode(line)?, true)))
@@ -279,21 +281,21 @@ pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 });
             }
         }
-        let line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, cfg.seed)?;
+        let line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, common.seed)?;
         log_round(&checkpoints, line, 0, 0)?;
     }
     for round in done + 1..=cfg.rounds {
         // 1. Sample, as a good solver once the policy knows what [GOOD] means.
         let sampler = if round == 1 { &prompter } else { &good_prompter };
         engine.sync(&policy, &tokenizer)?;
-        let sampling = cfg.sampling.config(cfg.seed, round);
+        let sampling = cfg.sampling.with_seed(common.seed + round as u64);
         let episodes = rollout_with(&engine, &policy, &tokenizer, sampler, &questions, &sampling)?;
         samples_seen += episodes.len();
         let (total, correct) = (episodes.len(), episodes.iter().filter(|e| e.correct).count());
         // 2. Label every new solution, right or wrong, and pool it.
         let fresh: Vec<Episode> = episodes
             .into_iter()
-            .filter(|e| pool.seen.insert((index[e.problem_id.as_str()], dedup_key(&cfg.dedup, &e.text))))
+            .filter(|e| cfg.dedup.key(&e.text).is_none_or(|key| pool.seen.insert((index[e.problem_id.as_str()], key))))
             .collect();
         pool.solutions.extend(labeller.label(&fresh, &questions, &index)?);
         let labels: Vec<bool> = pool.solutions.iter().flat_map(|s| s.steps.iter().map(|(_, g)| *g)).collect();
@@ -312,13 +314,13 @@ pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 Ok(labelled_example(&prompt, s, controls, tokenizer.eos_id()))
             })
             .collect::<Result<_>>()?;
-        start_round(&mut policy, &base, cfg.reset_to_base, cfg.seed.wrapping_add(round as u64))?;
+        start_round(&mut policy, &base, cfg.reset_to_base, common.seed.wrapping_add(round as u64))?;
         let mut trainer =
-            Trainer::new(&mut policy, &tokenizer, cfg.train.clone(), &fresh_round_dir(&dir, round)?, false)?;
+            Trainer::new(&mut policy, &tokenizer, cfg.train.clone(), &fresh_round_dir(dir, round)?, false)?;
         trainer.objective = Objective::LanguageModel { context_only: vec![controls.good, controls.bad] };
         trainer.train(&examples, &mut |_, _| Ok(Metrics::new()))?;
         // 4. Evaluate conditioned on [GOOD], and log.
-        let mut line = evaluate_policy(&policy, &tokenizer, &good_prompter, &test, &cfg.eval, cfg.seed)?;
+        let mut line = evaluate_policy(&policy, &tokenizer, &good_prompter, &test, &cfg.eval, common.seed)?;
         line.extend([
             ("pool_size".into(), pool.solutions.len() as f64),
             ("pool_good_label_fraction".into(), good_fraction),
@@ -344,7 +346,7 @@ mod tests {
         assert_eq!(e.targets_from, 3);
         let objective = Objective::LanguageModel { context_only: vec![90, 91] };
         assert_eq!(objective.weight(&e), 6.0, "5 6 10 7 10 EOS; not the labels");
-        let (_, targets) = super::super::collate(&[&e], 0, &[90, 91], tch::Device::Cpu);
+        let (_, targets) = super::super::objective::collate(&[&e], 0, &[90, 91], tch::Device::Cpu);
         let targets = Vec::<i64>::try_from(targets.reshape([-1])).unwrap();
         assert_eq!(targets, vec![-100, -100, -100, 5, 6, 10, -100, 7, 10, 0]);
     }

@@ -1,132 +1,18 @@
-//! What the sample-then-learn algorithms (Expert Iteration, RCRL) share: the sampling settings of
-//! a round, the test evaluation after each round and its log line, deduplication, and the
-//! checkpoint after each round that `--resume` continues from.
+//! What the sample-then-learn algorithms (Expert Iteration, RCRL) share: where a round's
+//! fine-tuning starts, the log line after each round, deduplication, and the checkpoint after
+//! each round that `--resume` continues from.
 
 use super::checkpoint::{Checkpoints, TrainerState};
-use super::Metrics;
 use crate::error::{Error, Result};
-use crate::eval::run::{sample_episodes, SampleSpec};
-use crate::eval::{evaluate, EvalOptions};
 use crate::fsutil;
 use crate::model::CausalLm;
-use crate::prompt::Prompter;
-use crate::sample::SamplingConfig;
-use crate::task::{intermediate_results, Problem};
+use crate::run::Metrics;
+use crate::task::intermediate_results;
 use crate::tokenizer::Tokenizer;
-
-/// How each round samples the training questions (`[sampling]`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RoundSampling {
-    /// K: solutions sampled per question per round (the paper: 96).
-    pub samples_per_question: usize,
-    pub temperature: f64,
-    pub top_p: f64,
-    pub max_new_tokens: usize,
-    pub batch_size: usize,
-}
-
-impl Default for RoundSampling {
-    fn default() -> Self {
-        RoundSampling { samples_per_question: 8, temperature: 0.8, top_p: 1.0, max_new_tokens: 160, batch_size: 128 }
-    }
-}
-
-impl RoundSampling {
-    /// The sampler settings of round `round` (its own seed).
-    pub fn config(&self, seed: u64, round: usize) -> SamplingConfig {
-        SamplingConfig {
-            max_new_tokens: self.max_new_tokens,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            samples_per_prompt: self.samples_per_question,
-            batch_size: self.batch_size,
-            seed: seed + round as u64,
-            ..SamplingConfig::default()
-        }
-    }
-}
-
-/// Test-split evaluation after every round (`[eval]`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RoundEval {
-    /// Test problems, each decoded greedily (maj@1).
-    pub problems: usize,
-    /// Samples per problem at `temperature` (maj@k, pass@k).
-    pub samples: usize,
-    /// Of `problems`, the first N are sampled (0 = all).
-    pub sampled_problems: usize,
-    pub temperature: f64,
-    pub ks: Vec<usize>,
-    pub max_new_tokens: usize,
-    pub batch_size: usize,
-}
-
-impl Default for RoundEval {
-    fn default() -> Self {
-        RoundEval {
-            problems: 500,
-            samples: 16,
-            sampled_problems: 0,
-            temperature: 0.7,
-            ks: vec![1, 4, 16],
-            max_new_tokens: 160,
-            batch_size: 128,
-        }
-    }
-}
-
-/// Greedy maj@1 and, from `eval.samples` samples per problem, maj@k and pass@k on the test
-/// problems, each with its 95% interval (`_lo`, `_hi`), plus distinct correct solutions.
-pub fn evaluate_policy(
-    policy: &CausalLm,
-    tokenizer: &Tokenizer,
-    prompter: &Prompter,
-    test: &[Problem],
-    eval: &RoundEval,
-    seed: u64,
-) -> Result<Metrics> {
-    let spec = SampleSpec {
-        samples: eval.samples,
-        sampled_problems: eval.sampled_problems,
-        temperature: eval.temperature,
-        top_p: 1.0,
-        max_new_tokens: eval.max_new_tokens,
-        batch_size: eval.batch_size,
-        seed,
-    };
-    let (greedy, samples) = sample_episodes(&crate::engine::Engine::Local, policy, tokenizer, prompter, test, &spec)?;
-    let ks = if samples.is_empty() { vec![] } else { eval.ks.clone() };
-    let opts = EvalOptions { ks, temperature: Some(eval.temperature), ..EvalOptions::default() };
-    let (_, summary) = evaluate(&greedy, &samples, None, &opts)?;
-    let mut line = Metrics::new();
-    let mut put = |name: String, m: &crate::eval::Metric| {
-        line.insert(name.clone(), m.value);
-        line.insert(format!("{name}_lo"), m.lo);
-        line.insert(format!("{name}_hi"), m.hi);
-    };
-    if let Some(m) = &summary.maj1 {
-        put("eval/maj@1".into(), m);
-    }
-    // maj@1 is the greedy figure; the sampled "maj@1" (one sample's answer) is pass@1's twin.
-    for (k, m) in summary.maj.iter().filter(|(k, _)| **k > 1) {
-        put(format!("eval/maj@{k}"), m);
-    }
-    for (k, m) in &summary.pass {
-        put(format!("eval/pass@{k}"), m);
-    }
-    line.insert("eval/distinct_correct".into(), summary.mean_distinct_correct);
-    Ok(line)
-}
+use std::path::Path;
 
 /// Logs a round's line with its round number and the samples seen so far, and prints it.
-pub fn log_round(
-    checkpoints: &super::checkpoint::Checkpoints,
-    mut line: Metrics,
-    round: usize,
-    samples_seen: usize,
-) -> Result<()> {
+pub fn log_round(checkpoints: &Checkpoints, mut line: Metrics, round: usize, samples_seen: usize) -> Result<()> {
     line.extend([
         ("round".into(), round as f64),
         ("step".into(), round as f64),
@@ -181,7 +67,7 @@ pub fn resume_round<T: serde::de::DeserializeOwned>(
 
 /// `RUN/round-N`, where round N fine-tunes, emptied of what an interrupted earlier attempt at
 /// the round left there.
-pub fn fresh_round_dir(run_dir: &std::path::Path, round: usize) -> Result<std::path::PathBuf> {
+pub fn fresh_round_dir(run_dir: &Path, round: usize) -> Result<std::path::PathBuf> {
     let dir = run_dir.join(format!("round-{round}"));
     if dir.exists() {
         crate::fsutil::remove_dir(&dir)?;
@@ -189,20 +75,63 @@ pub fn fresh_round_dir(run_dir: &std::path::Path, round: usize) -> Result<std::p
     Ok(dir)
 }
 
-/// Two solutions are duplicates when their keys are equal: the whitespace-normalised text
-/// (`"text"`), or the sequence of intermediate results (`"results"`).
-pub fn dedup_key(mode: &str, text: &str) -> String {
-    match mode {
-        "results" => format!("{:?}", intermediate_results(text)),
-        _ => text.split_whitespace().collect::<Vec<_>>().join(" "),
+/// When two solutions of a question are duplicates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dedup {
+    /// The same text, up to whitespace.
+    #[default]
+    Text,
+    /// The same sequence of intermediate results.
+    Results,
+    /// Never: every solution is kept.
+    Off,
+}
+
+impl Dedup {
+    /// The key that duplicates share (None: `Off`, nothing is a duplicate).
+    pub fn key(self, text: &str) -> Option<String> {
+        match self {
+            Dedup::Text => Some(text.split_whitespace().collect::<Vec<_>>().join(" ")),
+            Dedup::Results => Some(format!("{:?}", intermediate_results(text))),
+            Dedup::Off => None,
+        }
     }
 }
 
-/// Checks a dedup mode name.
-pub fn check_dedup(mode: &str) -> Result<()> {
-    if ["text", "results"].contains(&mode) {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!("dedup `{mode}`: use text or results")))
+/// Where a round's fine-tuning starts: the base model again (`reset`: with LoRA, fresh
+/// adapters drawn from `seed`, so a resumed run draws the same) or the policy as it is.
+pub fn start_round(policy: &mut CausalLm, base: &Path, reset: bool, seed: u64) -> Result<()> {
+    match (reset, &policy.lora) {
+        (false, _) => Ok(()),
+        (true, Some(_)) => {
+            tch::manual_seed(seed as i64);
+            policy.reset_adapters()
+        }
+        (true, None) => policy.load_weights(base),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_restarts_from_the_base_or_continues() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::model::ModelConfig::llama(40, 16, 32, 1, 2, 1, 32, true);
+        let base = CausalLm::new(&config, tch::Device::Cpu, false).unwrap();
+        base.save(dir.path()).unwrap();
+        let embed = |m: &CausalLm| m.vs.variables()["model.embed_tokens.weight"].copy();
+        let mut policy = CausalLm::load(dir.path(), tch::Device::Cpu, false).unwrap();
+        tch::no_grad(|| {
+            let mut embed = policy.vs.variables().remove("model.embed_tokens.weight").unwrap();
+            let _ = embed.g_add_scalar_(1.0);
+        });
+        let trained = embed(&policy);
+        start_round(&mut policy, dir.path(), false, 0).unwrap();
+        assert!(embed(&policy).equal(&trained), "continuing keeps the trained weights");
+        start_round(&mut policy, dir.path(), true, 0).unwrap();
+        assert!(embed(&policy).equal(&embed(&base)), "reset brings back the base weights");
     }
 }

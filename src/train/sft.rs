@@ -2,57 +2,54 @@
 //! problems, loss on the solution tokens only. Keeps the final model and the best one by
 //! validation maj@1 (greedy accuracy on problems held out from the end of the train split).
 
-use super::{prepare_run_dir, validation_metrics, EvalDuringTraining, Example, RunConfig, TrainConfig, Trainer};
+use super::objective::solution_example;
+use super::{TrainConfig, Trainer};
+use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::eval::policy::{evaluate_policy, EvalSpec};
 use crate::model::CausalLm;
-use crate::prompt::{PromptConfig, Prompter};
-use crate::task::{Split, TaskSpec};
+use crate::run::{Run, RunSpec};
+use crate::task::Split;
 use std::path::PathBuf;
 
 /// `reasonrl sft` settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct SftConfig {
-    pub run: RunConfig,
-    /// The model folder to start from (pretrained or fresh).
-    pub model: PathBuf,
-    /// Task whose train split is learnt (see `TaskSpec`).
-    pub task: String,
+    /// `model` is the folder to start from (pretrained or fresh); `task`'s train split is learnt.
+    #[serde(flatten)]
+    pub common: RunSpec,
     /// Training problems (0 = all of the split, minus the validation problems).
     pub train_problems: usize,
-    pub prompt: PromptConfig,
     pub train: TrainConfig,
-    /// LoRA adapters instead of full fine-tuning, when `[lora]` is present.
-    pub lora: Option<crate::model::lora::LoraConfig>,
-    pub eval: EvalDuringTraining,
+    /// Validation: `eval.problems` held out from the end of the train split, evaluated every
+    /// `train.eval_every` steps; `best/` is kept by their greedy maj@1.
+    pub eval: EvalSpec,
 }
 
 impl Default for SftConfig {
     fn default() -> Self {
         SftConfig {
-            run: RunConfig { name: "sft".into(), ..RunConfig::default() },
-            model: PathBuf::new(),
-            task: "builtin".into(),
+            common: RunSpec::named("sft"),
             train_problems: 0,
-            prompt: PromptConfig::default(),
-            lora: None,
             train: TrainConfig::default(),
-            eval: EvalDuringTraining::default(),
+            eval: EvalSpec { problems: 200, ..EvalSpec::default() },
         }
+    }
+}
+
+impl Config for SftConfig {
+    fn check(&self) -> std::result::Result<(), String> {
+        self.eval.check("eval.")
     }
 }
 
 /// Runs SFT; the model ends in `RUN/final` and `RUN/best`.
 pub fn run(cfg: &SftConfig, resume: bool, force: bool) -> Result<PathBuf> {
-    let dir = cfg.run.dir();
-    prepare_run_dir(&dir, &crate::config::to_toml(cfg), resume, force)?;
-    let device = crate::parse_device(&cfg.run.device)?;
-    if cfg.model.as_os_str().is_empty() {
-        return Err(Error::Invalid("no model to fine-tune: set `model` (a model folder)".into()));
-    }
-    let (mut model, tokenizer) = CausalLm::load_with_tokenizer(&cfg.model, device, false)?;
-    model.maybe_add_lora(cfg.lora.as_ref(), &cfg.model)?;
-    let mut problems = TaskSpec::parse(&cfg.task)?.load(Split::Train, None)?;
+    let common = &cfg.common;
+    let Run { setup, policy: mut model, tokenizer } = common.open(cfg, resume, force, false)?;
+    let dir = &setup.dir;
+    let mut problems = setup.load(Split::Train, 0)?;
     if problems.len() <= cfg.eval.problems {
         return Err(Error::Invalid(format!(
             "the train split has {} problems, fewer than eval.problems",
@@ -63,7 +60,7 @@ pub fn run(cfg: &SftConfig, resume: bool, force: bool) -> Result<PathBuf> {
     if cfg.train_problems > 0 {
         problems.truncate(cfg.train_problems);
     }
-    let prompter = Prompter::new(&cfg.prompt, &problems)?;
+    let prompter = common.prompter(&problems)?;
     let examples = problems
         .iter()
         .map(|p| solution_example(&tokenizer, &prompter, &p.question, &p.reference_solution))
@@ -74,27 +71,13 @@ pub fn run(cfg: &SftConfig, resume: bool, force: bool) -> Result<PathBuf> {
         validation.len(),
         dir.display()
     );
-    let mut trainer = Trainer::new(&mut model, &tokenizer, cfg.train.clone(), &dir, resume)?;
+    let mut trainer = Trainer::new(&mut model, &tokenizer, cfg.train.clone(), dir, resume)?;
     trainer.best_metric = Some("eval/maj@1".into());
     let mut eval = |m: &CausalLm, _: &super::checkpoint::TrainerState| {
-        validation_metrics(m, &tokenizer, &prompter, &validation, &cfg.eval)
+        evaluate_policy(m, &tokenizer, &prompter, &validation, &cfg.eval, 0)
     };
     trainer.train(&examples, &mut eval)?;
     let last = dir.join("final");
     model.save_with_tokenizer(&tokenizer, &last, true)?;
     Ok(last)
-}
-
-/// A prompt and a solution (then EOS) as a training example with the loss on the solution.
-pub fn solution_example(
-    tokenizer: &crate::tokenizer::Tokenizer,
-    prompter: &Prompter,
-    question: &str,
-    solution: &str,
-) -> Result<Example> {
-    let mut tokens = prompter.encode(tokenizer, question)?;
-    let targets_from = tokens.len();
-    tokens.extend(tokenizer.encode(solution.trim_end())?);
-    tokens.push(tokenizer.eos_id());
-    Ok(Example::new(tokens, targets_from))
 }

@@ -1,0 +1,244 @@
+//! The bodies of the commands that are not a library call: `model info`, `sample` and `bench`.
+
+use crate::{BenchArgs, BenchDtype, BenchEngine, SampleArgs, Workload};
+use anyhow::{bail, Context, Result};
+use reasonrl::engine::{Engine, EngineKind, RolloutConfig, SyncMode};
+use reasonrl::model::CausalLm;
+use reasonrl::rollout::{rollout, Episode};
+use reasonrl::task::{Split, TaskSpec};
+use reasonrl::{bench, fsutil, parse_device};
+
+pub fn info(path: &std::path::Path) -> Result<()> {
+    let (model, tokenizer) = CausalLm::load_with_tokenizer(path, tch::Device::Cpu, false)?;
+    let c = model.config();
+    let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_else(|| "-".into());
+    println!("model        {}", path.display());
+    println!("architecture {} ({})", c.architectures[0], c.model_type);
+    println!("parameters   {}", model.num_parameters());
+    println!(
+        "shape        {} layers, hidden {}, mlp {}, {} heads / {} kv heads of {}",
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_attention_heads,
+        c.kv_heads(),
+        c.head_dim()
+    );
+    println!("positions    {} (rope theta {})", c.max_position_embeddings, c.rope_theta);
+    println!("vocabulary   {} embeddings, {} tokenizer tokens", c.vocab_size, tokenizer.vocab_size());
+    println!(
+        "special      bos {} eos {} pad {}",
+        name(tokenizer.bos_id()),
+        name(Some(tokenizer.eos_id())),
+        name(Some(tokenizer.pad_id()))
+    );
+    println!("tied         {}", c.tie_word_embeddings);
+    println!("scalar head  {}", if model.has_head() { "yes" } else { "no" });
+    if let Some(lora) = &model.lora {
+        let modules: Vec<&str> = lora.config.target_modules.iter().map(|t| t.name()).collect();
+        let trained: i64 =
+            model.vs.variables().iter().filter(|(n, _)| model.trains(n)).map(|(_, t)| t.numel() as i64).sum();
+        println!(
+            "lora         r {} alpha {} on {} ({trained} trained parameters) over {}",
+            lora.config.rank,
+            lora.config.alpha,
+            modules.join(","),
+            lora.base.display()
+        );
+    }
+    println!("chat         {}", if tokenizer.chat_template().is_some() { "template" } else { "none" });
+    Ok(())
+}
+
+pub fn sample(args: SampleArgs) -> Result<()> {
+    args.sampling.spec().check("--", 1).map_err(|e| anyhow::anyhow!(e.replace('_', "-")))?;
+    if let Some(out) = &args.out {
+        fsutil::check_overwrite(out, args.force)?;
+    }
+    let device = parse_device(&args.device)?;
+    let (model, tokenizer) = CausalLm::load_with_tokenizer(&args.model, device, false)?;
+    let problems = TaskSpec::parse(&args.task)?.load(args.split, Some(args.limit))?;
+    let cfg = reasonrl::sample::SamplingConfig { stop_strings: args.stop, ..args.sampling.spec().with_seed(args.seed) };
+    let start = std::time::Instant::now();
+    let episodes = rollout(&model, &tokenizer, &reasonrl::prompt::Prompter::plain(), &problems, &cfg)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let tokens: usize = episodes.iter().map(|e| e.response_tokens.len()).sum();
+    let correct = episodes.iter().filter(|e| e.correct).count();
+    match &args.out {
+        Some(out) => {
+            fsutil::write_jsonl(out, &episodes)?;
+            println!("wrote {} samples to {}", episodes.len(), out.display());
+        }
+        None => episodes.iter().for_each(print_episode),
+    }
+    println!(
+        "{correct}/{} correct; {tokens} tokens in {seconds:.1}s ({:.0} tokens/s)",
+        episodes.len(),
+        tokens as f64 / seconds
+    );
+    Ok(())
+}
+
+fn print_episode(e: &Episode) {
+    let mark = if e.correct { "correct" } else { "wrong" };
+    println!(
+        "--- {} #{} ({mark}; answer {}, reference {})",
+        e.problem_id,
+        e.sample_index,
+        e.extracted_answer.as_deref().unwrap_or("none"),
+        e.reference_answer
+    );
+    println!("{}", e.text.trim_end());
+}
+
+/// The presets' tokenizer in `bench`: 1,024 BPE tokens trained on the task's train split.
+fn bench_tokenizer(spec: &TaskSpec) -> Result<reasonrl::tokenizer::Tokenizer> {
+    let problems = spec.load(Split::Train, Some(2000))?;
+    let corpus = problems.iter().map(|p| format!("{}\n{}", p.question, p.reference_solution));
+    Ok(reasonrl::tokenizer::Tokenizer::train_bpe(corpus, 1024)?)
+}
+
+/// `bench --workload eval`: one realistic rollout per model.
+fn run_bench_workload(args: BenchArgs, device: tch::Device, kind: tch::Kind) -> Result<()> {
+    let spec = TaskSpec::parse(&args.task)?;
+    let problems = spec.load(Split::Test, Some(args.problems))?;
+    let prompt = reasonrl::prompt::PromptConfig { format: args.prompt, ..Default::default() };
+    let prompter = reasonrl::prompt::Prompter::for_task(&prompt, &spec)?;
+    let spec_sampling = args.sampling.spec();
+    spec_sampling.check("--", 1).map_err(|e| anyhow::anyhow!(e.replace('_', "-")))?;
+    let sampling = spec_sampling.with_seed(0);
+    let models: Vec<(String, CausalLm, reasonrl::tokenizer::Tokenizer)> = match &args.model {
+        Some(dir) => vec![(
+            dir.display().to_string(),
+            CausalLm::load(dir, device, false)?,
+            reasonrl::tokenizer::Tokenizer::load(dir)?,
+        )],
+        None => {
+            eprintln!(
+                "note: presets have random weights, so rows rarely stop early; pass --model for a trained policy"
+            );
+            let tokenizer = bench_tokenizer(&spec)?;
+            let mut models = Vec::new();
+            for preset in &args.presets {
+                let config = reasonrl::model::presets::preset(preset, tokenizer.vocab_size() as i64, 1024)?;
+                models.push((preset.clone(), CausalLm::new(&config, device, false)?, tokenizer.clone()));
+            }
+            models
+        }
+    };
+    if let Some(path) = &args.prompts_out {
+        let (_, _, tokenizer) = &models[0];
+        let lines = problems.iter().map(|p| prompter.encode(tokenizer, &p.question)).collect::<Result<Vec<_>, _>>()?;
+        fsutil::write_jsonl(path, &lines)?;
+    }
+    let on = match args.engine {
+        BenchEngine::Local => format!("device {device:?}"),
+        BenchEngine::Openai => format!("engine {}", args.base_url.join(", ")),
+    };
+    println!(
+        "{on}, dtype {:?}, threads {}; {} problems x {} samples of {}, temperature {}, batch {}",
+        args.dtype,
+        tch::get_num_threads(),
+        problems.len(),
+        spec_sampling.samples_per_prompt,
+        args.task,
+        spec_sampling.temperature,
+        spec_sampling.batch_size
+    );
+    println!(
+        "{:<24} {:>9} {:>10} {:>8} {:>10} {:>10} {:>11} {:>9} {:>9}",
+        "model", "samples", "new tok", "s", "tok/s", "samples/s", "problems/s", "early", "correct"
+    );
+    let engine_dir = tempfile::tempdir()?;
+    let rollout = match args.engine {
+        BenchEngine::Local => RolloutConfig::default(),
+        BenchEngine::Openai if args.model.is_none() => bail!("--engine openai needs --model (the served model)"),
+        BenchEngine::Openai => RolloutConfig {
+            engine: EngineKind::Openai,
+            base_url: args.base_url.clone(),
+            max_concurrency: args.max_concurrency,
+            sync: if args.engine_command.is_some() { SyncMode::Restart } else { SyncMode::None },
+            command: args.engine_command.clone().unwrap_or_default(),
+            ..RolloutConfig::default()
+        },
+    };
+    let mut results = Vec::new();
+    for (name, mut model, tokenizer) in models {
+        model.vs.set_kind(kind);
+        let mut engine = Engine::new(&rollout, engine_dir.path(), false)?;
+        engine.sync(&model, &tokenizer)?;
+        let r = reasonrl::bench::bench_workload(&name, &engine, &model, &tokenizer, &prompter, &problems, &sampling)?;
+        println!(
+            "{:<24} {:>9} {:>10} {:>8.1} {:>10.0} {:>10.1} {:>11.2} {:>8.0}% {:>8.1}%",
+            r.model,
+            r.samples,
+            r.new_tokens,
+            r.seconds,
+            r.tokens_per_s,
+            r.samples_per_s,
+            r.problems_per_s,
+            r.stopped_early * 100.0,
+            r.accuracy * 100.0
+        );
+        results.push(r);
+    }
+    if let Some(path) = args.json {
+        let text = serde_json::to_string_pretty(&results)?;
+        fsutil::write_atomic(&path, |w| w.write_all(text.as_bytes()))?;
+    }
+    Ok(())
+}
+
+pub fn run_bench(args: BenchArgs) -> Result<()> {
+    let kind = match args.dtype {
+        BenchDtype::F32 => tch::Kind::Float,
+        BenchDtype::Bf16 => tch::Kind::BFloat16,
+    };
+    let cfg = bench::BenchConfig {
+        device: parse_device(&args.device)?,
+        kind,
+        train_batch: 16,
+        train_seq: 128,
+        train_steps: args.train_steps,
+        sample_batches: args.sample_batches.clone(),
+        prompt_tokens: 32,
+        new_tokens: args.new_tokens,
+    };
+    if matches!(args.workload, Workload::Eval) || args.engine == BenchEngine::Openai {
+        return run_bench_workload(args, cfg.device, kind);
+    }
+    let presets = if args.model.is_some() { vec![] } else { args.presets.clone() };
+    let tokenizer = match &args.model {
+        Some(dir) => reasonrl::tokenizer::Tokenizer::load(dir)?,
+        None => bench_tokenizer(&TaskSpec::parse("builtin")?)?,
+    };
+    println!("device {:?}, dtype {:?}, threads {}", cfg.device, args.dtype, tch::get_num_threads());
+    println!(
+        "{:<8} {:>11} {:>14} {:>10} {:>20}",
+        "preset", "parameters", "train tok/s", "step ms", "sample tok/s (batch)"
+    );
+    let mut results = Vec::new();
+    if let Some(dir) = &args.model {
+        let model = CausalLm::load(dir, cfg.device, false)?;
+        results.push(bench::bench_model(&dir.display().to_string(), model, &tokenizer, &cfg)?);
+    }
+    for preset in &presets {
+        results.push(bench::bench_preset(preset, &tokenizer, &cfg).with_context(|| format!("preset {preset}"))?);
+    }
+    for r in &results {
+        let sampling: Vec<String> = r.sampling_tokens_per_s.iter().map(|(b, t)| format!("{t:.0} ({b})")).collect();
+        println!(
+            "{:<8} {:>11} {:>14.0} {:>10.1} {:>20}",
+            r.preset,
+            r.parameters,
+            r.train_tokens_per_s,
+            r.train_step_ms,
+            sampling.join(", ")
+        );
+    }
+    if let Some(path) = args.json {
+        let text = serde_json::to_string_pretty(&results)?;
+        fsutil::write_atomic(&path, |w| w.write_all(text.as_bytes()))?;
+    }
+    Ok(())
+}

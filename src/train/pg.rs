@@ -1,0 +1,255 @@
+//! The policy-gradient equations, each written to be read against its paper: log-probs,
+//! entropies and values of sampled responses, GAE, whitening, PPO's clipped policy and value
+//! losses, the k3 KL estimator and explained variance. PPO and GRPO/RLOO build on these.
+
+use crate::error::Result;
+use crate::model::Llama;
+use crate::rollout::Episode;
+use tch::{Device, Kind, Tensor};
+
+/// One value per response token, per episode.
+pub type PerToken = Vec<Vec<f32>>;
+
+/// Log-probs of the sampled tokens (and the head's values, if any) of every episode under
+/// `model`, without gradients, in chunks of `chunk` episodes.
+pub fn score_episodes(
+    model: &Llama,
+    episodes: &[&Episode],
+    temperature: f64,
+    chunk: usize,
+) -> Result<(PerToken, Option<PerToken>)> {
+    tch::no_grad(|| {
+        let (mut logprobs, mut values) = (Vec::new(), model.has_head().then(Vec::new));
+        for part in episodes.chunks(chunk.max(1)) {
+            let lens: Vec<usize> = part.iter().map(|e| e.response_tokens.len()).collect();
+            let scored = score_responses(model, part, temperature);
+            logprobs.extend(unpad_rows(&scored.logprobs, &lens)?);
+            if let (Some(all), Some(v)) = (values.as_mut(), &scored.values) {
+                all.extend(unpad_rows(v, &lens)?);
+            }
+        }
+        Ok((logprobs, values))
+    })
+}
+
+/// Response tokens of a batch of episodes under a model, all `[B, R]` with R the longest
+/// response: log-probs at the sampling temperature, entropies, the scalar head's values (the
+/// value before each token), and the mask of real (not padding) tokens.
+pub struct Scored {
+    pub logprobs: Tensor,
+    pub entropy: Tensor,
+    pub values: Option<Tensor>,
+    pub mask: Tensor,
+}
+
+/// Scores the responses of `episodes` (prompt and response run through the model in one pass).
+pub fn score_responses(model: &Llama, episodes: &[&Episode], temperature: f64) -> Scored {
+    let b = episodes.len();
+    let t = episodes.iter().map(|e| e.prompt_tokens.len() + e.response_tokens.len()).max().unwrap_or(1);
+    let r = episodes.iter().map(|e| e.response_tokens.len()).max().unwrap_or(1).max(1);
+    let mut ids = vec![0i64; b * t];
+    let mut positions = vec![0i64; b * r];
+    let mut targets = vec![0i64; b * r];
+    let mut mask = vec![0f32; b * r];
+    for (row, e) in episodes.iter().enumerate() {
+        for (j, &tok) in e.prompt_tokens.iter().chain(&e.response_tokens).enumerate() {
+            ids[row * t + j] = tok as i64;
+        }
+        let p = e.prompt_tokens.len().max(1);
+        for i in 0..r {
+            // Response token i is predicted from the hidden state at position p - 1 + i.
+            positions[row * r + i] = (p - 1 + i.min(e.response_tokens.len().saturating_sub(1))) as i64;
+            if let Some(&tok) = e.response_tokens.get(i) {
+                targets[row * r + i] = tok as i64;
+                mask[row * r + i] = 1.0;
+            }
+        }
+    }
+    let device = model.device();
+    let (b, t, r) = (b as i64, t as i64, r as i64);
+    let hidden = model.forward_hidden(&Tensor::from_slice(&ids).view([b, t]).to_device(device));
+    let h = hidden.size()[2];
+    let index = Tensor::from_slice(&positions).view([b, r, 1]).to_device(device).expand([b, r, h], false);
+    let hidden = hidden.gather(1, &index, false);
+    let logits = model.logits(&hidden).to_kind(Kind::Float);
+    let logits = if temperature > 0.0 { logits / temperature } else { logits };
+    let logp = logits.log_softmax(-1, Kind::Float);
+    let targets = Tensor::from_slice(&targets).view([b, r, 1]).to_device(device);
+    Scored {
+        logprobs: logp.gather(-1, &targets, false).squeeze_dim(-1),
+        entropy: -(logp.exp() * &logp).sum_dim_intlist(-1, false, Kind::Float),
+        values: model.head_values(&hidden).map(|v| v.to_kind(Kind::Float)),
+        mask: Tensor::from_slice(&mask).view([b, r]).to_device(device),
+    }
+}
+
+/// `rows` as a zero-padded `[B, R]` tensor.
+pub fn pad_rows(rows: &[&[f32]], r: usize, device: Device) -> Tensor {
+    let mut data = vec![0f32; rows.len() * r];
+    for (i, row) in rows.iter().enumerate() {
+        data[i * r..i * r + row.len().min(r)].copy_from_slice(&row[..row.len().min(r)]);
+    }
+    Tensor::from_slice(&data).view([rows.len() as i64, r as i64]).to_device(device)
+}
+
+/// The real entries of each row of a `[B, R]` tensor, back on the host.
+pub fn unpad_rows(x: &Tensor, lengths: &[usize]) -> Result<Vec<Vec<f32>>> {
+    let r = x.size()[1] as usize;
+    let flat = Vec::<f32>::try_from(x.to_kind(Kind::Float).to_device(Device::Cpu).reshape([-1]))?;
+    Ok(lengths.iter().enumerate().map(|(i, &n)| flat[i * r..i * r + n].to_vec()).collect())
+}
+
+/// Mean of `x` over the entries where `mask` is 1.
+pub fn masked_mean(x: &Tensor, mask: &Tensor) -> Tensor {
+    (x * mask).sum(Kind::Float) / mask.sum(Kind::Float).clamp_min(1.0)
+}
+
+/// Generalised advantage estimation (Schulman et al. 2016) over one response. `rewards[t]` comes
+/// after token t; `values[t]` is the value of the state before token t; the episode ends after
+/// the last token (terminal value 0). Returns (advantages, returns = advantages + values).
+pub fn gae(rewards: &[f32], values: &[f32], gamma: f64, lambda: f64) -> (Vec<f32>, Vec<f32>) {
+    let n = rewards.len();
+    let mut advantages = vec![0f32; n];
+    let mut next_advantage = 0.0f64;
+    for t in (0..n).rev() {
+        let next_value = if t + 1 < n { values[t + 1] as f64 } else { 0.0 };
+        let delta = rewards[t] as f64 + gamma * next_value - values[t] as f64;
+        next_advantage = delta + gamma * lambda * next_advantage;
+        advantages[t] = next_advantage as f32;
+    }
+    let returns = advantages.iter().zip(values).map(|(a, v)| a + v).collect();
+    (advantages, returns)
+}
+
+/// Shifts and scales all advantages of a batch to mean 0 and standard deviation 1.
+pub fn whiten(rows: &mut [Vec<f32>]) {
+    let n = rows.iter().map(Vec::len).sum::<usize>().max(1) as f64;
+    let mean = rows.iter().flatten().map(|&x| x as f64).sum::<f64>() / n;
+    let var = rows.iter().flatten().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+    let std = var.sqrt().max(1e-8);
+    for x in rows.iter_mut().flatten() {
+        *x = ((*x as f64 - mean) / std) as f32;
+    }
+}
+
+/// PPO's clipped surrogate (to minimise): mean over tokens of
+/// max(-A r, -A clip(r, 1 - eps, 1 + eps)) with r = exp(logp - old_logp). Also returns the
+/// fraction of tokens where the clip was active and the approximate KL (CleanRL's
+/// mean((r - 1) - log r)).
+pub fn clipped_policy_loss(
+    logprobs: &Tensor,
+    old_logprobs: &Tensor,
+    advantages: &Tensor,
+    mask: &Tensor,
+    clip: f64,
+) -> (Tensor, Tensor, Tensor) {
+    let log_ratio = logprobs - old_logprobs;
+    let ratio = log_ratio.exp();
+    let unclipped = -advantages * &ratio;
+    let clipped = -advantages * ratio.clamp(1.0 - clip, 1.0 + clip);
+    let loss = masked_mean(&unclipped.maximum(&clipped), mask);
+    let clip_fraction = masked_mean(&(&ratio - 1.0).abs().gt(clip).to_kind(Kind::Float), mask);
+    let approx_kl = masked_mean(&((&ratio - 1.0) - &log_ratio), mask);
+    (loss, clip_fraction.detach(), approx_kl.detach())
+}
+
+/// PPO's clipped value loss: 0.5 mean(max((v - R)^2, (v_old + clip(v - v_old, -eps, eps) - R)^2)).
+pub fn clipped_value_loss(values: &Tensor, old_values: &Tensor, returns: &Tensor, mask: &Tensor, clip: f64) -> Tensor {
+    let clipped = old_values + (values - old_values).clamp(-clip, clip);
+    let loss = (values - returns).square().maximum(&(clipped - returns).square());
+    masked_mean(&loss, mask) * 0.5
+}
+
+/// The k3 estimator of KL(policy || reference) per token (Schulman 2020): exp(q - p) - (q - p) - 1
+/// with p, q the policy's and the reference's log-probs of the sampled token; unbiased, never
+/// negative, zero when they agree.
+pub fn kl_k3(logprobs: &Tensor, ref_logprobs: &Tensor) -> Tensor {
+    let d = ref_logprobs - logprobs;
+    d.exp() - &d - 1.0
+}
+
+/// 1 - Var(returns - values) / Var(returns) over all tokens: how much of the return the value
+/// head explains (1 perfect, 0 no better than a constant, negative worse).
+pub fn explained_variance(values: &[Vec<f32>], returns: &[Vec<f32>]) -> f64 {
+    let v: Vec<f64> = values.iter().flatten().map(|&x| x as f64).collect();
+    let r: Vec<f64> = returns.iter().flatten().map(|&x| x as f64).collect();
+    let var = |x: &[f64]| {
+        let m = x.iter().sum::<f64>() / x.len().max(1) as f64;
+        x.iter().map(|a| (a - m).powi(2)).sum::<f64>() / x.len().max(1) as f64
+    };
+    let diff: Vec<f64> = r.iter().zip(&v).map(|(a, b)| a - b).collect();
+    let var_r = var(&r);
+    if var_r == 0.0 {
+        f64::NAN
+    } else {
+        1.0 - var(&diff) / var_r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
+    }
+
+    #[test]
+    fn gae_by_hand_with_a_terminal_step() {
+        // gamma 1, lambda 0.95; rewards only at the end; values 0.5, 0.6, 0.7.
+        // deltas: 0 + 0.6 - 0.5 = 0.1, 0 + 0.7 - 0.6 = 0.1, 1 + 0 - 0.7 = 0.3 (terminal: no next value).
+        // A2 = 0.3; A1 = 0.1 + 0.95 * 0.3 = 0.385; A0 = 0.1 + 0.95 * 0.385 = 0.46575.
+        let (adv, ret) = gae(&[0.0, 0.0, 1.0], &[0.5, 0.6, 0.7], 1.0, 0.95);
+        assert!(close(&adv, &[0.46575, 0.385, 0.3]), "{adv:?}");
+        assert!(close(&ret, &[0.96575, 0.985, 1.0]), "{ret:?}");
+        // lambda 1: every advantage is the return-to-go minus the value.
+        let (adv, _) = gae(&[0.0, 0.0, 1.0], &[0.5, 0.6, 0.7], 1.0, 1.0);
+        assert!(close(&adv, &[0.5, 0.4, 0.3]));
+        // gamma discounts: one step, reward 2 -> A = 2 - v.
+        assert!(close(&gae(&[2.0], &[0.5], 0.9, 0.95).0, &[1.5]));
+    }
+
+    #[test]
+    fn clipped_loss_and_its_gradient_inside_and_outside_the_clip() {
+        let grad_at = |ratio: f64, advantage: f32| {
+            let logp = Tensor::from_slice(&[ratio.ln() as f32]).set_requires_grad(true);
+            let old = Tensor::from_slice(&[0f32]);
+            let adv = Tensor::from_slice(&[advantage]);
+            let (loss, clipped, _) = clipped_policy_loss(&logp, &old, &adv, &Tensor::from_slice(&[1f32]), 0.2);
+            loss.backward();
+            (loss.double_value(&[]), logp.grad().double_value(&[0]), clipped.double_value(&[]))
+        };
+        // Inside the range: loss -A r, gradient d/dlogp = -A r (pushes logp up for A > 0).
+        let (loss, grad, clipped) = grad_at(1.1, 2.0);
+        assert!((loss + 2.2).abs() < 1e-5 && (grad + 2.2).abs() < 1e-5 && clipped == 0.0);
+        let (_, grad, _) = grad_at(0.9, -1.0);
+        assert!((grad - 0.9).abs() < 1e-5, "A < 0 pushes logp down");
+        // Past 1 + eps with A > 0: the clipped branch wins, no gradient.
+        let (loss, grad, clipped) = grad_at(1.5, 2.0);
+        assert!((loss + 2.4).abs() < 1e-5 && grad == 0.0 && clipped == 1.0);
+        // Below 1 - eps with A < 0: clipped, no gradient.
+        assert_eq!(grad_at(0.5, -1.0).1, 0.0);
+        // Below 1 - eps with A > 0: not clipped (the unclipped term is larger), gradient flows.
+        let (_, grad, _) = grad_at(0.5, 1.0);
+        assert!((grad + 0.5).abs() < 1e-5);
+    }
+
+    #[test]
+    fn kl_of_a_policy_to_itself_is_zero_and_positive_otherwise() {
+        let p = Tensor::from_slice(&[-0.1f32, -2.0, -5.0]);
+        assert_eq!(kl_k3(&p, &p).abs().max().double_value(&[]), 0.0);
+        let q = Tensor::from_slice(&[-0.3f32, -1.0, -5.5]);
+        assert!(kl_k3(&p, &q).min().double_value(&[]) > 0.0);
+    }
+
+    #[test]
+    fn whitening_and_explained_variance() {
+        let mut rows = vec![vec![1.0, 2.0], vec![3.0]];
+        whiten(&mut rows);
+        let flat: Vec<f32> = rows.concat();
+        assert!(close(&flat, &[-1.2247449, 0.0, 1.2247449]), "{flat:?}");
+        let returns = vec![vec![1.0, 2.0, 3.0]];
+        assert!((explained_variance(&returns, &returns) - 1.0).abs() < 1e-9);
+        assert!(explained_variance(&[vec![2.0, 2.0, 2.0]], &returns).abs() < 1e-9, "a constant explains nothing");
+    }
+}

@@ -1,0 +1,476 @@
+//! The harness of the policy-gradient trainers (PPO, GRPO, RLOO): the settings they share, the
+//! stream of training prompts, sampling and scoring an update's episodes (checking the sampler's
+//! log-probs against the trainer's), rewards, the reference policy, evaluation, logging and
+//! checkpoints. The equations are in `pg`.
+
+use super::checkpoint::{load_checkpoint, Checkpoints, PgState, TrainerState, STATE_FILE};
+use super::optim::{AdamW, Schedule, TrainConfig};
+use super::pg::{score_episodes, PerToken};
+use super::rounds::report;
+use super::trainer::every;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::eval::policy::{evaluate_policy, EvalSpec};
+use crate::model::{CausalLm, Llama};
+use crate::prompt::Prompter;
+use crate::reward::{RewardConfig, Rewarder};
+use crate::rng::Rng;
+use crate::rollout::{rollout_with, Episode};
+use crate::run::{Metrics, Run, RunSpec};
+use crate::sample::Sampling;
+use crate::task::{Problem, Split};
+use crate::tokenizer::Tokenizer;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use tch::Device;
+
+/// What PPO and GRPO/RLOO configs share (flattened into each).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct PgSpec {
+    /// `model` is the initial policy, and the frozen reference of the KL penalty.
+    #[serde(flatten)]
+    pub common: RunSpec,
+    /// Training questions drawn from (the first N of the train split; 0 = all), in a shuffled
+    /// stream.
+    pub questions: usize,
+    /// Policy updates, each on a fresh rollout batch.
+    pub updates: usize,
+    pub prompts_per_update: usize,
+    /// K samples per prompt (GRPO's group size G), on the `[rollout]` engine, synced every
+    /// `rollout.sync_every` updates; the ratios' base is the policy at this temperature.
+    pub sampling: Sampling,
+    /// Passes over each rollout batch, and minibatches per pass.
+    pub epochs: usize,
+    pub minibatches: usize,
+    /// The policy ratio's clip range.
+    pub clip: f64,
+    /// KL penalty coefficient (PPO, the paper: 0.05; GRPO: 0.04).
+    pub kl_coef: f64,
+    pub reward: RewardConfig,
+    /// Optimiser: lr, schedule, warm-up, AdamW betas, weight decay, gradient clipping (the
+    /// epoch and batch fields are unused; the schedule spans `updates * epochs * minibatches`).
+    pub optim: TrainConfig,
+    /// Test evaluation every N updates (and at the start and end).
+    pub eval_every: usize,
+    pub eval: EvalSpec,
+    /// Checkpoint every N updates (0 = only at the end), for `--resume`.
+    pub save_every: usize,
+}
+
+impl Default for PgSpec {
+    fn default() -> Self {
+        PgSpec::named("run")
+    }
+}
+
+impl PgSpec {
+    /// The shared defaults, under the run name `name`.
+    pub fn named(name: &str) -> Self {
+        PgSpec {
+            common: RunSpec::named(name),
+            questions: 0,
+            updates: 100,
+            prompts_per_update: 64,
+            sampling: Sampling::default(),
+            epochs: 1,
+            minibatches: 2,
+            clip: 0.2,
+            kl_coef: 0.05,
+            reward: RewardConfig::default(),
+            optim: TrainConfig {
+                lr: 5e-5,
+                warmup_steps: 10,
+                schedule: Schedule::Constant,
+                weight_decay: 0.0,
+                ..TrainConfig::default()
+            },
+            eval_every: 10,
+            eval: EvalSpec::default(),
+            save_every: 0,
+        }
+    }
+
+    /// The range rules shared by PPO and GRPO.
+    pub fn check(&self, min_k: usize) -> std::result::Result<(), String> {
+        self.sampling.check("sampling.", min_k)?;
+        self.eval.check("eval.")?;
+        if self.minibatches == 0 || self.epochs == 0 || self.prompts_per_update == 0 {
+            return Err("`epochs`, `minibatches` and `prompts_per_update` must be at least 1".into());
+        }
+        if self.optim.lr <= 0.0 {
+            return Err(format!("`optim.lr` = {}: must be positive", self.optim.lr));
+        }
+        Ok(())
+    }
+
+    /// Episodes per update.
+    pub fn episodes_per_update(&self) -> usize {
+        self.prompts_per_update * self.sampling.samples_per_prompt
+    }
+}
+
+/// What a policy-gradient run needs besides its algorithm: the run folder, the tokenizer, the
+/// frozen reference policy, the rewarder, the training questions (as a shuffled stream), the
+/// test problems, the prompter, the progress bar and the update schedule (sampling, evaluation,
+/// checkpoints, logging). Shared by PPO and GRPO/RLOO.
+pub struct PgRun<'a> {
+    pub tokenizer: Tokenizer,
+    /// The frozen reference policy; None with LoRA, where it is the policy without adapters.
+    reference: Option<CausalLm>,
+    pub device: Device,
+    settings: &'a PgSpec,
+    dir: PathBuf,
+    rewarder: Rewarder,
+    questions: Vec<Problem>,
+    test: Vec<Problem>,
+    prompter: Prompter,
+    samples_seen: usize,
+    /// The policy's checkpoints, and a separate critic's (`critic/checkpoints`).
+    checkpoints: Checkpoints,
+    critic_checkpoints: Checkpoints,
+    /// Whether the sampler's log-probs were checked against the trainer's (first update).
+    checked: bool,
+    /// The sampler, and the update whose policy it serves (None: not synced yet).
+    engine: Engine,
+    synced_at: Option<usize>,
+    /// Mean and max |engine log-prob - trainer log-prob| of the last rollout (remote engines).
+    logprob_gap: Option<(f64, f64)>,
+    stream: PromptStream,
+    progress: indicatif::ProgressBar,
+}
+
+/// The models a policy-gradient update trained and where it stands: what a checkpoint holds.
+pub struct Trained<'m> {
+    pub policy: &'m CausalLm,
+    pub optimizer: &'m AdamW,
+    /// A separate critic and its optimiser.
+    pub critic: Option<(&'m CausalLm, &'m AdamW)>,
+    pub state: PgState,
+}
+
+impl<'a> PgRun<'a> {
+    /// Prepares the run folder (writing `config_toml`), loads everything and, unless resuming
+    /// (then call [`PgRun::resume`]), logs the starting policy's test metrics; returns the run and
+    /// the policy to train (with a fresh value head when `value_head`).
+    pub fn start<C: serde::Serialize>(
+        s: &'a PgSpec,
+        config: &C,
+        value_head: bool,
+        resume: bool,
+        force: bool,
+    ) -> Result<(Self, CausalLm)> {
+        let common = &s.common;
+        let Run { setup, policy, tokenizer } = common.open(config, resume, force, value_head)?;
+        let device = setup.device;
+        let reference = match common.lora {
+            Some(_) => None,
+            None => Some(CausalLm::load(&common.model, device, false)?),
+        };
+        let rewarder = Rewarder::new(&s.reward, &tokenizer, device)?;
+        let questions = setup.load(Split::Train, s.questions)?;
+        let test = setup.load(Split::Test, s.eval.problems)?;
+        let prompter = common.prompter(&questions)?;
+        let dir = setup.dir;
+        let engine = common.engine(&dir, true)?;
+        let run = PgRun {
+            // Two of each, so that a policy checkpoint always has its critic's beside it.
+            checkpoints: Checkpoints::new(&dir, 2),
+            critic_checkpoints: Checkpoints::new(&dir.join("critic"), 2),
+            checked: false,
+            engine,
+            synced_at: None,
+            logprob_gap: None,
+            stream: PromptStream::new(questions.len(), common.seed),
+            progress: indicatif::ProgressBar::hidden(),
+            settings: s,
+            dir,
+            tokenizer,
+            reference,
+            rewarder,
+            questions,
+            test,
+            prompter,
+            device,
+            samples_seen: 0,
+        };
+        if !resume {
+            run.log(run.evaluate(&policy)?, 0)?;
+        }
+        let run = PgRun { progress: crate::progress::bar(run.settings.updates as u64, 0, "updates"), ..run };
+        Ok((run, policy))
+    }
+
+    /// Continues from the newest valid checkpoint: loads the policy, the critic and their
+    /// optimisers, and moves the prompt stream and the sample count to where they were. Returns
+    /// the last update done and the run's clocks; the metrics log is cut back to that update.
+    pub fn resume(
+        &mut self,
+        policy: &mut CausalLm,
+        optimizer: &mut AdamW,
+        critic: Option<(&mut CausalLm, &mut AdamW)>,
+    ) -> Result<(usize, PgState)> {
+        let (dir, state) = self.checkpoints.load_latest(policy, Some(optimizer))?;
+        let update = state.step;
+        let clocks = state
+            .policy_gradient
+            .ok_or_else(|| Error::file(dir.join(STATE_FILE), "is not a PPO/GRPO checkpoint (no policy_gradient)"))?;
+        if let Some((critic, critic_optimizer)) = critic {
+            let dir = self.critic_checkpoints.dir().join(format!("step-{update}"));
+            load_checkpoint(&dir, critic, Some(critic_optimizer))?;
+        }
+        for _ in 0..update {
+            self.stream.take(self.settings.prompts_per_update);
+        }
+        self.samples_seen = state.samples_seen as usize;
+        self.progress.set_position(update as u64);
+        self.progress.suspend(|| eprintln!("resumed from {} (update {update})", dir.display()));
+        Ok((update, clocks))
+    }
+
+    /// Samples `samples_per_prompt` solutions to each of the next `prompts` training questions
+    /// (ordered by question, then sample) and counts them. Local samples are checked on the first
+    /// update of this process: the policy's recomputed log-probs must equal the sampler's. A
+    /// remote engine is synced first when due (every `rollout.sync_every` updates), and the gap
+    /// between its log-probs and the trainer's is logged instead (`rollout/logprob_diff_*`).
+    /// Returns the episodes and the trainer's log-probs (and the policy head's values, if any).
+    pub fn sample(&mut self, policy: &CausalLm, update: usize) -> Result<(Vec<Episode>, PerToken, Option<PerToken>)> {
+        let s = self.settings;
+        let sampling = s.sampling.with_seed(s.common.seed.wrapping_mul(1_000_003).wrapping_add(update as u64));
+        let batch: Vec<Problem> =
+            self.stream.take(s.prompts_per_update).into_iter().map(|i| self.questions[i].clone()).collect();
+        if self.synced_at.is_none_or(|at| update - at >= s.common.rollout.sync_every) {
+            self.engine.sync(policy, &self.tokenizer)?;
+            self.synced_at = Some(update);
+        }
+        let episodes = rollout_with(&self.engine, policy, &self.tokenizer, &self.prompter, &batch, &sampling)?;
+        self.samples_seen += episodes.len();
+        let refs: Vec<&Episode> = episodes.iter().collect();
+        let (logprobs, values) = self.score(policy, &refs)?;
+        if self.engine.is_remote() {
+            self.logprob_gap = Some(logprob_gap(&refs, &logprobs));
+        } else if !self.checked {
+            self.checked = true;
+            let worst = check_behaviour_logprobs(&refs, &logprobs, 2e-3)?;
+            self.progress
+                .suspend(|| eprintln!("behaviour log-probs agree with the trainer's (max difference {worst:.1e})"));
+        }
+        Ok((episodes, logprobs, values))
+    }
+
+    /// Log-probs (and values) of the episodes under `model` at the sampling temperature.
+    pub fn score(&self, model: &Llama, episodes: &[&Episode]) -> Result<(PerToken, Option<PerToken>)> {
+        score_episodes(model, episodes, self.settings.sampling.temperature, self.settings.sampling.batch_size)
+    }
+
+    /// The reference policy's log-probs of the episodes' responses.
+    pub fn reference_logprobs(&self, policy: &CausalLm, episodes: &[&Episode]) -> Result<PerToken> {
+        match &self.reference {
+            Some(reference) => Ok(self.score(reference, episodes)?.0),
+            None => policy.net.without_adapters(|| Ok(self.score(policy, episodes)?.0)),
+        }
+    }
+
+    /// Per-token rewards of the episodes (see [`Rewarder`]).
+    pub fn rewards(&self, episodes: &[Episode]) -> Result<Vec<Vec<f32>>> {
+        let by_id: HashMap<&str, &Problem> = self.questions.iter().map(|q| (q.id.as_str(), q)).collect();
+        self.rewarder.token_rewards(&self.tokenizer, episodes, &by_id)
+    }
+
+    /// Ends an update: adds what every algorithm logs (fraction correct, response length, the
+    /// test metrics when due), shows `message`, logs the line, and writes a checkpoint when due
+    /// or when a stop was requested (then it returns `Interrupted`).
+    pub fn end_update(
+        &self,
+        trained: Trained,
+        update: usize,
+        episodes: &[Episode],
+        mut line: Metrics,
+        message: String,
+    ) -> Result<()> {
+        let n = episodes.len().max(1) as f64;
+        if let Some((mean, max)) = self.logprob_gap {
+            line.extend([("rollout/logprob_diff_mean".into(), mean), ("rollout/logprob_diff_max".into(), max)]);
+        }
+        line.extend([
+            ("reward/correct".into(), episodes.iter().filter(|e| e.correct).count() as f64 / n),
+            ("response_length".into(), episodes.iter().map(|e| e.response_tokens.len()).sum::<usize>() as f64 / n),
+        ]);
+        let s = self.settings;
+        if every(update, s.eval_every) || update == s.updates {
+            line.extend(self.progress.suspend(|| self.evaluate(trained.policy))?);
+        }
+        self.progress.set_position(update as u64);
+        self.progress.set_message(message);
+        self.progress.suspend(|| self.log(line, update))?;
+        let stopping = crate::progress::stop_requested() && update < s.updates;
+        if every(update, s.save_every) || stopping {
+            let state = TrainerState {
+                step: update,
+                samples_seen: self.samples_seen as u64,
+                policy_gradient: Some(trained.state),
+                ..TrainerState::default()
+            };
+            // The critic first: a policy checkpoint on disk implies its critic's.
+            if let Some((critic, critic_optimizer)) = trained.critic {
+                self.critic_checkpoints.save(critic, &self.tokenizer, critic_optimizer, &state)?;
+            }
+            self.checkpoints.save(trained.policy, &self.tokenizer, trained.optimizer, &state)?;
+        }
+        if stopping {
+            self.progress.abandon_with_message(format!("stopped after update {update}; a checkpoint was written"));
+            return Err(Error::Interrupted);
+        }
+        Ok(())
+    }
+
+    /// Saves the final policy into `RUN/final`.
+    pub fn finish(self, policy: &CausalLm) -> Result<PathBuf> {
+        self.progress.finish_and_clear();
+        let dir = self.dir.join("final");
+        policy.save_with_tokenizer(&self.tokenizer, &dir, true)?;
+        Ok(dir)
+    }
+
+    fn evaluate(&self, policy: &CausalLm) -> Result<Metrics> {
+        evaluate_policy(
+            policy,
+            &self.tokenizer,
+            &self.prompter,
+            &self.test,
+            &self.settings.eval,
+            self.settings.common.seed,
+        )
+    }
+
+    fn log(&self, mut line: Metrics, update: usize) -> Result<()> {
+        line.extend([
+            ("update".into(), update as f64),
+            ("step".into(), update as f64),
+            ("samples_seen".into(), self.samples_seen as f64),
+        ]);
+        if line.contains_key("eval/maj@1") {
+            report(&line);
+        }
+        self.checkpoints.log(&line)
+    }
+}
+
+/// This rank's block of minibatch `mb` and its share of the minibatch's response tokens. The
+/// losses are means over tokens, so a rank's loss times its share, summed over ranks, is the
+/// loss of the whole minibatch: ranks scale their loss by it before backward and their logged
+/// means before summing them.
+pub fn rank_part<'a>(mb: &'a [usize], episodes: &[Episode]) -> (&'a [usize], f64) {
+    let mine = &mb[crate::dist::world().shard(mb.len())];
+    let tokens = |rows: &[usize]| rows.iter().map(|&i| episodes[i].response_tokens.len()).sum::<usize>();
+    (mine, tokens(mine) as f64 / tokens(mb).max(1) as f64)
+}
+
+/// Refuses minibatches smaller than the world: every rank needs an episode of each.
+pub fn check_minibatch_size(episodes_per_update: usize, minibatches: usize) -> Result<()> {
+    let ranks = crate::dist::world().size;
+    if episodes_per_update / minibatches.max(1) < ranks {
+        return Err(Error::Invalid(format!(
+            "{episodes_per_update} episodes per update in {minibatches} minibatches leave some of the {ranks} ranks \
+             without an episode: use fewer minibatches or more prompts_per_update"
+        )));
+    }
+    Ok(())
+}
+
+/// The generator of one update's minibatch order: a function of (seed, update) alone, so that a
+/// resumed run shuffles as the uninterrupted one did.
+pub fn minibatch_rng(seed: u64, update: usize) -> Rng {
+    Rng::new((seed ^ 0x5eed).wrapping_mul(1_000_003).wrapping_add(update as u64))
+}
+
+/// Training questions in a shuffled order that starts over (reshuffled) when used up.
+pub struct PromptStream {
+    order: Vec<usize>,
+    next: usize,
+    rng: Rng,
+}
+
+impl PromptStream {
+    pub fn new(n: usize, seed: u64) -> Self {
+        PromptStream { order: (0..n).collect(), next: n, rng: Rng::new(seed) }
+    }
+
+    /// The next `count` question indices.
+    pub fn take(&mut self, count: usize) -> Vec<usize> {
+        (0..count)
+            .map(|_| {
+                if self.next == self.order.len() {
+                    self.rng.shuffle(&mut self.order);
+                    self.next = 0;
+                }
+                self.next += 1;
+                self.order[self.next - 1]
+            })
+            .collect()
+    }
+}
+
+/// Mean and max |sampler's - trainer's log-prob| over every token: how far an engine's log-probs
+/// (or a stale engine policy) are from the trainer's.
+pub fn logprob_gap(episodes: &[&Episode], recomputed: &[Vec<f32>]) -> (f64, f64) {
+    let diffs = episodes.iter().zip(recomputed).flat_map(|(e, r)| e.logprobs.iter().zip(r).map(|(a, b)| (a - b).abs()));
+    let (n, sum, max) = diffs.fold((0usize, 0f64, 0f64), |(n, s, m), d| (n + 1, s + d as f64, m.max(d as f64)));
+    (sum / n.max(1) as f64, max)
+}
+
+/// The trainer's log-probs of the sampled tokens must equal the sampler's (same model, same
+/// temperature): a mismatch means the update would use wrong ratios, so it stops the run.
+pub fn check_behaviour_logprobs(episodes: &[&Episode], recomputed: &[Vec<f32>], tolerance: f32) -> Result<f32> {
+    let mut worst = (0f32, 0usize);
+    for (n, (e, r)) in episodes.iter().zip(recomputed).enumerate() {
+        for (a, b) in e.logprobs.iter().zip(r) {
+            let d = (a - b).abs();
+            if d > worst.0 || d.is_nan() {
+                worst = (d, n);
+            }
+        }
+    }
+    if worst.0 > tolerance || worst.0.is_nan() {
+        let e = episodes[worst.1];
+        return Err(Error::Invalid(format!(
+            "BUG: the trainer's log-probs disagree with the sampler's by {} (episode of problem `{}`, sample {}); \
+             the policy-gradient ratios would be wrong",
+            worst.0, e.problem_id, e.sample_index
+        )));
+    }
+    Ok(worst.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_logprob_gap_is_the_mean_and_max_absolute_difference() {
+        let episode = |logprobs: Vec<f32>| Episode {
+            problem_id: "p".into(),
+            sample_index: 0,
+            prompt_tokens: vec![1],
+            response_tokens: vec![2; logprobs.len()],
+            text: String::new(),
+            logprobs,
+            finish: crate::sample::Finish::Length,
+            extracted_answer: None,
+            reference_answer: "1".into(),
+            correct: false,
+        };
+        let (a, b) = (episode(vec![-1.0, -2.0]), episode(vec![-0.5]));
+        let (mean, max) = logprob_gap(&[&a, &b], &[vec![-1.25, -2.0], vec![-1.5]]);
+        assert!((mean - 1.25 / 3.0).abs() < 1e-9 && (max - 1.0).abs() < 1e-9, "{mean} {max}");
+    }
+
+    #[test]
+    fn the_prompt_stream_covers_every_question_before_repeating() {
+        let mut stream = PromptStream::new(5, 1);
+        let mut first: Vec<usize> = stream.take(5);
+        first.sort();
+        assert_eq!(first, vec![0, 1, 2, 3, 4]);
+        assert_eq!(stream.take(7).len(), 7);
+    }
+}
