@@ -1,12 +1,118 @@
-//! The bodies of the commands that are not a library call: `model info`, `sample` and `bench`.
+//! The bodies of the commands that are not a single library call: `task`, `model`, `sample` and
+//! `bench`.
 
-use crate::{BenchArgs, BenchDtype, BenchEngine, SampleArgs, Workload};
+use crate::{
+    load_config, BenchArgs, BenchDtype, BenchEngine, ConfigArgs, ModelCommand, SampleArgs, TaskCommand, Workload,
+};
 use anyhow::{bail, Context, Result};
 use reasonrl::engine::{Engine, EngineKind, RolloutConfig, SyncMode};
-use reasonrl::model::CausalLm;
+use reasonrl::model::{presets, CausalLm};
 use reasonrl::rollout::{rollout, Episode};
 use reasonrl::task::{Split, TaskSpec};
 use reasonrl::{bench, fsutil, parse_device};
+
+/// `reasonrl study`: runs what is not done yet, then prints the table and where the report is.
+pub fn study(args: &ConfigArgs) -> Result<()> {
+    if args.force {
+        bail!("study: --force is not supported; delete the study folder to start over");
+    }
+    let cfg: reasonrl::study::StudyConfig = load_config(args)?;
+    let outcome = reasonrl::study::run(&cfg, &reasonrl::config::to_toml(&cfg))?;
+    println!("{}", outcome.table);
+    println!(
+        "report: {} ({} jobs run, {} already done, {} failed)",
+        outcome.report.display(),
+        outcome.done,
+        outcome.skipped,
+        outcome.failed
+    );
+    if outcome.interrupted {
+        bail!("interrupted: rerun the same command to continue where it stopped");
+    }
+    if outcome.failed > 0 {
+        bail!("{} jobs failed (see the report); rerunning retries them", outcome.failed);
+    }
+    Ok(())
+}
+
+/// `reasonrl task ...`.
+pub fn task(cmd: TaskCommand) -> Result<()> {
+    match cmd {
+        TaskCommand::Make { task, out, train, test, force } => {
+            let spec = TaskSpec::parse(&task)?;
+            let path = |split: Split| out.join(format!("{split}.jsonl"));
+            let splits = spec.splits();
+            for &split in &splits {
+                fsutil::check_overwrite(&path(split), force)?; // all, before writing any
+            }
+            if splits.len() == 1 {
+                println!("{task} is one file, which holds the {} split only", splits[0]);
+            }
+            for split in splits {
+                let limit = if split == Split::Train { train } else { test };
+                let problems = spec.load(split, limit)?;
+                let path = path(split);
+                reasonrl::task::write_jsonl(&path, &problems, force)?;
+                println!("wrote {} {split} problems to {}", problems.len(), path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `reasonrl model ...`.
+pub fn model(cmd: ModelCommand) -> Result<()> {
+    match cmd {
+        ModelCommand::Init { preset, task, vocab_size, max_positions, seed, out, force } => {
+            fsutil::check_overwrite(&out, force)?;
+            let problems = TaskSpec::parse(&task)?.load(Split::Train, None)?;
+            let corpus =
+                problems.iter().map(|p| format!("{}\n{}", reasonrl::prompt::plain(&p.question), p.reference_solution));
+            let (model, tokenizer) =
+                presets::init_from_scratch(&preset, corpus, vocab_size, max_positions, seed, tch::Device::Cpu)?;
+            model.save_with_tokenizer(&tokenizer, &out, force)?;
+            println!(
+                "initialised preset `{preset}`: {} parameters, {} tokens, saved to {}",
+                model.num_parameters(),
+                tokenizer.vocab_size(),
+                out.display()
+            );
+        }
+        ModelCommand::MergeLora { base, adapter, out, force } => {
+            let model = CausalLm::load_adapter(&base, &adapter, tch::Device::Cpu, false)?;
+            let tokenizer_dir = if adapter.join("tokenizer.json").exists() { &adapter } else { &base };
+            let tokenizer = reasonrl::tokenizer::Tokenizer::load(tokenizer_dir)?;
+            model.merged()?.save_with_tokenizer(&tokenizer, &out, force)?;
+            let adapters = model.lora.as_ref().map_or(0, |l| l.config.target_modules.len())
+                * model.config().num_hidden_layers as usize;
+            println!(
+                "merged {} adapters of {} into {}, saved to {}",
+                adapters,
+                adapter.display(),
+                base.display(),
+                out.display()
+            );
+        }
+        ModelCommand::ExportGguf { dir, out, dtype, force } => {
+            reasonrl::model::gguf_export::export_dir(&dir, &out, dtype, force)?;
+            println!("exported {} to {} ({dtype:?})", dir.display(), out.display());
+        }
+        ModelCommand::ConvertGguf { file, out, force } => {
+            let config = reasonrl::model::gguf::convert(&file, &out, force)?;
+            println!(
+                "converted {} ({} layers, hidden {}, vocabulary {}) to {}",
+                file.display(),
+                config.num_hidden_layers,
+                config.hidden_size,
+                config.vocab_size,
+                out.display()
+            );
+            info(&out)?;
+        }
+        ModelCommand::Info { path } => info(&path)?,
+    }
+    Ok(())
+}
 
 pub fn info(path: &std::path::Path) -> Result<()> {
     let (model, tokenizer) = CausalLm::load_with_tokenizer(path, tch::Device::Cpu, false)?;

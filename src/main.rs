@@ -2,13 +2,11 @@
 
 mod commands;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use reasonrl::fsutil;
-use reasonrl::model::{presets, CausalLm};
 use reasonrl::prompt::PromptFormat;
 use reasonrl::sample::Sampling;
-use reasonrl::task::{Split, TaskSpec};
+use reasonrl::task::Split;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -405,71 +403,8 @@ fn run(cli: Cli) -> Result<()> {
     }
     let world = reasonrl::dist::init_from_env()?;
     match cli.command {
-        Command::Task(TaskCommand::Make { task, out, train, test, force }) => {
-            let spec = TaskSpec::parse(&task)?;
-            let path = |split: Split| out.join(format!("{split}.jsonl"));
-            let splits = spec.splits();
-            for &split in &splits {
-                fsutil::check_overwrite(&path(split), force)?; // all, before writing any
-            }
-            if splits.len() == 1 {
-                println!("{task} is one file, which holds the {} split only", splits[0]);
-            }
-            for split in splits {
-                let limit = if split == Split::Train { train } else { test };
-                let problems = spec.load(split, limit)?;
-                let path = path(split);
-                reasonrl::task::write_jsonl(&path, &problems, force)?;
-                println!("wrote {} {split} problems to {}", problems.len(), path.display());
-            }
-        }
-        Command::Model(ModelCommand::Init { preset, task, vocab_size, max_positions, seed, out, force }) => {
-            fsutil::check_overwrite(&out, force)?;
-            let problems = TaskSpec::parse(&task)?.load(Split::Train, None)?;
-            let corpus =
-                problems.iter().map(|p| format!("{}\n{}", reasonrl::prompt::plain(&p.question), p.reference_solution));
-            let (model, tokenizer) =
-                presets::init_from_scratch(&preset, corpus, vocab_size, max_positions, seed, tch::Device::Cpu)?;
-            model.save_with_tokenizer(&tokenizer, &out, force)?;
-            println!(
-                "initialised preset `{preset}`: {} parameters, {} tokens, saved to {}",
-                model.num_parameters(),
-                tokenizer.vocab_size(),
-                out.display()
-            );
-        }
-        Command::Model(ModelCommand::MergeLora { base, adapter, out, force }) => {
-            let model = CausalLm::load_adapter(&base, &adapter, tch::Device::Cpu, false)?;
-            let tokenizer_dir = if adapter.join("tokenizer.json").exists() { &adapter } else { &base };
-            let tokenizer = reasonrl::tokenizer::Tokenizer::load(tokenizer_dir)?;
-            model.merged()?.save_with_tokenizer(&tokenizer, &out, force)?;
-            let adapters = model.lora.as_ref().map_or(0, |l| l.config.target_modules.len())
-                * model.config().num_hidden_layers as usize;
-            println!(
-                "merged {} adapters of {} into {}, saved to {}",
-                adapters,
-                adapter.display(),
-                base.display(),
-                out.display()
-            );
-        }
-        Command::Model(ModelCommand::ExportGguf { dir, out, dtype, force }) => {
-            reasonrl::model::gguf_export::export_dir(&dir, &out, dtype, force)?;
-            println!("exported {} to {} ({dtype:?})", dir.display(), out.display());
-        }
-        Command::Model(ModelCommand::ConvertGguf { file, out, force }) => {
-            let config = reasonrl::model::gguf::convert(&file, &out, force)?;
-            println!(
-                "converted {} ({} layers, hidden {}, vocabulary {}) to {}",
-                file.display(),
-                config.num_hidden_layers,
-                config.hidden_size,
-                config.vocab_size,
-                out.display()
-            );
-            commands::info(&out)?;
-        }
-        Command::Model(ModelCommand::Info { path }) => commands::info(&path)?,
+        Command::Task(cmd) => commands::task(cmd)?,
+        Command::Model(cmd) => commands::model(cmd)?,
         Command::Sample(args) => commands::sample(args)?,
         Command::Pretrain(args) => {
             let cfg: reasonrl::train::pretrain::PretrainConfig = load_config(&args.config)?;
@@ -517,27 +452,7 @@ fn run(cli: Cli) -> Result<()> {
             let out = reasonrl::train::grpo::run(&cfg, args.run.resume, args.run.config.force)?;
             println!("{:?} policy saved to {}", cfg.estimator, out.display());
         }
-        Command::Study(args) => {
-            if args.force {
-                bail!("study: --force is not supported; delete the study folder to start over");
-            }
-            let cfg: reasonrl::study::StudyConfig = load_config(&args)?;
-            let outcome = reasonrl::study::run(&cfg, &reasonrl::config::to_toml(&cfg))?;
-            println!("{}", outcome.table);
-            println!(
-                "report: {} ({} jobs run, {} already done, {} failed)",
-                outcome.report.display(),
-                outcome.done,
-                outcome.skipped,
-                outcome.failed
-            );
-            if outcome.interrupted {
-                bail!("interrupted: rerun the same command to continue where it stopped");
-            }
-            if outcome.failed > 0 {
-                bail!("{} jobs failed (see the report); rerunning retries them", outcome.failed);
-            }
-        }
+        Command::Study(args) => commands::study(&args)?,
         Command::Eval(args) => {
             let mut cfg: reasonrl::eval::run::EvalConfig = load_config(&args.config)?;
             if let Some(orm) = args.orm {

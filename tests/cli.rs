@@ -97,7 +97,7 @@ fn bad_inputs_end_in_one_clear_message() {
         ("--temperature", "nan", ">= 0"),
         ("--top-p", "0", "(0, 1]"),
         ("--top-p", "1.5", "(0, 1]"),
-        ("-k", "0", "at least 1"),
+        ("--samples-per-prompt", "0", "at least 1"),
     ] {
         let err = fails(&[&sample[..], &[flag, value]].concat());
         assert!(err.contains(flag) && err.contains(range), "{flag} {value}: {err}");
@@ -280,6 +280,7 @@ fn two_tiny_updates(dir: &Path) -> Vec<String> {
         "updates=2".into(),
         "prompts_per_update=4".into(),
         "sampling.max_new_tokens=10".into(),
+        "sampling.temperature=1".into(),
     ]
 }
 
@@ -348,7 +349,7 @@ fn orm_reranks_and_rcrl_learns_from_labels() {
         format!("model={}", s(&model)),
         "task=builtin:1".into(),
         "problems=3".into(),
-        "sampling.samples_per_prompt=2".into(),
+        "samples_per_prompt=2".into(),
         "ks=[1,2]".into(),
         "max_new_tokens=8".into(),
         format!("out={}", s(&dir.path().join("eval"))),
@@ -415,7 +416,12 @@ fn ppo_and_grpo_run_their_updates() {
         "eval.max_new_tokens=8".into(),
     ]);
     let mut ppo = common.to_vec();
-    ppo.extend(["epochs=2".into(), "reward.kind=heuristic".into(), "critic=separate".into()]);
+    ppo.extend([
+        "epochs=2".into(),
+        "reward.kind=heuristic".into(),
+        "critic=separate".into(),
+        "sampling.samples_per_prompt=1".into(),
+    ]);
     ok(&strs(&with_sets(&["ppo"], &ppo, &[])));
     let mut grpo = common.to_vec();
     grpo.push("sampling.samples_per_prompt=3".into());

@@ -219,6 +219,8 @@ fn grpo_and_ppo_minibatches_split_over_two_ranks_like_one() {
                 "updates=2".into(),
                 "prompts_per_update=8".into(),
                 "sampling.max_new_tokens=32".into(),
+                "sampling.temperature=1".into(), // the settings this test was written for
+                "sampling.batch_size=128".into(),
                 "minibatches=2".into(),
                 "optim.lr=1e-3".into(),
                 "optim.warmup_steps=1".into(),
@@ -227,9 +229,8 @@ fn grpo_and_ppo_minibatches_split_over_two_ranks_like_one() {
                 "eval.ks=[1,2]".into(),
                 "eval.max_new_tokens=8".into(),
             ];
-            if algorithm == "ppo" {
-                sets.push("sampling.samples_per_prompt=2".into());
-            }
+            let k = if algorithm == "ppo" { 2 } else { 8 }; // GRPO's group: 8 solutions per prompt
+            sets.push(format!("sampling.samples_per_prompt={k}"));
             with_sets(algorithm, &sets)
         };
         let (one, two) = (format!("{algorithm}-one"), format!("{algorithm}-two"));

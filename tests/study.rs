@@ -10,13 +10,13 @@ fn config(dir: &Path) -> PathBuf {
     let stage = |name: &str, set: &str| {
         format!("[{name}]\nconfig = {:?}\nset = [{set}]\n", configs.join(format!("{name}.toml")).display().to_string())
     };
-    let tiny = r#""eval.problems=10", "eval.max_new_tokens=48", "max_new_tokens=48", "run.device=\"cpu\"""#;
+    let tiny = r#""eval.problems=10", "eval.max_new_tokens=48", "sampling.max_new_tokens=48", "run.device=\"cpu\"""#;
     let text = [
         format!(
             "name = \"grid\"\nout_dir = {:?}\ntask = \"builtin:1\"\nsizes = [\"tiny\"]\ninits = [\"sft\"]\n\
              seeds = [0]\nrerank = \"mean-logprob\"\n\
              experiments = [{{ algorithm = \"ei\" }}, {{ algorithm = \"grpo\" }}]\n\
-             [eval]\nproblems = 8\nsamples = 4\nks = [1, 4]\nmax_new_tokens = 48\n",
+             [eval]\nproblems = 8\nsamples_per_prompt = 4\nks = [1, 4]\nmax_new_tokens = 48\n",
             dir.display().to_string()
         ),
         stage("pretrain", r#""corpus.documents=100", "eval.problems=0", "train.max_steps=3""#),

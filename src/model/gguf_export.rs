@@ -6,7 +6,8 @@
 //! with the q/k rows in its rotary order. Matrices are stored as F32, F16 or Q8_0; norms stay F32,
 //! as llama.cpp's own converter keeps them.
 
-use super::gguf::{gguf_name, permute_rows, GgmlType};
+use super::ggml::{permute_rows, GgmlType};
+use super::gguf::gguf_name;
 use super::hf::CausalLm;
 use super::llama::HEAD_PREFIX;
 use crate::error::{Error, Result};

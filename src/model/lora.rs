@@ -1,16 +1,14 @@
 //! LoRA (Hu et al., 2021): a frozen linear layer `W` plus a trained low-rank update,
 //! `y = x W^T + (alpha / r) * dropout(x) A^T B^T`, with `A` `[r, in]` and `B` `[out, r]`.
-//! Here: the `[lora]` settings, one layer's adapter, the `CausalLm` methods that add, reset and
-//! fold in adapters, and PEFT's `adapter_config.json`.
+//! Here: the `[lora]` settings, one layer's adapter, and PEFT's `adapter_config.json`; the
+//! `CausalLm` methods that add, reset and fold in adapters are in `adapters.rs`.
 //! Adapters are saved the way PEFT saves them (`adapter_config.json` and
 //! `adapter_model.safetensors`, tensors named `base_model.model.<module>.lora_A.weight`), so an
 //! adapter trained here loads in PEFT and vLLM, and one trained with PEFT loads here.
 
-use super::hf::{CausalLm, CONFIG_FILE, HEAD_FILE};
-use super::llama::HEAD_PREFIX;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -176,119 +174,6 @@ pub fn is_adapter(name: &str) -> bool {
 }
 
 /// LoRA on a whole model: adding, resetting and folding in its adapters.
-impl CausalLm {
-    /// The model folder `base` with the PEFT adapter folder `adapter` over it (whatever base
-    /// the adapter's config names).
-    pub fn load_adapter(base: &Path, adapter: &Path, device: Device, with_head: bool) -> Result<Self> {
-        let (cfg, _) = read_peft_config(adapter)?;
-        if !base.join(CONFIG_FILE).exists() {
-            return Err(Error::file(
-                adapter.join(ADAPTER_CONFIG_FILE),
-                format!("its base model {} is not a model folder (no {CONFIG_FILE})", base.display()),
-            ));
-        }
-        let mut model = CausalLm::load(base, device, with_head || adapter.join(HEAD_FILE).exists())?;
-        model.add_lora(&cfg, base)?;
-        model.load_weights(adapter)?;
-        Ok(model)
-    }
-
-    /// Adds fresh LoRA adapters (see [`super::Llama::add_adapters`]) over the model loaded from
-    /// `base`, freezes everything else but a scalar head, and casts the frozen weights to
-    /// `cfg.base_dtype`. The model then saves as an adapter folder.
-    pub fn add_lora(&mut self, cfg: &LoraConfig, base: &Path) -> Result<()> {
-        cfg.validate()?;
-        if self.lora.is_some() {
-            return Err(Error::Invalid("the model already has LoRA adapters".into()));
-        }
-        self.net.add_adapters(&self.vs.root(), cfg);
-        let kind = cfg.base_dtype.kind();
-        for (name, mut t) in self.vs.variables() {
-            if !is_adapter(&name) && !name.starts_with(HEAD_PREFIX) {
-                let _ = t.set_requires_grad(false);
-                if t.kind() != kind {
-                    tch::no_grad(|| t.set_data(&t.to_kind(kind)));
-                }
-            }
-        }
-        let base = std::path::absolute(base).map_err(|e| Error::io(base, e))?;
-        self.lora = Some(LoraState { config: cfg.clone(), base });
-        Ok(())
-    }
-
-    /// [`CausalLm::add_lora`] when `cfg` is set (a trainer's `[lora]`), over the model from `base`.
-    pub fn maybe_add_lora(&mut self, cfg: Option<&LoraConfig>, base: &Path) -> Result<()> {
-        cfg.map_or(Ok(()), |cfg| self.add_lora(cfg, base))
-    }
-
-    /// Draws the adapters afresh (B = 0: the base model again), for a round that restarts
-    /// from the base.
-    pub fn reset_adapters(&mut self) -> Result<()> {
-        let cfg = &self.lora.as_ref().ok_or_else(|| Error::Invalid("the model has no LoRA adapters".into()))?.config;
-        // In name order, so a seed draws the same adapters in every process.
-        let vars: std::collections::BTreeMap<String, Tensor> = self.vs.variables().into_iter().collect();
-        tch::no_grad(|| {
-            for (name, mut var) in vars {
-                if name.contains(".lora_A.") {
-                    cfg.a_init(var.size()[1]).set(&mut var);
-                } else if name.contains(".lora_B.") {
-                    let _ = var.zero_();
-                }
-            }
-        });
-        Ok(())
-    }
-
-    /// `f` of this model with its adapters folded in (see [`CausalLm::merged`]), or of this
-    /// model as it is when it has none: for writers of plain weights (GGUF, engine syncs).
-    pub fn with_merged<T>(&self, f: impl FnOnce(&CausalLm) -> Result<T>) -> Result<T> {
-        match self.lora {
-            Some(_) => f(&self.merged()?),
-            None => f(self),
-        }
-    }
-
-    /// `f` of the model to decode with: a merged copy when the adapters sit on an f32 base
-    /// (un-merged, their small matmuls cost about a third of the decoding speed: 2,558 vs 3,930
-    /// tok/s on the small preset), this model otherwise (merged into a bf16 base, the update
-    /// would be rounded, and sampled log-probs would drift from the trainer's).
-    pub fn for_decoding<T>(&self, f: impl FnOnce(&CausalLm) -> Result<T>) -> Result<T> {
-        match &self.lora {
-            Some(l) if l.config.base_dtype == BaseDtype::F32 => f(&self.merged()?),
-            _ => f(self),
-        }
-    }
-
-    /// Whether `name` is trained: every variable, or with LoRA the adapters and a scalar head.
-    pub fn trains(&self, name: &str) -> bool {
-        self.lora.is_none() || is_adapter(name) || name.starts_with(HEAD_PREFIX)
-    }
-
-    /// A plain model whose weights fold the adapters in (`W + alpha/r * B A`): what
-    /// `model merge-lora` writes. Without adapters, a copy.
-    pub fn merged(&self) -> Result<CausalLm> {
-        let merged = CausalLm::new(self.config(), self.vs.device(), self.has_head())?;
-        let vars = self.vs.variables();
-        let scale = self.lora.as_ref().map_or(1.0, |l| l.config.scale());
-        tch::no_grad(|| {
-            for (name, mut var) in merged.vs.variables() {
-                let module = name.strip_suffix(".weight").unwrap_or(&name);
-                let a = vars.get(&format!("{module}.lora_A.weight"));
-                let b = vars.get(&format!("{module}.lora_B.weight"));
-                let w = &vars[&name];
-                match (a, b) {
-                    (Some(a), Some(b)) => {
-                        let update = b.to_kind(Kind::Float).matmul(&a.to_kind(Kind::Float)) * scale;
-                        var.copy_(&(w.to_kind(Kind::Float) + update))
-                    }
-                    _ => var.copy_(w),
-                }
-            }
-        });
-        Ok(merged)
-    }
-}
-
 /// PEFT's `adapter_config.json` for `cfg`, on the base model at `base`.
 pub fn peft_config(cfg: &LoraConfig, base: &Path) -> serde_json::Value {
     serde_json::json!({

@@ -1,7 +1,9 @@
 //! The Llama-family model: its config, the network, LoRA adapters, HF folders, from-scratch
 //! presets and GGUF conversion.
 
+pub mod adapters;
 pub mod config;
+pub mod ggml;
 pub mod gguf;
 pub mod gguf_export;
 pub mod hf;

@@ -10,6 +10,7 @@
 //! from their last finished round), and records a failed job's error
 //! (`failed.txt`) and goes on with the jobs that do not need it.
 
+pub mod findings;
 pub mod report;
 
 use crate::config::{load, Config};
