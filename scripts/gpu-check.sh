@@ -86,7 +86,7 @@ PY
   echo "== LoRA SFT on CUDA: bf16 base, f32 adapters"
   $bin/reasonrl sft --set model=.gpu/models/small --set task=builtin:1 --set run.device=cuda --set lora.rank=16 \
     --set lora.base_dtype=bf16 --set "run.out_dir=$work" --set train.max_steps=20 --set train.log_every=5 \
-    --set eval.problems=20 --set eval.max_new_tokens=64 && cat "$work/sft/metrics.jsonl" || status=1
+    --set eval.problems=20 --set eval.samples_per_prompt=0 --set eval.max_new_tokens=64 && cat "$work/sft/metrics.jsonl" || status=1
   echo "== sampling on CUDA"
   $bin/reasonrl sample --model .gpu/models/small --device cuda --limit 16 -k 4 --temperature 1 \
     --out "$work/samples.jsonl" || status=1
@@ -117,7 +117,7 @@ smollm2)
   chat=("${prompt[@]}" --set run.device=$device)
   gsm8k_eval() { # model out
     $bin/reasonrl eval --config configs/eval-gsm8k.toml --set "model=$1" --set "out=$2" "${prompt[@]}" \
-      --set "problems=${PROBLEMS:-300}" --set samples=0 \
+      --set "problems=${PROBLEMS:-300}" --set samples_per_prompt=0 \
       --set max_new_tokens=256 --set batch_size=300 --set "device=$device" --force | grep -E "maj@1|Problems"
   }
   echo "== GSM8K test, before"
@@ -130,7 +130,7 @@ smollm2)
   $bin/reasonrl ei --config configs/ei.toml --set "model=$work/sft-gsm8k/final" "${chat[@]}" \
     --set "run.out_dir=$work" --set rounds=1 --set "questions=${EI_QUESTIONS:-1000}" \
     --set sampling.max_new_tokens=256 --set sampling.batch_size=512 --set train.lr=2e-5 \
-    --set train.max_seq_len=768 --set eval.problems=100 --set eval.samples=0 --set eval.batch_size=100 --force | tail -1
+    --set train.max_seq_len=768 --set eval.problems=100 --set eval.samples_per_prompt=0 --set eval.batch_size=100 --force | tail -1
   echo "== GSM8K test, after SFT and after EI"
   gsm8k_eval "$work/sft-gsm8k/final" "$work/eval-sft"
   gsm8k_eval "$work/ei/final" "$work/eval-ei"

@@ -143,7 +143,7 @@ fn eval_on_a_gsm8k_slice_then_rescore_the_saved_samples() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["problems"], 5);
-    assert_eq!(summary["samples_per_problem"], 3);
+    assert_eq!(summary["samples_per_prompt"], 3);
     assert_eq!(std::fs::read_to_string(out.join("records.jsonl")).unwrap().lines().count(), 5);
     assert_eq!(std::fs::read_to_string(out.join("samples.jsonl")).unwrap().lines().count(), 15);
     assert!(fails(&argv).contains("--force"), "an existing report is not overwritten");

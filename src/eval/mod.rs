@@ -79,8 +79,9 @@ pub struct ProblemRecord {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct EvalSummary {
     pub problems: usize,
-    /// n: temperature samples per problem (0 for a greedy-only evaluation).
-    pub samples_per_problem: usize,
+    /// K: temperature samples per problem (0 for a greedy-only evaluation).
+    #[serde(alias = "samples_per_problem")]
+    pub samples_per_prompt: usize,
     /// Problems with samples: the metrics drawn from samples (maj@k, pass@k, rerank@k, wmaj@k,
     /// distinct correct) are over these; greedy maj@1 is over all `problems`.
     #[serde(default)]
@@ -335,7 +336,7 @@ pub fn evaluate(
     let (rerank_minus_maj, wmaj_minus_maj) = (minus_maj(&rerank), minus_maj(&wmaj));
     let summary = EvalSummary {
         problems: groups.len(),
-        samples_per_problem: n,
+        samples_per_prompt: n,
         sampled_problems,
         temperature: opts.temperature,
         maj1: (!maj1.is_empty()).then(|| Metric::bootstrap(&maj1, opts)),
@@ -394,11 +395,11 @@ pub fn summary_markdown(summary: &EvalSummary, title: &str) -> String {
     let temperature = summary.temperature.map_or_else(|| "-".to_string(), |t| format!("{t}"));
     let _ = writeln!(
         out,
-        "\nProblems: {} greedy, {} sampled; samples per problem: {}, temperature: {temperature}, mean distinct \
+        "\nProblems: {} greedy, {} sampled; samples per prompt (K): {}, temperature: {temperature}, mean distinct \
          correct: {:.2}, mean response tokens: {:.1}",
         summary.problems,
         summary.sampled_problems,
-        summary.samples_per_problem,
+        summary.samples_per_prompt,
         summary.mean_distinct_correct,
         summary.mean_response_tokens
     );
@@ -623,7 +624,7 @@ mod tests {
         greedy.push(ep("D", "3", 0, "g", Some("3"), &[-0.5; 2]));
         greedy.push(ep("E", "4", 0, "g", Some("9"), &[-0.5; 2]));
         let (records, s) = evaluate(&greedy, &samples, None, &opts(&[4])).unwrap();
-        assert_eq!((s.problems, s.sampled_problems, s.samples_per_problem), (5, 3, 4));
+        assert_eq!((s.problems, s.sampled_problems, s.samples_per_prompt), (5, 3, 4));
         assert!(close(s.maj1.as_ref().unwrap().value, 3.0 / 5.0), "greedy over all five");
         assert!(close(s.pass[&4].value, 2.0 / 3.0), "pass@4 over the three sampled");
         assert!(close(s.mean_distinct_correct, 4.0 / 3.0));
@@ -680,7 +681,7 @@ mod tests {
         assert_eq!(c.majority[&4], Some("2".into()));
         assert_eq!(c.pass[&2], 0.0);
 
-        assert_eq!((s.problems, s.samples_per_problem, s.temperature), (3, 4, Some(0.7)));
+        assert_eq!((s.problems, s.samples_per_prompt, s.temperature), (3, 4, Some(0.7)));
         assert!(close(s.maj1.as_ref().unwrap().value, 2.0 / 3.0));
         assert!(close(s.maj[&4].value, 1.0 / 3.0));
         assert!(close(s.maj[&2].value, 1.0 / 3.0));
@@ -717,7 +718,7 @@ mod tests {
     fn evaluate_greedy_only() {
         let (greedy, _) = fixture();
         let (_, s) = evaluate(&greedy, &[], None, &opts(&[])).unwrap();
-        assert_eq!(s.samples_per_problem, 0);
+        assert_eq!(s.samples_per_prompt, 0);
         assert!(close(s.maj1.unwrap().value, 2.0 / 3.0));
         assert_eq!(s.mean_response_tokens, 3.0);
         let err = evaluate(&greedy, &[], None, &opts(&[1])).unwrap_err().to_string();
@@ -757,7 +758,7 @@ mod tests {
         let m = |value, lo, hi| Metric { value, lo, hi };
         let summary = EvalSummary {
             problems: 500,
-            samples_per_problem: 16,
+            samples_per_prompt: 16,
             sampled_problems: 500,
             temperature: Some(0.7),
             maj1: Some(m(0.41, 0.38, 0.44)),

@@ -213,7 +213,7 @@ mod tests {
         let metric = |value: f64| Metric { value, lo: value - 0.05, hi: value + 0.05 };
         let summary = EvalSummary {
             problems: n,
-            samples_per_problem: 8,
+            samples_per_prompt: 8,
             sampled_problems: 0,
             temperature: Some(0.7),
             maj1: Some(metric(mean(&|r| r.greedy.as_ref().unwrap().correct as u8 as f64))).filter(|_| n > 0),

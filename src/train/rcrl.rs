@@ -230,10 +230,9 @@ pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let per_step = cfg.labels != Labels::Outcome;
     if per_step && common.rollout.engine != crate::engine::EngineKind::Local {
         // An engine cannot feed [GOOD] after every line it writes.
-        return Err(Error::Invalid(format!(
-            "labels `{:?}` condition every step: use rollout.engine = \"local\"",
-            cfg.labels
-        )));
+        return Err(Error::Invalid(
+            "per-step labels (heuristic, orm) condition every step: use rollout.engine = \"local\"".into(),
+        ));
     }
     let setup = common.prepare(cfg, resume, force)?;
     let dir = &setup.dir;
