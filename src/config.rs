@@ -227,4 +227,29 @@ mod tests {
             load::<PpoConfig>(None, &["sampling.temperature=0".into(), "eval.samples_per_prompt=0".into()]).unwrap();
         assert_eq!((ok.pg.sampling.temperature, ok.pg.eval.ks()), (0.0, vec![]));
     }
+
+    #[test]
+    fn sampling_settings_are_range_checked_by_key_in_every_config() {
+        use crate::eval::run::EvalConfig;
+        use crate::train::ei::EiConfig;
+        let err = |set: &[&str]| {
+            let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            load::<EvalConfig>(None, &set).unwrap_err().to_string()
+        };
+        assert!(err(&["temperature=-1"]).contains("`temperature` = -1: must be a finite number >= 0"));
+        assert!(err(&["temperature=nan"]).contains("`temperature` = NaN"), "{}", err(&["temperature=nan"]));
+        assert!(err(&["top_p=0"]).contains("`top_p` = 0: must be in (0, 1]"));
+        assert!(err(&["top_p=1.5"]).contains("`top_p` = 1.5"));
+        assert!(err(&["ks=[0]"]).contains("`ks` holds 0: each k must be in 1..=4"), "{}", err(&["ks=[0]"]));
+        assert!(err(&["samples_per_prompt=2", "ks=[4]"]).contains("1..=2"));
+        assert!(err(&["scorer=\"orm\""]).contains("needs `orm`"));
+        load::<EvalConfig>(None, &["samples_per_prompt=0".into(), "ks=[16]".into()]).expect("greedy only: ks unused");
+        load::<EvalConfig>(None, &["temperature=0".into(), "top_p=1".into()]).expect("the bounds are allowed");
+        let ei = load::<EiConfig>(None, &["sampling.samples_per_prompt=0".into()]).unwrap_err().to_string();
+        assert!(ei.contains("`sampling.samples_per_prompt` = 0: must be at least 1"), "{ei}");
+        let ei = load::<EiConfig>(None, &["eval.temperature=-0.5".into()]).unwrap_err().to_string();
+        assert!(ei.contains("`eval.temperature`"), "{ei}");
+        let ei = load::<EiConfig>(None, &["samples_per_question=8".into()]).unwrap_err().to_string();
+        assert!(ei.contains("`samples_per_question`: it is now `sampling.samples_per_prompt`"), "{ei}");
+    }
 }

@@ -362,7 +362,7 @@ fn mean_or_zero(v: &[f64]) -> f64 {
 
 /// A markdown table of the summary: one row per metric (maj@1, maj@k, pass@k, rerank@k, wmaj@k) with
 /// its value and 95% interval as percentages, e.g. `| pass@16 | 63.2% | [58.1, 68.0] |`, then a
-/// line with the number of problems, samples per problem, temperature and the means.
+/// line with the number of problems, samples per prompt (K), temperature and the means.
 pub fn summary_markdown(summary: &EvalSummary, title: &str) -> String {
     let mut out = String::new();
     let row = |out: &mut String, name: String, m: &Metric| {
@@ -781,7 +781,7 @@ mod tests {
             md.contains("| rerank@16 - maj@16 | -5.0 | [-9.0, -1.0] |\n| wmaj@16 - maj@16 | +2.0 | [-1.0, +5.0] |"),
             "{md}"
         );
-        assert!(md.contains("Problems: 500 greedy, 500 sampled; samples per problem: 16, temperature: 0.7, mean distinct correct: 3.21"), "{md}");
+        assert!(md.contains("Problems: 500 greedy, 500 sampled; samples per prompt (K): 16, temperature: 0.7, mean distinct correct: 3.21"), "{md}");
     }
 
     #[test]
