@@ -4,13 +4,14 @@
 //! panic; anything that is not a number simply yields `None`.
 
 /// Extract the final answer from model text. Explicit markers come first, each taking the
-/// number right after it (on the same line, after optional ":", "$" or a sign), so text that
+/// number right after it (on the same line, after optional ":", "$", a sign, and the markdown or
+/// LaTeX a chat model wraps it in: `**`, `*`, `__`, `\(`, `\[`, `\$`), so text that
 /// follows an answer ("A: 18 dollars for 2 days", a next question) never overrides it:
 ///
 /// 1. `#### N`, the first `####` followed by a number (a markdown heading "#### Step 1" is not
 ///    an answer);
-/// 2. "the answer is N" (case-insensitive; the last one that holds a number, so a model that
-///    corrects itself is read at its correction);
+/// 2. "the answer is N" or "the final answer is N" (case-insensitive; the last one that holds
+///    a number, so a model that corrects itself is read at its correction);
 /// 3. "Answer: N" or "A: N" (the first, at a word start);
 /// 4. `\boxed{N}` (the last).
 ///
@@ -32,7 +33,6 @@ fn marked_answer(text: &str) -> Option<String> {
     let after = |i: usize| number_after_marker(&text[i..]);
     // to_ascii_lowercase keeps every byte offset, so positions found in `lower` index `text`.
     let lower = text.to_ascii_lowercase();
-    const IS: &str = "the answer is";
     let word_start = |i: usize| i == 0 || !lower.as_bytes()[i - 1].is_ascii_alphanumeric();
     let labelled = || {
         let at = ["answer:", "a:"]
@@ -40,8 +40,15 @@ fn marked_answer(text: &str) -> Option<String> {
             .flat_map(|label| lower.match_indices(label).filter(|(i, _)| word_start(*i)).map(|(i, m)| i + m.len()));
         at.collect::<std::collections::BTreeSet<_>>().into_iter().find_map(after)
     };
+    // "the answer is" and Minerva's "the final answer is": the last one that holds a number.
+    let stated = || {
+        let at = ["the answer is", "final answer is"]
+            .iter()
+            .flat_map(|is| lower.match_indices(is).map(|(i, m)| i + m.len()));
+        at.collect::<std::collections::BTreeSet<_>>().into_iter().rev().find_map(after)
+    };
     marked_solution_answer(text)
-        .or_else(|| lower.rmatch_indices(IS).find_map(|(i, _)| after(i + IS.len())))
+        .or_else(stated)
         .or_else(labelled)
         .or_else(|| boxed_contents(text).into_iter().rev().find_map(|inner| normalize_answer(&inner)))
 }
@@ -142,8 +149,12 @@ fn braced(s: &str) -> Option<String> {
 /// The number at the start of `rest` (the text right after a marker), on its line: spaces, an
 /// optional ":", "$", sign or `\boxed{` may come first.
 fn number_after_marker(rest: &str) -> Option<String> {
-    let line = rest.lines().next().unwrap_or("");
-    let line = line.trim_start().strip_prefix(':').unwrap_or(line).trim_start();
+    let mut line = rest.lines().next().unwrap_or("").trim_start();
+    // What chat models wrap a marker or its answer in: `**Answer:** N`, `Answer: **N**`,
+    // `\(N\)`, `\$N`, Minerva's `$N$`.
+    while let Some(inner) = [":", "**", "*", "__", "\\(", "\\[", "\\$"].iter().find_map(|d| line.strip_prefix(d)) {
+        line = inner.trim_start();
+    }
     if line.starts_with("\\boxed{") {
         return boxed_contents(line).first().and_then(|inner| normalize_answer(inner));
     }
@@ -633,6 +644,29 @@ mod tests {
             let wrong = reference.replacen(&int.to_string(), &(int + other).to_string(), 1);
             let text = format!("{}\n{tail}", write(&wrong));
             prop_assert!(!is_correct(&text, &reference), "{:?} vs {}", text, reference);
+        }
+
+        /// The marker forms chat models write, with more text and other numbers after them on
+        /// the same line, are read as their marker, never as the last number.
+        #[test]
+        fn chat_model_markers_win_over_the_numbers_after_them(
+            answer in -100_000i64..100_000,
+            form in 0usize..7,
+            tail in "[ a-zA-Z.,?()]{0,20}",
+            other in 1i64..1000,
+        ) {
+            let r = answer.to_string();
+            let text = match form {
+                0 => format!("**Answer:** {r}{tail} {other}"),
+                1 => format!("Answer: **{r}**{tail} {other}"),
+                2 => format!("The answer is **{r}**.{tail} {other}"),
+                3 => format!("The answer is \\({r}\\).{tail} {other}"),
+                4 => format!("The answer is \\${r}.{tail} {other}"),
+                5 => format!("Final Answer: The final answer is ${r}$. I hope it is correct.{tail} {other}"),
+                _ => format!("We get {other}.\n\n**Final answer:** \\[{r}\\]{tail} {other}"),
+            };
+            prop_assert_eq!(extract_answer(&text), Some(r.clone()), "{:?}", text);
+            prop_assert!(!is_correct(&text, &(answer + other).to_string()), "{:?}", text);
         }
 
         #[test]
