@@ -157,14 +157,14 @@ pub fn info(path: &std::path::Path) -> Result<()> {
 }
 
 pub fn sample(args: SampleArgs) -> Result<()> {
-    args.sampling.spec().check("--", 1).map_err(|e| anyhow::anyhow!(e.replace('_', "-")))?;
+    let spec = args.sampling.spec()?;
     if let Some(out) = &args.out {
         fsutil::check_overwrite(out, args.force)?;
     }
     let device = parse_device(&args.device)?;
     let (model, tokenizer) = CausalLm::load_with_tokenizer(&args.model, device, false)?;
     let problems = TaskSpec::parse(&args.task)?.load(args.split, Some(args.limit))?;
-    let cfg = reasonrl::sample::SamplingConfig { stop_strings: args.stop, ..args.sampling.spec().with_seed(args.seed) };
+    let cfg = reasonrl::sample::SamplingConfig { stop_strings: args.stop, ..spec.with_seed(args.seed) };
     let start = std::time::Instant::now();
     let episodes = rollout(&model, &tokenizer, &reasonrl::prompt::Prompter::plain(), &problems, &cfg)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -210,8 +210,7 @@ fn run_bench_workload(args: BenchArgs, device: tch::Device, kind: tch::Kind) -> 
     let problems = spec.load(Split::Test, Some(args.problems))?;
     let prompt = reasonrl::prompt::PromptConfig { format: args.prompt, ..Default::default() };
     let prompter = reasonrl::prompt::Prompter::for_task(&prompt, &spec)?;
-    let spec_sampling = args.sampling.spec();
-    spec_sampling.check("--", 1).map_err(|e| anyhow::anyhow!(e.replace('_', "-")))?;
+    let spec_sampling = args.sampling.spec()?;
     let sampling = spec_sampling.with_seed(0);
     let models: Vec<(String, CausalLm, reasonrl::tokenizer::Tokenizer)> = match &args.model {
         Some(dir) => vec![(

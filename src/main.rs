@@ -353,14 +353,17 @@ struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    fn spec(&self) -> Sampling {
-        Sampling {
+    /// The flags as a sampling spec, range-checked, a bad value named by its flag.
+    fn spec(&self) -> Result<Sampling> {
+        let spec = Sampling {
             samples_per_prompt: self.samples_per_prompt,
             temperature: self.temperature,
             top_p: self.top_p,
             max_new_tokens: self.max_new_tokens,
             batch_size: self.batch_size,
-        }
+        };
+        spec.check("--", 1).map_err(|e| anyhow::anyhow!(e.replace('_', "-")))?;
+        Ok(spec)
     }
 }
 

@@ -91,14 +91,20 @@ impl RunSpec {
     /// `value_head`; torch's generator seeded first, so the head and adapters are drawn from
     /// `seed`) and its tokenizer, with `[lora]` adapters over it.
     pub fn open<C: serde::Serialize>(&self, config: &C, resume: bool, force: bool, value_head: bool) -> Result<Run> {
+        let model = self.model()?;
         let setup = self.prepare(config, resume, force)?;
+        tch::manual_seed(self.seed as i64);
+        let (mut policy, tokenizer) = CausalLm::load_with_tokenizer(model, setup.device, value_head)?;
+        policy.maybe_add_lora(self.lora.as_ref(), &self.model)?;
+        Ok(Run { setup, policy, tokenizer })
+    }
+
+    /// The starting model folder; refused when unset, before any work.
+    pub fn model(&self) -> Result<&Path> {
         if self.model.as_os_str().is_empty() {
             return Err(Error::Invalid("no model to start from: set `model` (a model folder)".into()));
         }
-        tch::manual_seed(self.seed as i64);
-        let (mut policy, tokenizer) = CausalLm::load_with_tokenizer(&self.model, setup.device, value_head)?;
-        policy.maybe_add_lora(self.lora.as_ref(), &self.model)?;
-        Ok(Run { setup, policy, tokenizer })
+        Ok(&self.model)
     }
 
     /// The engine that samples for this run, its work folder in the run's; `trains`: the policy
@@ -132,6 +138,13 @@ impl Setup {
     pub fn load(&self, split: Split, limit: usize) -> Result<Vec<Problem>> {
         self.task.load(split, (limit > 0).then_some(limit))
     }
+}
+
+/// Saves the run's last model into `RUN/final` and returns that folder.
+pub fn save_final(dir: &Path, model: &CausalLm, tokenizer: &Tokenizer) -> Result<PathBuf> {
+    let last = dir.join("final");
+    model.save_with_tokenizer(tokenizer, &last, true)?;
+    Ok(last)
 }
 
 /// One line of the metrics log: metric name to value.

@@ -167,9 +167,7 @@ pub fn run(cfg: &EiConfig, resume: bool, force: bool) -> Result<PathBuf> {
         log_round(&checkpoints, line, round, samples_seen)?;
         save_round(&checkpoints, &policy, &tokenizer, round, samples_seen, &pool.solutions)?;
     }
-    let last = dir.join("final");
-    policy.save_with_tokenizer(&tokenizer, &last, true)?;
-    Ok(last)
+    crate::run::save_final(dir, &policy, &tokenizer)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 use super::checkpoint::PgState;
 use super::optim::{learning_rate, AdamW};
 use super::pg::{clipped_policy_loss, kl_k3, masked_mean, pad_rows, score_responses};
-use super::pg_run::{check_minibatch_size, minibatch_rng, rank_part, PgRun, PgSpec, Trained};
+use super::pg_run::{minibatch_rng, rank_part, PgRun, PgSpec, Trained};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::rollout::Episode;
@@ -93,7 +93,6 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let pg = &cfg.pg;
     let group_size = pg.sampling.samples_per_prompt;
     let (mut run, mut policy) = PgRun::start(pg, cfg, false, resume, force)?;
-    check_minibatch_size(pg.episodes_per_update(), pg.minibatches)?;
     let mut optimizer = AdamW::new(&policy);
     let (mut done, mut step) = (0, 0);
     if resume {

@@ -174,9 +174,7 @@ pub fn run(cfg: &OrmConfig, resume: bool, force: bool) -> Result<PathBuf> {
         Ok(classifier_metrics(&heldout, &p))
     };
     trainer.train(&examples, &mut eval)?;
-    let last = dir.join("final");
-    model.save_with_tokenizer(&tokenizer, &last, true)?;
-    Ok(last)
+    crate::run::save_final(dir, &model, &tokenizer)
 }
 
 /// Keeps the solutions of questions that have both a right and a wrong one.

@@ -160,6 +160,7 @@ impl<'a> PgRun<'a> {
         resume: bool,
         force: bool,
     ) -> Result<(Self, CausalLm)> {
+        check_minibatch_size(s.episodes_per_update(), s.minibatches)?;
         let common = &s.common;
         let Run { setup, policy, tokenizer } = common.open(config, resume, force, value_head)?;
         let device = setup.device;
@@ -327,9 +328,7 @@ impl<'a> PgRun<'a> {
     /// Saves the final policy into `RUN/final`.
     pub fn finish(self, policy: &CausalLm) -> Result<PathBuf> {
         self.progress.finish_and_clear();
-        let dir = self.dir.join("final");
-        policy.save_with_tokenizer(&self.tokenizer, &dir, true)?;
-        Ok(dir)
+        crate::run::save_final(&self.dir, policy, &self.tokenizer)
     }
 
     fn evaluate(&self, policy: &CausalLm) -> Result<Metrics> {

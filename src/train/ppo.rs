@@ -17,7 +17,7 @@ use super::optim::{learning_rate, AdamW};
 use super::pg::{
     clipped_policy_loss, clipped_value_loss, explained_variance, gae, masked_mean, pad_rows, score_responses, whiten,
 };
-use super::pg_run::{check_minibatch_size, minibatch_rng, rank_part, PgRun, PgSpec, Trained};
+use super::pg_run::{minibatch_rng, rank_part, PgRun, PgSpec, Trained};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::llama::HEAD_PREFIX;
@@ -128,7 +128,6 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
     if let Some(critic) = &critic {
         world.broadcast_weights(&critic.vs)?;
     }
-    check_minibatch_size(pg.episodes_per_update(), pg.minibatches)?;
     let total_steps = pg.updates * pg.epochs * pg.minibatches;
 
     for update in done + 1..=pg.updates {

@@ -136,7 +136,5 @@ pub fn run(cfg: &PretrainConfig, resume: bool, force: bool) -> Result<PathBuf> {
         evaluate_policy(m, &tokenizer, &prompter, &validation, &cfg.eval, 0)
     };
     trainer.train(&examples, &mut eval)?;
-    let last = dir.join("final");
-    model.save_with_tokenizer(&tokenizer, &last, true)?;
-    Ok(last)
+    crate::run::save_final(dir, &model, &tokenizer)
 }

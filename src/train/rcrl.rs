@@ -234,11 +234,12 @@ pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
             "per-step labels (heuristic, orm) condition every step: use rollout.engine = \"local\"".into(),
         ));
     }
+    let model = common.model()?;
     let setup = common.prepare(cfg, resume, force)?;
     let dir = &setup.dir;
     // The control tokens join the vocabulary before the adapters go on: the base they restart
     // from is the model with them.
-    let (mut policy, mut tokenizer) = CausalLm::load_with_tokenizer(&common.model, setup.device, false)?;
+    let (mut policy, mut tokenizer) = CausalLm::load_with_tokenizer(model, setup.device, false)?;
     let controls = Controls::add(&mut policy, &mut tokenizer)?;
     let base = dir.join("base");
     policy.save_with_tokenizer(&tokenizer, &base, true)?;
@@ -327,9 +328,7 @@ pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
         log_round(&checkpoints, line, round, samples_seen)?;
         save_round(&checkpoints, &policy, &tokenizer, round, samples_seen, &pool)?;
     }
-    let last = dir.join("final");
-    policy.save_with_tokenizer(&tokenizer, &last, true)?;
-    Ok(last)
+    crate::run::save_final(dir, &policy, &tokenizer)
 }
 
 #[cfg(test)]
