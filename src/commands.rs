@@ -1,15 +1,17 @@
-//! The bodies of the commands that are not a single library call: `task`, `model`, `sample` and
-//! `bench`.
+//! The bodies of the commands that are not a single library call: `task`, `model`, `sample`,
+//! `grade` and `bench`.
 
 use crate::{
     load_config, BenchArgs, BenchDtype, BenchEngine, ConfigArgs, ModelCommand, SampleArgs, TaskCommand, Workload,
 };
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use reasonrl::engine::{Engine, EngineKind, RolloutConfig, SyncMode};
 use reasonrl::model::{presets, CausalLm};
 use reasonrl::rollout::{rollout, Episode};
 use reasonrl::task::{Split, TaskSpec};
 use reasonrl::{bench, fsutil, parse_device};
+use std::path::PathBuf;
 
 /// `reasonrl study`: runs what is not done yet, then prints the table and where the report is.
 pub fn study(args: &ConfigArgs) -> Result<()> {
@@ -345,5 +347,40 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
         let text = serde_json::to_string_pretty(&results)?;
         fsutil::write_atomic(&path, |w| w.write_all(text.as_bytes()))?;
     }
+    Ok(())
+}
+
+/// `reasonrl grade`: JSON lines with `response` and `answer` (the reference; optional `kind`:
+/// `number` or `math`).
+#[derive(Args)]
+pub struct GradeArgs {
+    /// The JSON-lines file (or JSON array).
+    file: PathBuf,
+    /// Write the graded lines here instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Overwrite the --out file.
+    #[arg(long)]
+    force: bool,
+    /// Count each value of this field apart (e.g. a model or a category).
+    #[arg(long, value_name = "FIELD")]
+    by: Option<String>,
+    /// A boolean field of expected verdicts: report the checker's agreement with it.
+    #[arg(long, value_name = "FIELD")]
+    expect: Option<String>,
+}
+
+/// Grades every line, writes the lines with `extracted` and `correct` added, and prints the
+/// counts (and agreement) on standard error.
+pub fn grade(args: &GradeArgs) -> Result<()> {
+    if let Some(path) = &args.out {
+        fsutil::check_overwrite(path, args.force)?;
+    }
+    let (lines, grades) = reasonrl::task::grade::grade(&args.file, args.by.as_deref(), args.expect.as_deref())?;
+    match &args.out {
+        Some(path) => fsutil::write_atomic(path, |w| w.write_all(lines.as_bytes()))?,
+        None => std::io::Write::write_all(&mut std::io::stdout().lock(), lines.as_bytes())?,
+    }
+    eprint!("{}", reasonrl::task::grade::table(&grades, args.expect.is_some()));
     Ok(())
 }

@@ -44,6 +44,8 @@ enum Command {
     Study(ConfigArgs),
     /// Evaluate a model: maj@1, maj@k, pass@k, rerank@k, wmaj@k with 95% intervals.
     Eval(EvalArgs),
+    /// Grade responses in a JSON-lines file against their reference answers with this checker.
+    Grade(commands::GradeArgs),
     /// Line charts (PNG and SVG) from runs' metrics.jsonl.
     Plot(PlotArgs),
     /// Measure training and sampling throughput of the presets on this machine.
@@ -467,6 +469,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             reasonrl::eval::run::run(&cfg, args.config.force)?;
         }
+        Command::Grade(args) => commands::grade(&args)?,
         Command::Plot(args) => {
             let request = reasonrl::plot::PlotRequest {
                 runs: args.runs,

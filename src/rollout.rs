@@ -25,6 +25,17 @@ pub struct Episode {
     pub correct: bool,
 }
 
+impl Episode {
+    /// Reads the answer out of `text` and checks it against `reference_answer` with this
+    /// checker; returns whether the verdict changed (episodes saved by an older reasonrl).
+    pub fn grade(&mut self) -> bool {
+        let before = self.correct;
+        self.extracted_answer = extract_answer(&self.text);
+        self.correct = self.extracted_answer.as_deref().is_some_and(|a| answers_match(a, &self.reference_answer));
+        self.correct != before
+    }
+}
+
 /// Samples `cfg.samples_per_prompt` solutions per problem from `model`, in this process, and
 /// checks each answer (see [`rollout_with`]).
 pub fn rollout(
@@ -69,9 +80,7 @@ pub fn rollout_with(
         .into_iter()
         .map(|g| {
             let problem = &problems[g.prompt_index];
-            let extracted_answer = extract_answer(&g.text);
-            let correct = extracted_answer.as_deref().is_some_and(|a| answers_match(a, &problem.answer));
-            Episode {
+            let mut episode = Episode {
                 problem_id: problem.id.clone(),
                 sample_index: g.sample_index,
                 prompt_tokens: prompts[g.prompt_index].clone(),
@@ -79,10 +88,12 @@ pub fn rollout_with(
                 text: g.text,
                 logprobs: g.logprobs,
                 finish: g.finish,
-                extracted_answer,
+                extracted_answer: None,
                 reference_answer: problem.answer.clone(),
-                correct,
-            }
+                correct: false,
+            };
+            episode.grade();
+            episode
         })
         .collect();
     world.all_gather_items(episodes)

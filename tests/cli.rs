@@ -148,8 +148,19 @@ fn eval_on_a_gsm8k_slice_then_rescore_the_saved_samples() {
     assert_eq!(std::fs::read_to_string(out.join("samples.jsonl")).unwrap().lines().count(), 15);
     assert!(fails(&argv).contains("--force"), "an existing report is not overwritten");
 
-    // Re-scoring the saved episodes gives the same summary without sampling.
-    // Against the first run as a baseline, every paired difference is zero.
+    // Re-scoring the saved episodes gives the same summary without sampling, even when their
+    // stored verdicts say otherwise: they are graded afresh. Against the first run as a
+    // baseline, every paired difference is zero.
+    for name in ["greedy.jsonl", "samples.jsonl"] {
+        let flipped: String = json_lines(&out.join(name))
+            .into_iter()
+            .map(|mut e| {
+                e["correct"] = serde_json::Value::Bool(!e["correct"].as_bool().unwrap());
+                format!("{e}\n")
+            })
+            .collect();
+        std::fs::write(out.join(name), flipped).unwrap();
+    }
     let rescored = dir.path().join("rescored");
     let reuse: Vec<String> = [
         &args[..],
@@ -158,7 +169,10 @@ fn eval_on_a_gsm8k_slice_then_rescore_the_saved_samples() {
         &set(format!("baseline={}", s(&out)))[..],
     ]
     .concat();
-    let table = ok(&reuse.iter().map(String::as_str).collect::<Vec<_>>());
+    let reused = reasonrl(&reuse.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(reused.status.success(), "{}", String::from_utf8_lossy(&reused.stderr));
+    let (table, note) = (String::from_utf8(reused.stdout).unwrap(), String::from_utf8(reused.stderr).unwrap());
+    assert!(note.contains("re-graded the 20 saved episodes") && note.contains("20 verdicts changed"), "{note}");
     for metric in ["maj@1 (greedy)", "maj@3", "pass@3"] {
         assert!(table.contains(&format!("| {metric} | +0.0 pts | [+0.0, +0.0] |")), "{table}");
     }
@@ -662,4 +676,51 @@ fn lora_sft_raises_maj_at_1() {
     ok(&strs(&with_sets(&["sft"], &sft, &[])));
     let after = maj1(&dir.path().join("sft/final"), "after");
     assert!(after >= before + 0.4, "LoRA SFT: greedy maj@1 {before} -> {after}");
+}
+
+/// `reasonrl grade`: every field kept, `extracted` and `correct` added, the count on standard
+/// error; a bad line or kind named; an existing --out file kept without --force.
+#[test]
+fn grade_regrades_any_file_of_responses() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("outputs.jsonl");
+    let lines = [
+        r#"{"id": 1, "response": "So **Answer:** 18 apples, then 20", "answer": "18"}"#,
+        r#"{"id": 2, "response": "The final answer is $3\\sqrt{13}$.", "answer": "3\\sqrt{14}", "kind": "math"}"#,
+        r#"{"id": 3, "response": "We get $\\frac{1}{8}$", "answer": "\\boxed{-\\frac{1}{8}}", "kind": "math"}"#,
+        r#"{"id": 4, "response": "It is \\boxed{6+9i}.", "answer": "$6+9i$"}"#,
+        r#####"{"id": 5, "response": "#### 1,000", "answer": 1000, "kind": "number"}"#####,
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = reasonrl(&["grade", s(&file)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let graded: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let verdicts: Vec<bool> = graded.iter().map(|g| g["correct"].as_bool().unwrap()).collect();
+    assert_eq!(verdicts, [true, false, false, true, true]);
+    let extracted: Vec<&str> = graded.iter().map(|g| g["extracted"].as_str().unwrap()).collect();
+    assert_eq!(extracted, ["18", "3\\sqrt{13}", "0.125", "6+9i", "1000"]);
+    assert_eq!((graded[1]["id"].as_i64(), graded[1]["kind"].as_str()), (Some(2), Some("math")), "fields kept");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("| all | 5 | 3 (60.0%) |"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let saved = dir.path().join("graded.jsonl");
+    ok(&["grade", s(&file), "--out", s(&saved)]);
+    assert_eq!(json_lines(&saved), graded);
+    assert!(fails(&["grade", s(&file), "--out", s(&saved)]).contains("--force"));
+    ok(&["grade", s(&file), "--out", s(&saved), "--force"]);
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, format!("{}\n{{\"response\": \"4\", \"answer\": \"4\", \"kind\": \"numbr\"}}\n", lines[0]))
+        .unwrap();
+    let err = fails(&["grade", s(&bad)]);
+    assert!(err.contains(&format!("{}:2:", s(&bad))) && err.contains("\"number\" or \"math\""), "{err}");
+    std::fs::write(&bad, r#"{"response": "4", "answer": "x + 2 apples", "kind": "number"}"#).unwrap();
+    let err = fails(&["grade", s(&bad)]);
+    assert!(err.contains(":1:") && err.contains("not a number"), "{err}");
+    std::fs::write(&bad, r#"{"answer": "4"}"#).unwrap();
+    assert!(fails(&["grade", s(&bad)]).contains("missing field \"response\""));
 }

@@ -204,3 +204,23 @@ fn write_then_load_round_trips() {
     let err = spec.load(Split::Train, None).unwrap_err().to_string();
     assert!(err.contains("out.jsonl") && err.contains("holds the test split"), "{err}");
 }
+
+/// The checker against Math-Verify's own test cases (tests/fixtures/math-verify): it never
+/// accepts what Math-Verify rejects among sets, intervals, matrices, equations and symbolic
+/// expressions (those are a verifier's job), and it agrees on the numbers math problems need.
+/// Prints the table per scope; `scripts/math-verify-agreement.sh` prints it per category.
+#[test]
+fn agrees_with_math_verify_on_numbers_and_never_accepts_a_wrong_set_or_equation() {
+    let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/math-verify/cases.jsonl");
+    let (_, grades) = reasonrl::task::grade::grade(&cases, Some("scope"), Some("expected")).unwrap();
+    println!("{}", reasonrl::task::grade::table(&grades, true));
+    assert!(grades.total.lines > 250, "{} cases", grades.total.lines);
+    for scope in ["verifier", "expression"] {
+        assert_eq!(grades.groups[scope].false_accepts, 0, "{scope}");
+    }
+    let numbers = grades.groups["number"];
+    // The two false accepts left: an answer inside `$ .. $` split over three lines, which
+    // Math-Verify's latex-only mode refuses and our plain-number reading reads (see the README).
+    assert!(numbers.false_accepts <= 2, "{numbers:?}");
+    assert!(numbers.agree as f64 >= 0.9 * numbers.lines as f64, "{numbers:?}");
+}

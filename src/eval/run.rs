@@ -49,7 +49,8 @@ pub struct EvalConfig {
     pub rollout: RolloutConfig,
     /// Output folder: greedy.jsonl, samples.jsonl, records.jsonl, summary.json, summary.md.
     pub out: PathBuf,
-    /// Score the episodes saved in this earlier output folder instead of sampling.
+    /// Score the episodes saved in this earlier output folder instead of sampling (graded afresh
+    /// with this checker, their stored verdicts ignored).
     pub reuse: Option<PathBuf>,
     /// An earlier output folder (same problems) to compare with: paired differences with 95%
     /// intervals, written to comparison.md.
@@ -91,7 +92,18 @@ impl crate::config::Config for EvalConfig {
 pub fn run(cfg: &EvalConfig, force: bool) -> Result<EvalSummary> {
     fsutil::check_overwrite(&cfg.out.join("summary.json"), force)?;
     let (greedy, samples) = match &cfg.reuse {
-        Some(dir) => (read_optional(&dir.join("greedy.jsonl"))?, read_optional(&dir.join("samples.jsonl"))?),
+        Some(dir) => {
+            let (mut greedy, mut samples) =
+                (read_optional(&dir.join("greedy.jsonl"))?, read_optional(&dir.join("samples.jsonl"))?);
+            // Graded afresh, never trusted: the checker may have changed since they were saved.
+            let changed = greedy.iter_mut().chain(&mut samples).map(Episode::grade).filter(|&c| c).count();
+            eprintln!(
+                "re-graded the {} saved episodes of {} with this checker: {changed} verdicts changed",
+                greedy.len() + samples.len(),
+                dir.display()
+            );
+            (greedy, samples)
+        }
         None => sample(cfg)?,
     };
     let scores = match cfg.scorer {

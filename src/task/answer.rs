@@ -1,36 +1,45 @@
 //! Reading numbers and final answers out of free text (reference solutions and model output).
 //!
 //! Everything here works on bytes and only slices at ASCII positions, so no input can make it
-//! panic; anything that is not a number simply yields `None`.
+//! panic; anything that is not a number simply yields `None`. LaTeX is [`latex`]'s business.
+
+pub use super::latex::boxed_contents;
+use super::latex::{self, braced};
+use super::number::{digit_at, number_prefix, parse_number, scan_unsigned, whole_number};
 
 /// Extract the final answer from model text. Explicit markers come first, each taking the
-/// number right after it (on the same line, after optional ":", "$", a sign, and the markdown or
-/// LaTeX a chat model wraps it in: `**`, `*`, `__`, `\(`, `\[`, `\$`), so text that
-/// follows an answer ("A: 18 dollars for 2 days", a next question) never overrides it:
+/// answer right after it, so text that follows an answer ("A: 18 dollars for 2 days", a next
+/// question) never overrides it:
 ///
-/// 1. `#### N`, the first `####` followed by a number (a markdown heading "#### Step 1" is not
-///    an answer);
+/// 1. `#### N`, the first `####` followed by an answer (a markdown heading "#### Step 1" is
+///    not one);
 /// 2. "the answer is N" or "the final answer is N" (case-insensitive; the last one that holds
-///    a number, so a model that corrects itself is read at its correction);
+///    an answer, so a model that corrects itself is read at its correction);
 /// 3. "Answer: N" or "A: N" (the first, at a word start);
-/// 4. `\boxed{N}` (the last).
+/// 4. `\boxed{N}` or `\boxed N` (the last).
 ///
-/// Then the last number in the text. None if no number. After a marker, digits grouped in
-/// threes by spaces ("57 500", narrow and no-break spaces too) are one number; scientific
-/// notation ("2.0107e-06") is read everywhere. Returns the canonical number text (see
-/// [`normalize_number`]).
+/// After a marker come optional ":" and the markdown or LaTeX a chat model wraps an answer in
+/// (`**`, `*`, `__`, `\$`); then a math span (`$..$`, `\(..\)`, `\[..\]`) is read whole, and
+/// bare text is read as a number ("12 apples" is 12) unless the expression goes on ("6+9i",
+/// "2\sqrt{5}", "52_8", "4,6,14,15" are LaTeX answers, never their first number). Digits
+/// grouped in threes by spaces ("57 500") are one number there.
+///
+/// Without a marker: the last number or math span holding a digit (a span read whole,
+/// `$\frac{1}{8}$` as 0.125, `$10,\!080$` as 10080, after its last "=" when it is a chain of
+/// equalities); a number glued to a letter ("H2O", "x2") is not one. None if there is neither.
+/// Returns the canonical answer (see [`normalize_answer`]).
 pub fn extract_answer(text: &str) -> Option<String> {
-    marked_answer(text).or_else(|| numbers(text).pop())
+    marked_answer(text).or_else(|| last_answer(text))
 }
 
-/// The number of the first `####` that a number follows: a GSM8K solution's final answer.
+/// The answer of the first `####` that an answer follows: a GSM8K solution's final answer.
 pub fn marked_solution_answer(text: &str) -> Option<String> {
-    text.match_indices("####").find_map(|(i, m)| number_after_marker(&text[i + m.len()..]))
+    text.match_indices("####").find_map(|(i, m)| answer_after_marker(&text[i + m.len()..]))
 }
 
 /// The answer an explicit marker gives, by the precedence of [`extract_answer`].
 fn marked_answer(text: &str) -> Option<String> {
-    let after = |i: usize| number_after_marker(&text[i..]);
+    let after = |i: usize| answer_after_marker(&text[i..]);
     // to_ascii_lowercase keeps every byte offset, so positions found in `lower` index `text`.
     let lower = text.to_ascii_lowercase();
     let word_start = |i: usize| i == 0 || !lower.as_bytes()[i - 1].is_ascii_alphanumeric();
@@ -40,7 +49,7 @@ fn marked_answer(text: &str) -> Option<String> {
             .flat_map(|label| lower.match_indices(label).filter(|(i, _)| word_start(*i)).map(|(i, m)| i + m.len()));
         at.collect::<std::collections::BTreeSet<_>>().into_iter().find_map(after)
     };
-    // "the answer is" and Minerva's "the final answer is": the last one that holds a number.
+    // "the answer is" and Minerva's "the final answer is": the last one that holds an answer.
     let stated = || {
         let at = ["the answer is", "final answer is"]
             .iter()
@@ -53,170 +62,137 @@ fn marked_answer(text: &str) -> Option<String> {
         .or_else(|| boxed_contents(text).into_iter().rev().find_map(|inner| normalize_answer(&inner)))
 }
 
-/// A final answer as compared: a number's canonical text (see [`normalize_number`]), or else
-/// the LaTeX answer normalised as MATH's graders do: `\text{..}` unwrapped, `\left`/`\right`,
-/// `^\circ`, `\%`, `$` and spaces dropped, `\dfrac`/`\tfrac` read as `\frac`, `\frac12` and
-/// `\sqrt2` braced, and a `\frac{a}{b}` of two numbers computed. None for empty text.
-pub fn normalize_answer(s: &str) -> Option<String> {
-    let mut t = s.trim().to_string();
-    // \text{..} is unwrapped, unless it ends an answer that has more before it: a unit, dropped.
-    while let Some(i) = t.find("\\text{") {
-        let inner = braced(&t[i + 5..])?;
-        let end = i + 5 + inner.len() + 2;
-        let unit = i > 0 && t[end..].trim().is_empty();
-        t = format!("{}{}{}", &t[..i], if unit { "" } else { inner.as_str() }, &t[end..]);
+/// The answer at the start of `rest`, the text right after a marker (see [`extract_answer`]).
+fn answer_after_marker(rest: &str) -> Option<String> {
+    let mut s = rest.trim_start_matches([' ', '\t']);
+    // What chat models wrap a marker or its answer in: `**Answer:** N`, `Answer: **N**`, `\$N`.
+    while let Some(inner) = [":", "**", "*", "__", "\\$"].iter().find_map(|d| s.strip_prefix(d)) {
+        s = inner.trim_start_matches([' ', '\t']);
     }
-    for (from, to) in [
-        ("\\dfrac", "\\frac"),
-        ("\\tfrac", "\\frac"),
-        ("\\left", ""),
-        ("\\right", ""),
-        ("^{\\circ}", ""),
-        ("^\\circ", ""),
-        ("\\%", ""),
-        ("%", ""),
-        ("\\$", ""),
-        ("$", ""),
-        ("\\!", ""),
-        ("\\,", ""),
-        ("\\;", ""),
-        (" ", ""),
-    ] {
-        t = t.replace(from, to);
-    }
-    // \frac12 -> \frac{1}{2}, \sqrt2 -> \sqrt{2}
-    for cmd in ["\\frac", "\\sqrt"] {
-        let mut out = String::new();
-        let mut rest = t.as_str();
-        while let Some(i) = rest.find(cmd) {
-            out.push_str(&rest[..i + cmd.len()]);
-            rest = &rest[i + cmd.len()..];
-            let args = if cmd == "\\frac" { 2 } else { 1 };
-            for _ in 0..args {
-                match rest.chars().next() {
-                    Some(c) if c != '{' && c != '\\' => {
-                        out.push_str(&format!("{{{c}}}"));
-                        rest = &rest[c.len_utf8()..];
-                    }
-                    _ => break,
-                }
-            }
-        }
-        out.push_str(rest);
-        t = out;
-    }
-    if let Some(v) = numeric_fraction(&t) {
-        return Some(v);
-    }
-    let numeric = t.trim_start_matches(['-', '+']).chars().all(|c| c.is_ascii_digit() || ".,/".contains(c));
-    match normalize_number(&t) {
-        Some(n) if numeric => Some(n),
-        _ if t.is_empty() => None,
-        _ => Some(t),
-    }
-}
-
-/// `\\frac{a}{b}` of two numbers, and nothing else, as the number a / b.
-fn numeric_fraction(t: &str) -> Option<String> {
-    let args = t.strip_prefix("\\frac")?;
-    let num = braced(args)?;
-    let rest = &args[num.len() + 2..];
-    let den = braced(rest)?;
-    if rest.len() != den.len() + 2 {
-        return None;
-    }
-    let (a, b) = (parse_number(&num)?, parse_number(&den)?);
-    (b != 0.0).then(|| format_number(a / b))
-}
-
-/// The text inside the braces that open `s` ("{a{b}c}rest" gives "a{b}c"), if they close.
-fn braced(s: &str) -> Option<String> {
-    let body = s.strip_prefix('{')?;
-    let mut depth = 1usize;
-    for (j, c) in body.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => depth -= 1,
-            _ => {}
-        }
-        if depth == 0 {
-            return Some(body[..j].to_string());
+    if let Some(&(0, _, content)) = latex::math_spans(s).first() {
+        if latex::math_like(content) {
+            return span_answer(content);
         }
     }
-    None
-}
-
-/// The number at the start of `rest` (the text right after a marker), on its line: spaces, an
-/// optional ":", "$", sign or `\boxed{` may come first.
-fn number_after_marker(rest: &str) -> Option<String> {
-    let mut line = rest.lines().next().unwrap_or("").trim_start();
-    // What chat models wrap a marker or its answer in: `**Answer:** N`, `Answer: **N**`,
-    // `\(N\)`, `\$N`, Minerva's `$N$`.
-    while let Some(inner) = [":", "**", "*", "__", "\\(", "\\[", "\\$"].iter().find_map(|d| line.strip_prefix(d)) {
-        line = inner.trim_start();
+    if s.starts_with("\\boxed") {
+        return boxed_contents(s).first().and_then(|inner| normalize_answer(inner));
     }
-    if line.starts_with("\\boxed{") {
-        return boxed_contents(line).first().and_then(|inner| normalize_answer(inner));
+    let line = s.lines().next().unwrap_or("");
+    bare_answer(line.strip_prefix('$').unwrap_or(line))
+}
+
+/// A bare answer at the start of `line`: a LaTeX expression when one starts there or a number
+/// goes on into one (`6+9i`, `2\sqrt{5}`, `52_8`, `7(x+3)`, `4,6,14`), else the number.
+fn bare_answer(line: &str) -> Option<String> {
+    let token = &line[..line.find(char::is_whitespace).unwrap_or(line.len())];
+    let token = token.trim_end_matches(['.', ',', ';', ':', '!', '?', '*']);
+    let command = |t: &str| t.strip_prefix('\\').is_some_and(|c| c.starts_with(|c: char| c.is_ascii_alphabetic()));
+    if command(token) || token.strip_prefix('-').is_some_and(command) {
+        return latex::math_like(token).then(|| normalize_answer(token)).flatten();
     }
-    normalize_number(line)
-}
-
-/// The contents of every `\boxed{...}` in `text`, braces balanced, in order.
-pub fn boxed_contents(text: &str) -> Vec<String> {
-    const OPEN: &str = "\\boxed";
-    text.match_indices(OPEN).filter_map(|(i, _)| braced(&text[i + OPEN.len()..])).collect()
-}
-
-/// Normalise a number string: strip "$", "%", trailing units/words, trailing ".", "+"; handle
-/// negatives, decimals, scientific notation ("2.0107e-06", "1E16"), thousands separators
-/// (commas, or spaces, narrow or no-break spaces, between groups of exactly three digits:
-/// "1,000", "57 500"), trailing ".0"/".00" -> integer, simple fractions "3/4" -> "0.75", a
-/// `\boxed{}` around it. Returns canonical text (integers as exact digits without a decimal
-/// point, decimals as exact decimal digits, fractions via the shortest f64 display) or None.
-///
-/// Decimal commas are not read: a comma is a thousands separator only when exactly three digits
-/// follow it (and the integer part has at most three digits before the first one); otherwise
-/// the number ends at the comma, so "3,5" is 3 and "1,00" is 1.
-///
-/// The text must start with the number (after optional sign, "$" and spaces); what follows it
-/// is ignored, so "12 apples" is "12" but "apples 12" is None.
-pub fn normalize_number(s: &str) -> Option<String> {
-    let mut rest = s.trim();
-    if let Some(inner) = rest.strip_prefix("\\boxed{").and_then(|_| boxed_contents(rest).into_iter().next()) {
-        return normalize_number(&inner);
-    }
-    let mut neg = false;
-    let mut signed = false;
-    loop {
-        if let Some(r) = rest.strip_prefix('$') {
-            rest = r.trim_start();
-        } else if let Some(r) = rest.strip_prefix(['-', '\u{2212}']).filter(|_| !signed) {
-            (rest, neg, signed) = (r.trim_start(), true, true);
-        } else if let Some(r) = rest.strip_prefix('+').filter(|_| !signed) {
-            (rest, signed) = (r.trim_start(), true);
-        } else {
-            break;
-        }
-    }
-    let (parts, _) = scan_unsigned(rest.as_bytes(), 0, true)?;
-    parts.canonical(neg)
-}
-
-/// Parse a number string as [`normalize_number`] does, to a finite f64.
-pub fn parse_number(s: &str) -> Option<f64> {
-    normalize_number(s)?.parse::<f64>().ok().filter(|x| x.is_finite())
-}
-
-/// Do two numbers agree? Integers must be equal digit for digit (so 20-digit answers compare
-/// exactly); anything else within a relative 1e-9 of the reference's magnitude, which absorbs
-/// the rounding of a fraction's decimal form ("1/3") but tells 2.0107e-6 from 2.0108e-6. False
-/// if either is not a number.
-pub fn answers_match(predicted: &str, reference: &str) -> bool {
-    let (Some(p), Some(r)) = (normalize_number(predicted), normalize_number(reference)) else {
-        // Not both numbers: LaTeX answers ("\\sqrt{2}") compare as normalised text.
-        return normalize_answer(predicted).is_some_and(|p| Some(p) == normalize_answer(reference));
+    let (number, end) = number_prefix(line)?;
+    let after = line.as_bytes().get(end..).unwrap_or_default();
+    let goes_on = match after {
+        [b'\\' | b'^' | b'_' | b'{', ..] => true,
+        [b'(', c, ..] => c.is_ascii_alphanumeric() || *c == b'\\' || *c == b'-',
+        [b'+' | b'-' | b',', c, ..] => c.is_ascii_digit() || *c == b'\\',
+        [b'i', rest @ ..] => !rest.first().is_some_and(u8::is_ascii_alphabetic),
+        _ => false,
     };
-    let integer = |s: &str| s.trim_start_matches('-').bytes().all(|c| c.is_ascii_digit());
+    let balanced = |open: char, close: char| token.matches(open).count() == token.matches(close).count();
+    let more = token.get(end..).is_some_and(|t| t.bytes().any(|c| c.is_ascii_alphanumeric()));
+    if goes_on && more && balanced('(', ')') && balanced('{', '}') && latex::math_like(token) {
+        normalize_answer(token)
+    } else {
+        Some(number)
+    }
+}
+
+/// The answer a math span gives: its last `\boxed{}`, else the whole of it, or what follows
+/// its last "=" in a chain of equalities (`3 \times 4 = 12`); never a side of a relation.
+fn span_answer(content: &str) -> Option<String> {
+    if let Some(inner) = boxed_contents(content).pop() {
+        return normalize_answer(&inner);
+    }
+    let relation =
+        ["<", ">", "!", "\\le", "\\ge", "\\ne", "\\lt", "\\gt", "\\approx"].iter().any(|r| content.contains(r));
+    let (Some(first), Some(last)) = (content.find('='), content.rfind('=')) else {
+        return normalize_answer(content);
+    };
+    // `x = 5` and `3 \times 4 = 12` give what follows; an equation (`x - 2y = 0`) stays whole.
+    let lhs = content[..first].trim();
+    let variable = (1..=2).contains(&lhs.len()) && lhs.bytes().all(|c| c.is_ascii_alphabetic());
+    if !relation && (variable || latex::math_like(lhs) && !letters_outside_commands(lhs)) {
+        normalize_answer(&content[last + 1..])
+    } else {
+        normalize_answer(content)
+    }
+}
+
+/// Does `s` hold a letter that is not part of a `\command` name?
+fn letters_outside_commands(s: &str) -> bool {
+    let mut command = false;
+    s.chars().any(|c| {
+        command = c == '\\' || command && c.is_ascii_alphabetic();
+        c.is_ascii_alphabetic() && !command
+    })
+}
+
+/// Without a marker: the last number outside math spans, or the last math span holding a digit,
+/// whichever comes later.
+fn last_answer(text: &str) -> Option<String> {
+    let spans: Vec<_> = latex::math_spans(text).into_iter().filter(|(_, _, c)| latex::math_like(c)).collect();
+    let outside = |pos: usize| !spans.iter().any(|(a, b, _)| (*a..*b).contains(&pos));
+    let number = numbers(text).into_iter().rev().find(|(pos, _)| outside(*pos));
+    let span = spans.iter().rev().find_map(|(a, _, c)| {
+        span_answer(c).filter(|ans| ans.bytes().any(|b| b.is_ascii_digit())).map(|ans| (*a, ans))
+    });
+    match (number, span) {
+        (Some((n, x)), Some((s, y))) => Some(if n > s { x } else { y }),
+        (n, s) => n.or(s).map(|(_, a)| a),
+    }
+}
+
+/// A final answer as compared: a number's canonical text when the whole answer is a number
+/// (see [`normalize_number`](super::number::normalize_number); `\frac{a}{b}` of two numbers, with its sign, is one), else the
+/// LaTeX answer normalised as MATH's graders do (see [`latex::normalize`]): `2\sqrt{5}`,
+/// `6+9i` and `4,6,14,15` stay whole, so no answer is ever cut to the number it starts with.
+/// None for empty text.
+pub fn normalize_answer(s: &str) -> Option<String> {
+    let t = latex::normalize(s)?;
+    Some(whole_number(&t).unwrap_or(t))
+}
+
+/// The canonical number that is the whole of answer `s` once normalised (`$1{,}080$`,
+/// `-\frac{1}{8}`, `25\%`), or None: `6+9i` is not a number.
+pub fn whole_number_answer(s: &str) -> Option<String> {
+    normalize_answer(s).filter(|a| whole_number(a).is_some())
+}
+
+/// A MATH reference answer: the last `\boxed{}` of a solution; else what a marker gives ("The
+/// final answer is $N$"); else the whole text when it is one line of math (a bare answer such
+/// as `\frac{14}{3}`; not prose), normalised (see [`normalize_answer`]). Never a last number.
+pub fn math_reference(text: &str) -> Option<String> {
+    let boxed = boxed_contents(text).into_iter().rev().find_map(|b| normalize_answer(&b));
+    let whole = || (!text.trim().contains('\n') && latex::math_like(text)).then(|| normalize_answer(text)).flatten();
+    boxed.or_else(|| marked_answer(text)).or_else(whole)
+}
+
+/// Do two answers agree? Both are read whole (see [`normalize_answer`]). Two numbers: integers
+/// must be equal digit for digit (so 20-digit answers compare exactly); anything else within a
+/// relative 1e-9 of the reference's magnitude, which absorbs the rounding of a fraction's
+/// decimal form ("1/3") but tells 2.0107e-6 from 2.0108e-6. Anything else (a LaTeX answer, or a
+/// number against one) compares as normalised text, so `3\sqrt{14}` never matches `3\sqrt{13}`
+/// and 2 never matches `2\sqrt{5}`.
+pub fn answers_match(predicted: &str, reference: &str) -> bool {
+    let (Some(p), Some(r)) = (normalize_answer(predicted), normalize_answer(reference)) else {
+        return false;
+    };
+    if whole_number(&p).is_none() || whole_number(&r).is_none() {
+        // A list is the same list with or without spaces after its commas.
+        return p.replace(", ", ",") == r.replace(", ", ",");
+    }
+    let integer = |s: &str| !s.contains('.');
     if integer(&p) && integer(&r) {
         return p == r;
     }
@@ -257,143 +233,30 @@ pub fn step_results(solution: &str) -> Vec<Option<f64>> {
     solution.lines().map(|l| if notes { note_results(l).last().copied() } else { equation_result(l) }).collect()
 }
 
-/// Canonical text of a finite number: integers without a decimal point, others in shortest
-/// round-trip form.
-pub(crate) fn format_number(x: f64) -> String {
-    if x.fract() == 0.0 && x.abs() < 1e15 {
-        format!("{}", x as i64)
-    } else {
-        format!("{x}")
-    }
-}
-
-/// The pieces of one number as written: integer digits (separators dropped), fraction digits,
-/// a power-of-ten exponent and an optional "/denominator".
-struct Parts {
-    int: String,
-    frac: String,
-    exp: i32,
-    denom: Option<String>,
-}
-
-/// Exponents beyond this make no answer anyone writes; such text is not a number.
-const MAX_EXPONENT: i32 = 400;
-
-impl Parts {
-    fn canonical(&self, neg: bool) -> Option<String> {
-        let sign = if neg { -1.0 } else { 1.0 };
-        if let Some(d) = &self.denom {
-            let v = sign * self.int.parse::<f64>().ok()? / d.parse::<f64>().ok()?;
-            return v.is_finite().then(|| format_number(v));
-        }
-        // Exact decimal digits: all the digits, with the point moved by the exponent.
-        let digits = format!("{}{}", self.int, self.frac);
-        let point = self.int.len() as i64 + self.exp as i64;
-        let (int, frac) = if point <= 0 {
-            (String::new(), format!("{}{digits}", "0".repeat(point.unsigned_abs() as usize)))
-        } else if point as usize >= digits.len() {
-            (format!("{digits}{}", "0".repeat(point as usize - digits.len())), String::new())
-        } else {
-            (digits[..point as usize].to_string(), digits[point as usize..].to_string())
-        };
-        let body = match (int.trim_start_matches('0'), frac.trim_end_matches('0')) {
-            ("", "") => return Some("0".into()),
-            (int, "") => int.to_string(),
-            ("", frac) => format!("0.{frac}"),
-            (int, frac) => format!("{int}.{frac}"),
-        };
-        Some(if neg { format!("-{body}") } else { body })
-    }
-}
-
-fn digit_at(b: &[u8], i: usize) -> bool {
-    b.get(i).is_some_and(u8::is_ascii_digit)
-}
-
-/// The length of a thousands separator at `j` (a comma; with `spaced`, also a space, a no-break
-/// space U+00A0, a thin space U+2009 or a narrow no-break space U+202F), if it is one: exactly
-/// three digits must follow it.
-fn separator_at(b: &[u8], j: usize, spaced: bool) -> Option<usize> {
-    let len = match b.get(j..)? {
-        [b',', ..] => 1,
-        [b' ', ..] if spaced => 1,
-        [0xC2, 0xA0, ..] if spaced => 2,
-        [0xE2, 0x80, 0x89, ..] | [0xE2, 0x80, 0xAF, ..] if spaced => 3,
-        _ => return None,
-    };
-    ((0..3).all(|k| digit_at(b, j + len + k)) && !digit_at(b, j + len + 3)).then_some(len)
-}
-
-/// Scans an unsigned number starting exactly at `i`; returns its parts and the end offset.
-/// Thousands separators are taken only after a group of one to three digits and between groups
-/// of three (see [`separator_at`]; spaces only with `spaced`).
-fn scan_unsigned(b: &[u8], i: usize, spaced: bool) -> Option<(Parts, usize)> {
-    let mut j = i;
-    let mut int = String::new();
-    let mut group = 0;
-    let mut grouped = false;
-    while digit_at(b, j) {
-        int.push(b[j] as char);
-        j += 1;
-        group += 1;
-        if let Some(len) = separator_at(b, j, spaced).filter(|_| group == 3 || (!grouped && group <= 3)) {
-            j += len;
-            (group, grouped) = (0, true);
-        }
-    }
-    let mut frac = String::new();
-    if b.get(j) == Some(&b'.') && digit_at(b, j + 1) {
-        j += 1;
-        while digit_at(b, j) {
-            frac.push(b[j] as char);
-            j += 1;
-        }
-    }
-    if int.is_empty() && frac.is_empty() {
-        return None;
-    }
-    // Scientific notation: e or E, an optional sign, digits, and no letter right after.
-    let mut exp = 0;
-    if matches!(b.get(j), Some(b'e' | b'E')) {
-        let k = j + 1 + matches!(b.get(j + 1), Some(b'+' | b'-')) as usize;
-        let mut end = k;
-        while digit_at(b, end) {
-            end += 1;
-        }
-        if end > k && !b.get(end).is_some_and(u8::is_ascii_alphabetic) {
-            let text = std::str::from_utf8(&b[j + 1..end]).ok()?;
-            exp = text.parse::<i32>().ok().filter(|e| e.abs() <= MAX_EXPONENT)?;
-            j = end;
-        }
-    }
-    let mut denom = None;
-    if frac.is_empty() && exp == 0 && b.get(j) == Some(&b'/') && digit_at(b, j + 1) {
-        let mut k = j + 1;
-        let mut d = String::new();
-        while digit_at(b, k) {
-            d.push(b[k] as char);
-            k += 1;
-        }
-        // "1/0" is not a fraction; keep just the numerator.
-        if d.bytes().any(|c| c != b'0') {
-            denom = Some(d);
-            j = k;
-        }
-    }
-    Some((Parts { int, frac, exp, denom }, j))
-}
-
-/// Every number in `text` as canonical text, left to right.
-/// A "-" directly before a number (or before "$N") is its sign unless it
-/// follows a letter or digit ("5-3" is a minus).
-fn numbers(text: &str) -> Vec<String> {
+/// Every number in `text` with its byte offset, left to right: plain numbers and `\frac{a}{b}`
+/// of two numbers. A "-" directly before a number (or before "$N") is its sign unless it
+/// follows a letter or digit ("5-3" is a minus); a number glued to a letter, `_` or `^` before
+/// it ("H2O", "x2", "a_3", "x^2") is not one.
+fn numbers(text: &str) -> Vec<(usize, String)> {
     let b = text.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
+        if b[i] == b'\\' {
+            if let Some((value, end)) = latex_fraction(text, i) {
+                let neg = i > 0 && b[i - 1] == b'-' && (i < 2 || !b[i - 2].is_ascii_alphanumeric());
+                out.push(if neg { (i - 1, format!("-{value}").replace("--", "")) } else { (i, value) });
+                i = end;
+                continue;
+            }
+        }
         let starts = digit_at(b, i) || (b[i] == b'.' && digit_at(b, i + 1));
-        if !starts {
+        let glued = starts && i > 0 && (b[i - 1].is_ascii_alphabetic() || b[i - 1] == b'_' || b[i - 1] == b'^');
+        if !starts || glued {
             i += 1;
+            while glued && (digit_at(b, i) || b.get(i) == Some(&b'.')) {
+                i += 1;
+            }
             continue;
         }
         let Some((parts, end)) = scan_unsigned(b, i, false) else {
@@ -406,11 +269,21 @@ fn numbers(text: &str) -> Vec<String> {
         }
         let neg = m > 0 && b[m - 1] == b'-' && (m < 2 || !b[m - 2].is_ascii_alphanumeric() && b[m - 2] != b')');
         if let Some(c) = parts.canonical(neg) {
-            out.push(c);
+            out.push((if neg { m - 1 } else { i }, c));
         }
         i = end.max(i + 1);
     }
     out
+}
+
+/// `\frac{a}{b}` (or `\dfrac`, `\tfrac`, `\cfrac`) of two numbers at byte `i`: its value and end.
+fn latex_fraction(text: &str, i: usize) -> Option<(String, usize)> {
+    let rest = &text[i..];
+    let name = ["\\frac", "\\dfrac", "\\tfrac", "\\cfrac"].into_iter().find(|n| rest.starts_with(n))?;
+    let num = braced(&rest[name.len()..])?;
+    let den = braced(&rest[name.len() + num.len() + 2..])?;
+    let len = name.len() + num.len() + den.len() + 4;
+    Some((normalize_answer(&rest[..len]).filter(|v| whole_number(v).is_some())?, i + len))
 }
 
 /// The results of the calculator notes `<<expr=N>>` on one line, in order.
@@ -456,6 +329,7 @@ fn equation_result(line: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::task::number::{format_number, normalize_number};
     use proptest::prelude::*;
 
     fn n(s: &str) -> Option<String> {
@@ -657,7 +531,7 @@ mod tests {
         ) {
             let r = answer.to_string();
             let text = match form {
-                0 => format!("**Answer:** {r}{tail} {other}"),
+                0 => format!("**Answer:** {r} {tail} {other}"),
                 1 => format!("Answer: **{r}**{tail} {other}"),
                 2 => format!("The answer is **{r}**.{tail} {other}"),
                 3 => format!("The answer is \\({r}\\).{tail} {other}"),
@@ -667,6 +541,16 @@ mod tests {
             };
             prop_assert_eq!(extract_answer(&text), Some(r.clone()), "{:?}", text);
             prop_assert!(!is_correct(&text, &(answer + other).to_string()), "{:?}", text);
+        }
+
+        /// A canonical answer reads back as itself, so comparing canonical answers (as every
+        /// rollout does) is the same as comparing what was written.
+        #[test]
+        fn canonical_answers_are_fixed_points(s in "(\\\\(frac|dfrac|sqrt|text|left|right|pi|boxed)|[{}()0-9a-z ^$%.,:=+\\-]){0,16}") {
+            if let Some(a) = normalize_answer(&s) {
+                prop_assert_eq!(normalize_answer(&a), Some(a.clone()), "{:?}", s);
+                prop_assert!(answers_match(&a, &s), "{:?} vs {:?}", a, s);
+            }
         }
 
         #[test]

@@ -5,7 +5,9 @@
 //! exact), a number in a string ("1,000", ASDiv's "9 (apples)"), a "#### N" solution or a
 //! `\boxed{}` solution (MATH), with an optional reference-solution field.
 
-use super::answer::{boxed_contents, marked_solution_answer, normalize_answer, normalize_number};
+use super::answer::{marked_solution_answer, math_reference, whole_number_answer};
+use super::number::normalize_number;
+use super::latex::boxed_contents;
 use super::Problem;
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -137,13 +139,13 @@ pub fn load_records(path: &Path, fields: &Fields, answers: Answers) -> Result<Ve
 }
 
 /// One JSON object, its fields left unparsed (so a number keeps its digits).
-type Record = BTreeMap<String, Box<RawValue>>;
+pub(crate) type Record = BTreeMap<String, Box<RawValue>>;
 /// A record with its line or element number, or why it is not an object.
-type Numbered = (usize, std::result::Result<Record, String>);
+pub(crate) type Numbered = (usize, std::result::Result<Record, String>);
 
 /// The records of a file: whether it is one JSON array, and each record with its line (JSON
 /// lines) or element (array) number, or why it is not an object.
-fn json_records(path: &Path, text: &str) -> Result<(bool, Vec<Numbered>)> {
+pub(crate) fn json_records(path: &Path, text: &str) -> Result<(bool, Vec<Numbered>)> {
     let object = |json: &str| serde_json::from_str::<Record>(json);
     if text.trim_start().starts_with('[') {
         let items: Vec<Box<RawValue>> =
@@ -164,7 +166,11 @@ fn json_records(path: &Path, text: &str) -> Result<(bool, Vec<Numbered>)> {
 
 /// The (reference solution, canonical answer) an answer field holds; None when it holds a
 /// well-formed answer that is not a number (counted by the caller); Err when it is malformed.
-fn read_answer(raw: &RawValue, field: &str, answers: Answers) -> std::result::Result<Option<(String, String)>, String> {
+pub(crate) fn read_answer(
+    raw: &RawValue,
+    field: &str,
+    answers: Answers,
+) -> std::result::Result<Option<(String, String)>, String> {
     let value: Value = serde_json::from_str(raw.get()).map_err(|e| format!("field {field:?}: {e}"))?;
     let text = match value {
         // The number's own digits, not an f64's: 2.0107e-6 stays 2.0107e-6.
@@ -176,10 +182,11 @@ fn read_answer(raw: &RawValue, field: &str, answers: Answers) -> std::result::Re
         _ => return Err(format!("field {field:?} must be a string")),
     };
     if answers == Answers::Math {
-        let last = boxed_contents(&text).into_iter().rev().find_map(|b| normalize_answer(&b));
-        return match last {
+        return match math_reference(&text) {
             Some(a) => Ok(Some((text, a))),
-            None => Err(format!("field {field:?} has no \\boxed{{}} answer")),
+            None => {
+                Err(format!("field {field:?} has no \\boxed{{}} answer or answer marker and is not one line of math"))
+            }
         };
     }
     if text.contains("####") {
@@ -192,7 +199,7 @@ fn read_answer(raw: &RawValue, field: &str, answers: Answers) -> std::result::Re
         return Err(format!("field {field:?} has no final \"#### N\" line"));
     }
     if let Some(inner) = boxed_contents(&text).pop() {
-        return Ok(normalize_number(&inner).map(|a| (text, a)));
+        return Ok(whole_number_answer(&inner).map(|a| (text, a)));
     }
     // A bare answer: a number, optionally with a unit in parentheses ("9 (apples)"); prose that
     // starts with a number, or several numbers ("3 (boys); 4 (girls)"), is not one.
@@ -203,7 +210,7 @@ fn read_answer(raw: &RawValue, field: &str, answers: Answers) -> std::result::Re
     };
     let plain = number.trim().chars().all(|c| c.is_ascii_digit() || " ,.$%-+/eE".contains(c));
     if plain && !unit.contains(|c: char| c.is_ascii_digit() || "()".contains(c)) {
-        if let Some(a) = normalize_number(number) {
+        if let Some(a) = whole_number_answer(number) {
             return Ok(Some((format!("#### {a}"), a)));
         }
     }
@@ -323,7 +330,7 @@ mod tests {
         let ps =
             records(&lines.join("\n"), &Fields::new("problem", "solution", Some("solution")), Answers::Math).unwrap();
         let answers: Vec<&str> = ps.iter().map(|p| p.answer.as_str()).collect();
-        assert_eq!(answers, ["0.5", "2\\sqrt{2}", "90", "25", "(-\\infty,3)", "12"]);
+        assert_eq!(answers, ["0.5", "2\\sqrt{2}", "90", "25", "(-\\infty, 3)", "12"]);
         let right =
             ["\\boxed{\\frac12}", "\\boxed{2 \\sqrt2}", "\\boxed{90}", "#### 25", "\\boxed{(-\\infty, 3)}", "#### 12"];
         let wrong = [
@@ -374,5 +381,63 @@ mod tests {
         let bare = file("{\"question\": \"P\", \"answer\": \"42\"}\n");
         assert!(load_gsm8k(bare.path()).is_err());
         assert_eq!(load_jsonl(bare.path(), "question", "answer").unwrap()[0].answer, "42");
+    }
+
+    /// MATH's whole-answer cases: a `\boxed 2` without braces, `-\frac{1}{8}`, `10,\!080`, a
+    /// list; none is cut to the number it starts with.
+    #[test]
+    fn math_references_are_kept_whole() {
+        let lines = [
+            r#"{"problem": "P", "solution": "So it is $\\boxed 2$."}"#,
+            r#"{"problem": "P", "solution": "$\\boxed{-\\frac{1}{8}}$"}"#,
+            r#"{"problem": "P", "solution": "$\\boxed{10,\\!080}$"}"#,
+            r#"{"problem": "P", "solution": "$\\boxed{4,6,14,15}$"}"#,
+            r#"{"problem": "P", "solution": "$\\boxed{6+9i}$"}"#,
+        ];
+        let ps = records(&lines.join("\n"), &Fields::new("problem", "solution", None), Answers::Math).unwrap();
+        let answers: Vec<&str> = ps.iter().map(|p| p.answer.as_str()).collect();
+        assert_eq!(answers, ["2", "-0.125", "10080", "4,6,14,15", "6+9i"]);
+        let is_correct = crate::task::is_correct;
+        assert!(is_correct("The answer is $-0.125$.", &ps[1].answer));
+        assert!(is_correct("so we get $\\frac{-1}{8}$", &ps[1].answer));
+        assert!(is_correct("In all, $10,\\!080$ ways", &ps[2].answer));
+        assert!(!is_correct("The answer is 4.", &ps[3].answer));
+        assert!(!is_correct("The answer is 6.", &ps[4].answer));
+    }
+
+    proptest::proptest! {
+        /// A reference that is not a pure number (radicals, complex numbers, multiples of pi,
+        /// polynomials, numbers in a base, lists) loads whole: its own text is graded right,
+        /// the number it starts with and the reference with one digit changed are graded wrong.
+        #[test]
+        fn latex_references_load_whole(
+            a in 2u32..100,
+            b in 2u32..100,
+            c in 2u32..10,
+            form in 0usize..8,
+            digit in 0usize..8,
+        ) {
+            let reference = match form {
+                0 => format!("{a}\\sqrt{{{b}}}"),
+                1 => format!("{a}+{b}i"),
+                2 => format!("{a}\\pi"),
+                3 => format!("{a}(x+{b})(x-{c})"),
+                4 => format!("{a}{c}_{{{}}}", c + 1),
+                5 => format!("{a},{b},{c}"),
+                6 => format!("-\\frac{{{a}}}{{{b}}}\\sqrt{{{c}}}"),
+                _ => format!("\\frac{{{a}\\pi}}{{{b}}}"),
+            };
+            let line = serde_json::json!({"problem": "P", "solution": format!("So $\\boxed{{{reference}}}$.")});
+            let ps = records(&line.to_string(), &Fields::new("problem", "solution", None), Answers::Math).unwrap();
+            let answer = &ps[0].answer;
+            proptest::prop_assert!(crate::task::is_correct(&format!("\\boxed{{{reference}}}"), answer), "{answer}");
+            proptest::prop_assert!(!crate::task::is_correct(&format!("The answer is {a}."), answer), "{answer}");
+            // One digit changed, wherever it is.
+            let digits: Vec<usize> = reference.char_indices().filter(|(_, c)| c.is_ascii_digit()).map(|(i, _)| i).collect();
+            let i = digits[digit % digits.len()];
+            let changed = (reference.as_bytes()[i] - b'0' + 1) % 10;
+            let wrong = format!("{}{changed}{}", &reference[..i], &reference[i + 1..]);
+            proptest::prop_assert!(!crate::task::is_correct(&format!("\\boxed{{{wrong}}}"), answer), "{wrong} vs {answer}");
+        }
     }
 }

@@ -6,14 +6,15 @@
 
 pub mod answer;
 pub mod corpus;
+pub mod grade;
 pub mod gsm8k;
+pub mod latex;
+pub mod number;
 pub mod svamp;
 pub mod synth;
 
-pub use answer::{
-    answers_match, extract_answer, intermediate_results, is_correct, normalize_answer, normalize_number, parse_number,
-    step_results,
-};
+pub use answer::{answers_match, extract_answer, intermediate_results, is_correct, normalize_answer, step_results};
+pub use number::{normalize_number, parse_number};
 pub use gsm8k::{load_gsm8k, load_jsonl, load_records, Answers, Fields};
 pub use svamp::load_svamp;
 

@@ -1,7 +1,7 @@
 //! SVAMP (Patel et al. 2021): a JSON array of one-step word problems with an equation and a
 //! numeric answer. It has no worked solutions, so one is synthesised from the equation.
 
-use super::answer::{format_number, normalize_number};
+use super::number::{format_number, normalize_number};
 use super::{fnv1a, Problem, Split};
 use crate::error::{Error, Result};
 use crate::fsutil;
