@@ -151,7 +151,8 @@ enum TaskCommand {
     /// Write a task's train and test splits as JSONL (GSM8K format plus an `id` field).
     Make {
         /// Task: builtin[:LEVEL[:SEED]], gsm8k:PATH, svamp:FILE, jsonl:FILE[:QFIELDS:AFIELD[:SFIELD]] (or json:) or
-        /// math:FILE[:PFIELD:SFIELD]; a single file holds one split (train if its name says so, else test).
+        /// math:FILE[:PFIELD:SFIELD] (KIND+skip: leaves out unusable records); a single file holds one split
+        /// (train if its name says so, else test).
         #[arg(long, default_value = "builtin")]
         task: String,
         /// Output folder; receives train.jsonl and test.jsonl.

@@ -139,7 +139,7 @@ fn task_spec_parse_cases() {
     let ok = [
         ("builtin", TaskSpec::Builtin { level: 2, seed: 1234 }),
         ("builtin:4", TaskSpec::Builtin { level: 4, seed: 1234 }),
-        ("gsm8k:/d/gsm8k", TaskSpec::Gsm8k { path: "/d/gsm8k".into() }),
+        ("gsm8k:/d/gsm8k", TaskSpec::Gsm8k { path: "/d/gsm8k".into(), skip: false }),
         ("svamp:/d/SVAMP.json", TaskSpec::Svamp { path: "/d/SVAMP.json".into() }),
         (
             "jsonl:x.jsonl",
@@ -148,6 +148,7 @@ fn task_spec_parse_cases() {
                 question_field: "question".into(),
                 answer_field: "answer".into(),
                 solution_field: None,
+                skip: false,
             },
         ),
         (
@@ -157,6 +158,7 @@ fn task_spec_parse_cases() {
                 question_field: "problem".into(),
                 answer_field: "solution".into(),
                 solution_field: None,
+                skip: false,
             },
         ),
     ];

@@ -5,8 +5,8 @@
 //! Math-Verify's test cases is made).
 
 use super::answer::{extract_answer, math_reference, normalize_answer};
+use super::gsm8k::{json_records, read_answer, Answers, Read, Record};
 use super::number::normalize_number;
-use super::gsm8k::{json_records, read_answer, Answers, Record};
 use crate::error::{Error, Result};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -100,7 +100,10 @@ fn grade_record(
         ),
     };
     let raw_answer = record.get("answer").ok_or("missing field \"answer\"")?;
-    let number = || read_answer(raw_answer, "answer", Answers::Numeric).map(|found| found.map(|(_, a)| a));
+    let number = || match read_answer(raw_answer, "answer", Answers::Numeric)? {
+        Read::Answer(_, a) => Ok(Some(a)),
+        Read::Unusable(_) => Ok::<_, String>(None),
+    };
     let math = || match field("answer")? {
         // A reference answer may be any one line (`$125$ miles`), not only math.
         Value::String(s) => math_reference(&s)

@@ -6,8 +6,8 @@
 //! `\boxed{}` solution (MATH), with an optional reference-solution field.
 
 use super::answer::{marked_solution_answer, math_reference, whole_number_answer};
-use super::number::normalize_number;
 use super::latex::boxed_contents;
+use super::number::normalize_number;
 use super::Problem;
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -53,19 +53,21 @@ pub enum Answers {
 /// id = "{file_stem}-{line}"). Empty lines are skipped; a malformed line, a missing field or an
 /// answer without "#### N" is an error naming the file, line and field.
 pub fn load_gsm8k(path: &Path) -> Result<Vec<Problem>> {
-    load_records(path, &Fields::new("question", "answer", None), Answers::Gsm8k)
+    load_records(path, &Fields::new("question", "answer", None), Answers::Gsm8k, false)
 }
 
 /// Loads any JSONL file (or JSON array) whose `question_field` holds the question and whose
 /// `answer_field` holds a GSM8K-style solution or just a number. Ids as in [`load_gsm8k`].
 pub fn load_jsonl(path: &Path, question_field: &str, answer_field: &str) -> Result<Vec<Problem>> {
-    load_records(path, &Fields::new(question_field, answer_field, None), Answers::Numeric)
+    load_records(path, &Fields::new(question_field, answer_field, None), Answers::Numeric, false)
 }
 
 /// Loads JSON records: JSON lines, or one JSON array of objects (a file whose first character
-/// is `[`). Errors name the file and the line (JSONL) or the element (array). Answers that are
-/// not numbers are counted and refused together, naming the first.
-pub fn load_records(path: &Path, fields: &Fields, answers: Answers) -> Result<Vec<Problem>> {
+/// is `[`). Errors name the file and the line (JSONL) or the element (array). Records whose
+/// answer cannot be used (not a number, no final answer) are counted and refused together,
+/// naming the first; with `skip`, they are left out instead, and how many, with the first
+/// three, is said on standard error.
+pub fn load_records(path: &Path, fields: &Fields, answers: Answers, skip: bool) -> Result<Vec<Problem>> {
     let text = fsutil::read_to_string(path)?;
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
     let (array, records) = json_records(path, &text)?;
@@ -78,7 +80,7 @@ pub fn load_records(path: &Path, fields: &Fields, answers: Answers) -> Result<Ve
     };
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::new();
-    let mut not_numbers: Vec<(usize, String)> = Vec::new();
+    let mut unusable: Vec<(usize, &str, String)> = Vec::new();
     for (n, record) in records {
         let record = record.map_err(|msg| at(n, msg))?;
         let field = |name: &str| -> std::result::Result<Value, String> {
@@ -100,9 +102,9 @@ pub fn load_records(path: &Path, fields: &Fields, answers: Answers) -> Result<Ve
         };
         let raw = record.get(&fields.answer).ok_or_else(|| at(n, format!("missing field {:?}", fields.answer)))?;
         let (answer_solution, answer) = match read_answer(raw, &fields.answer, answers).map_err(|msg| at(n, msg))? {
-            Some(found) => found,
-            None => {
-                not_numbers.push((n, raw.get().chars().take(80).collect()));
+            Read::Answer(solution, answer) => (solution, answer),
+            Read::Unusable(why) => {
+                unusable.push((n, why, raw.get().chars().take(80).collect()));
                 continue;
             }
         };
@@ -123,17 +125,37 @@ pub fn load_records(path: &Path, fields: &Fields, answers: Answers) -> Result<Ve
         }
         out.push(Problem { id, question, reference_solution, answer });
     }
-    if let Some((n, raw)) = not_numbers.first() {
-        let total = out.len() + not_numbers.len();
-        let hint = if answers == Answers::Math { "" } else { "; for LaTeX answers use math:FILE" };
-        return Err(at(
-            *n,
-            format!(
-                "{} of {total} answers in field {:?} are not numbers, this one first: {raw}{hint}",
-                not_numbers.len(),
-                fields.answer
-            ),
-        ));
+    let total = out.len() + unusable.len();
+    let listed = |k: usize| {
+        let first = unusable
+            .iter()
+            .take(k)
+            .map(|(n, why, raw)| format!("{} {n}: {why}: {raw}", if array { "element" } else { "line" }));
+        first.collect::<Vec<_>>().join("; ")
+    };
+    match unusable.first() {
+        Some(_) if skip => eprintln!(
+            "{}: skipped {} of {total} records whose field {:?} cannot be used; the first: {}",
+            path.display(),
+            unusable.len(),
+            fields.answer,
+            listed(3)
+        ),
+        Some((n, _, _)) => {
+            let hint = if answers == Answers::Math { "" } else { "; for LaTeX answers use math:FILE" };
+            return Err(at(
+                *n,
+                format!(
+                    "{} of {total} records have a field {:?} that cannot be used, this one first: {}{hint}; \
+                     to load the other {}, skip them with the task's +skip form (jsonl+skip:FILE...)",
+                    unusable.len(),
+                    fields.answer,
+                    listed(1),
+                    out.len()
+                ),
+            ));
+        }
+        None => {}
     }
     Ok(out)
 }
@@ -164,42 +186,45 @@ pub(crate) fn json_records(path: &Path, text: &str) -> Result<(bool, Vec<Numbere
     Ok((false, records.collect()))
 }
 
-/// The (reference solution, canonical answer) an answer field holds; None when it holds a
-/// well-formed answer that is not a number (counted by the caller); Err when it is malformed.
-pub(crate) fn read_answer(
-    raw: &RawValue,
-    field: &str,
-    answers: Answers,
-) -> std::result::Result<Option<(String, String)>, String> {
+/// What an answer field holds.
+pub(crate) enum Read {
+    /// The reference solution and the canonical answer.
+    Answer(String, String),
+    /// A well-formed answer that this loader cannot use, and why (a name where a number should
+    /// be, a solution without its final answer).
+    Unusable(&'static str),
+}
+
+/// What an answer field holds; Err when it is malformed (not a string or a number, empty).
+pub(crate) fn read_answer(raw: &RawValue, field: &str, answers: Answers) -> std::result::Result<Read, String> {
     let value: Value = serde_json::from_str(raw.get()).map_err(|e| format!("field {field:?}: {e}"))?;
+    let found = |solution: String, answer: Option<String>, why| {
+        Ok(answer.map_or(Read::Unusable(why), |a| Read::Answer(solution, a)))
+    };
     let text = match value {
         // The number's own digits, not an f64's: 2.0107e-6 stays 2.0107e-6.
         Value::Number(_) if answers != Answers::Gsm8k => {
-            return Ok(normalize_number(raw.get()).map(|a| (format!("#### {a}"), a)));
+            let a = normalize_number(raw.get());
+            return found(format!("#### {}", a.clone().unwrap_or_default()), a, "not a number");
         }
         Value::String(s) if !s.trim().is_empty() => s,
         Value::String(_) => return Err(format!("field {field:?} is empty")),
         _ => return Err(format!("field {field:?} must be a string")),
     };
     if answers == Answers::Math {
-        return match math_reference(&text) {
-            Some(a) => Ok(Some((text, a))),
-            None => {
-                Err(format!("field {field:?} has no \\boxed{{}} answer or answer marker and is not one line of math"))
-            }
-        };
+        let a = math_reference(&text);
+        return found(text, a, "no \\boxed{} answer or answer marker, and not one line of math");
     }
     if text.contains("####") {
-        return match marked_solution_answer(&text) {
-            Some(a) => Ok(Some((text, a))),
-            None => Err(format!("field {field:?}: no number after \"####\"")),
-        };
+        let a = marked_solution_answer(&text).and_then(|a| whole_number_answer(&a));
+        return found(text, a, "no number after \"####\"");
     }
     if answers == Answers::Gsm8k {
-        return Err(format!("field {field:?} has no final \"#### N\" line"));
+        return Ok(Read::Unusable("no final \"#### N\" line"));
     }
     if let Some(inner) = boxed_contents(&text).pop() {
-        return Ok(whole_number_answer(&inner).map(|a| (text, a)));
+        let a = whole_number_answer(&inner);
+        return found(text, a, "not a number");
     }
     // A bare answer: a number, optionally with a unit in parentheses ("9 (apples)"); prose that
     // starts with a number, or several numbers ("3 (boys); 4 (girls)"), is not one.
@@ -209,12 +234,10 @@ pub(crate) fn read_answer(
         _ => (bare, ""),
     };
     let plain = number.trim().chars().all(|c| c.is_ascii_digit() || " ,.$%-+/eE".contains(c));
-    if plain && !unit.contains(|c: char| c.is_ascii_digit() || "()".contains(c)) {
-        if let Some(a) = whole_number_answer(number) {
-            return Ok(Some((format!("#### {a}"), a)));
-        }
-    }
-    Ok(None)
+    let a = (plain && !unit.contains(|c: char| c.is_ascii_digit() || "()".contains(c)))
+        .then(|| whole_number_answer(number))
+        .flatten();
+    found(format!("#### {}", a.clone().unwrap_or_default()), a, "not a number")
 }
 
 #[cfg(test)]
@@ -272,7 +295,7 @@ mod tests {
     }
 
     fn records(content: &str, fields: &Fields, answers: Answers) -> Result<Vec<Problem>> {
-        load_records(file(content).path(), fields, answers)
+        load_records(file(content).path(), fields, answers, false)
     }
 
     #[test]
@@ -312,7 +335,37 @@ mod tests {
         // Answers that are not numbers are refused together, counted, naming the first.
         let bad = content.replace("\"9 (apples)\"", "\"2:3\"").replace("\"15 (balls)\"", "\"3 (boys); 4 (girls)\"");
         let err = records(&bad, &fields, Answers::Numeric).unwrap_err().to_string();
-        assert!(err.contains("element 1") && err.contains("2 of 2 answers") && err.contains("2:3"), "{err}");
+        assert!(err.contains("element 1") && err.contains("2 of 2 records") && err.contains("2:3"), "{err}");
+        assert!(err.contains("+skip"), "the way out is named: {err}");
+    }
+
+    /// With skip, a mixed file loads: the unusable records are left out, the rest kept as they
+    /// would load alone; without it, the whole file is refused, naming the first.
+    #[test]
+    fn skip_leaves_out_only_the_unusable_records() {
+        let lines = [
+            r#"{"q": "A", "a": "12"}"#,
+            r#"{"q": "B", "a": "Mary"}"#,
+            r#"{"q": "C", "a": "3 (apples)"}"#,
+            r#"{"q": "D", "a": "2:3"}"#,
+            r#"{"q": "E", "a": 7}"#,
+        ];
+        let f = file(&lines.join("\n"));
+        let fields = Fields::new("q", "a", None);
+        let err = load_records(f.path(), &fields, Answers::Numeric, false).unwrap_err().to_string();
+        assert!(err.contains(":2:") && err.contains("2 of 5 records") && err.contains("Mary"), "{err}");
+        let kept = load_records(f.path(), &fields, Answers::Numeric, true).unwrap();
+        let got: Vec<(&str, &str)> = kept.iter().map(|p| (p.question.as_str(), p.answer.as_str())).collect();
+        assert_eq!(got, [("A", "12"), ("C", "3"), ("E", "7")]);
+        assert!(kept[1].id.ends_with("-3"), "ids keep their line numbers: {}", kept[1].id);
+        // A malformed record is never skipped: skip is for answers, not broken files.
+        let broken = file(&format!("{}\n{{\"q\": \"B\"", lines[0]));
+        assert!(load_records(broken.path(), &fields, Answers::Numeric, true).is_err());
+        // A MATH solution without its answer is unusable too.
+        let math = file("{\"problem\": \"P\", \"solution\": \"no box here, sorry\"}\n{\"problem\": \"Q\", \"solution\": \"\\\\boxed{2}\"}");
+        let fields = Fields::new("problem", "solution", None);
+        assert!(load_records(math.path(), &fields, Answers::Math, false).is_err());
+        assert_eq!(load_records(math.path(), &fields, Answers::Math, true).unwrap().len(), 1);
     }
 
     /// MATH's layout: the answer is the solution's last \boxed{}, compared after LaTeX

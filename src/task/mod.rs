@@ -14,8 +14,8 @@ pub mod svamp;
 pub mod synth;
 
 pub use answer::{answers_match, extract_answer, intermediate_results, is_correct, normalize_answer, step_results};
-pub use number::{normalize_number, parse_number};
 pub use gsm8k::{load_gsm8k, load_jsonl, load_records, Answers, Fields};
+pub use number::{normalize_number, parse_number};
 pub use svamp::load_svamp;
 
 use crate::error::{Error, Result};
@@ -77,9 +77,9 @@ pub const BUILTIN_DEFAULT_SEED: u64 = 1234;
 ///   seed 1234 by default; level in 1..=5, see [`synth`] for the level table)
 /// * `gsm8k:DIR_OR_FILE` -> [`TaskSpec::Gsm8k`]: a DIR holds `train.jsonl` / `test.jsonl`; a
 ///   FILE holds one split (see below)
-/// * `svamp:FILE` -> [`TaskSpec::Svamp`] (SVAMP.json). SVAMP has no official split, so a
-///   problem is Test iff FNV-1a(ID) % 5 == 0 (a fixed ~80/20 split that never changes with
-///   file order)
+/// * `svamp:FILE` -> [`TaskSpec::Svamp`] (SVAMP.json, or a JSON-lines copy of it). SVAMP has
+///   no official split, so a problem is Test iff FNV-1a(ID) % 5 == 0 (a fixed ~80/20 split that
+///   never changes with file order)
 /// * `jsonl:FILE[:QUESTION_FIELDS:ANSWER_FIELD[:SOLUTION_FIELD]]` and the same with `json:` ->
 ///   [`TaskSpec::Jsonl`]: JSON lines or a JSON array of objects (either prefix reads both).
 ///   Fields default to "question" / "answer"; several question fields join with "+"
@@ -88,8 +88,13 @@ pub const BUILTIN_DEFAULT_SEED: u64 = 1234;
 ///   field, if named, is what SFT trains on. With fields given, the path is everything before
 ///   them (the last two, or three, ":"-separated parts).
 /// * `math:FILE[:PROBLEM_FIELD:SOLUTION_FIELD]` -> [`TaskSpec::Math`]: MATH-style records
-///   (default fields "problem" / "solution"), the answer the solution's last `\boxed{}`,
-///   compared after LaTeX normalisation ([`answer::normalize_answer`]).
+///   (default fields "problem" / "solution"), the answer the solution's last `\boxed{}` (see
+///   [`answer::math_reference`]), kept whole and compared after LaTeX normalisation
+///   ([`answer::normalize_answer`]).
+///
+/// A file with records whose answer cannot be used (ASDiv's names and ratios, a MATH solution
+/// without its answer) is refused whole, naming the first; `gsm8k+skip:`, `jsonl+skip:`,
+/// `json+skip:` and `math+skip:` leave those records out instead and say how many.
 ///
 /// A single file holds one split: the train split when its file name says "train", else the
 /// test split. Asking a single-file task for its other split is an error, so one file never
@@ -107,6 +112,8 @@ pub enum TaskSpec {
     Gsm8k {
         /// Directory or file.
         path: PathBuf,
+        /// Leave out the records whose answer cannot be used (the `+skip` form).
+        skip: bool,
     },
     /// SVAMP.json.
     Svamp {
@@ -123,14 +130,17 @@ pub enum TaskSpec {
         answer_field: String,
         /// Name of a worked-solution field.
         solution_field: Option<String>,
+        /// Leave out the records whose answer is not a number (the `+skip` form).
+        skip: bool,
     },
     /// MATH-style records: a problem and a solution with a `\boxed{}` answer.
-    Math { path: PathBuf, problem_field: String, solution_field: String },
+    Math { path: PathBuf, problem_field: String, solution_field: String, skip: bool },
 }
 
 const SPEC_FORMS: &str = "expected builtin[:LEVEL[:SEED]], gsm8k:DIR_OR_FILE, svamp:FILE, \
                           jsonl:FILE[:QUESTION_FIELDS:ANSWER_FIELD[:SOLUTION_FIELD]] (or json:...) or \
-                          math:FILE[:PROBLEM_FIELD:SOLUTION_FIELD]";
+                          math:FILE[:PROBLEM_FIELD:SOLUTION_FIELD]; gsm8k+skip:, jsonl+skip: and math+skip: \
+                          leave out records whose answer cannot be used";
 
 impl TaskSpec {
     /// Parses a task string (forms listed on [`TaskSpec`]).
@@ -141,6 +151,10 @@ impl TaskSpec {
             Some((k, r)) => (k, Some(r)),
             None => (s, None),
         };
+        let (kind, skip) = kind.strip_suffix("+skip").map_or((kind, false), |k| (k, true));
+        if skip && !["gsm8k", "jsonl", "json", "math"].contains(&kind) {
+            return Err(bad("+skip is for gsm8k, jsonl, json and math files"));
+        }
         let path = |r: Option<&str>| match r {
             Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
             _ => Err(bad("missing path")),
@@ -164,7 +178,7 @@ impl TaskSpec {
                 };
                 Ok(TaskSpec::Builtin { level, seed })
             }
-            "gsm8k" => Ok(TaskSpec::Gsm8k { path: path(rest)? }),
+            "gsm8k" => Ok(TaskSpec::Gsm8k { path: path(rest)?, skip }),
             "svamp" => Ok(TaskSpec::Svamp { path: path(rest)? }),
             "jsonl" | "json" | "math" => {
                 let parts: Vec<&str> = rest.unwrap_or("").split(':').collect();
@@ -182,7 +196,7 @@ impl TaskSpec {
                 let path = path(Some(&file))?;
                 if kind == "math" {
                     let (p, sol) = if fields == 0 { ("problem", "solution") } else { (names[0], names[1]) };
-                    return Ok(TaskSpec::Math { path, problem_field: p.into(), solution_field: sol.into() });
+                    return Ok(TaskSpec::Math { path, problem_field: p.into(), solution_field: sol.into(), skip });
                 }
                 let (q, a) = if fields == 0 { ("question", "answer") } else { (names[0], names[1]) };
                 Ok(TaskSpec::Jsonl {
@@ -190,6 +204,7 @@ impl TaskSpec {
                     question_field: q.to_string(),
                     answer_field: a.to_string(),
                     solution_field: names.get(2).map(|s| s.to_string()),
+                    skip,
                 })
             }
             _ => Err(bad("unknown kind")),
@@ -199,7 +214,7 @@ impl TaskSpec {
     /// The file of a one-file source, which holds one split ([`split_of_file`]).
     fn single_file(&self) -> Option<&Path> {
         match self {
-            TaskSpec::Gsm8k { path } if !path.is_dir() => Some(path),
+            TaskSpec::Gsm8k { path, .. } if !path.is_dir() => Some(path),
             TaskSpec::Jsonl { path, .. } | TaskSpec::Math { path, .. } => Some(path),
             _ => None,
         }
@@ -239,23 +254,22 @@ impl TaskSpec {
                 });
                 return Ok(synth::generate(*level, split, n, *seed));
             }
-            TaskSpec::Gsm8k { path } if path.is_dir() => {
-                let file = path.join(format!("{split}.jsonl"));
-                (load_gsm8k(&file)?, file)
+            TaskSpec::Gsm8k { path, skip } => {
+                let file = if path.is_dir() { path.join(format!("{split}.jsonl")) } else { path.clone() };
+                (load_records(&file, &Fields::new("question", "answer", None), Answers::Gsm8k, *skip)?, file)
             }
-            TaskSpec::Gsm8k { path } => (load_gsm8k(path)?, path.clone()),
             TaskSpec::Svamp { path } => {
                 let mut all = load_svamp(path)?;
                 all.retain(|p| svamp::split_of(&p.id) == split);
                 (all, path.clone())
             }
-            TaskSpec::Jsonl { path, question_field, answer_field, solution_field } => {
+            TaskSpec::Jsonl { path, question_field, answer_field, solution_field, skip } => {
                 let fields = Fields::new(question_field, answer_field, solution_field.as_deref());
-                (load_records(path, &fields, Answers::Numeric)?, path.clone())
+                (load_records(path, &fields, Answers::Numeric, *skip)?, path.clone())
             }
-            TaskSpec::Math { path, problem_field, solution_field } => {
+            TaskSpec::Math { path, problem_field, solution_field, skip } => {
                 let fields = Fields::new(problem_field, solution_field, Some(solution_field));
-                (load_records(path, &fields, Answers::Math)?, path.clone())
+                (load_records(path, &fields, Answers::Math, *skip)?, path.clone())
             }
         };
         if let Some(n) = limit {
@@ -273,19 +287,28 @@ impl fmt::Display for TaskSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TaskSpec::Builtin { level, seed } => write!(f, "builtin:{level}:{seed}"),
-            TaskSpec::Gsm8k { path } => write!(f, "gsm8k:{}", path.display()),
+            TaskSpec::Gsm8k { path, skip } => write!(f, "gsm8k{}:{}", plus(*skip), path.display()),
             TaskSpec::Svamp { path } => write!(f, "svamp:{}", path.display()),
-            TaskSpec::Jsonl { path, question_field, answer_field, solution_field } => {
-                write!(f, "jsonl:{}:{question_field}:{answer_field}", path.display())?;
+            TaskSpec::Jsonl { path, question_field, answer_field, solution_field, skip } => {
+                write!(f, "jsonl{}:{}:{question_field}:{answer_field}", plus(*skip), path.display())?;
                 match solution_field {
                     Some(s) => write!(f, ":{s}"),
                     None => Ok(()),
                 }
             }
-            TaskSpec::Math { path, problem_field, solution_field } => {
-                write!(f, "math:{}:{problem_field}:{solution_field}", path.display())
+            TaskSpec::Math { path, problem_field, solution_field, skip } => {
+                write!(f, "math{}:{}:{problem_field}:{solution_field}", plus(*skip), path.display())
             }
         }
+    }
+}
+
+/// The `+skip` of a spec string that has it.
+fn plus(skip: bool) -> &'static str {
+    if skip {
+        "+skip"
+    } else {
+        ""
     }
 }
 
@@ -339,23 +362,28 @@ mod tests {
         assert_eq!(TaskSpec::parse("builtin").unwrap(), TaskSpec::Builtin { level: 2, seed: 1234 });
         assert_eq!(TaskSpec::parse("builtin:5").unwrap(), TaskSpec::Builtin { level: 5, seed: 1234 });
         assert_eq!(TaskSpec::parse("builtin:1:7").unwrap(), TaskSpec::Builtin { level: 1, seed: 7 });
-        assert_eq!(TaskSpec::parse("gsm8k:data/gsm8k").unwrap(), TaskSpec::Gsm8k { path: "data/gsm8k".into() });
+        assert_eq!(
+            TaskSpec::parse("gsm8k:data/gsm8k").unwrap(),
+            TaskSpec::Gsm8k { path: "data/gsm8k".into(), skip: false }
+        );
         assert_eq!(
             TaskSpec::parse("jsonl:a/b.jsonl:q:sol").unwrap(),
             TaskSpec::Jsonl {
                 path: "a/b.jsonl".into(),
                 question_field: "q".into(),
                 answer_field: "sol".into(),
-                solution_field: None
+                solution_field: None,
+                skip: false
             }
         );
         assert_eq!(
-            TaskSpec::parse("json:c:/d.json:body+question:answer:equation").unwrap(),
+            TaskSpec::parse("json+skip:c:/d.json:body+question:answer:equation").unwrap(),
             TaskSpec::Jsonl {
                 path: "c:/d.json".into(),
                 question_field: "body+question".into(),
                 answer_field: "answer".into(),
-                solution_field: Some("equation".into())
+                solution_field: Some("equation".into()),
+                skip: true
             }
         );
         assert_eq!(
@@ -363,7 +391,8 @@ mod tests {
             TaskSpec::Math {
                 path: "m.jsonl".into(),
                 problem_field: "problem".into(),
-                solution_field: "solution".into()
+                solution_field: "solution".into(),
+                skip: false
             }
         );
         for bad in [
@@ -379,10 +408,22 @@ mod tests {
             "jsonl:f:q+:a",
             "math:f:p",
             "foo:bar",
+            "builtin+skip",
+            "svamp+skip:y.json",
         ] {
             assert!(TaskSpec::parse(bad).is_err(), "{bad:?} should fail");
         }
-        for s in ["builtin:3:9", "gsm8k:x", "svamp:y.json", "jsonl:z:q:a", "jsonl:z:b+q:a:s", "math:m:p:s"] {
+        for s in [
+            "builtin:3:9",
+            "gsm8k:x",
+            "svamp:y.json",
+            "jsonl:z:q:a",
+            "jsonl:z:b+q:a:s",
+            "math:m:p:s",
+            "jsonl+skip:z:q:a",
+            "math+skip:m:p:s",
+            "gsm8k+skip:x",
+        ] {
             assert_eq!(TaskSpec::parse(s).unwrap().to_string(), s);
         }
     }

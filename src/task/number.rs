@@ -197,4 +197,3 @@ pub(crate) fn number_prefix(s: &str) -> Option<(String, usize)> {
 pub fn parse_number(s: &str) -> Option<f64> {
     normalize_number(s)?.parse::<f64>().ok().filter(|x| x.is_finite())
 }
-

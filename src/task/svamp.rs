@@ -9,30 +9,50 @@ use std::path::Path;
 
 #[derive(serde::Deserialize)]
 struct Raw {
-    #[serde(rename = "ID")]
+    #[serde(rename = "ID", alias = "id")]
     id: String,
-    #[serde(rename = "Body")]
+    #[serde(rename = "Body", alias = "body")]
     body: String,
-    #[serde(rename = "Question")]
+    #[serde(rename = "Question", alias = "question")]
     question: String,
-    #[serde(rename = "Equation")]
+    #[serde(rename = "Equation", alias = "equation")]
     equation: String,
-    #[serde(rename = "Answer")]
+    #[serde(rename = "Answer", alias = "answer")]
     answer: f64,
 }
 
-/// Loads SVAMP.json: objects with "ID", "Body", "Question", "Equation", "Answer" (a number such
-/// as 27.0) and "Type" (ignored). The question is Body + " " + Question with whitespace
+/// Loads SVAMP: the JSON array of SVAMP.json, or the JSON lines of its copies, of objects with
+/// "ID", "Body", "Question", "Equation", "Answer" (a number such as 27.0) and "Type" (ignored);
+/// lower-case names are read too. The question is Body + " " + Question with whitespace
 /// collapsed; the reference solution is "<equation> = <answer>\n#### <answer>" with numbers
-/// normalised, e.g. "(29 + 13) = 42\n#### 42".
+/// normalised, e.g. "(29 + 13) = 42\n#### 42". Errors name the line (or the array's entry).
 pub fn load_svamp(path: &Path) -> Result<Vec<Problem>> {
     let text = fsutil::read_to_string(path)?;
-    // serde_json reports the line of a malformed entry or missing field, so errors point there.
-    let raw: Vec<Raw> =
-        serde_json::from_str(&text).map_err(|e| Error::line(path, e.line(), format!("bad SVAMP data: {e}")))?;
+    let array = text.trim_start().starts_with('[');
+    let raw: Vec<(usize, Raw)> = if array {
+        // serde_json reports the line of a malformed entry or missing field, so errors point there.
+        let raw: Vec<Raw> =
+            serde_json::from_str(&text).map_err(|e| Error::line(path, e.line(), format!("bad SVAMP data: {e}")))?;
+        raw.into_iter().enumerate().map(|(i, r)| (i + 1, r)).collect()
+    } else {
+        let lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+        let read = |(i, line): (usize, &str)| {
+            serde_json::from_str(line)
+                .map(|r| (i + 1, r))
+                .map_err(|e| Error::line(path, i + 1, format!("bad SVAMP data: {e}")))
+        };
+        lines.map(read).collect::<Result<_>>()?
+    };
     let mut out = Vec::with_capacity(raw.len());
-    for (i, r) in raw.into_iter().enumerate() {
-        let at = |what: &str| Error::file(path, format!("entry {} (ID {:?}): {what}", i + 1, r.id));
+    for (n, r) in raw {
+        let at = |what: &str| {
+            let msg = format!("ID {:?}: {what}", r.id);
+            if array {
+                Error::file(path, format!("entry {n} ({msg})"))
+            } else {
+                Error::line(path, n, msg)
+            }
+        };
         if !r.answer.is_finite() {
             return Err(at("\"Answer\" is not a finite number"));
         }
@@ -122,6 +142,24 @@ mod tests {
         assert!(msg.contains("Question"), "{msg}");
         let g = file("[{\"ID\": \"a\", \"Body\": \" \", \"Question\": \"Q\", \"Equation\": \"1\", \"Answer\": 1}]");
         assert!(load_svamp(g.path()).unwrap_err().to_string().contains("\"a\""));
+    }
+
+    /// The JSON-lines copies of SVAMP (one object a line, names in either case) load as the
+    /// array does; an error names the line.
+    #[test]
+    fn reads_json_lines_copies() {
+        let array = file(
+            r#"[{"ID": "chal-1", "Body": "B1.", "Question": "Q1?", "Equation": "( 1.0 + 2.0 )", "Answer": 3.0},
+                {"ID": "chal-2", "Body": "B2.", "Question": "Q2?", "Equation": "( 6.0 / 4.0 )", "Answer": 1.5}]"#,
+        );
+        let lines = file(
+            "{\"ID\": \"chal-1\", \"Body\": \"B1.\", \"Question\": \"Q1?\", \"Equation\": \"( 1.0 + 2.0 )\", \"Answer\": 3.0, \"Type\": \"Addition\"}\n\n\
+             {\"id\": \"chal-2\", \"body\": \"B2.\", \"question\": \"Q2?\", \"equation\": \"( 6.0 / 4.0 )\", \"answer\": 1.5}\n",
+        );
+        assert_eq!(load_svamp(lines.path()).unwrap(), load_svamp(array.path()).unwrap());
+        let bad = file("{\"ID\": \"a\", \"Body\": \"B\", \"Question\": \"Q\", \"Equation\": \"1\", \"Answer\": 1}\n{\"ID\": \"b\"}\n");
+        let msg = load_svamp(bad.path()).unwrap_err().to_string();
+        assert!(msg.starts_with(&format!("{}:2:", bad.path().display())) && msg.contains("Body"), "{msg}");
     }
 
     #[test]
