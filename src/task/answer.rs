@@ -154,10 +154,10 @@ fn last_answer(text: &str) -> Option<String> {
 }
 
 /// A final answer as compared: a number's canonical text when the whole answer is a number
-/// (see [`normalize_number`](super::number::normalize_number); `\frac{a}{b}` of two numbers, with its sign, is one), else the
-/// LaTeX answer normalised as MATH's graders do (see [`latex::normalize`]): `2\sqrt{5}`,
-/// `6+9i` and `4,6,14,15` stay whole, so no answer is ever cut to the number it starts with.
-/// None for empty text.
+/// (`\frac{a}{b}` of two numbers, with its sign, is one; see [`super::number`]), else the LaTeX
+/// answer normalised as MATH's graders do (see [`latex::normalize`]): `2\sqrt{5}`, `6+9i` and
+/// `4,6,14,15` stay whole, so no answer is ever cut to the number it starts with. None for
+/// empty text.
 pub fn normalize_answer(s: &str) -> Option<String> {
     let t = latex::normalize(s)?;
     Some(whole_number(&t).unwrap_or(t))

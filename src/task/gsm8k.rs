@@ -126,36 +126,33 @@ pub fn load_records(path: &Path, fields: &Fields, answers: Answers, skip: bool) 
         out.push(Problem { id, question, reference_solution, answer });
     }
     let total = out.len() + unusable.len();
-    let listed = |k: usize| {
-        let first = unusable
-            .iter()
-            .take(k)
-            .map(|(n, why, raw)| format!("{} {n}: {why}: {raw}", if array { "element" } else { "line" }));
-        first.collect::<Vec<_>>().join("; ")
-    };
-    match unusable.first() {
-        Some(_) if skip => eprintln!(
+    let say =
+        |(n, why, raw): &(usize, &str, String)| format!("{} {n}: {why}: {raw}", if array { "element" } else { "line" });
+    if skip && !unusable.is_empty() {
+        let first: Vec<String> = unusable.iter().take(3).map(say).collect();
+        eprintln!(
             "{}: skipped {} of {total} records whose field {:?} cannot be used; the first: {}",
             path.display(),
             unusable.len(),
             fields.answer,
-            listed(3)
-        ),
-        Some((n, _, _)) => {
-            let hint = if answers == Answers::Math { "" } else { "; for LaTeX answers use math:FILE" };
-            return Err(at(
-                *n,
-                format!(
-                    "{} of {total} records have a field {:?} that cannot be used, this one first: {}{hint}; \
-                     to load the other {}, skip them with the task's +skip form (jsonl+skip:FILE...)",
-                    unusable.len(),
-                    fields.answer,
-                    listed(1),
-                    out.len()
-                ),
-            ));
-        }
-        None => {}
+            first.join("; ")
+        );
+    } else if let Some((n, why, raw)) = unusable.first() {
+        let (kind, hint) = match answers {
+            Answers::Gsm8k => ("gsm8k", ""),
+            Answers::Numeric => ("jsonl", "; for LaTeX answers use math:FILE"),
+            Answers::Math => ("math", ""),
+        };
+        return Err(at(
+            *n,
+            format!(
+                "{} of {total} records have a field {:?} that cannot be used, this one first: {why}: {raw}{hint}; \
+                 to load the other {} without them, name the task {kind}+skip:...",
+                unusable.len(),
+                fields.answer,
+                out.len()
+            ),
+        ));
     }
     Ok(out)
 }
