@@ -4,10 +4,22 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// Architectures this crate runs. They share one transformer; they differ in q/k/v biases (Qwen2)
-/// and sliding-window attention (Mistral; we attend to the full context, which is exact for
-/// sequences shorter than the window).
-pub const SUPPORTED_ARCHITECTURES: [&str; 3] = ["LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"];
+/// Architectures this crate runs. They share one transformer; they differ in q/k/v biases (Qwen2),
+/// RMSNorm on each head of q and k before RoPE (Qwen3) and sliding-window attention (Mistral; we
+/// attend to the full context, which is exact for sequences shorter than the window).
+pub const SUPPORTED_ARCHITECTURES: [&str; 4] =
+    ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"];
+
+/// How RoPE's frequencies are scaled for a longer context than the model was trained on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    /// Plain RoPE.
+    Default,
+    /// Every frequency divided by `factor` (positions interpolated).
+    Linear { factor: f64 },
+    /// Llama 3.1's: low frequencies divided by `factor`, high ones kept, a smooth blend between.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+}
 
 /// The fields of `config.json` the model needs; unknown fields are kept in `extra` and written
 /// back unchanged, so a folder we save keeps everything `transformers` put there.
@@ -121,20 +133,92 @@ impl ModelConfig {
         crate::fsutil::write_atomic(path, |w| w.write_all(text.as_bytes()))
     }
 
-    /// transformers 5 writes RoPE settings as `rope_parameters: {rope_type, rope_theta}` instead
-    /// of a top-level `rope_theta` / `rope_scaling`.
+    /// transformers 5 writes RoPE settings as `rope_parameters: {rope_type, rope_theta, ...}`
+    /// instead of a top-level `rope_theta` / `rope_scaling`.
     fn read_rope_parameters(&mut self) -> std::result::Result<(), String> {
         let Some(params) = self.extra.get("rope_parameters").filter(|v| !v.is_null()) else {
             return Ok(());
         };
-        let kind = params.get("rope_type").and_then(|t| t.as_str()).unwrap_or("default");
-        if kind != "default" {
-            return Err(format!("unsupported `rope_parameters.rope_type` {kind:?} (only plain RoPE)"));
-        }
         if let Some(theta) = params.get("rope_theta").and_then(|t| t.as_f64()) {
             self.rope_theta = theta;
         }
         Ok(())
+    }
+
+    /// The RoPE variant: `rope_parameters` (transformers 5) or `rope_scaling`, by its
+    /// `rope_type` (or the older `type`).
+    pub fn rope_scaling(&self) -> std::result::Result<RopeScaling, String> {
+        let spec = match self.extra.get("rope_parameters").filter(|v| !v.is_null()) {
+            Some(params) => ("rope_parameters", params),
+            None => match self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+                Some(scaling) => ("rope_scaling", scaling),
+                None => return Ok(RopeScaling::Default),
+            },
+        };
+        let (field, v) = spec;
+        let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
+        let number = |key: &str| {
+            v.get(key)
+                .and_then(|x| x.as_f64())
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .ok_or_else(|| format!("`{field}` of type {kind:?} needs a positive number `{key}`"))
+        };
+        match kind {
+            "default" => Ok(RopeScaling::Default),
+            "linear" => Ok(RopeScaling::Linear { factor: number("factor")? }),
+            "llama3" => {
+                let (low, high) = (number("low_freq_factor")?, number("high_freq_factor")?);
+                if high <= low {
+                    return Err(format!("`{field}`: `high_freq_factor` must exceed `low_freq_factor`"));
+                }
+                Ok(RopeScaling::Llama3 {
+                    factor: number("factor")?,
+                    low_freq_factor: low,
+                    high_freq_factor: high,
+                    original_max_position_embeddings: number("original_max_position_embeddings")?,
+                })
+            }
+            other => Err(format!(
+                "unsupported `{field}` type {other:?} (supported: default, linear, llama3; not yet yarn, dynamic, \
+                 longrope)"
+            )),
+        }
+    }
+
+    /// RoPE's inverse frequencies, one per pair of head dimensions, as transformers computes them
+    /// (in f32), then scaled by the config's [`RopeScaling`].
+    pub fn inv_freq(&self) -> Vec<f32> {
+        let d = self.head_dim();
+        let base: Vec<f32> =
+            (0..d / 2).map(|i| 1.0 / (self.rope_theta as f32).powf(2.0 * i as f32 / d as f32)).collect();
+        match self.rope_scaling().unwrap_or(RopeScaling::Default) {
+            RopeScaling::Default => base,
+            RopeScaling::Linear { factor } => base.iter().map(|f| f / factor as f32).collect(),
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+                // Meta's Llama 3.1 rule: long wavelengths slowed by `factor`, short ones kept, the
+                // band between blended smoothly.
+                let (factor, low, high, old) = (
+                    factor as f32,
+                    low_freq_factor as f32,
+                    high_freq_factor as f32,
+                    original_max_position_embeddings as f32,
+                );
+                let (low_wavelen, high_wavelen) = (old / low, old / high);
+                base.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        if wavelen > low_wavelen {
+                            f / factor
+                        } else if wavelen < high_wavelen {
+                            f
+                        } else {
+                            let smooth = (old / wavelen - low) / (high - low);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    })
+                    .collect()
+            }
+        }
     }
 
     /// Checks that the architecture is supported and the shapes are consistent.
@@ -152,8 +236,11 @@ impl ModelConfig {
         if self.hidden_act != "silu" {
             return Err(format!("unsupported `hidden_act` {:?} (only \"silu\")", self.hidden_act));
         }
-        if let Some(scaling) = self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
-            return Err(format!("unsupported `rope_scaling` {scaling} (only plain RoPE)"));
+        self.rope_scaling()?;
+        if self.extra.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true) {
+            return Err("unsupported `use_sliding_window` = true (sliding-window attention is not implemented for \
+                        this architecture)"
+                .into());
         }
         let positive = [
             ("vocab_size", self.vocab_size),
@@ -196,6 +283,11 @@ impl ModelConfig {
     /// Whether q/k/v projections carry biases: Qwen2 always, Llama/Mistral when `attention_bias`.
     pub fn qkv_bias(&self) -> bool {
         self.architectures.first().map(String::as_str) == Some("Qwen2ForCausalLM") || self.attention_bias
+    }
+
+    /// Whether q and k are RMS-normalised per head before RoPE (Qwen3's `q_norm` / `k_norm`).
+    pub fn qk_norm(&self) -> bool {
+        self.architectures.first().map(String::as_str) == Some("Qwen3ForCausalLM")
     }
 
     /// Whether the output projection carries a bias (Llama's `attention_bias`; never in Qwen2).

@@ -1,6 +1,7 @@
-//! The Llama-family decoder (Llama, Qwen2, Mistral), written to match Hugging Face's modeling
-//! code tensor for tensor: RMSNorm, rotate-half RoPE, grouped-query attention through
-//! `scaled_dot_product_attention`, SwiGLU MLP, optional tied embeddings and q/k/v biases.
+//! The Llama-family decoder (Llama 2 and 3, Qwen2, Qwen3, Mistral), written to match Hugging
+//! Face's modeling code tensor for tensor: RMSNorm, rotate-half RoPE (with Llama 3's or linear
+//! scaling), grouped-query attention through `scaled_dot_product_attention`, SwiGLU MLP,
+//! optional tied embeddings, q/k/v biases and per-head q/k norms.
 //! Variable names are the Hugging Face ones, so safetensors files map one to one.
 
 use super::config::ModelConfig;
@@ -63,6 +64,8 @@ struct Block {
     k: Linear,
     v: Linear,
     o: Linear,
+    /// Qwen3's RMSNorm weights over each head of q and k (`[head_dim]`).
+    qk_norm: Option<(Tensor, Tensor)>,
     post_norm: Tensor,
     gate: Linear,
     up: Linear,
@@ -154,6 +157,9 @@ impl Llama {
                     k: Linear::new(&attn / "k_proj", h, nkv * hd, c.qkv_bias(), std),
                     v: Linear::new(&attn / "v_proj", h, nkv * hd, c.qkv_bias(), std),
                     o: Linear::new(&attn / "o_proj", nh * hd, h, c.o_bias(), resid_std),
+                    qk_norm: c
+                        .qk_norm()
+                        .then(|| ((&attn / "q_norm").ones("weight", &[hd]), (&attn / "k_norm").ones("weight", &[hd]))),
                     post_norm: (&p / "post_attention_layernorm").ones("weight", &[h]),
                     gate: Linear::new(&mlp / "gate_proj", h, c.intermediate_size, c.mlp_bias, std),
                     up: Linear::new(&mlp / "up_proj", h, c.intermediate_size, c.mlp_bias, std),
@@ -164,10 +170,7 @@ impl Llama {
         let embed = (&model / "embed_tokens").var("weight", &[c.vocab_size, h], Init::Randn { mean: 0.0, stdev: std });
         let lm_head = (!c.tie_word_embeddings).then(|| Linear::new(root / "lm_head", h, c.vocab_size, false, std));
         let head = with_head.then(|| Linear::new(root / HEAD_PREFIX, h, 1, true, std));
-        // 1 / theta^(2i/d), as HF computes it.
-        let inv_freq: Vec<f32> =
-            (0..hd / 2).map(|i| (1.0 / c.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32).collect();
-        let inv_freq = Tensor::from_slice(&inv_freq).to_device(root.device());
+        let inv_freq = Tensor::from_slice(&c.inv_freq()).to_device(root.device());
         let norm = (&model / "norm").ones("weight", &[h]);
         Llama {
             config: config.clone(),
@@ -276,10 +279,18 @@ impl Llama {
         let (bs, t, _) = x.size3().expect("hidden is [B, T, H]");
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
-        let heads = |y: Tensor, n: i64| y.view([bs, t, n, hd]).transpose(1, 2);
-        let q = apply_rope(&heads(b.q.forward(x, a), nh), cos, sin);
-        let k = apply_rope(&heads(b.k.forward(x, a), nkv), cos, sin);
-        let v = heads(b.v.forward(x, a), nkv);
+        let heads = |y: Tensor, n: i64, norm: Option<&Tensor>| {
+            let y = y.view([bs, t, n, hd]);
+            let y = match norm {
+                Some(w) => y.rms_norm([hd], Some(w), c.rms_norm_eps),
+                None => y,
+            };
+            y.transpose(1, 2)
+        };
+        let (q_norm, k_norm) = b.qk_norm.as_ref().map_or((None, None), |(q, k)| (Some(q), Some(k)));
+        let q = apply_rope(&heads(b.q.forward(x, a), nh, q_norm), cos, sin);
+        let k = apply_rope(&heads(b.k.forward(x, a), nkv, k_norm), cos, sin);
+        let v = heads(b.v.forward(x, a), nkv, None);
         let (k, v) = match cache {
             Some((cache, layer, columns, span)) => cache.store(layer, &k, &v, columns, span),
             None => (k, v),

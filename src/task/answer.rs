@@ -28,7 +28,15 @@ use super::number::{digit_at, number_prefix, parse_number, scan_unsigned, whole_
 /// `$\frac{1}{8}$` as 0.125, `$10,\!080$` as 10080, after its last "=" when it is a chain of
 /// equalities); a number glued to a letter ("H2O", "x2") is not one. None if there is neither.
 /// Returns the canonical answer (see [`normalize_answer`]).
+///
+/// A thinking model's answer follows its thought: only the text after the last `</think>` is
+/// read, and a thought that never closed (`<think>` alone) has no answer yet.
 pub fn extract_answer(text: &str) -> Option<String> {
+    let text = match text.rfind("</think>") {
+        Some(i) => &text[i + "</think>".len()..],
+        None if text.contains("<think>") => return None,
+        None => text,
+    };
     marked_answer(text).or_else(|| last_answer(text))
 }
 
@@ -404,6 +412,15 @@ mod tests {
         assert_eq!(e("the answer is \\boxed{12} (not 13)").as_deref(), Some("12"));
         assert_eq!(e("DATA: 5 rows, 9 cols").as_deref(), Some("9"), "A: inside a word is no label");
         assert_eq!(e("I have 2 100 dollar bills").as_deref(), Some("100"), "spaces join digits only after a marker");
+    }
+
+    #[test]
+    fn a_thought_is_never_the_answer() {
+        let e = |s: &str| extract_answer(s);
+        assert_eq!(e("<think>\nThe answer is 5? No, 6.\n</think>\n\nThe answer is 7.").as_deref(), Some("7"));
+        assert_eq!(e("<think>\n\n</think>\n\n#### 12").as_deref(), Some("12"));
+        assert_eq!(e("<think>\nso 3 + 4 = 7, and the answer is 7"), None, "an unfinished thought has no answer");
+        assert_eq!(e("<think>\nwe get 9\n</think>\n\nI could not decide."), None);
     }
 
     #[test]

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Tiny random models of each supported family, saved by Python `transformers`, with
+transformers' own logits: the fixtures tests/model.rs checks our forward pass against.
+
+    python scripts/hf_fixtures.py tests/fixtures/hf
+
+Run once in a scratch venv (torch and transformers from PyPI; see tests/fixtures/hf/README.md
+for the versions used); CI only reads the fixtures. Each family gets DIR/FAMILY/ with the model
+folder (config.json, generation_config.json, model.safetensors) and logits.json:
+{"prompts": [[ids...], ...], "logits": [[[v...] per position] per prompt]}.
+"""
+import json
+import pathlib
+import sys
+
+import torch
+import transformers
+
+COMMON = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+
+
+def families():
+    # Llama 3.x: Meta's frequency-dependent RoPE scaling, with an original context short
+    # enough that the prompts below reach the scaled band; three end-of-sequence ids.
+    yield "llama3", transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        **COMMON, head_dim=16, rope_theta=500000.0, tie_word_embeddings=True,
+        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                          original_max_position_embeddings=16),
+        bos_token_id=1, eos_token_id=[2, 3, 4]))
+    # Linear RoPE scaling (position interpolation).
+    yield "llama-linear", transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        **COMMON, rope_theta=10000.0, rope_scaling=dict(type="linear", factor=4.0)))
+    # Qwen3: q and k normed per head, a head_dim (12) that is not hidden / heads (8), no biases.
+    yield "qwen3", transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
+        **COMMON, head_dim=12, rope_theta=1000000.0, tie_word_embeddings=True, rms_norm_eps=1e-6))
+
+
+def prompts():
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(5, 97, (n,), generator=g).tolist() for n in (7, 40)]
+
+
+def main():
+    out = pathlib.Path(sys.argv[1])
+    for name, model in families():
+        torch.manual_seed(0)
+        # transformers initialises norms to ones; random ones make the norms count in the check.
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                p.copy_(torch.randn_like(p) * (0.3 if "norm" in pname else 0.05) + (1.0 if "norm" in pname else 0.0))
+        model.eval()
+        folder = out / name
+        model.save_pretrained(folder)
+        rows = []
+        with torch.no_grad():
+            for ids in prompts():
+                logits = model(torch.tensor([ids])).logits[0].tolist()
+                rows.append([[float(f"{v:.7g}") for v in row] for row in logits])
+        json.dump({"prompts": prompts(), "logits": rows}, open(folder / "logits.json", "w"))
+        print(f"{name}: saved to {folder} (transformers {transformers.__version__}, torch {torch.__version__})")
+
+
+if __name__ == "__main__":
+    main()
