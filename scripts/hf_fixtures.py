@@ -31,6 +31,11 @@ def families():
     # Linear RoPE scaling (position interpolation).
     yield "llama-linear", transformers.LlamaForCausalLM(transformers.LlamaConfig(
         **COMMON, rope_theta=10000.0, rope_scaling=dict(type="linear", factor=4.0)))
+    # Qwen2: q/k/v biases.
+    yield "qwen2", transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        **COMMON, rope_theta=1000000.0, tie_word_embeddings=True))
+    # Mistral (its sliding window is longer than the prompts).
+    yield "mistral", transformers.MistralForCausalLM(transformers.MistralConfig(**COMMON, sliding_window=128))
     # Qwen3: q and k normed per head, a head_dim (12) that is not hidden / heads (8), no biases.
     yield "qwen3", transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
         **COMMON, head_dim=12, rope_theta=1000000.0, tie_word_embeddings=True, rms_norm_eps=1e-6))

@@ -8,7 +8,7 @@ use reasonrl::sample::Decoder;
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
-const FAMILIES: [&str; 3] = ["llama3", "llama-linear", "qwen3"];
+const FAMILIES: [&str; 5] = ["llama3", "llama-linear", "qwen2", "mistral", "qwen3"];
 
 fn fixture(family: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf").join(family)
