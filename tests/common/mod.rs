@@ -41,3 +41,37 @@ pub fn assert_matches_full_forward(model: &CausalLm, prompt: &[u32], g: &Generat
         assert!((expected - lp as f64).abs() < tolerance, "token {j}: logprob {lp} vs full forward {expected}");
     }
 }
+
+/// The families GGUF export covers beyond plain Llama, each a variant of `base`'s config (same
+/// vocabulary) with fresh weights: biases and q/k norms random too, so every tensor matters.
+pub const GGUF_FAMILIES: [&str; 4] = ["qwen2", "qwen3", "llama3-rope", "linear-rope"];
+
+/// `base`'s config turned into `family` (see [`GGUF_FAMILIES`]), with seeded random weights.
+pub fn family_model(base: &CausalLm, family: &str) -> CausalLm {
+    let mut c = base.config().clone();
+    match family {
+        "qwen2" => (c.architectures, c.model_type) = (vec!["Qwen2ForCausalLM".into()], "qwen2".into()),
+        "qwen3" => {
+            (c.architectures, c.model_type) = (vec!["Qwen3ForCausalLM".into()], "qwen3".into());
+            c.head_dim = Some(c.head_dim() * 3 / 2);
+        }
+        "llama3-rope" => {
+            c.rope_theta = 500_000.0;
+            c.rope_scaling = Some(serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}));
+        }
+        "linear-rope" => c.rope_scaling = Some(serde_json::json!({"rope_type": "linear", "factor": 4.0})),
+        other => panic!("no family {other}"),
+    }
+    tch::manual_seed(7);
+    let model = CausalLm::new(&c, tch::Device::Cpu, false).unwrap();
+    tch::no_grad(|| {
+        for (name, mut var) in model.vs.variables() {
+            if name.ends_with("bias") || name.contains("norm") {
+                let noise = Tensor::randn(var.size(), (Kind::Float, var.device())) * 0.1;
+                let _ = var.g_add_(&noise);
+            }
+        }
+    });
+    model
+}
