@@ -127,6 +127,68 @@ fn llama_cpp_serves_every_family_with_the_local_greedy_tokens() {
     }
 }
 
+/// Qwen2's and Llama 3's pre-tokenizers (a split regex, then bytes) travel in the GGUF under
+/// llama.cpp's names: llama-server tokenizes tricky text (digit runs, contractions, blank lines,
+/// runs of spaces) exactly as we do, and the GGUF converts back to a tokenizer that does too.
+#[test]
+fn qwen_and_llama3_pre_tokenizers_tokenize_as_llama_cpp_does() {
+    let dir = tempfile::tempdir().unwrap();
+    // A vocabulary big enough to have merged digit runs and spaces, so the splits matter.
+    let src = dir.path().join("model");
+    let corpus = synth::generate(3, Split::Train, 2000, 3)
+        .into_iter()
+        .map(|p| format!("{}\n{}\n\n  He's   12345 and 3,500 don't", p.question, p.reference_solution));
+    let (model, tokenizer) =
+        reasonrl::model::presets::init_from_scratch("tiny", corpus, 1500, 256, 7, tch::Device::Cpu).unwrap();
+    model.save_with_tokenizer(&tokenizer, &src, false).unwrap();
+    let texts = [
+        "Tom has 12345 apples and 7 pears.\n\nHe's   eating 3,500 of them! I'm sure it'll be 1.5x\r\n  more",
+        "x  \n\n  y\tz   ",
+        "don't WON'T 2024-12-05: $1,000.99 (about 20%)",
+    ];
+    for (name, regex) in reasonrl::model::gguf::SPLIT_REGEXES {
+        let folder = dir.path().join(name);
+        std::fs::create_dir(&folder).unwrap();
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), folder.join(entry.file_name())).unwrap();
+        }
+        let path = folder.join("tokenizer.json");
+        let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        json["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]});
+        std::fs::write(&path, json.to_string()).unwrap();
+        let (model, tokenizer) = CausalLm::load_with_tokenizer(&folder, tch::Device::Cpu, false).unwrap();
+        let port = free_port();
+        let mut engine = Engine::new(&llama_cpp(port), &dir.path().join(format!("{name}-engine")), false).unwrap();
+        engine.sync(&model, &tokenizer).unwrap();
+        let gguf = dir.path().join(format!("{name}.gguf"));
+        reasonrl::model::gguf_export::export_dir(&folder, &gguf, GgufDtype::F32, false).unwrap();
+        let back = dir.path().join(format!("{name}-back"));
+        reasonrl::model::gguf::convert(&gguf, &back, false).unwrap();
+        let (_, converted) = CausalLm::load_with_tokenizer(&back, tch::Device::Cpu, false).unwrap();
+        for text in texts {
+            let ours = tokenizer.encode(text).unwrap();
+            let body = serde_json::json!({"content": text, "add_special": false}).to_string();
+            let reply = ureq::post(&format!("http://127.0.0.1:{port}/tokenize"))
+                .set("Content-Type", "application/json")
+                .send_string(&body)
+                .unwrap()
+                .into_string()
+                .unwrap();
+            let theirs: Vec<u32> = serde_json::from_str::<serde_json::Value>(&reply).unwrap()["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(ours, theirs, "{name}: llama-server tokenizes {text:?} differently");
+            assert_eq!(converted.encode(text).unwrap(), ours, "{name}: the converted tokenizer differs on {text:?}");
+        }
+    }
+}
+
 fn reasonrl(args: &[String]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_reasonrl")).args(args).output().expect("run reasonrl")
 }

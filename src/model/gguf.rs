@@ -263,6 +263,19 @@ const LAYER_TENSORS: [(&str, &str); 14] = [
     ("attn_k_norm.weight", "self_attn.k_norm.weight"),
 ];
 
+/// llama.cpp's pre-tokenizers that split by a regex before byte-level BPE, with the regex their
+/// tokenizer.json gives: Qwen2/2.5/3 (digits one by one) and Llama 3 (digits in threes).
+pub const SPLIT_REGEXES: [(&str, &str); 2] = [
+    (
+        "qwen2",
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+    (
+        "llama-bpe",
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+];
+
 /// (Hugging Face architecture, llama.cpp architecture, whether llama.cpp stores q and k rows in
 /// its own rotary order): Llama and Mistral rotate interleaved pairs and are permuted; Qwen's
 /// rotate halves, as transformers does, and are stored as they are.
@@ -422,9 +435,18 @@ fn tokenizer_json(g: &Gguf) -> Result<serde_json::Value> {
             json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]})
         }
         "default" | "gpt-2" | "gpt2" => byte_level.clone(),
-        other => {
-            return Err(Error::file(&g.path, format!("pre-tokenizer `{other}` is not supported (smollm, gpt-2)")));
-        }
+        other => match SPLIT_REGEXES.iter().find(|(name, _)| *name == other) {
+            // Qwen2's and Llama 3's: their split regex, then bytes without GPT-2's regex.
+            Some((_, regex)) => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+            ]}),
+            None => {
+                let known = ["smollm", "gpt-2"].into_iter().chain(SPLIT_REGEXES.iter().map(|(name, _)| *name));
+                let known = known.collect::<Vec<_>>().join(", ");
+                return Err(Error::file(&g.path, format!("pre-tokenizer `{other}` is not supported ({known})")));
+            }
+        },
     };
     let tokens = g.string_array("tokenizer.ggml.tokens")?;
     let types: Vec<i64> = match g.metadata.get("tokenizer.ggml.token_type").and_then(Value::as_array) {

@@ -191,20 +191,12 @@ fn tokenizer_metadata(meta: &mut Metadata, tokenizer: &Tokenizer, json: &Json, v
     if model["type"] != "BPE" || json["decoder"]["type"] != "ByteLevel" {
         return Err(unsupported("tokenizer.json's model is not BPE with a ByteLevel decoder"));
     }
-    let pre = &json["pre_tokenizer"];
-    let digits_first = pre["type"] == "Sequence"
-        && pre["pretokenizers"].as_array().is_some_and(|p| {
-            p.first().is_some_and(|d| d["type"] == "Digits" && d["individual_digits"] == true)
-                && p.iter().any(|x| x["type"] == "ByteLevel")
-        });
-    // llama.cpp's `smollm` pre-tokenizer splits digits one by one before the GPT-2 regex.
-    let pre_name = if digits_first {
-        "smollm"
-    } else if pre["type"] == "ByteLevel" {
-        "gpt-2"
-    } else {
-        return Err(unsupported("the pre-tokenizer is neither ByteLevel nor Digits + ByteLevel"));
-    };
+    let pre_name = pre_tokenizer_name(&json["pre_tokenizer"]).ok_or_else(|| {
+        unsupported(
+            "the pre-tokenizer is not one llama.cpp names (ByteLevel, SmolLM's Digits + ByteLevel, or Qwen2's or Llama \
+             3's Split regex + ByteLevel)",
+        )
+    })?;
     let mut tokens: Vec<Option<(String, i32)>> = vec![None; vocab_size];
     let mut place = |id: u64, text: &str, kind: i32| -> Result<()> {
         let slot = tokens.get_mut(id as usize).ok_or_else(|| {
@@ -251,6 +243,25 @@ fn tokenizer_metadata(meta: &mut Metadata, tokenizer: &Tokenizer, json: &Json, v
     meta.bool("tokenizer.ggml.add_bos_token", tokenizer.bos_id().is_some());
     meta.bool("tokenizer.ggml.add_eos_token", false);
     Ok(())
+}
+
+/// llama.cpp's name (`tokenizer.ggml.pre`) for a tokenizer.json pre-tokenizer: `gpt-2` (plain
+/// ByteLevel), `smollm` (each digit split off first), `qwen2` or `llama-bpe` (their split
+/// regex, then ByteLevel without its own regex).
+fn pre_tokenizer_name(pre: &Json) -> Option<&'static str> {
+    if pre["type"] == "ByteLevel" {
+        return Some("gpt-2");
+    }
+    let parts = pre["pretokenizers"].as_array().filter(|_| pre["type"] == "Sequence")?;
+    let byte_level = parts.last().is_some_and(|p| p["type"] == "ByteLevel");
+    match parts.first()? {
+        d if d["type"] == "Digits" && d["individual_digits"] == true && byte_level => Some("smollm"),
+        s if s["type"] == "Split" && byte_level && parts.len() == 2 => {
+            let regex = s["pattern"]["Regex"].as_str()?;
+            super::gguf::SPLIT_REGEXES.iter().find(|(_, r)| *r == regex).map(|(name, _)| *name)
+        }
+        _ => None,
+    }
 }
 
 /// The bytes of `values` stored as `kind` (F32, F16 or Q8_0).
