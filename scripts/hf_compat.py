@@ -13,7 +13,11 @@ import transformers
 
 
 def logits_of(model_dir, ids):
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    # transformers 5 names the argument `dtype`; 4.x, `torch_dtype`.
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    except TypeError:
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
     model.eval()
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0]
