@@ -132,7 +132,14 @@ pub fn info(path: &std::path::Path) -> Result<()> {
         c.kv_heads(),
         c.head_dim()
     );
-    println!("positions    {} (rope theta {})", c.max_position_embeddings, c.rope_theta);
+    let scaling = match c.rope_scaling().map_err(anyhow::Error::msg)? {
+        reasonrl::model::config::RopeScaling::Default => String::new(),
+        reasonrl::model::config::RopeScaling::Linear { factor } => format!(", linear scaling x{factor}"),
+        reasonrl::model::config::RopeScaling::Llama3 { factor, original_max_position_embeddings: from, .. } => {
+            format!(", Llama 3 scaling x{factor} from {from} positions")
+        }
+    };
+    println!("positions    {} (rope theta {}{scaling})", c.max_position_embeddings, c.rope_theta);
     println!("vocabulary   {} embeddings, {} tokenizer tokens", c.vocab_size, tokenizer.vocab_size());
     println!(
         "special      bos {} eos {} pad {}",
