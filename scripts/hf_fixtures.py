@@ -36,6 +36,13 @@ def families():
         **COMMON, rope_theta=1000000.0, tie_word_embeddings=True))
     # Mistral (its sliding window is longer than the prompts).
     yield "mistral", transformers.MistralForCausalLM(transformers.MistralConfig(**COMMON, sliding_window=128))
+    # Gemma 3 (text): scaled embeddings, (1 + weight) norms around attention and MLP, tanh-GELU,
+    # q/k norms, query_pre_attn_scalar, and every other layer sliding (window 8, shorter than the
+    # long prompt) with its own RoPE base; linear scaling on the global layers only.
+    yield "gemma3", transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+        **{**COMMON, "num_hidden_layers": 3}, head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
+        sliding_window_pattern=2, rope_theta=1000000.0, rope_local_base_freq=10000.0,
+        rope_scaling=dict(rope_type="linear", factor=2.0), attn_implementation="eager"))
     # Qwen3: q and k normed per head, a head_dim (12) that is not hidden / heads (8), no biases.
     yield "qwen3", transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
         **COMMON, head_dim=12, rope_theta=1000000.0, tie_word_embeddings=True, rms_norm_eps=1e-6))
@@ -55,6 +62,8 @@ def main():
             for pname, p in model.named_parameters():
                 p.copy_(torch.randn_like(p) * (0.3 if "norm" in pname else 0.05) + (1.0 if "norm" in pname else 0.0))
         model.eval()
+        if name == "gemma3":
+            model.config._attn_implementation = "eager"
         folder = out / name
         model.save_pretrained(folder)
         rows = []

@@ -10,7 +10,7 @@ use reasonrl::sample::Decoder;
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
-const FAMILIES: [&str; 5] = ["llama3", "llama-linear", "qwen2", "mistral", "qwen3"];
+const FAMILIES: [&str; 6] = ["llama3", "llama-linear", "qwen2", "mistral", "qwen3", "gemma3"];
 
 fn fixture(family: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf").join(family)
@@ -92,7 +92,8 @@ fn save_then_reload_keeps_transformers_logits_and_config() {
         };
         let (before, after) = (read(&fixture(family)), read(&path));
         for key in ["architectures", "model_type", "head_dim", "rope_scaling", "rope_theta", "tie_word_embeddings"] {
-            assert_eq!(before[key], after[key], "{family}: {key}");
+            // A key transformers left at its default is written out by us.
+            assert!(before[key].is_null() || before[key] == after[key], "{family}: {key}");
         }
     }
 }
@@ -143,10 +144,10 @@ fn every_family_trains_full_and_with_lora() {
     let preset = reasonrl::model::presets::preset("tiny", tokenizer.vocab_size() as i64, 256).unwrap();
     let base = CausalLm::new(&preset, Device::Cpu, false).unwrap();
     let ids = Tensor::from_slice(&examples[0].tokens.iter().map(|&t| t as i64).collect::<Vec<_>>()).unsqueeze(0);
-    for family in common::GGUF_FAMILIES {
+    for family in common::GGUF_FAMILIES.into_iter().chain(["gemma3"]) {
         let mut model = common::family_model(&base, family);
         let start = mean_loss(&model, &examples, tokenizer.pad_id());
-        let cfg = TrainConfig { lr: 1e-2, warmup_steps: 2, max_steps: 8, batch_tokens: 600, ..TrainConfig::default() };
+        let cfg = TrainConfig { lr: 1e-2, warmup_steps: 2, max_steps: 20, batch_tokens: 600, ..TrainConfig::default() };
         Trainer::new(&mut model, &tokenizer, cfg.clone(), &dir.path().join(format!("{family}-full")), false)
             .unwrap()
             .train(&examples, &mut no_eval)
@@ -157,8 +158,8 @@ fn every_family_trains_full_and_with_lora() {
         model.save_with_tokenizer(&tokenizer, &folder, false).unwrap();
         let before: Vec<(String, Tensor)> =
             model.vs.variables().into_iter().map(|(n, t)| (n, t.detach().copy())).collect();
-        model.add_lora(&LoraConfig { rank: 4, alpha: 8.0, ..LoraConfig::default() }, &folder).unwrap();
-        let cfg = TrainConfig { max_steps: 6, ..cfg };
+        model.add_lora(&LoraConfig { rank: 8, alpha: 16.0, dropout: 0.0, ..LoraConfig::default() }, &folder).unwrap();
+        let cfg = TrainConfig { max_steps: 10, batch_tokens: 2400, ..cfg };
         Trainer::new(&mut model, &tokenizer, cfg, &dir.path().join(format!("{family}-lora")), false)
             .unwrap()
             .train(&examples, &mut no_eval)

@@ -27,9 +27,16 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn every_parameter_gets_a_finite_nonzero_gradient() {
-    for arch in ["LlamaForCausalLM", "Qwen2ForCausalLM"] {
+    let configs = [
+        tiny_config("LlamaForCausalLM"),
+        tiny_config("Qwen2ForCausalLM"),
+        tiny_config("Qwen3ForCausalLM"),
+        gemma3_config(),
+    ];
+    for base in configs {
+        let arch = base.architectures[0].clone();
         for tied in [false, true] {
-            let mut config = tiny_config(arch);
+            let mut config = base.clone();
             config.tie_word_embeddings = tied;
             let model = CausalLm::new(&config, Device::Cpu, true).unwrap();
             let ids = random_ids(3, 9, config.vocab_size, 1);
@@ -61,10 +68,25 @@ fn full_logits(model: &CausalLm, ids: &[u32]) -> Tensor {
     model.forward_logits(&Tensor::from_slice(&ids).unsqueeze(0)).squeeze_dim(0)
 }
 
+/// Gemma 3 with a window of 4 (shorter than the sequences below), every other layer sliding.
+fn gemma3_config() -> ModelConfig {
+    let mut c = tiny_config("Gemma3ForCausalLM");
+    c.model_type = "gemma3_text".into();
+    for (key, value) in [("query_pre_attn_scalar", 24), ("sliding_window", 4), ("sliding_window_pattern", 2)] {
+        c.extra.insert(key.into(), value.into());
+    }
+    c
+}
+
 #[test]
 fn kv_cache_decoding_matches_full_forward_on_mixed_length_batch() {
-    let config = tiny_config("LlamaForCausalLM");
-    let model = CausalLm::new(&config, Device::Cpu, false).unwrap();
+    for config in [tiny_config("LlamaForCausalLM"), gemma3_config()] {
+        kv_cache_decoding_matches_full_forward(&config);
+    }
+}
+
+fn kv_cache_decoding_matches_full_forward(config: &ModelConfig) {
+    let model = CausalLm::new(config, Device::Cpu, false).unwrap();
     let prompts: Vec<Vec<u32>> = vec![vec![5, 9, 2], vec![7, 3, 3, 8, 1, 4, 6], vec![11]];
     let continuation: Vec<Vec<u32>> = vec![vec![20, 21, 22, 23], vec![30, 31, 32, 33], vec![40, 41, 42, 43]];
     tch::no_grad(|| {

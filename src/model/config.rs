@@ -5,10 +5,11 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Architectures this crate runs. They share one transformer; they differ in q/k/v biases (Qwen2),
-/// RMSNorm on each head of q and k before RoPE (Qwen3) and sliding-window attention (Mistral; we
-/// attend to the full context, which is exact for sequences shorter than the window).
-pub const SUPPORTED_ARCHITECTURES: [&str; 4] =
-    ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"];
+/// RMSNorm on each head of q and k before RoPE (Qwen3, Gemma 3), sliding-window attention (Mistral:
+/// we attend to the full context, which is exact for sequences shorter than the window; Gemma 3:
+/// exact, see [`Gemma3`]) and Gemma 3's norms, activation and scales.
+pub const SUPPORTED_ARCHITECTURES: [&str; 5] =
+    ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM", "Gemma3ForCausalLM"];
 
 /// How RoPE's frequencies are scaled for a longer context than the model was trained on.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,6 +20,19 @@ pub enum RopeScaling {
     Linear { factor: f64 },
     /// Llama 3.1's: low frequencies divided by `factor`, high ones kept, a smooth blend between.
     Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+}
+
+/// What Gemma 3 (text) does differently from Llama: embeddings scaled by sqrt(hidden); RMSNorm
+/// weights stored as offsets from 1; norms before and after both attention and the MLP;
+/// tanh-GELU; q/k norms; attention scaled by `query_pre_attn_scalar`^-1/2; and sliding layers that
+/// attend to the last `sliding_window` positions only, with their own RoPE base (no scaling).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gemma3 {
+    pub query_pre_attn_scalar: f64,
+    pub sliding_window: i64,
+    /// Per layer: whether it is a sliding (local) layer.
+    pub sliding: Vec<bool>,
+    pub local_rope_theta: f64,
 }
 
 /// The fields of `config.json` the model needs; unknown fields are kept in `extra` and written
@@ -122,6 +136,10 @@ impl ModelConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = crate::fsutil::read_to_string(path)?;
         let mut config: ModelConfig = serde_json::from_str(&text).map_err(|e| Error::file(path, e.to_string()))?;
+        // Gemma 3's config.json leaves out its default: tied embeddings.
+        if !text.contains("\"tie_word_embeddings\"") && config.architectures.iter().any(|a| a == "Gemma3ForCausalLM") {
+            config.tie_word_embeddings = true;
+        }
         config.read_rope_parameters().map_err(|msg| Error::file(path, msg))?;
         config.validate().map_err(|msg| Error::file(path, msg))?;
         Ok(config)
@@ -233,7 +251,7 @@ impl ModelConfig {
                 ));
             }
         }
-        if self.hidden_act != "silu" {
+        if self.gemma3()?.is_none() && self.hidden_act != "silu" {
             return Err(format!("unsupported `hidden_act` {:?} (only \"silu\")", self.hidden_act));
         }
         self.rope_scaling()?;
@@ -285,9 +303,53 @@ impl ModelConfig {
         self.architectures.first().map(String::as_str) == Some("Qwen2ForCausalLM") || self.attention_bias
     }
 
-    /// Whether q and k are RMS-normalised per head before RoPE (Qwen3's `q_norm` / `k_norm`).
+    /// Whether q and k are RMS-normalised per head before RoPE (`q_norm` / `k_norm`: Qwen3, Gemma 3).
     pub fn qk_norm(&self) -> bool {
-        self.architectures.first().map(String::as_str) == Some("Qwen3ForCausalLM")
+        matches!(self.architectures.first().map(String::as_str), Some("Qwen3ForCausalLM" | "Gemma3ForCausalLM"))
+    }
+
+    /// Gemma 3's settings, for a `Gemma3ForCausalLM`; what it cannot run is refused by name.
+    pub fn gemma3(&self) -> std::result::Result<Option<Gemma3>, String> {
+        if self.architectures.first().map(String::as_str) != Some("Gemma3ForCausalLM") {
+            return Ok(None);
+        }
+        let get = |key: &str| self.extra.get(key).filter(|v| !v.is_null());
+        let act = get("hidden_activation").and_then(|v| v.as_str()).unwrap_or("gelu_pytorch_tanh");
+        if act != "gelu_pytorch_tanh" {
+            return Err(format!("unsupported `hidden_activation` {act:?} (only \"gelu_pytorch_tanh\")"));
+        }
+        for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
+            if get(key).is_some() {
+                return Err(format!("unsupported `{key}` (Gemma 3 has none; Gemma 2's is not implemented)"));
+            }
+        }
+        let number = |key: &str, default: f64| get(key).map_or(Some(default), |v| v.as_f64()).filter(|x| *x > 0.0);
+        let sliding_window = number("sliding_window", 4096.0).ok_or("field `sliding_window` must be positive")? as i64;
+        let layers = self.num_hidden_layers.max(0) as usize;
+        let sliding = match get("layer_types").and_then(|v| v.as_array()) {
+            Some(types) => {
+                let kinds: Vec<Option<&str>> = types.iter().map(|t| t.as_str()).collect();
+                if kinds.len() != layers
+                    || kinds.iter().any(|k| !matches!(k, Some("sliding_attention" | "full_attention")))
+                {
+                    return Err("field `layer_types` must name each layer sliding_attention or full_attention".into());
+                }
+                kinds.iter().map(|k| *k == Some("sliding_attention")).collect()
+            }
+            None => {
+                let pattern =
+                    number("sliding_window_pattern", 6.0).ok_or("field `sliding_window_pattern` must be positive")?;
+                (0..layers).map(|i| (i + 1) % pattern as usize != 0).collect()
+            }
+        };
+        Ok(Some(Gemma3 {
+            query_pre_attn_scalar: number("query_pre_attn_scalar", 256.0)
+                .ok_or("field `query_pre_attn_scalar` must be positive")?,
+            sliding_window,
+            sliding,
+            local_rope_theta: number("rope_local_base_freq", 10_000.0)
+                .ok_or("field `rope_local_base_freq` must be positive")?,
+        }))
     }
 
     /// Whether the output projection carries a bias (Llama's `attention_bias`; never in Qwen2).

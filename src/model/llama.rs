@@ -4,7 +4,7 @@
 //! optional tied embeddings, q/k/v biases and per-head q/k norms.
 //! Variable names are the Hugging Face ones, so safetensors files map one to one.
 
-use super::config::ModelConfig;
+use super::config::{Gemma3, ModelConfig};
 use super::lora::{Adapter, LoraConfig, Target};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::nn::{self, Init};
@@ -64,9 +64,14 @@ struct Block {
     k: Linear,
     v: Linear,
     o: Linear,
-    /// Qwen3's RMSNorm weights over each head of q and k (`[head_dim]`).
+    /// RMSNorm weights over each head of q and k (`[head_dim]`; Qwen3, Gemma 3).
     qk_norm: Option<(Tensor, Tensor)>,
+    /// Llama's norm before the MLP; Gemma 3's after attention.
     post_norm: Tensor,
+    /// Gemma 3's norms before and after the MLP.
+    ffn_norms: Option<(Tensor, Tensor)>,
+    /// Gemma 3: attends to the last `sliding_window` positions only, with the local RoPE base.
+    sliding: bool,
     gate: Linear,
     up: Linear,
     down: Linear,
@@ -127,6 +132,8 @@ pub struct Llama {
     /// Optional scalar head (value or reward) on the final hidden state.
     head: Option<Linear>,
     inv_freq: Tensor,
+    /// Gemma 3's settings, and the inverse frequencies of its sliding layers.
+    gemma: Option<(Gemma3, Tensor)>,
     /// Whether forward passes leave the adapters out (the base model: PPO's reference).
     adapters_off: AtomicBool,
     /// Whether the adapters' dropout is on (a supervised trainer is training).
@@ -141,6 +148,10 @@ impl Llama {
     /// residual projections scaled by 1/sqrt(2 * layers).
     pub fn new(root: &nn::Path, config: &ModelConfig, with_head: bool) -> Self {
         let c = config;
+        let gemma = c.gemma3().expect("a validated config");
+        // Gemma 3 stores norm weights as offsets from 1.
+        let offsets = gemma.is_some();
+        let norm = |p: nn::Path, dim: i64| if offsets { p.zeros("weight", &[dim]) } else { p.ones("weight", &[dim]) };
         let (h, hd) = (c.hidden_size, c.head_dim());
         let (nh, nkv) = (c.num_attention_heads, c.kv_heads());
         let std = 0.02;
@@ -152,15 +163,17 @@ impl Llama {
                 let attn = &p / "self_attn";
                 let mlp = &p / "mlp";
                 Block {
-                    input_norm: (&p / "input_layernorm").ones("weight", &[h]),
+                    input_norm: norm(&p / "input_layernorm", h),
                     q: Linear::new(&attn / "q_proj", h, nh * hd, c.qkv_bias(), std),
                     k: Linear::new(&attn / "k_proj", h, nkv * hd, c.qkv_bias(), std),
                     v: Linear::new(&attn / "v_proj", h, nkv * hd, c.qkv_bias(), std),
                     o: Linear::new(&attn / "o_proj", nh * hd, h, c.o_bias(), resid_std),
-                    qk_norm: c
-                        .qk_norm()
-                        .then(|| ((&attn / "q_norm").ones("weight", &[hd]), (&attn / "k_norm").ones("weight", &[hd]))),
-                    post_norm: (&p / "post_attention_layernorm").ones("weight", &[h]),
+                    qk_norm: c.qk_norm().then(|| (norm(&attn / "q_norm", hd), norm(&attn / "k_norm", hd))),
+                    post_norm: norm(&p / "post_attention_layernorm", h),
+                    ffn_norms: gemma.as_ref().map(|_| {
+                        (norm(&p / "pre_feedforward_layernorm", h), norm(&p / "post_feedforward_layernorm", h))
+                    }),
+                    sliding: gemma.as_ref().is_some_and(|g| g.sliding[i as usize]),
                     gate: Linear::new(&mlp / "gate_proj", h, c.intermediate_size, c.mlp_bias, std),
                     up: Linear::new(&mlp / "up_proj", h, c.intermediate_size, c.mlp_bias, std),
                     down: Linear::new(&mlp / "down_proj", c.intermediate_size, h, c.mlp_bias, resid_std),
@@ -171,15 +184,20 @@ impl Llama {
         let lm_head = (!c.tie_word_embeddings).then(|| Linear::new(root / "lm_head", h, c.vocab_size, false, std));
         let head = with_head.then(|| Linear::new(root / HEAD_PREFIX, h, 1, true, std));
         let inv_freq = Tensor::from_slice(&c.inv_freq()).to_device(root.device());
-        let norm = (&model / "norm").ones("weight", &[h]);
+        let gemma = gemma.map(|g| {
+            let local = ModelConfig { rope_theta: g.local_rope_theta, rope_scaling: None, ..c.clone() };
+            (g, Tensor::from_slice(&local.inv_freq()).to_device(root.device()))
+        });
+        let final_norm = norm(&model / "norm", h);
         Llama {
             config: config.clone(),
             embed,
             blocks,
-            norm,
+            norm: final_norm,
             lm_head,
             head,
             inv_freq,
+            gemma,
             adapters_off: AtomicBool::new(false),
             adapter_dropout: AtomicBool::new(false),
         }
@@ -250,20 +268,68 @@ impl Llama {
         mask: Option<&Tensor>,
         mut cache: Option<CacheWrite>,
     ) -> Tensor {
-        let (cos, sin) = self.rope(positions);
-        let norm =
-            |x: &Tensor, weight: &Tensor| x.rms_norm([self.config.hidden_size], Some(weight), self.config.rms_norm_eps);
+        let global = self.rope(positions, &self.inv_freq);
+        let local = self.gemma.as_ref().map(|(_, f)| self.rope(positions, f));
         // [B, 1, T, 1]: broadcasts over heads and head dims when scattered into the cache.
         let columns = cache.as_ref().map(|_| positions.unsqueeze(1).unsqueeze(-1));
         let a = self.adapter_use();
         let mut x = Tensor::embedding(&self.embed, ids, -1, false, false);
+        if self.gemma.is_some() {
+            // sqrt(hidden), rounded to the weights' dtype as transformers does.
+            let scale = Tensor::from((self.config.hidden_size as f64).sqrt()).to_kind(x.kind()).to_device(x.device());
+            x *= scale;
+        }
         for (i, b) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_mut().zip(columns.as_ref()).map(|(c, cols)| (&mut *c.cache, i, cols, c.span));
-            let h = &x + self.attention(b, &norm(&x, &b.input_norm), &cos, &sin, mask, layer_cache);
-            let hn = norm(&h, &b.post_norm);
-            x = &h + b.down.forward(&(b.gate.forward(&hn, a).silu() * b.up.forward(&hn, a)), a);
+            let (cos, sin) = if b.sliding { local.as_ref().expect("Gemma 3 has local RoPE") } else { &global };
+            let window = self.window_mask(b, positions, mask, layer_cache.as_ref().map(|c| c.3));
+            let mask = window.as_ref().or(mask);
+            let attn = self.attention(b, &self.rms(&x, &b.input_norm), cos, sin, mask, layer_cache);
+            x = match &b.ffn_norms {
+                // Gemma 3: x + norm(attn(norm(x))), then the same around the MLP.
+                Some((pre, post)) => {
+                    let h = &x + self.rms(&attn, &b.post_norm);
+                    let hn = self.rms(&h, pre);
+                    let mlp = b.down.forward(&(b.gate.forward(&hn, a).gelu("tanh") * b.up.forward(&hn, a)), a);
+                    &h + self.rms(&mlp, post)
+                }
+                None => {
+                    let h = &x + attn;
+                    let hn = self.rms(&h, &b.post_norm);
+                    &h + b.down.forward(&(b.gate.forward(&hn, a).silu() * b.up.forward(&hn, a)), a)
+                }
+            };
         }
-        norm(&x, &self.norm)
+        self.rms(&x, &self.norm)
+    }
+
+    /// RMSNorm over the last dimension; Gemma 3's weight is an offset from 1, applied in f32.
+    fn rms(&self, x: &Tensor, weight: &Tensor) -> Tensor {
+        let dim = *x.size().last().expect("a hidden state has a last dimension");
+        match &self.gemma {
+            Some(_) => {
+                let w = weight.to_kind(Kind::Float) + 1.0;
+                x.to_kind(Kind::Float).rms_norm([dim], Some(&w), self.config.rms_norm_eps).to_kind(x.kind())
+            }
+            None => x.rms_norm([dim], Some(weight), self.config.rms_norm_eps),
+        }
+    }
+
+    /// A sliding layer's mask (bool, true = attend): the keys within the window before each
+    /// query, causal, and within `mask` when one is given. Keys are the sequence's own positions,
+    /// or with a cache its columns `0..span`. None for other layers.
+    fn window_mask(&self, b: &Block, positions: &Tensor, mask: Option<&Tensor>, span: Option<i64>) -> Option<Tensor> {
+        let (g, _) = self.gemma.as_ref().filter(|_| b.sliding)?;
+        let queries = positions.unsqueeze(1).unsqueeze(-1); // [B, 1, T, 1]
+        let keys = match span {
+            Some(span) => Tensor::arange(span, (Kind::Int64, positions.device())).view([1, 1, 1, span]),
+            None => positions.unsqueeze(1).unsqueeze(1), // [B, 1, 1, T]
+        };
+        let window = keys.le_tensor(&queries).logical_and(&keys.gt_tensor(&(&queries - g.sliding_window)));
+        Some(match mask {
+            Some(m) => window.logical_and(m),
+            None => window,
+        })
     }
 
     fn attention(
@@ -282,7 +348,7 @@ impl Llama {
         let heads = |y: Tensor, n: i64, norm: Option<&Tensor>| {
             let y = y.view([bs, t, n, hd]);
             let y = match norm {
-                Some(w) => y.rms_norm([hd], Some(w), c.rms_norm_eps),
+                Some(w) => self.rms(&y, w),
                 None => y,
             };
             y.transpose(1, 2)
@@ -306,13 +372,15 @@ impl Llama {
         } else {
             (k, v)
         };
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, causal, None, grouped);
+        // Gemma 3 scales by query_pre_attn_scalar^-1/2, not head_dim^-1/2.
+        let scale = self.gemma.as_ref().map(|(g, _)| g.query_pre_attn_scalar.powf(-0.5));
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, causal, scale, grouped);
         b.o.forward(&y.transpose(1, 2).reshape([bs, t, nh * hd]), a)
     }
 
     /// cos and sin tables `[B, 1, T, head_dim]` for the positions (HF rotate-half layout).
-    fn rope(&self, positions: &Tensor) -> (Tensor, Tensor) {
-        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+    fn rope(&self, positions: &Tensor, inv_freq: &Tensor) -> (Tensor, Tensor) {
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq;
         let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
         let kind = self.embed.kind();
         (emb.cos().to_kind(kind), emb.sin().to_kind(kind))

@@ -46,7 +46,8 @@ pub fn assert_matches_full_forward(model: &CausalLm, prompt: &[u32], g: &Generat
 /// vocabulary) with fresh weights: biases and q/k norms random too, so every tensor matters.
 pub const GGUF_FAMILIES: [&str; 4] = ["qwen2", "qwen3", "llama3-rope", "linear-rope"];
 
-/// `base`'s config turned into `family` (see [`GGUF_FAMILIES`]), with seeded random weights.
+/// `base`'s config turned into `family` (see [`GGUF_FAMILIES`], and `gemma3`: window 8, every
+/// other layer sliding), with seeded random weights.
 pub fn family_model(base: &CausalLm, family: &str) -> CausalLm {
     let mut c = base.config().clone();
     match family {
@@ -61,6 +62,17 @@ pub fn family_model(base: &CausalLm, family: &str) -> CausalLm {
                 "high_freq_factor": 4.0, "original_max_position_embeddings": 16}));
         }
         "linear-rope" => c.rope_scaling = Some(serde_json::json!({"rope_type": "linear", "factor": 4.0})),
+        "gemma3" => {
+            (c.architectures, c.model_type) = (vec!["Gemma3ForCausalLM".into()], "gemma3_text".into());
+            for (key, value) in [
+                ("query_pre_attn_scalar", serde_json::json!(48)),
+                ("sliding_window", serde_json::json!(8)),
+                ("sliding_window_pattern", serde_json::json!(2)),
+                ("rope_local_base_freq", serde_json::json!(10000.0)),
+            ] {
+                c.extra.insert(key.into(), value);
+            }
+        }
         other => panic!("no family {other}"),
     }
     tch::manual_seed(7);
