@@ -239,6 +239,46 @@ impl ModelConfig {
         }
     }
 
+    /// What the scaling divides each RoPE frequency by: llama.cpp's `rope_freqs`.
+    pub fn rope_divisors(&self) -> Vec<f32> {
+        let plain = ModelConfig { rope_scaling: None, ..self.clone() }.inv_freq();
+        plain.iter().zip(self.inv_freq()).map(|(f, scaled)| f / scaled).collect()
+    }
+
+    /// The Llama 3 `rope_scaling` that gives llama.cpp's per-frequency divisors (`rope_freqs`):
+    /// `factor` is the largest divisor; the blended band is linear in the frequency, which fixes the
+    /// rule up to a scale taken so that `low_freq_factor` = 1 (Meta's value). None when no such rule
+    /// reproduces the divisors.
+    pub fn llama3_scaling_of(&self, divisors: &[f32]) -> Option<serde_json::Value> {
+        let base = ModelConfig { rope_scaling: None, ..self.clone() }.inv_freq();
+        let factor = divisors.iter().cloned().fold(1.0f32, f32::max) as f64;
+        let blend = |d: f32| ((1.0 / d as f64) - 1.0 / factor) / (1.0 - 1.0 / factor);
+        let band: Vec<(f64, f64)> = base
+            .iter()
+            .zip(divisors)
+            .filter(|(_, &d)| d as f64 > 1.0 + 1e-4 && (d as f64) < factor - 1e-4)
+            .map(|(&f, &d)| (f as f64, blend(d)))
+            .collect();
+        // smooth = a * freq - b, with a = old / (2 pi (high - low)) and b = low / (high - low).
+        let candidates: Vec<(f64, f64, f64)> = match (band.first(), band.last()) {
+            (Some(&(f1, s1)), Some(&(f2, s2))) if band.len() >= 2 && f1 != f2 => {
+                let a = (s1 - s2) / (f1 - f2);
+                let b = a * f1 - s1;
+                // The fit carries f32 rounding: Meta's factors are round numbers.
+                let high = ((1.0 + 1.0 / b) * 1e4).round() / 1e4;
+                (b > 0.0).then(|| (1.0, high, 2.0 * std::f64::consts::PI * a / b)).into_iter().collect()
+            }
+            // No blended frequency to fit: Meta's factors with the usual original contexts.
+            _ => [8192.0, 131_072.0, 32_768.0, 16_384.0, 4096.0, 2048.0].map(|old| (1.0, 4.0, old)).to_vec(),
+        };
+        candidates.into_iter().find_map(|(low, high, old)| {
+            let scaling = serde_json::json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
+                                 "high_freq_factor": high, "original_max_position_embeddings": old.round()});
+            let again = ModelConfig { rope_scaling: Some(scaling.clone()), ..self.clone() }.rope_divisors();
+            again.iter().zip(divisors).all(|(x, y)| (x - y).abs() <= 1e-3 * y.abs()).then_some(scaling)
+        })
+    }
+
     /// Checks that the architecture is supported and the shapes are consistent.
     pub fn validate(&self) -> std::result::Result<(), String> {
         match self.architectures.first() {

@@ -349,7 +349,7 @@ pub fn convert(path: &Path, out: &Path, force: bool) -> Result<ModelConfig> {
     }
     if let Some(t) = g.tensors.iter().find(|t| t.name == "rope_freqs.weight") {
         let divisors = g.tensor_f32(t)?;
-        config.rope_scaling = Some(llama3_scaling(&config, &divisors).ok_or_else(|| {
+        config.rope_scaling = Some(config.llama3_scaling_of(&divisors).ok_or_else(|| {
             Error::file(path, "`rope_freqs` does not follow Llama 3's RoPE scaling rule; it cannot be converted")
         })?);
     }
@@ -384,41 +384,6 @@ pub fn convert(path: &Path, out: &Path, force: bool) -> Result<ModelConfig> {
         Ok(())
     })?;
     Ok(config)
-}
-
-/// The `rope_scaling` of Llama 3 that gives llama.cpp's per-frequency divisors `rope_freqs`:
-/// `factor` is the largest divisor; the blended band is linear in the frequency, which fixes the
-/// rule up to a scale taken so that `low_freq_factor` = 1 (Meta's value). None when no such rule
-/// reproduces the divisors.
-fn llama3_scaling(config: &ModelConfig, divisors: &[f32]) -> Option<serde_json::Value> {
-    let base = ModelConfig { rope_scaling: None, ..config.clone() }.inv_freq();
-    let factor = divisors.iter().cloned().fold(1.0f32, f32::max) as f64;
-    let blend = |d: f32| ((1.0 / d as f64) - 1.0 / factor) / (1.0 - 1.0 / factor);
-    let band: Vec<(f64, f64)> = base
-        .iter()
-        .zip(divisors)
-        .filter(|(_, &d)| d as f64 > 1.0 + 1e-4 && (d as f64) < factor - 1e-4)
-        .map(|(&f, &d)| (f as f64, blend(d)))
-        .collect();
-    // smooth = a * freq - b, with a = old / (2 pi (high - low)) and b = low / (high - low).
-    let candidates: Vec<(f64, f64, f64)> = match (band.first(), band.last()) {
-        (Some(&(f1, s1)), Some(&(f2, s2))) if band.len() >= 2 && f1 != f2 => {
-            let a = (s1 - s2) / (f1 - f2);
-            let b = a * f1 - s1;
-            // The fit carries f32 rounding: Meta's factors are round numbers.
-            let high = ((1.0 + 1.0 / b) * 1e4).round() / 1e4;
-            (b > 0.0).then(|| (1.0, high, 2.0 * std::f64::consts::PI * a / b)).into_iter().collect()
-        }
-        // No blended frequency to fit: Meta's factors with the usual original contexts.
-        _ => [8192.0, 131_072.0, 32_768.0, 16_384.0, 4096.0, 2048.0].map(|old| (1.0, 4.0, old)).to_vec(),
-    };
-    candidates.into_iter().find_map(|(low, high, old)| {
-        let scaling = json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
-                             "high_freq_factor": high, "original_max_position_embeddings": old.round()});
-        let candidate = ModelConfig { rope_scaling: Some(scaling.clone()), ..config.clone() };
-        let again: Vec<f32> = base.iter().zip(candidate.inv_freq()).map(|(f, scaled)| f / scaled).collect();
-        again.iter().zip(divisors).all(|(x, y)| (x - y).abs() <= 1e-3 * y.abs()).then_some(scaling)
-    })
 }
 
 /// tokenizer.json for the `tokenizers` library, rebuilt from the embedded byte-level BPE

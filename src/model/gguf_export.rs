@@ -7,7 +7,7 @@
 //! Llama's q/k rows in its rotary order. Matrices are stored as F32, F16 or Q8_0; norms stay F32,
 //! as llama.cpp's own converter keeps them.
 
-use super::config::{ModelConfig, RopeScaling};
+use super::config::RopeScaling;
 use super::ggml::{permute_rows, GgmlType};
 use super::gguf::{gguf_name, GGUF_ARCHITECTURES};
 use super::hf::CausalLm;
@@ -140,8 +140,7 @@ fn export(
             )));
         }
         RopeScaling::Llama3 { .. } => {
-            let plain = ModelConfig { rope_scaling: None, ..c.clone() };
-            let divisors: Vec<f32> = plain.inv_freq().iter().zip(c.inv_freq()).map(|(f, scaled)| f / scaled).collect();
+            let divisors = c.rope_divisors();
             let shape = vec![divisors.len() as i64];
             extra_tensors.push((
                 "rope_freqs.weight".to_string(),
