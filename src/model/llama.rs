@@ -1,7 +1,8 @@
-//! The Llama-family decoder (Llama 2 and 3, Qwen2, Qwen3, Mistral), written to match Hugging
-//! Face's modeling code tensor for tensor: RMSNorm, rotate-half RoPE (with Llama 3's or linear
-//! scaling), grouped-query attention through `scaled_dot_product_attention`, SwiGLU MLP,
-//! optional tied embeddings, q/k/v biases and per-head q/k norms.
+//! The Llama-family decoder (Llama 2 and 3, Qwen2, Qwen3, Mistral, Gemma 3), written to match
+//! Hugging Face's modeling code tensor for tensor: RMSNorm, rotate-half RoPE (with Llama 3's or
+//! linear scaling), grouped-query attention through `scaled_dot_product_attention`, SwiGLU MLP,
+//! optional tied embeddings, q/k/v biases and per-head q/k norms; and Gemma 3's variations (see
+//! [`Gemma3`]).
 //! Variable names are the Hugging Face ones, so safetensors files map one to one.
 
 use super::config::{Gemma3, ModelConfig};
@@ -279,11 +280,13 @@ impl Llama {
             let scale = Tensor::from((self.config.hidden_size as f64).sqrt()).to_kind(x.kind()).to_device(x.device());
             x *= scale;
         }
+        let window = self.window_mask(positions, mask, cache.as_ref().map(|c| c.span));
         for (i, b) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_mut().zip(columns.as_ref()).map(|(c, cols)| (&mut *c.cache, i, cols, c.span));
-            let (cos, sin) = if b.sliding { local.as_ref().expect("Gemma 3 has local RoPE") } else { &global };
-            let window = self.window_mask(b, positions, mask, layer_cache.as_ref().map(|c| c.3));
-            let mask = window.as_ref().or(mask);
+            let (cos, sin, mask) = match (&local, &window) {
+                (Some((cos, sin)), Some(window)) if b.sliding => (cos, sin, Some(window)),
+                _ => (&global.0, &global.1, mask),
+            };
             let attn = self.attention(b, &self.rms(&x, &b.input_norm), cos, sin, mask, layer_cache);
             x = match &b.ffn_norms {
                 // Gemma 3: x + norm(attn(norm(x))), then the same around the MLP.
@@ -315,11 +318,11 @@ impl Llama {
         }
     }
 
-    /// A sliding layer's mask (bool, true = attend): the keys within the window before each
-    /// query, causal, and within `mask` when one is given. Keys are the sequence's own positions,
-    /// or with a cache its columns `0..span`. None for other layers.
-    fn window_mask(&self, b: &Block, positions: &Tensor, mask: Option<&Tensor>, span: Option<i64>) -> Option<Tensor> {
-        let (g, _) = self.gemma.as_ref().filter(|_| b.sliding)?;
+    /// Gemma 3's sliding layers' mask (bool, true = attend): the keys within the window before
+    /// each query, causal, and within `mask` when one is given. Keys are the sequence's own
+    /// positions, or with a cache its columns `0..span`. None for other models.
+    fn window_mask(&self, positions: &Tensor, mask: Option<&Tensor>, span: Option<i64>) -> Option<Tensor> {
+        let (g, _) = self.gemma.as_ref()?;
         let queries = positions.unsqueeze(1).unsqueeze(-1); // [B, 1, T, 1]
         let keys = match span {
             Some(span) => Tensor::arange(span, (Kind::Int64, positions.device())).view([1, 1, 1, span]),
