@@ -9,6 +9,8 @@ pub enum GgmlType {
     Bf16,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
     Q4K,
     Q5K,
@@ -18,12 +20,14 @@ pub enum GgmlType {
 impl GgmlType {
     /// From ggml's type number; None for types we do not read.
     pub fn from_id(id: u32) -> Option<Self> {
-        const ALL: [GgmlType; 9] = [
+        const ALL: [GgmlType; 11] = [
             GgmlType::F32,
             GgmlType::F16,
             GgmlType::Bf16,
             GgmlType::Q4_0,
             GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
             GgmlType::Q8_0,
             GgmlType::Q4K,
             GgmlType::Q5K,
@@ -39,6 +43,8 @@ impl GgmlType {
             GgmlType::F16 => 1,
             GgmlType::Q4_0 => 2,
             GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
             GgmlType::Q8_0 => 8,
             GgmlType::Q4K => 12,
             GgmlType::Q5K => 13,
@@ -54,6 +60,8 @@ impl GgmlType {
             GgmlType::F16 | GgmlType::Bf16 => (1, 2),
             GgmlType::Q4_0 => (32, 2 + 16),
             GgmlType::Q4_1 => (32, 2 + 2 + 16),
+            GgmlType::Q5_0 => (32, 2 + 4 + 16),
+            GgmlType::Q5_1 => (32, 2 + 2 + 4 + 16),
             GgmlType::Q8_0 => (32, 2 + 32),
             GgmlType::Q4K => (256, 2 + 2 + 12 + 128),
             GgmlType::Q5K => (256, 2 + 2 + 12 + 32 + 128),
@@ -108,6 +116,17 @@ pub fn dequantize(kind: GgmlType, bytes: &[u8]) -> Vec<f32> {
                 let (m, qs) = if kind == GgmlType::Q4_1 { (f16_at(b, 2), &b[4..]) } else { (-8.0 * d, &b[2..]) };
                 out.extend(qs.iter().map(|q| (q & 0xf) as f32 * d + m));
                 out.extend(qs.iter().map(|q| (q >> 4) as f32 * d + m));
+            }
+            // Q4_0/Q4_1's layout with a fifth bit per value in 4 bytes (bit j for value j);
+            // Q5_0 is centred at 16, Q5_1 adds a minimum m.
+            GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                let d = f16_at(b, 0);
+                let (m, rest) = if kind == GgmlType::Q5_1 { (f16_at(b, 2), &b[4..]) } else { (-16.0 * d, &b[2..]) };
+                let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                let qs = &rest[4..];
+                let high = |j: usize| (((qh >> j) & 1) << 4) as u8;
+                out.extend(qs.iter().enumerate().map(|(j, q)| ((q & 0xf) | high(j)) as f32 * d + m));
+                out.extend(qs.iter().enumerate().map(|(j, q)| ((q >> 4) | high(j + 16)) as f32 * d + m));
             }
             GgmlType::Q8_0 => {
                 let d = f16_at(b, 0);

@@ -519,6 +519,21 @@ mod tests {
     }
 
     #[test]
+    fn q5_0_and_q5_1_blocks() {
+        // Byte j holds the low 4 bits of values j and j + 16; bit j of qh is value j's fifth bit.
+        let qs: Vec<u8> = (0..16u8).map(|j| j | ((15 - j) << 4)).collect();
+        let qh: u32 = (1 << 0) | (1 << 15) | (1 << 16); // values 0, 15 and 16 get +16
+        let q5_0 = [f16(0.5).as_slice(), &qh.to_le_bytes(), &qs].concat();
+        let x = dequantize(GgmlType::Q5_0, &q5_0);
+        assert_eq!(x.len(), 32);
+        assert_eq!((x[0], x[1], x[15]), (0.0, -7.5, 7.5)); // (q - 16) * 0.5: q = 16, 1, 31
+        assert_eq!((x[16], x[17], x[31]), (7.5, -1.0, -8.0)); // q = 31, 14, 0
+        let q5_1 = [f16(2.0).as_slice(), &f16(-1.0), &qh.to_le_bytes(), &qs].concat();
+        let x = dequantize(GgmlType::Q5_1, &q5_1);
+        assert_eq!((x[0], x[1], x[16], x[31]), (31.0, 1.0, 61.0, -1.0)); // q * 2 - 1
+    }
+
+    #[test]
     fn q8_0_block() {
         let qs: Vec<u8> = (0..32i8).map(|i| (i - 16) as u8).collect();
         let x = dequantize(GgmlType::Q8_0, &[f16(0.25).as_slice(), &qs].concat());
