@@ -85,10 +85,7 @@ fn grade_record(
     by: Option<&str>,
     expect: Option<&str>,
 ) -> std::result::Result<(Option<String>, bool, String, Option<bool>), String> {
-    let field = |name: &str| -> std::result::Result<Value, String> {
-        let raw = record.get(name).ok_or_else(|| format!("missing field {name:?}"))?;
-        serde_json::from_str(raw.get()).map_err(|e| format!("field {name:?}: {e}"))
-    };
+    let field = |name: &str| super::gsm8k::field(record, name);
     let Value::String(response) = field("response")? else {
         return Err("field \"response\" must be a string".into());
     };

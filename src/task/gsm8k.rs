@@ -83,10 +83,7 @@ pub fn load_records(path: &Path, fields: &Fields, answers: Answers, skip: bool) 
     let mut unusable: Vec<(usize, &str, String)> = Vec::new();
     for (n, record) in records {
         let record = record.map_err(|msg| at(n, msg))?;
-        let field = |name: &str| -> std::result::Result<Value, String> {
-            let raw = record.get(name).ok_or_else(|| format!("missing field {name:?}"))?;
-            serde_json::from_str(raw.get()).map_err(|e| format!("field {name:?}: {e}"))
-        };
+        let field = |name: &str| field(&record, name);
         let text_field = |name: &str| -> std::result::Result<String, String> {
             match field(name)? {
                 Value::String(s) if !s.trim().is_empty() => Ok(s),
@@ -155,6 +152,12 @@ pub fn load_records(path: &Path, fields: &Fields, answers: Answers, skip: bool) 
         ));
     }
     Ok(out)
+}
+
+/// Field `name` of `record`, parsed; Err names a missing or malformed field.
+pub(crate) fn field(record: &Record, name: &str) -> std::result::Result<Value, String> {
+    let raw = record.get(name).ok_or_else(|| format!("missing field {name:?}"))?;
+    serde_json::from_str(raw.get()).map_err(|e| format!("field {name:?}: {e}"))
 }
 
 /// One JSON object, its fields left unparsed (so a number keeps its digits).
