@@ -10,28 +10,8 @@ use reasonrl::model::CausalLm;
 use reasonrl::prompt::Prompter;
 use reasonrl::sample::{generate, Sampling};
 use reasonrl::task::{synth, Split};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
-
-/// The llama-server binary, built once per test process if the cache lacks it.
-fn llama_server() -> &'static Path {
-    static SERVER: OnceLock<PathBuf> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        if let Some(path) = std::env::var_os("REASONRL_LLAMA_SERVER") {
-            return PathBuf::from(path);
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup-llama-server.sh");
-        let out = Command::new(&script).output().expect("run setup-llama-server.sh");
-        assert!(out.status.success(), "setup-llama-server.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().expect("the binary's path").trim())
-    })
-}
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// `[rollout]` for a llama.cpp server that reasonrl starts (and restarts) on a fresh port.
 /// `--no-repack`: this llama.cpp build crashes (SIGSEGV) repacking the tiny model's Q8_0 weights
@@ -42,7 +22,7 @@ fn llama_cpp(port: u16) -> RolloutConfig {
         base_url: vec![format!("http://127.0.0.1:{port}")],
         command: format!(
             "{} -m {{gguf}} --host {{host}} --port {{port}} -c 4096 -np 4 -t 1 --no-repack",
-            llama_server().display()
+            common::llama_server().display()
         ),
         gguf_dtype: GgufDtype::F32,
         max_concurrency: 8,
@@ -77,7 +57,7 @@ fn llama_cpp_serves_an_exported_policy_with_the_local_greedy_tokens_and_logprobs
     // F32 must match; llama.cpp must load F16 and Q8_0 too (their rounding may flip near-ties
     // of this untrained model, so only most prompts need to agree).
     for (dtype, agree_pct) in [(GgufDtype::F32, 95), (GgufDtype::F16, 90), (GgufDtype::Q8_0, 75)] {
-        let rollout = RolloutConfig { gguf_dtype: dtype, ..llama_cpp(free_port()) };
+        let rollout = RolloutConfig { gguf_dtype: dtype, ..llama_cpp(common::free_port()) };
         let mut engine = Engine::new(&rollout, &dir.path().join(format!("{dtype:?}")), false).unwrap();
         engine.sync(&model, &tokenizer).unwrap();
         let remote = engine.generate(&model, &tokenizer, &prompts, &cfg).unwrap();
@@ -113,7 +93,7 @@ fn llama_cpp_serves_every_family_with_the_local_greedy_tokens() {
     for family in common::GGUF_FAMILIES {
         let model = common::family_model(&base, family);
         let local = generate(&model, &tokenizer, &prompts, &cfg).unwrap();
-        let mut engine = Engine::new(&llama_cpp(free_port()), &dir.path().join(family), false).unwrap();
+        let mut engine = Engine::new(&llama_cpp(common::free_port()), &dir.path().join(family), false).unwrap();
         engine.sync(&model, &tokenizer).unwrap();
         let remote = engine.generate(&model, &tokenizer, &prompts, &cfg).unwrap();
         let same: Vec<_> = local.iter().zip(&remote).filter(|(l, r)| l.tokens == r.tokens).collect();
@@ -146,7 +126,7 @@ fn qwen_and_llama3_pre_tokenizers_tokenize_as_llama_cpp_does() {
         "x  \n\n  y\tz   ",
         "don't WON'T 2024-12-05: $1,000.99 (about 20%)",
     ];
-    for (name, regex) in reasonrl::model::gguf::SPLIT_REGEXES {
+    for (name, regex) in reasonrl::model::gguf_tokenizer::SPLIT_REGEXES {
         let folder = dir.path().join(name);
         std::fs::create_dir(&folder).unwrap();
         for entry in std::fs::read_dir(&src).unwrap() {
@@ -160,7 +140,7 @@ fn qwen_and_llama3_pre_tokenizers_tokenize_as_llama_cpp_does() {
             {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]});
         std::fs::write(&path, json.to_string()).unwrap();
         let (model, tokenizer) = CausalLm::load_with_tokenizer(&folder, tch::Device::Cpu, false).unwrap();
-        let port = free_port();
+        let port = common::free_port();
         let mut engine = Engine::new(&llama_cpp(port), &dir.path().join(format!("{name}-engine")), false).unwrap();
         engine.sync(&model, &tokenizer).unwrap();
         let gguf = dir.path().join(format!("{name}.gguf"));
@@ -223,7 +203,10 @@ fn engine_sets(port: u16, command: &str) -> Vec<String> {
 }
 
 fn server_command() -> String {
-    format!("{} -m {{gguf}} --host {{host}} --port {{port}} -c 4096 -np 4 -t 1 --no-repack", llama_server().display())
+    format!(
+        "{} -m {{gguf}} --host {{host}} --port {{port}} -c 4096 -np 4 -t 1 --no-repack",
+        common::llama_server().display()
+    )
 }
 
 fn metrics(run: &Path) -> Vec<serde_json::Value> {
@@ -264,7 +247,7 @@ fn an_expert_iteration_run_through_llama_cpp_matches_the_local_run() {
     let model = init_tiny(dir.path());
     let sets = ei_sets(&model, dir.path(), 12, 1, 24);
     ok(&with_sets(&["ei"], &[&sets[..], &["run.name=\"local\"".to_string()]].concat()));
-    let engine = engine_sets(free_port(), &server_command());
+    let engine = engine_sets(common::free_port(), &server_command());
     ok(&with_sets(&["ei"], &[&sets[..], &engine, &["run.name=\"engine\"".to_string()]].concat()));
     let (local, remote) = (metrics(&dir.path().join("local")), metrics(&dir.path().join("engine")));
     assert_eq!(local.len(), 3);
@@ -289,7 +272,7 @@ fn an_expert_iteration_run_through_llama_cpp_matches_the_local_run() {
 fn a_server_killed_mid_round_fails_the_round_and_resume_redoes_it_once() {
     let dir = tempfile::tempdir().unwrap();
     let model = init_tiny(dir.path());
-    let port = free_port();
+    let port = common::free_port();
     let pid_file = dir.path().join("server.pid");
     // The server writes its pid, so the test can kill it while round 2 samples.
     let command = format!("sh -c 'echo $$ > {}; exec {}'", pid_file.display(), server_command());
@@ -332,7 +315,7 @@ fn a_server_killed_mid_round_fails_the_round_and_resume_redoes_it_once() {
 fn a_wrong_base_url_fails_at_once_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let model = init_tiny(dir.path());
-    let url = format!("http://127.0.0.1:{}", free_port());
+    let url = format!("http://127.0.0.1:{}", common::free_port());
     let sets = [
         format!("model={}", toml::Value::String(model)),
         "task=\"builtin:1\"".into(),
@@ -372,7 +355,7 @@ fn ppo_and_grpo_sample_through_llama_cpp_and_log_the_logprob_gap() {
         "eval.max_new_tokens=4".into(),
         "rollout.sync_every=1".into(),
     ];
-    let engine = engine_sets(free_port(), &server_command());
+    let engine = engine_sets(common::free_port(), &server_command());
     ok(&with_sets(&["ppo"], &[&common[..], &engine, &["sampling.samples_per_prompt=1".to_string()]].concat()));
     ok(&with_sets(&["grpo"], &[&common[..], &engine, &["sampling.samples_per_prompt=3".to_string()]].concat()));
     for (run, per_update) in [("ppo", 4.0), ("grpo", 12.0)] {

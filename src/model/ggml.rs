@@ -200,3 +200,131 @@ fn reorder_rotary_rows(w: &[f32], heads: usize, cols: usize, to_llama_cpp: bool)
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f16(x: f32) -> [u8; 2] {
+        // Exact for the small powers of two and halves used here.
+        let bits: u16 = match x {
+            0.0 => 0,
+            0.5 => 0x3800,
+            1.0 => 0x3c00,
+            2.0 => 0x4000,
+            -1.0 => 0xbc00,
+            0.25 => 0x3400,
+            _ => panic!("no f16 literal for {x}"),
+        };
+        bits.to_le_bytes()
+    }
+
+    #[test]
+    fn half_precision_values() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x7bff), 65504.0);
+        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24)); // the smallest subnormal
+        assert!(f16_to_f32(0x7c00).is_infinite() && f16_to_f32(0x7e00).is_nan());
+        assert_eq!(dequantize(GgmlType::Bf16, &0x3fc0u16.to_le_bytes()), [1.5]);
+    }
+
+    #[test]
+    fn q4_0_and_q4_1_blocks() {
+        // Byte j holds value j (low nibble) and value j + 16 (high nibble).
+        let qs: Vec<u8> = (0..16u8).map(|j| j | ((15 - j) << 4)).collect();
+        let q4_0 = [f16(0.5).as_slice(), &qs].concat();
+        let x = dequantize(GgmlType::Q4_0, &q4_0);
+        assert_eq!(x.len(), 32);
+        assert_eq!((x[0], x[8], x[15]), (-4.0, 0.0, 3.5)); // (q - 8) * 0.5
+        assert_eq!((x[16], x[31]), (3.5, -4.0));
+        let q4_1 = [f16(2.0).as_slice(), &f16(-1.0), &qs].concat();
+        let x = dequantize(GgmlType::Q4_1, &q4_1);
+        assert_eq!((x[0], x[15], x[16], x[31]), (-1.0, 29.0, 29.0, -1.0)); // q * 2 - 1
+    }
+
+    #[test]
+    fn q5_0_and_q5_1_blocks() {
+        // Byte j holds the low 4 bits of values j and j + 16; bit j of qh is value j's fifth bit.
+        let qs: Vec<u8> = (0..16u8).map(|j| j | ((15 - j) << 4)).collect();
+        let qh: u32 = (1 << 0) | (1 << 15) | (1 << 16); // values 0, 15 and 16 get +16
+        let q5_0 = [f16(0.5).as_slice(), &qh.to_le_bytes(), &qs].concat();
+        let x = dequantize(GgmlType::Q5_0, &q5_0);
+        assert_eq!(x.len(), 32);
+        assert_eq!((x[0], x[1], x[15]), (0.0, -7.5, 7.5)); // (q - 16) * 0.5: q = 16, 1, 31
+        assert_eq!((x[16], x[17], x[31]), (7.5, -1.0, -8.0)); // q = 31, 14, 0
+        let q5_1 = [f16(2.0).as_slice(), &f16(-1.0), &qh.to_le_bytes(), &qs].concat();
+        let x = dequantize(GgmlType::Q5_1, &q5_1);
+        assert_eq!((x[0], x[1], x[16], x[31]), (31.0, 1.0, 61.0, -1.0)); // q * 2 - 1
+    }
+
+    #[test]
+    fn q8_0_block() {
+        let qs: Vec<u8> = (0..32i8).map(|i| (i - 16) as u8).collect();
+        let x = dequantize(GgmlType::Q8_0, &[f16(0.25).as_slice(), &qs].concat());
+        assert_eq!((x[0], x[16], x[31]), (-4.0, 0.0, 3.75));
+    }
+
+    #[test]
+    fn q4_k_and_q5_k_blocks() {
+        // Scales: sub-blocks 0..4 take the low 6 bits of bytes 0..4 (scale) and 4..8 (min);
+        // sub-blocks 4..8 take nibbles of bytes 8..12 plus the top 2 bits of bytes 0..8.
+        let mut scales = [0u8; 12];
+        scales[0] = 3; // sub-block 0: scale 3
+        scales[4] = 5; // sub-block 0: min 5
+        scales[8] = 0x21; // sub-block 4: scale 1 | (scales[0] >> 6) << 4 = 1, min 2
+        scales[1] = 2 | (1 << 6); // sub-block 1: scale 2; sub-block 5 gets 1 << 4 in its scale
+        scales[9] = 0x07; // sub-block 5: scale 7 | 16 = 23, min 0
+        let mut qs = [0u8; 128];
+        qs[0] = 0x9a; // value 0 (sub-block 0): 10; value 32 (sub-block 1): 9
+        qs[64] = 0x04; // value 128 (sub-block 4): 4; value 160 (sub-block 5): 0
+        qs[65] = 0x30; // value 161 (sub-block 5): 3
+        let head = [f16(1.0).as_slice(), &f16(0.5)].concat();
+        let x = dequantize(GgmlType::Q4K, &[head.as_slice(), &scales, &qs].concat());
+        assert_eq!(x.len(), 256);
+        assert_eq!(x[0], 3.0 * 10.0 - 0.5 * 5.0);
+        assert_eq!(x[1], -2.5); // q 0
+        assert_eq!(x[32], 2.0 * 9.0);
+        assert_eq!(x[128], 1.0 * 4.0 - 0.5 * 2.0);
+        assert_eq!((x[160], x[161]), (0.0, 23.0 * 3.0));
+        // Q5_K: bit (2 * chunk + half) of qh[l] is the fifth bit of value l of that sub-block.
+        let mut qh = [0u8; 32];
+        qh[0] = 0b1; // value 0 gets +16
+        qh[1] = 0b10_0000; // sub-block 5 (chunk 2, high half), value 161: +16
+        let x = dequantize(GgmlType::Q5K, &[head.as_slice(), &scales, &qh, &qs].concat());
+        assert_eq!(x[0], 3.0 * 26.0 - 2.5);
+        assert_eq!(x[32], 18.0);
+        assert_eq!(x[161], 23.0 * 19.0);
+    }
+
+    #[test]
+    fn q6_k_block() {
+        let (mut ql, mut qh, mut sc) = ([0u8; 128], [0u8; 64], [0u8; 16]);
+        for (i, s) in sc.iter_mut().enumerate() {
+            *s = (i as i8 - 4) as u8; // scales -4..12
+        }
+        ql[0] = 0x21; // value 0: low 1, value 64: low 2
+        qh[0] = 0b11_00_00_10; // value 0: high 2 -> 33; value 32: 0; value 64: 0; value 96: 3
+        ql[32] = 0xf0; // value 32: low 0, value 96: low 15
+        ql[64] = 0x05; // second half, value 128: low 5, high 0
+        let d = f16(0.5);
+        let x = dequantize(GgmlType::Q6K, &[ql.as_slice(), &qh, &sc, &d].concat());
+        assert_eq!(x.len(), 256);
+        assert_eq!(x[0], 0.5 * -4.0 * (33 - 32) as f32); // sc[0] = -4
+        assert_eq!(x[32], 0.5 * -2.0 * -32.0); // sc[2] = -2, q = 0 - 32
+        assert_eq!(x[64], 0.5 * 0.0 * (2 - 32) as f32); // sc[4] = 0
+        assert_eq!(x[96], 0.5 * 2.0 * (63 - 32) as f32); // sc[6] = 2, q = 15 | 3 << 4
+        assert_eq!(x[128], 0.5 * 4.0 * (5 - 32) as f32); // sc[8] = 4
+    }
+
+    #[test]
+    fn unpermute_restores_split_halves() {
+        // One head of dim 4 with 1 column: llama.cpp stores rows (0, 2, 1, 3).
+        assert_eq!(unpermute_rows(&[0.0, 2.0, 1.0, 3.0], 1, 1), [0.0, 1.0, 2.0, 3.0]);
+        // Two heads, 2 columns each.
+        let stored = [0., 0., 2., 2., 1., 1., 3., 3., 4., 4., 6., 6., 5., 5., 7., 7.];
+        let hf: Vec<f32> = (0..8).flat_map(|i| [i as f32; 2]).collect();
+        assert_eq!(unpermute_rows(&stored, 2, 2), hf);
+        assert_eq!(permute_rows(&hf, 2, 2), stored);
+    }
+}

@@ -7,8 +7,10 @@
 //! blocks (32 values for the legacy types, 256 for the K-quants), each with its own scales;
 //! [`dequantize`] turns them back into f32. llama.cpp's converter reorders the rows of the q and k
 //! projections (rotary pairs interleaved instead of split in halves); [`unpermute_rows`] undoes it.
+//! [`GgufArch`] names each family's tensors and what llama.cpp stores differently.
 
 use super::ggml::{dequantize, unpermute_rows, GgmlType};
+use super::gguf_tokenizer::{tokenizer_config_json, tokenizer_json};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use serde_json::json;
@@ -232,7 +234,7 @@ impl Gguf {
     fn float(&self, key: &str) -> Result<f64> {
         self.get(key)?.as_float().ok_or_else(|| Error::file(&self.path, format!("metadata `{key}` is not a number")))
     }
-    fn string_array(&self, key: &str) -> Result<Vec<&str>> {
+    pub fn string_array(&self, key: &str) -> Result<Vec<&str>> {
         let bad = || Error::file(&self.path, format!("metadata `{key}` is not an array of strings"));
         self.get(key)?.as_array().ok_or_else(bad)?.iter().map(|v| v.as_str().ok_or_else(bad)).collect()
     }
@@ -245,10 +247,10 @@ const MODEL_TENSORS: [(&str, &str); 3] = [
     ("output.weight", "lm_head.weight"),
 ];
 
-/// (llama.cpp, Hugging Face) names of a layer's tensors, after `blk.N.` / `model.layers.N.`.
-const LAYER_TENSORS: [(&str, &str); 14] = [
+/// (llama.cpp, Hugging Face) names of a layer's tensors, after `blk.N.` / `model.layers.N.`,
+/// besides the norms around attention and the MLP, which [`GgufArch::layer_norms`] name.
+const LAYER_TENSORS: [(&str, &str); 13] = [
     ("attn_norm.weight", "input_layernorm.weight"),
-    ("ffn_norm.weight", "post_attention_layernorm.weight"),
     ("attn_q.weight", "self_attn.q_proj.weight"),
     ("attn_k.weight", "self_attn.k_proj.weight"),
     ("attn_v.weight", "self_attn.v_proj.weight"),
@@ -263,49 +265,78 @@ const LAYER_TENSORS: [(&str, &str); 14] = [
     ("attn_k_norm.weight", "self_attn.k_norm.weight"),
 ];
 
-/// llama.cpp's pre-tokenizers that split by a regex before byte-level BPE, with the regex their
-/// tokenizer.json gives: Qwen2/2.5/3 (digits one by one) and Llama 3 (digits in threes).
-pub const SPLIT_REGEXES: [(&str, &str); 2] = [
-    (
-        "qwen2",
-        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-    ),
-    (
-        "llama-bpe",
-        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-    ),
+/// Llama's one norm between attention and the MLP.
+const LLAMA_NORMS: &[(&str, &str)] = &[("ffn_norm.weight", "post_attention_layernorm.weight")];
+/// Gemma's norms after attention, before the MLP and after it.
+const GEMMA_NORMS: &[(&str, &str)] = &[
+    ("post_attention_norm.weight", "post_attention_layernorm.weight"),
+    ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
+    ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"),
 ];
 
-/// (Hugging Face architecture, llama.cpp architecture, whether llama.cpp stores q and k rows in
-/// its own rotary order): Llama and Mistral rotate interleaved pairs and are permuted; Qwen's
-/// rotate halves, as transformers does, and are stored as they are.
-pub const GGUF_ARCHITECTURES: [(&str, &str, bool); 4] = [
-    ("LlamaForCausalLM", "llama", true),
-    ("MistralForCausalLM", "llama", true),
-    ("Qwen2ForCausalLM", "qwen2", false),
-    ("Qwen3ForCausalLM", "qwen3", false),
+/// A model family as llama.cpp stores it.
+#[derive(Debug)]
+pub struct GgufArch {
+    /// The Hugging Face architecture.
+    pub hf: &'static str,
+    /// llama.cpp's architecture (`general.architecture`).
+    pub gguf: &'static str,
+    /// Whether llama.cpp stores q and k rows in its own rotary order: Llama and Mistral rotate
+    /// interleaved pairs there; Qwen and Gemma rotate halves, as transformers does.
+    pub permute: bool,
+    /// What llama.cpp adds to every norm weight: Gemma scales by (1 + w) and llama.cpp stores
+    /// the sum.
+    pub norm_shift: f32,
+    pub layer_norms: &'static [(&'static str, &'static str)],
+}
+
+pub const GGUF_ARCHITECTURES: [GgufArch; 5] = [
+    GgufArch { hf: "LlamaForCausalLM", gguf: "llama", permute: true, norm_shift: 0.0, layer_norms: LLAMA_NORMS },
+    GgufArch { hf: "MistralForCausalLM", gguf: "llama", permute: true, norm_shift: 0.0, layer_norms: LLAMA_NORMS },
+    GgufArch { hf: "Qwen2ForCausalLM", gguf: "qwen2", permute: false, norm_shift: 0.0, layer_norms: LLAMA_NORMS },
+    GgufArch { hf: "Qwen3ForCausalLM", gguf: "qwen3", permute: false, norm_shift: 0.0, layer_norms: LLAMA_NORMS },
+    GgufArch { hf: "Gemma3ForCausalLM", gguf: "gemma3", permute: false, norm_shift: 1.0, layer_norms: GEMMA_NORMS },
 ];
 
-/// The Hugging Face name of a llama.cpp tensor name.
-fn hf_name(name: &str) -> Option<String> {
-    rename(name, true)
-}
+/// Gemma 3's chat format (`<start_of_turn>user ... <end_of_turn>`, the reply as `model`, a system
+/// message folded into the first user turn), for GGUF files that leave the template out.
+const GEMMA_CHAT_TEMPLATE: &str = concat!(
+    r#"{{ bos_token }}{% set system = messages[0].content ~ "\n\n" if messages[0].role == "system" else "" %}"#,
+    r#"{% for m in messages if m.role != "system" %}{{ "<start_of_turn>" ~ ("model" if m.role == "assistant" "#,
+    r#"else m.role) ~ "\n" ~ (system if loop.first else "") ~ (m.content | trim) ~ "<end_of_turn>\n" }}"#,
+    r#"{% endfor %}{% if add_generation_prompt %}{{ "<start_of_turn>model\n" }}{% endif %}"#,
+);
 
-/// llama.cpp's name of a Hugging Face tensor name.
-pub fn gguf_name(name: &str) -> Option<String> {
-    rename(name, false)
-}
-
-/// `name` looked up in the tables, llama.cpp -> Hugging Face (`to_hf`) or back.
-fn rename(name: &str, to_hf: bool) -> Option<String> {
-    let ordered = |(gguf, hf): (&'static str, &'static str)| if to_hf { (gguf, hf) } else { (hf, gguf) };
-    if let Some((_, renamed)) = MODEL_TENSORS.into_iter().map(ordered).find(|(from, _)| *from == name) {
-        return Some(renamed.to_string());
+impl GgufArch {
+    /// The family of a Hugging Face architecture, or an error naming those supported.
+    pub fn of_hf(hf: &str) -> std::result::Result<&'static GgufArch, String> {
+        GGUF_ARCHITECTURES.iter().find(|a| a.hf == hf).ok_or_else(|| {
+            let known: Vec<&str> = GGUF_ARCHITECTURES.iter().map(|a| a.hf).collect();
+            format!("GGUF supports {}, not `{hf}`", known.join(", "))
+        })
     }
-    let (from, to) = ordered(("blk.", "model.layers."));
-    let (layer, part) = name.strip_prefix(from)?.split_once('.')?;
-    let (_, part) = LAYER_TENSORS.into_iter().map(ordered).find(|(f, _)| *f == part)?;
-    Some(format!("{to}{layer}.{part}"))
+
+    /// llama.cpp's name of a Hugging Face tensor name.
+    pub fn gguf_name(&self, name: &str) -> Option<String> {
+        self.rename(name, false)
+    }
+
+    /// `name` looked up in the tables, llama.cpp -> Hugging Face (`to_hf`) or back.
+    fn rename(&self, name: &str, to_hf: bool) -> Option<String> {
+        let ordered = |&(gguf, hf): &(&'static str, &'static str)| if to_hf { (gguf, hf) } else { (hf, gguf) };
+        if let Some((_, renamed)) = MODEL_TENSORS.iter().map(ordered).find(|(from, _)| *from == name) {
+            return Some(renamed.to_string());
+        }
+        let (from, to) = ordered(&("blk.", "model.layers."));
+        let (layer, part) = name.strip_prefix(from)?.split_once('.')?;
+        let (_, part) = LAYER_TENSORS.iter().chain(self.layer_norms).map(ordered).find(|(f, _)| *f == part)?;
+        Some(format!("{to}{layer}.{part}"))
+    }
+
+    /// Whether a Hugging Face tensor is a norm weight (which [`Self::norm_shift`] moves).
+    pub fn is_norm(hf_name: &str) -> bool {
+        hf_name.ends_with("norm.weight")
+    }
 }
 
 /// Converts a GGUF of a supported architecture ([`GGUF_ARCHITECTURES`]) into a Hugging Face
@@ -314,8 +345,9 @@ pub fn convert(path: &Path, out: &Path, force: bool) -> Result<ModelConfig> {
     crate::fsutil::check_overwrite(out, force)?;
     let g = Gguf::read(path)?;
     let arch = g.get("general.architecture")?.as_str().unwrap_or_default().to_string();
-    let Some(&(hf_arch, _, permute)) = GGUF_ARCHITECTURES.iter().find(|(_, gguf, _)| *gguf == arch) else {
-        let known: Vec<&str> = GGUF_ARCHITECTURES.iter().map(|(_, gguf, _)| *gguf).collect();
+    let Some(family) = GGUF_ARCHITECTURES.iter().find(|a| a.gguf == arch) else {
+        let mut known: Vec<&str> = GGUF_ARCHITECTURES.iter().map(|a| a.gguf).collect();
+        known.dedup();
         return Err(Error::file(path, format!("architecture `{arch}` is not supported ({})", known.join(", "))));
     };
     let key = |k: &str| format!("{arch}.{k}");
@@ -334,9 +366,12 @@ pub fn convert(path: &Path, out: &Path, force: bool) -> Result<ModelConfig> {
         g.int(&key("context_length"))?,
         tied,
     );
-    config.architectures = vec![hf_arch.to_string()];
+    config.architectures = vec![family.hf.to_string()];
     config.model_type = arch.clone();
     config.head_dim = int("attention.key_length").or(config.head_dim);
+    if arch == "gemma3" {
+        gemma3_config(&g, &mut config);
+    }
     config.rope_theta = g.metadata.get(&key("rope.freq_base")).and_then(Value::as_float).unwrap_or(10_000.0);
     config.rms_norm_eps = g.float(&key("attention.layer_norm_rms_epsilon"))?;
     match g.metadata.get(&key("rope.scaling.type")).and_then(Value::as_str) {
@@ -361,19 +396,22 @@ pub fn convert(path: &Path, out: &Path, force: bool) -> Result<ModelConfig> {
 
     let mut tensors = BTreeMap::new();
     for t in g.tensors.iter().filter(|t| t.name != "rope_freqs.weight") {
-        let name = hf_name(&t.name)
+        let name = family
+            .rename(&t.name, true)
             .ok_or_else(|| Error::file(path, format!("tensor `{}` has no Hugging Face counterpart", t.name)))?;
         let mut values = g.tensor_f32(t)?;
         let cols = t.dims[0] as usize;
-        if permute && t.name.ends_with("attn_q.weight") {
+        if family.permute && t.name.ends_with("attn_q.weight") {
             values = unpermute_rows(&values, heads as usize, cols);
-        } else if permute && t.name.ends_with("attn_k.weight") {
+        } else if family.permute && t.name.ends_with("attn_k.weight") {
             values = unpermute_rows(&values, kv_heads as usize, cols);
+        } else if GgufArch::is_norm(&name) {
+            values.iter_mut().for_each(|v| *v -= family.norm_shift);
         }
         tensors.insert(name, tch::Tensor::from_slice(&values).reshape(t.shape()));
     }
     let tokenizer = tokenizer_json(&g)?;
-    let tokenizer_config = tokenizer_config_json(&g)?;
+    let tokenizer_config = tokenizer_config_json(&g, (arch == "gemma3").then_some(GEMMA_CHAT_TEMPLATE))?;
     crate::fsutil::replace_dir(out, |dir| {
         config.save(&dir.join("config.json"))?;
         crate::model::hf::write_safetensors(&dir.join("model.safetensors"), &tensors)?;
@@ -386,220 +424,30 @@ pub fn convert(path: &Path, out: &Path, force: bool) -> Result<ModelConfig> {
     Ok(config)
 }
 
-/// tokenizer.json for the `tokenizers` library, rebuilt from the embedded byte-level BPE
-/// vocabulary and merges. Control and user-defined tokens become added (special) tokens.
-fn tokenizer_json(g: &Gguf) -> Result<serde_json::Value> {
-    let model = g.get("tokenizer.ggml.model")?.as_str().unwrap_or_default();
-    if model != "gpt2" {
-        return Err(Error::file(&g.path, format!("tokenizer model `{model}` is not supported (gpt2 byte-level BPE)")));
-    }
-    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-    let pre_tokenizer = match g.metadata.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default") {
-        // SmolLM splits every digit on its own before the GPT-2 split.
-        "smollm" => {
-            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]})
+/// Gemma 3's settings, as llama.cpp reads them: tanh-GELU; one layer in six global (or the
+/// file's pattern), the rest sliding with RoPE base 10,000; attention scaled by the head
+/// dimension, except the 62-layer 27B model's, by hidden / heads.
+fn gemma3_config(g: &Gguf, config: &mut ModelConfig) {
+    let get = |k: &str| g.metadata.get(&format!("gemma3.{k}"));
+    config.model_type = "gemma3_text".into();
+    config.hidden_act = "gelu_pytorch_tanh".into();
+    let scalar = match get("attention.scale").and_then(Value::as_float) {
+        Some(scale) if scale > 0.0 => 1.0 / (scale * scale),
+        _ if config.num_hidden_layers == 62 => (config.hidden_size / config.num_attention_heads) as f64,
+        _ => config.head_dim() as f64,
+    };
+    let mut extra = vec![
+        ("hidden_activation", json!("gelu_pytorch_tanh")),
+        ("query_pre_attn_scalar", json!(scalar)),
+        ("sliding_window", json!(get("attention.sliding_window").and_then(Value::as_int).unwrap_or(4096))),
+        ("rope_local_base_freq", json!(get("rope.freq_base_swa").and_then(Value::as_float).unwrap_or(10_000.0))),
+    ];
+    match get("attention.sliding_window_pattern") {
+        Some(Value::Array(layers)) => {
+            let kind = |v: &Value| if v == &Value::Bool(true) { "sliding_attention" } else { "full_attention" };
+            extra.push(("layer_types", json!(layers.iter().map(kind).collect::<Vec<_>>())));
         }
-        "default" | "gpt-2" | "gpt2" => byte_level.clone(),
-        other => match SPLIT_REGEXES.iter().find(|(name, _)| *name == other) {
-            // Qwen2's and Llama 3's: their split regex, then bytes without GPT-2's regex.
-            Some((_, regex)) => json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
-                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
-            ]}),
-            None => {
-                let known = ["smollm", "gpt-2"].into_iter().chain(SPLIT_REGEXES.iter().map(|(name, _)| *name));
-                let known = known.collect::<Vec<_>>().join(", ");
-                return Err(Error::file(&g.path, format!("pre-tokenizer `{other}` is not supported ({known})")));
-            }
-        },
-    };
-    let tokens = g.string_array("tokenizer.ggml.tokens")?;
-    let types: Vec<i64> = match g.metadata.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
-        Some(a) => a.iter().map(|v| v.as_int().unwrap_or(1)).collect(),
-        None => vec![1; tokens.len()],
-    };
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        tokens.iter().enumerate().map(|(i, t)| (t.to_string(), json!(i))).collect();
-    let added: Vec<serde_json::Value> = tokens
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
-        .map(|(i, t)| {
-            json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
-                   "normalized": false, "special": types[i] == 3})
-        })
-        .collect();
-    Ok(json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": pre_tokenizer,
-        "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab, "merges": g.string_array("tokenizer.ggml.merges")?,
-        },
-    }))
-}
-
-/// tokenizer_config.json: the special tokens by name, the tokenizer class and the chat template.
-fn tokenizer_config_json(g: &Gguf) -> Result<serde_json::Value> {
-    let tokens = g.string_array("tokenizer.ggml.tokens")?;
-    let name = |k: &str| {
-        g.metadata
-            .get(&format!("tokenizer.ggml.{k}_token_id"))
-            .and_then(Value::as_int)
-            .and_then(|i| tokens.get(i as usize))
-            .map(|t| json!(t))
-            .unwrap_or(serde_json::Value::Null)
-    };
-    let add_bos = g.metadata.get("tokenizer.ggml.add_bos_token").is_some_and(|v| v == &Value::Bool(true));
-    let mut config = json!({
-        "bos_token": if add_bos { name("bos") } else { serde_json::Value::Null },
-        "eos_token": name("eos"),
-        "pad_token": name("padding"),
-        "unk_token": name("unknown"),
-        "model_max_length": g.metadata.get(&format!("{}.context_length", g.get("general.architecture")?.as_str().unwrap_or_default())).and_then(Value::as_int),
-        // As `Tokenizer::save` writes it: left to guess, transformers picks its Llama tokenizer,
-        // which refuses a null BOS.
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "clean_up_tokenization_spaces": false,
-    });
-    if let Some(template) = g.metadata.get("tokenizer.chat_template").and_then(Value::as_str) {
-        config["chat_template"] = json!(template);
+        pattern => extra.push(("sliding_window_pattern", json!(pattern.and_then(Value::as_int).unwrap_or(6)))),
     }
-    Ok(config)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::ggml::{f16_to_f32, permute_rows};
-
-    fn f16(x: f32) -> [u8; 2] {
-        // Exact for the small powers of two and halves used here.
-        let bits: u16 = match x {
-            0.0 => 0,
-            0.5 => 0x3800,
-            1.0 => 0x3c00,
-            2.0 => 0x4000,
-            -1.0 => 0xbc00,
-            0.25 => 0x3400,
-            _ => panic!("no f16 literal for {x}"),
-        };
-        bits.to_le_bytes()
-    }
-
-    #[test]
-    fn half_precision_values() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x7bff), 65504.0);
-        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24)); // the smallest subnormal
-        assert!(f16_to_f32(0x7c00).is_infinite() && f16_to_f32(0x7e00).is_nan());
-        assert_eq!(dequantize(GgmlType::Bf16, &0x3fc0u16.to_le_bytes()), [1.5]);
-    }
-
-    #[test]
-    fn q4_0_and_q4_1_blocks() {
-        // Byte j holds value j (low nibble) and value j + 16 (high nibble).
-        let qs: Vec<u8> = (0..16u8).map(|j| j | ((15 - j) << 4)).collect();
-        let q4_0 = [f16(0.5).as_slice(), &qs].concat();
-        let x = dequantize(GgmlType::Q4_0, &q4_0);
-        assert_eq!(x.len(), 32);
-        assert_eq!((x[0], x[8], x[15]), (-4.0, 0.0, 3.5)); // (q - 8) * 0.5
-        assert_eq!((x[16], x[31]), (3.5, -4.0));
-        let q4_1 = [f16(2.0).as_slice(), &f16(-1.0), &qs].concat();
-        let x = dequantize(GgmlType::Q4_1, &q4_1);
-        assert_eq!((x[0], x[15], x[16], x[31]), (-1.0, 29.0, 29.0, -1.0)); // q * 2 - 1
-    }
-
-    #[test]
-    fn q5_0_and_q5_1_blocks() {
-        // Byte j holds the low 4 bits of values j and j + 16; bit j of qh is value j's fifth bit.
-        let qs: Vec<u8> = (0..16u8).map(|j| j | ((15 - j) << 4)).collect();
-        let qh: u32 = (1 << 0) | (1 << 15) | (1 << 16); // values 0, 15 and 16 get +16
-        let q5_0 = [f16(0.5).as_slice(), &qh.to_le_bytes(), &qs].concat();
-        let x = dequantize(GgmlType::Q5_0, &q5_0);
-        assert_eq!(x.len(), 32);
-        assert_eq!((x[0], x[1], x[15]), (0.0, -7.5, 7.5)); // (q - 16) * 0.5: q = 16, 1, 31
-        assert_eq!((x[16], x[17], x[31]), (7.5, -1.0, -8.0)); // q = 31, 14, 0
-        let q5_1 = [f16(2.0).as_slice(), &f16(-1.0), &qh.to_le_bytes(), &qs].concat();
-        let x = dequantize(GgmlType::Q5_1, &q5_1);
-        assert_eq!((x[0], x[1], x[16], x[31]), (31.0, 1.0, 61.0, -1.0)); // q * 2 - 1
-    }
-
-    #[test]
-    fn q8_0_block() {
-        let qs: Vec<u8> = (0..32i8).map(|i| (i - 16) as u8).collect();
-        let x = dequantize(GgmlType::Q8_0, &[f16(0.25).as_slice(), &qs].concat());
-        assert_eq!((x[0], x[16], x[31]), (-4.0, 0.0, 3.75));
-    }
-
-    #[test]
-    fn q4_k_and_q5_k_blocks() {
-        // Scales: sub-blocks 0..4 take the low 6 bits of bytes 0..4 (scale) and 4..8 (min);
-        // sub-blocks 4..8 take nibbles of bytes 8..12 plus the top 2 bits of bytes 0..8.
-        let mut scales = [0u8; 12];
-        scales[0] = 3; // sub-block 0: scale 3
-        scales[4] = 5; // sub-block 0: min 5
-        scales[8] = 0x21; // sub-block 4: scale 1 | (scales[0] >> 6) << 4 = 1, min 2
-        scales[1] = 2 | (1 << 6); // sub-block 1: scale 2; sub-block 5 gets 1 << 4 in its scale
-        scales[9] = 0x07; // sub-block 5: scale 7 | 16 = 23, min 0
-        let mut qs = [0u8; 128];
-        qs[0] = 0x9a; // value 0 (sub-block 0): 10; value 32 (sub-block 1): 9
-        qs[64] = 0x04; // value 128 (sub-block 4): 4; value 160 (sub-block 5): 0
-        qs[65] = 0x30; // value 161 (sub-block 5): 3
-        let head = [f16(1.0).as_slice(), &f16(0.5)].concat();
-        let x = dequantize(GgmlType::Q4K, &[head.as_slice(), &scales, &qs].concat());
-        assert_eq!(x.len(), 256);
-        assert_eq!(x[0], 3.0 * 10.0 - 0.5 * 5.0);
-        assert_eq!(x[1], -2.5); // q 0
-        assert_eq!(x[32], 2.0 * 9.0);
-        assert_eq!(x[128], 1.0 * 4.0 - 0.5 * 2.0);
-        assert_eq!((x[160], x[161]), (0.0, 23.0 * 3.0));
-        // Q5_K: bit (2 * chunk + half) of qh[l] is the fifth bit of value l of that sub-block.
-        let mut qh = [0u8; 32];
-        qh[0] = 0b1; // value 0 gets +16
-        qh[1] = 0b10_0000; // sub-block 5 (chunk 2, high half), value 161: +16
-        let x = dequantize(GgmlType::Q5K, &[head.as_slice(), &scales, &qh, &qs].concat());
-        assert_eq!(x[0], 3.0 * 26.0 - 2.5);
-        assert_eq!(x[32], 18.0);
-        assert_eq!(x[161], 23.0 * 19.0);
-    }
-
-    #[test]
-    fn q6_k_block() {
-        let (mut ql, mut qh, mut sc) = ([0u8; 128], [0u8; 64], [0u8; 16]);
-        for (i, s) in sc.iter_mut().enumerate() {
-            *s = (i as i8 - 4) as u8; // scales -4..12
-        }
-        ql[0] = 0x21; // value 0: low 1, value 64: low 2
-        qh[0] = 0b11_00_00_10; // value 0: high 2 -> 33; value 32: 0; value 64: 0; value 96: 3
-        ql[32] = 0xf0; // value 32: low 0, value 96: low 15
-        ql[64] = 0x05; // second half, value 128: low 5, high 0
-        let d = f16(0.5);
-        let x = dequantize(GgmlType::Q6K, &[ql.as_slice(), &qh, &sc, &d].concat());
-        assert_eq!(x.len(), 256);
-        assert_eq!(x[0], 0.5 * -4.0 * (33 - 32) as f32); // sc[0] = -4
-        assert_eq!(x[32], 0.5 * -2.0 * -32.0); // sc[2] = -2, q = 0 - 32
-        assert_eq!(x[64], 0.5 * 0.0 * (2 - 32) as f32); // sc[4] = 0
-        assert_eq!(x[96], 0.5 * 2.0 * (63 - 32) as f32); // sc[6] = 2, q = 15 | 3 << 4
-        assert_eq!(x[128], 0.5 * 4.0 * (5 - 32) as f32); // sc[8] = 4
-    }
-
-    #[test]
-    fn unpermute_restores_split_halves() {
-        // One head of dim 4 with 1 column: llama.cpp stores rows (0, 2, 1, 3).
-        assert_eq!(unpermute_rows(&[0.0, 2.0, 1.0, 3.0], 1, 1), [0.0, 1.0, 2.0, 3.0]);
-        // Two heads, 2 columns each.
-        let stored = [0., 0., 2., 2., 1., 1., 3., 3., 4., 4., 6., 6., 5., 5., 7., 7.];
-        let hf: Vec<f32> = (0..8).flat_map(|i| [i as f32; 2]).collect();
-        assert_eq!(unpermute_rows(&stored, 2, 2), hf);
-        assert_eq!(permute_rows(&hf, 2, 2), stored);
-    }
+    config.extra.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
 }

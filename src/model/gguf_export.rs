@@ -2,14 +2,15 @@
 //! conversion, so a llama.cpp server can sample from the policy being trained.
 //!
 //! The file holds the hyper-parameters under llama.cpp's architecture (`llama` for Llama and
-//! Mistral, `qwen2`, `qwen3`), RoPE scaling, the byte-level BPE tokenizer (tokens, types, merges,
-//! special ids, pre-tokenizer) and chat template, and the weights under llama.cpp's names, with
-//! Llama's q/k rows in its rotary order. Matrices are stored as F32, F16 or Q8_0; norms stay F32,
+//! Mistral, `qwen2`, `qwen3`, `gemma3`), RoPE scaling, the tokenizer (see [`super::gguf_tokenizer`])
+//! and chat template, and the weights under llama.cpp's names, with Llama's q/k rows in its rotary
+//! order and Gemma's norms as (1 + w). Matrices are stored as F32, F16 or Q8_0; norms stay F32,
 //! as llama.cpp's own converter keeps them.
 
-use super::config::RopeScaling;
+use super::config::{Gemma3, ModelConfig, RopeScaling};
 use super::ggml::{permute_rows, GgmlType};
-use super::gguf::{gguf_name, GGUF_ARCHITECTURES};
+use super::gguf::GgufArch;
+use super::gguf_tokenizer::gguf_vocab;
 use super::hf::CausalLm;
 use super::llama::HEAD_PREFIX;
 use crate::error::{Error, Result};
@@ -97,10 +98,8 @@ fn export(
     }
     let c = model.config();
     let hf_arch = c.architectures.first().map(String::as_str).unwrap_or_default();
-    let Some(&(_, arch, permute)) = GGUF_ARCHITECTURES.iter().find(|(hf, _, _)| *hf == hf_arch) else {
-        let known: Vec<&str> = GGUF_ARCHITECTURES.iter().map(|(hf, _, _)| *hf).collect();
-        return Err(Error::Invalid(format!("GGUF export supports {}, not `{hf_arch}`", known.join(", "))));
-    };
+    let family = GgufArch::of_hf(hf_arch).map_err(|e| Error::Invalid(format!("GGUF export: {e}")))?;
+    let (arch, permute) = (family.gguf, family.permute);
     if c.mlp_bias || permute && c.attention_bias {
         return Err(Error::Invalid(format!("GGUF export does not support `{hf_arch}` with biases")));
     }
@@ -125,6 +124,10 @@ fn export(
     meta.u32(&key("rope.dimension_count"), head_dim as u32);
     meta.f32(&key("rope.freq_base"), c.rope_theta as f32);
     meta.f32(&key("attention.layer_norm_rms_epsilon"), c.rms_norm_eps as f32);
+    if let Some(gemma) = c.gemma3().map_err(Error::Invalid)? {
+        check_gemma3(c, &gemma)?;
+        meta.u32(&key("attention.sliding_window"), gemma.sliding_window as u32);
+    }
     // Llama 3's scaling travels as llama.cpp's per-frequency divisors (`rope_freqs`), linear as
     // a type and factor, as llama.cpp's own converter writes them.
     let mut extra_tensors = Vec::new();
@@ -160,7 +163,8 @@ fn export(
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     let mut tensors = Vec::with_capacity(vars.len());
     for (hf, t) in vars {
-        let gguf = gguf_name(&hf).ok_or_else(|| Error::Invalid(format!("tensor `{hf}` has no llama.cpp name")))?;
+        let gguf =
+            family.gguf_name(&hf).ok_or_else(|| Error::Invalid(format!("tensor `{hf}` has no llama.cpp name")))?;
         let shape = t.size();
         let mut values = Vec::<f32>::try_from(t.detach().to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))
             .map_err(|e| Error::Invalid(format!("tensor `{hf}`: {e}")))?;
@@ -169,6 +173,8 @@ fn export(
             values = permute_rows(&values, heads as usize, cols);
         } else if permute && hf.ends_with("k_proj.weight") {
             values = permute_rows(&values, kv_heads as usize, cols);
+        } else if GgufArch::is_norm(&hf) {
+            values.iter_mut().for_each(|v| *v += family.norm_shift);
         }
         // 1-D tensors (norms) stay f32; so does a matrix whose rows are not whole Q8_0 blocks.
         let kind = match dtype.tensor_type() {
@@ -182,85 +188,50 @@ fn export(
     crate::fsutil::write_atomic(out, |w| write_file(w, &meta, &tensors))
 }
 
-/// The tokenizer as llama.cpp's `gpt2` (byte-level BPE) vocabulary, padded with unused tokens to
-/// the model's `vocab_size` rows.
+/// llama.cpp fixes what Gemma 3's config.json sets: one layer in six global, the local RoPE base
+/// 10,000, attention scaled by the head dimension (hidden / heads for the 62-layer 27B). A model
+/// that differs would run differently there, so it is refused by name.
+fn check_gemma3(c: &ModelConfig, gemma: &Gemma3) -> Result<()> {
+    let scalar = if c.num_hidden_layers == 62 { c.hidden_size / c.num_attention_heads } else { c.head_dim() };
+    let pattern: Vec<bool> = (0..gemma.sliding.len()).map(|i| (i + 1) % 6 != 0).collect();
+    let refuse = |what: String| Err(Error::Invalid(format!("GGUF export: llama.cpp runs Gemma 3 with {what}")));
+    if gemma.sliding != pattern {
+        return refuse("every sixth layer global and the rest sliding; this config's layers differ".into());
+    }
+    if gemma.local_rope_theta != 10_000.0 {
+        return refuse(format!("`rope_local_base_freq` 10000, not {}", gemma.local_rope_theta));
+    }
+    if gemma.query_pre_attn_scalar != scalar as f64 {
+        return refuse(format!("`query_pre_attn_scalar` {scalar}, not {}", gemma.query_pre_attn_scalar));
+    }
+    Ok(())
+}
+
+/// The tokenizer's `tokenizer.ggml.*` keys.
 fn tokenizer_metadata(meta: &mut Metadata, tokenizer: &Tokenizer, json: &Json, vocab_size: usize) -> Result<()> {
-    let unsupported = |what: &str| Error::Invalid(format!("GGUF export needs a byte-level BPE tokenizer: {what}"));
-    let model = &json["model"];
-    if model["type"] != "BPE" || json["decoder"]["type"] != "ByteLevel" {
-        return Err(unsupported("tokenizer.json's model is not BPE with a ByteLevel decoder"));
+    let vocab = gguf_vocab(json, vocab_size)?;
+    meta.str("tokenizer.ggml.model", vocab.model);
+    meta.str("tokenizer.ggml.pre", vocab.pre);
+    meta.strs("tokenizer.ggml.tokens", &vocab.tokens);
+    meta.i32s("tokenizer.ggml.token_type", &vocab.types);
+    if let Some(scores) = &vocab.scores {
+        meta.f32s("tokenizer.ggml.scores", scores);
+        meta.bool("tokenizer.ggml.add_space_prefix", vocab.add_space_prefix);
     }
-    let pre_name = pre_tokenizer_name(&json["pre_tokenizer"]).ok_or_else(|| {
-        unsupported(
-            "the pre-tokenizer is not one llama.cpp names (ByteLevel, SmolLM's Digits + ByteLevel, or Qwen2's or Llama \
-             3's Split regex + ByteLevel)",
-        )
-    })?;
-    let mut tokens: Vec<Option<(String, i32)>> = vec![None; vocab_size];
-    let mut place = |id: u64, text: &str, kind: i32| -> Result<()> {
-        let slot = tokens.get_mut(id as usize).ok_or_else(|| {
-            Error::Invalid(format!("token `{text}` has id {id}, beyond the model's {vocab_size} embeddings"))
-        })?;
-        *slot = Some((text.to_string(), kind));
-        Ok(())
-    };
-    for (text, id) in model["vocab"].as_object().ok_or_else(|| unsupported("no vocab"))? {
-        place(id.as_u64().ok_or_else(|| unsupported("a vocab id is not a number"))?, text, 1)?;
+    if let Some(merges) = &vocab.merges {
+        meta.strs("tokenizer.ggml.merges", merges);
     }
-    for added in json["added_tokens"].as_array().into_iter().flatten() {
-        let (Some(id), Some(text)) = (added["id"].as_u64(), added["content"].as_str()) else { continue };
-        // llama.cpp's token types: 3 control (special), 4 user-defined.
-        place(id, text, if added["special"] == true { 3 } else { 4 })?;
-    }
-    let (texts, types): (Vec<String>, Vec<i32>) = tokens
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| t.unwrap_or_else(|| (format!("[PAD{i}]"), 5))) // 5: unused
-        .unzip();
-    let merges: Vec<String> = model["merges"]
-        .as_array()
-        .ok_or_else(|| unsupported("no merges"))?
-        .iter()
-        .map(|m| match m {
-            Json::String(s) => Ok(s.clone()),
-            Json::Array(pair) if pair.len() == 2 => {
-                Ok(format!("{} {}", pair[0].as_str().unwrap_or(""), pair[1].as_str().unwrap_or("")))
-            }
-            _ => Err(unsupported("a merge is neither `a b` nor [a, b]")),
-        })
-        .collect::<Result<_>>()?;
-    meta.str("tokenizer.ggml.model", "gpt2");
-    meta.str("tokenizer.ggml.pre", pre_name);
-    meta.strs("tokenizer.ggml.tokens", &texts);
-    meta.i32s("tokenizer.ggml.token_type", &types);
-    meta.strs("tokenizer.ggml.merges", &merges);
     if let Some(bos) = tokenizer.bos_id() {
         meta.u32("tokenizer.ggml.bos_token_id", bos);
     }
     meta.u32("tokenizer.ggml.eos_token_id", tokenizer.eos_id());
     meta.u32("tokenizer.ggml.padding_token_id", tokenizer.pad_id());
+    if let Some(unknown) = vocab.unknown {
+        meta.u32("tokenizer.ggml.unknown_token_id", unknown);
+    }
     meta.bool("tokenizer.ggml.add_bos_token", tokenizer.bos_id().is_some());
     meta.bool("tokenizer.ggml.add_eos_token", false);
     Ok(())
-}
-
-/// llama.cpp's name (`tokenizer.ggml.pre`) for a tokenizer.json pre-tokenizer: `gpt-2` (plain
-/// ByteLevel), `smollm` (each digit split off first), `qwen2` or `llama-bpe` (their split
-/// regex, then ByteLevel without its own regex).
-fn pre_tokenizer_name(pre: &Json) -> Option<&'static str> {
-    if pre["type"] == "ByteLevel" {
-        return Some("gpt-2");
-    }
-    let parts = pre["pretokenizers"].as_array().filter(|_| pre["type"] == "Sequence")?;
-    let byte_level = parts.last().is_some_and(|p| p["type"] == "ByteLevel");
-    match parts.first()? {
-        d if d["type"] == "Digits" && d["individual_digits"] == true && byte_level => Some("smollm"),
-        s if s["type"] == "Split" && byte_level && parts.len() == 2 => {
-            let regex = s["pattern"]["Regex"].as_str()?;
-            super::gguf::SPLIT_REGEXES.iter().find(|(_, r)| *r == regex).map(|(name, _)| *name)
-        }
-        _ => None,
-    }
 }
 
 /// The bytes of `values` stored as `kind` (F32, F16 or Q8_0).
@@ -318,6 +289,12 @@ impl Metadata {
         self.bytes.extend(8u32.to_le_bytes());
         self.bytes.extend((v.len() as u64).to_le_bytes());
         v.iter().for_each(|s| put_str(&mut self.bytes, s));
+    }
+    fn f32s(&mut self, key: &str, v: &[f32]) {
+        self.key(key, 9);
+        self.bytes.extend(6u32.to_le_bytes());
+        self.bytes.extend((v.len() as u64).to_le_bytes());
+        v.iter().for_each(|x| self.bytes.extend(x.to_le_bytes()));
     }
     /// An array of i32 (llama.cpp reads token types only as i32).
     fn i32s(&mut self, key: &str, v: &[i32]) {

@@ -44,10 +44,11 @@ pub fn assert_matches_full_forward(model: &CausalLm, prompt: &[u32], g: &Generat
 
 /// The families GGUF export covers beyond plain Llama, each a variant of `base`'s config (same
 /// vocabulary) with fresh weights: biases and q/k norms random too, so every tensor matters.
-pub const GGUF_FAMILIES: [&str; 4] = ["qwen2", "qwen3", "llama3-rope", "linear-rope"];
+pub const GGUF_FAMILIES: [&str; 5] = ["qwen2", "qwen3", "llama3-rope", "linear-rope", "gemma3"];
 
-/// `base`'s config turned into `family` (see [`GGUF_FAMILIES`], and `gemma3`: window 8, every
-/// other layer sliding), with seeded random weights.
+/// `base`'s config turned into `family` (see [`GGUF_FAMILIES`]; `gemma3`: six layers, the last
+/// one global and linearly scaled, the rest sliding over 8 positions, as llama.cpp runs Gemma 3),
+/// with seeded random weights.
 pub fn family_model(base: &CausalLm, family: &str) -> CausalLm {
     let mut c = base.config().clone();
     match family {
@@ -64,10 +65,12 @@ pub fn family_model(base: &CausalLm, family: &str) -> CausalLm {
         "linear-rope" => c.rope_scaling = Some(serde_json::json!({"rope_type": "linear", "factor": 4.0})),
         "gemma3" => {
             (c.architectures, c.model_type) = (vec!["Gemma3ForCausalLM".into()], "gemma3_text".into());
+            c.num_hidden_layers = 6;
+            c.rope_scaling = Some(serde_json::json!({"rope_type": "linear", "factor": 2.0}));
             for (key, value) in [
-                ("query_pre_attn_scalar", serde_json::json!(48)),
+                ("query_pre_attn_scalar", serde_json::json!(c.head_dim())),
                 ("sliding_window", serde_json::json!(8)),
-                ("sliding_window_pattern", serde_json::json!(2)),
+                ("sliding_window_pattern", serde_json::json!(6)),
                 ("rope_local_base_freq", serde_json::json!(10000.0)),
             ] {
                 c.extra.insert(key.into(), value);
@@ -86,4 +89,25 @@ pub fn family_model(base: &CausalLm, family: &str) -> CausalLm {
         }
     });
     model
+}
+
+/// The llama-server binary, built once per test process if the cache lacks it
+/// (scripts/setup-llama-server.sh; `REASONRL_LLAMA_SERVER` names a binary to use instead).
+pub fn llama_server() -> &'static std::path::Path {
+    use std::path::{Path, PathBuf};
+    static SERVER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        if let Some(path) = std::env::var_os("REASONRL_LLAMA_SERVER") {
+            return PathBuf::from(path);
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup-llama-server.sh");
+        let out = std::process::Command::new(&script).output().expect("run setup-llama-server.sh");
+        assert!(out.status.success(), "setup-llama-server.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().expect("the binary's path").trim())
+    })
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
