@@ -196,7 +196,7 @@ enum ModelCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Convert a llama.cpp GGUF file (Llama architecture) into a Hugging Face model folder.
+    /// Convert a llama.cpp GGUF file (llama, qwen2, qwen3 or gemma3) into a Hugging Face model folder.
     ConvertGguf {
         /// The .gguf file.
         file: PathBuf,
@@ -206,7 +206,7 @@ enum ModelCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Export a model folder as a llama.cpp GGUF file (Llama architecture, byte-level BPE).
+    /// Export a model folder as a llama.cpp GGUF file (Llama, Mistral, Qwen2, Qwen3 or Gemma 3).
     ExportGguf {
         /// Model folder (config.json, safetensors, tokenizer.json).
         dir: PathBuf,

@@ -121,6 +121,20 @@ fn unsupported_variants_are_refused_by_name() {
     }
 }
 
+/// llama.cpp fixes Gemma 3's layer pattern, local RoPE base and attention scale; a Gemma 3 that
+/// sets them otherwise (the fixture: every other layer global) is refused by name, not exported.
+#[test]
+fn gemma3_settings_llama_cpp_fixes_are_refused_at_export() {
+    use reasonrl::model::gguf_export::{export_model, GgufDtype};
+    let dir = tempfile::tempdir().unwrap();
+    let model = CausalLm::load(&fixture("gemma3"), Device::Cpu, false).unwrap();
+    let (tokenizer, _) = common::synth_examples();
+    let out = dir.path().join("gemma3.gguf");
+    let err = export_model(&model, &tokenizer, &out, GgufDtype::F32).unwrap_err().to_string();
+    assert!(err.contains("every sixth layer global"), "{err}");
+    assert!(!out.exists());
+}
+
 fn no_eval(_: &CausalLm, _: &reasonrl::train::checkpoint::TrainerState) -> reasonrl::Result<reasonrl::run::Metrics> {
     Ok(reasonrl::run::Metrics::new())
 }
