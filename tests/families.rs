@@ -8,7 +8,7 @@ mod common;
 use reasonrl::model::CausalLm;
 use reasonrl::sample::Decoder;
 use std::path::{Path, PathBuf};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 const FAMILIES: [&str; 6] = ["llama3", "llama-linear", "qwen2", "mistral", "qwen3", "gemma3"];
 
@@ -118,6 +118,32 @@ fn unsupported_variants_are_refused_by_name() {
         std::fs::write(&path, bad.to_string()).unwrap();
         let err = reasonrl::model::ModelConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("config.json") && err.contains(needle), "{key}: {err}");
+    }
+}
+
+/// A scalar head (PPO's value head, the ORM's score) sits on every family: a loss on its values
+/// sends gradients to every weight, and the head survives a save and a reload.
+#[test]
+fn every_family_carries_a_scalar_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tokenizer, examples) = common::synth_examples();
+    let preset = reasonrl::model::presets::preset("tiny", tokenizer.vocab_size() as i64, 256).unwrap();
+    let base = CausalLm::new(&preset, Device::Cpu, false).unwrap();
+    let ids = Tensor::from_slice(&examples[0].tokens.iter().map(|&t| t as i64).collect::<Vec<_>>()).unsqueeze(0);
+    for family in common::GGUF_FAMILIES {
+        let config = common::family_model(&base, family).config().clone();
+        let model = CausalLm::new(&config, Device::Cpu, true).unwrap();
+        let values = model.head_values(&model.forward_hidden(&ids)).unwrap();
+        values.square().sum(Kind::Float).backward();
+        for (name, t) in model.vs.variables() {
+            let reached = t.grad().defined() && t.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0;
+            assert!(reached, "{family}: no gradient reaches {name}");
+        }
+        let folder = dir.path().join(family);
+        model.save(&folder).unwrap();
+        let reloaded = CausalLm::load(&folder, Device::Cpu, true).unwrap();
+        let again = tch::no_grad(|| reloaded.head_values(&reloaded.forward_hidden(&ids)).unwrap());
+        assert!(max_diff(&values.detach(), &again) < 1e-6, "{family}: the head changed on reload");
     }
 }
 
