@@ -34,6 +34,21 @@ fn shipped_configs_parse() {
     );
     let grpo: reasonrl::train::grpo::GrpoConfig = load(Some(&config("grpo.toml")), &[]).unwrap();
     assert_eq!(grpo.estimator, reasonrl::train::grpo::Estimator::Grpo);
+    use reasonrl::train::pg::{Aggregation, RatioLevel};
+    let dapo: reasonrl::train::grpo::GrpoConfig = load(Some(&config("dapo.toml")), &[]).unwrap();
+    assert_eq!((dapo.aggregation, dapo.pg.clip, dapo.clip_high), (Aggregation::TokenMean, 0.2, Some(0.28)));
+    let dr: reasonrl::train::grpo::GrpoConfig = load(Some(&config("dr-grpo.toml")), &[]).unwrap();
+    assert_eq!((dr.aggregation, dr.scale_by_std), (Aggregation::SeqMeanTokenSumNorm, false));
+    let gspo: reasonrl::train::grpo::GrpoConfig = load(Some(&config("gspo.toml")), &[]).unwrap();
+    assert_eq!(
+        (gspo.ratio, gspo.aggregation, gspo.clip_high),
+        (RatioLevel::Sequence, Aggregation::SeqMeanTokenMean, Some(4e-4))
+    );
+    for (set, key) in [("dual_clip=0.5", "dual_clip"), ("clip_high=0", "clip_high"), ("ratio=\"seq\"", "ratio")] {
+        let bad = load::<reasonrl::train::grpo::GrpoConfig>(Some(&config("grpo.toml")), &[set.into()]);
+        let err = bad.unwrap_err().to_string();
+        assert!(err.contains(key), "{set}: {err}");
+    }
     for name in ["study.toml", "study-full.toml"] {
         let s: reasonrl::study::StudyConfig = load(Some(&config(name)), &[]).unwrap();
         // Stage configs are relative to the repository root, where cargo runs tests.
@@ -42,5 +57,5 @@ fn shipped_configs_parse() {
         assert!(plan.rows.iter().any(|r| r.algorithm == "ei"), "{name}");
     }
     let names: Vec<_> = std::fs::read_dir(config("")).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(names.len(), 13, "a new config file needs a line here: {names:?}");
+    assert_eq!(names.len(), 16, "a new config file needs a line here: {names:?}");
 }

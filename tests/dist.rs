@@ -189,7 +189,7 @@ fn two_ranks_sample_and_run_expert_iteration_like_one() {
 }
 
 #[test]
-fn grpo_and_ppo_minibatches_split_over_two_ranks_like_one() {
+fn grpo_family_and_ppo_minibatches_split_over_two_ranks_like_one() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     // One-digit answers: an untrained policy's stray digits are sometimes right, so the
@@ -208,7 +208,19 @@ fn grpo_and_ppo_minibatches_split_over_two_ranks_like_one() {
     for split in ["train", "test"] {
         std::fs::write(task.join(format!("{split}.jsonl")), &rows).unwrap();
     }
-    for algorithm in ["grpo", "ppo"] {
+    // Every aggregation of the GRPO family (token-mean; GSPO's sequence ratio per response;
+    // Dr. GRPO's constant normaliser with clip-higher and dual-clip), and PPO.
+    let variants: [(&str, &str, &[&str]); 4] = [
+        ("grpo", "grpo", &[]),
+        ("gspo", "grpo", &["aggregation=seq-mean-token-mean", "ratio=sequence"]),
+        (
+            "drgrpo",
+            "grpo",
+            &["aggregation=seq-mean-token-sum-norm", "scale_by_std=false", "clip_high=0.28", "dual_clip=3"],
+        ),
+        ("ppo", "ppo", &[]),
+    ];
+    for (label, algorithm, extra) in variants {
         let sets = |name: &str| {
             let mut sets = vec![
                 format!("model={model}"),
@@ -231,21 +243,22 @@ fn grpo_and_ppo_minibatches_split_over_two_ranks_like_one() {
             ];
             let k = if algorithm == "ppo" { 2 } else { 8 }; // GRPO's group: 8 solutions per prompt
             sets.push(format!("sampling.samples_per_prompt={k}"));
+            sets.extend(extra.iter().map(|x| x.to_string()));
             with_sets(algorithm, &sets)
         };
-        let (one, two) = (format!("{algorithm}-one"), format!("{algorithm}-two"));
+        let (one, two) = (format!("{label}-one"), format!("{label}-two"));
         ok(&sets(&one));
         ok2(&sets(&two));
         let diff = max_diff(&dir.path().join(&one).join("final"), &dir.path().join(&two).join("final"));
-        assert!(diff <= 1e-5, "{algorithm}: policies differ by {diff}");
+        assert!(diff <= 1e-5, "{label}: policies differ by {diff}");
         let moved = max_diff(Path::new(&model), &dir.path().join(&one).join("final"));
-        assert!(moved > 1e-4, "{algorithm}: the updates changed nothing ({moved})");
+        assert!(moved > 1e-4, "{label}: the updates changed nothing ({moved})");
         let loss = if algorithm == "ppo" { "ppo/policy_loss" } else { "grpo/policy_loss" };
         let (a, b) = (
             column(&dir.path().join(&one).join("metrics.jsonl"), loss),
             column(&dir.path().join(&two).join("metrics.jsonl"), loss),
         );
-        assert!(!a.is_empty() && close(&a, &b, 1e-5), "{algorithm}: logged losses {a:?} vs {b:?}");
+        assert!(!a.is_empty() && close(&a, &b, 1e-5), "{label}: logged losses {a:?} vs {b:?}");
     }
 }
 

@@ -6,13 +6,15 @@
 //! - RLOO: A_i = R_i - mean of the other G - 1 rewards.
 //!
 //! A group whose rewards are all equal teaches nothing (every advantage is 0). Every response
-//! token gets its solution's advantage; the loss is PPO's token-level clipped surrogate, plus
-//! kl_coef * k3-KL to the frozen reference as a loss term (`kl_in_reward = false`, GRPO's way) or
-//! with kl_coef * the summed log-ratio subtracted from R (RLOO's way). No value model.
+//! token gets its solution's advantage; the loss is the clipped surrogate of [`policy_loss`]
+//! (token or sequence ratios, GSPO; asymmetric clipping, DAPO; dual-clip), aggregated per token,
+//! per response (GRPO) or over a constant (Dr. GRPO), plus kl_coef * k3-KL to the frozen
+//! reference, aggregated alike (`kl_in_reward = false`, GRPO's way), or with kl_coef * the summed
+//! log-ratio subtracted from R (RLOO's way). No value model.
 
 use super::checkpoint::PgState;
 use super::optim::{learning_rate, AdamW};
-use super::pg::{clipped_policy_loss, kl_k3, masked_mean, pad_rows, score_responses};
+use super::pg::{kl_k3, masked_mean, pad_rows, policy_loss, score_responses, Aggregation, Clip, RatioLevel};
 use super::pg_run::{minibatch_rng, rank_part, PgRun, PgSpec, Trained};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -42,6 +44,18 @@ pub struct GrpoConfig {
     pub scale_by_std: bool,
     /// Put the KL penalty in the reward (true, RLOO's way) instead of the loss (k3, GRPO's).
     pub kl_in_reward: bool,
+    /// How per-token losses add up: `token-mean` (DAPO), `seq-mean-token-mean` (GRPO) or
+    /// `seq-mean-token-sum-norm` (Dr. GRPO).
+    pub aggregation: Aggregation,
+    /// `token` ratios (PPO, GRPO) or the length-normalised `sequence` ratio (GSPO).
+    pub ratio: RatioLevel,
+    /// The ratio's upper clip, 1 + clip_high (DAPO: 0.28); unset, `clip`, symmetric.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_high: Option<f64>,
+    /// Dual-clip's c: a negative advantage's loss is capped at -A c (Ye et al. 2020: 3); unset,
+    /// none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dual_clip: Option<f64>,
 }
 
 impl Default for GrpoConfig {
@@ -51,12 +65,22 @@ impl Default for GrpoConfig {
             estimator: Estimator::Grpo,
             scale_by_std: true,
             kl_in_reward: false,
+            aggregation: Aggregation::TokenMean,
+            ratio: RatioLevel::Token,
+            clip_high: None,
+            dual_clip: None,
         }
     }
 }
 
 impl Config for GrpoConfig {
     fn check(&self) -> std::result::Result<(), String> {
+        if self.clip_high.is_some_and(|c| c.is_nan() || c <= 0.0) {
+            return Err("`clip_high` must be positive".into());
+        }
+        if self.dual_clip.is_some_and(|c| c.is_nan() || c <= 1.0) {
+            return Err("`dual_clip` must be above 1 (Ye et al. use 3)".into());
+        }
         self.pg.check(2)
     }
 }
@@ -101,6 +125,7 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let world = crate::dist::world();
     world.broadcast_weights(&policy.vs)?;
     let total_steps = pg.updates * pg.epochs * pg.minibatches;
+    let clip = Clip { low: pg.clip, high: cfg.clip_high.unwrap_or(pg.clip), dual: cfg.dual_clip };
 
     for update in done + 1..=pg.updates {
         // 1. G solutions per prompt (ordered by prompt, then sample: groups are contiguous).
@@ -142,6 +167,12 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
             for mb in order.chunks(order.len().div_ceil(pg.minibatches)) {
                 let lr = learning_rate(&pg.optim, step, total_steps);
                 step += 1;
+                // Token weights from the whole minibatch: the ranks' weighted sums add up to it.
+                let tokens = mb.iter().map(|&i| episodes[i].response_tokens.len()).sum();
+                let weight = |i: usize| {
+                    let len = episodes[i].response_tokens.len();
+                    cfg.aggregation.token_weight(len, mb.len(), tokens, pg.sampling.max_new_tokens) as f32
+                };
                 let (mb, share) = rank_part(mb, &episodes);
                 let batch: Vec<&Episode> = mb.iter().map(|&i| &episodes[i]).collect();
                 let r = batch.iter().map(|e| e.response_tokens.len()).max().unwrap_or(1).max(1);
@@ -150,18 +181,23 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 let adv: Vec<Vec<f32>> =
                     mb.iter().map(|&i| vec![advantages[i] as f32; episodes[i].response_tokens.len()]).collect();
                 let adv = pad_rows(&adv.iter().map(Vec::as_slice).collect::<Vec<_>>(), r, run.device);
+                let weights: Vec<Vec<f32>> =
+                    mb.iter().map(|&i| vec![weight(i); episodes[i].response_tokens.len()]).collect();
+                let weights = pad_rows(&weights.iter().map(Vec::as_slice).collect::<Vec<_>>(), r, run.device);
                 let scored = score_responses(&policy, &batch, pg.sampling.temperature);
-                let (pg_loss, clip_fraction, approx_kl) =
-                    clipped_policy_loss(&scored.logprobs, &rows(&old_logprobs), &adv, &scored.mask, pg.clip);
-                let kl = masked_mean(&kl_k3(&scored.logprobs, &rows(&ref_logprobs)), &scored.mask);
+                let (pg_loss, [clip_low, clip_high, approx_kl]) =
+                    policy_loss(&scored.logprobs, &rows(&old_logprobs), &adv, &scored.mask, &weights, cfg.ratio, clip);
+                let kl = (kl_k3(&scored.logprobs, &rows(&ref_logprobs)) * &weights).sum(tch::Kind::Float);
                 let loss = if cfg.kl_in_reward { pg_loss.shallow_clone() } else { &pg_loss + &kl * pg.kl_coef };
                 optimizer.zero_grad();
-                (&loss * share).backward();
+                loss.backward();
                 world.all_reduce_grads(&policy.vs)?;
-                let means =
-                    [&loss, &pg_loss, &kl, &clip_fraction, &approx_kl, &masked_mean(&scored.entropy, &scored.mask)]
-                        .map(|t| t.double_value(&[]) * share);
-                let [value, pg_loss, kl, clip_fraction, approx_kl, entropy] = world.sum_each(means)?;
+                // The losses are this rank's part of a sum; the diagnostics, means over its tokens.
+                let parts = [&loss, &pg_loss, &kl].map(|t| t.double_value(&[]));
+                let means = [&clip_low, &clip_high, &approx_kl, &masked_mean(&scored.entropy, &scored.mask)]
+                    .map(|t| t.double_value(&[]) * share);
+                let [value, pg_loss, kl, clip_low, clip_high, approx_kl, entropy] =
+                    world.sum_each([parts[0], parts[1], parts[2], means[0], means[1], means[2], means[3]])?;
                 if !value.is_finite() {
                     return Err(Error::Invalid(format!("GRPO loss is {value}: stopping (lower optim.lr?)")));
                 }
@@ -171,7 +207,8 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 for (name, v) in [
                     ("grpo/policy_loss", pg_loss),
                     ("grpo/kl_k3", kl),
-                    ("grpo/clip_fraction", clip_fraction),
+                    ("grpo/clip_low_fraction", clip_low),
+                    ("grpo/clip_high_fraction", clip_high),
                     ("grpo/approx_kl", approx_kl),
                     ("grpo/entropy", entropy),
                     ("grpo/grad_norm", grad_norm),

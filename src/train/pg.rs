@@ -1,6 +1,8 @@
 //! The policy-gradient equations, each written to be read against its paper: log-probs,
 //! entropies and values of sampled responses, GAE, whitening, PPO's clipped policy and value
-//! losses, the k3 KL estimator and explained variance. PPO and GRPO/RLOO build on these.
+//! losses, the GRPO family's surrogate (its aggregations, token or sequence ratios, asymmetric
+//! and dual clipping), the k3 KL estimator and explained variance. PPO and GRPO/RLOO build on
+//! these.
 
 use crate::error::Result;
 use crate::model::Llama;
@@ -153,6 +155,93 @@ pub fn clipped_policy_loss(
     (loss, clip_fraction.detach(), approx_kl.detach())
 }
 
+/// How a minibatch's per-token losses become one number (TRL's `loss_type`, verl's
+/// `loss_agg_mode`): each token's weight, from counts over the whole minibatch, so the sum over
+/// ranks of each rank's weighted sum is the same update on any number of ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Aggregation {
+    /// Mean over all tokens: a long response weighs in proportion to its length (DAPO, Yu et
+    /// al. 2025).
+    #[default]
+    TokenMean,
+    /// Mean over responses of each response's token mean (GRPO, Shao et al. 2024): a token of a
+    /// long response weighs less.
+    SeqMeanTokenMean,
+    /// Each response's token sum, over responses x `max_new_tokens`, a constant: no length bias
+    /// (Dr. GRPO, Liu et al. 2025).
+    SeqMeanTokenSumNorm,
+}
+
+impl Aggregation {
+    /// The weight of each token of a response of `len` tokens, in a minibatch of `responses`
+    /// responses and `tokens` tokens in all.
+    pub fn token_weight(self, len: usize, responses: usize, tokens: usize, max_new_tokens: usize) -> f64 {
+        match self {
+            Aggregation::TokenMean => 1.0 / tokens.max(1) as f64,
+            Aggregation::SeqMeanTokenMean => 1.0 / (responses.max(1) * len.max(1)) as f64,
+            Aggregation::SeqMeanTokenSumNorm => 1.0 / (responses.max(1) * max_new_tokens.max(1)) as f64,
+        }
+    }
+}
+
+/// Whose probability ratio is clipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum RatioLevel {
+    /// Each token's r_t = p(y_t) / p_old(y_t) (PPO, GRPO).
+    #[default]
+    Token,
+    /// The response's length-normalised s = exp(mean_t log r_t), given to every token (GSPO,
+    /// Zheng et al. 2025, who clip it at 1 - 3e-4 and 1 + 4e-4).
+    Sequence,
+}
+
+/// The clip range of the ratio: [1 - low, 1 + high] (DAPO's clip-higher: 0.2 and 0.28), and
+/// dual-clip's bound c on the loss of a negative advantage (Ye et al. 2020: c = 3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clip {
+    pub low: f64,
+    pub high: f64,
+    pub dual: Option<f64>,
+}
+
+/// The clipped surrogate of the GRPO family (to minimise): sum over tokens of weight x
+/// max(-A r, -A clip(r, 1 - low, 1 + high)), that term capped at -A c where A < 0 with dual-clip.
+/// Returns the loss and, as means over this rank's tokens: the fractions of tokens whose ratio
+/// lies below 1 - low and above 1 + high, and the approximate KL mean((r - 1) - log r).
+pub fn policy_loss(
+    logprobs: &Tensor,
+    old_logprobs: &Tensor,
+    advantages: &Tensor,
+    mask: &Tensor,
+    weights: &Tensor,
+    level: RatioLevel,
+    clip: Clip,
+) -> (Tensor, [Tensor; 3]) {
+    let token_log_ratio = (logprobs - old_logprobs) * mask;
+    let log_ratio = match level {
+        RatioLevel::Token => token_log_ratio.shallow_clone(),
+        RatioLevel::Sequence => {
+            let mean = token_log_ratio.sum_dim_intlist(-1, true, Kind::Float)
+                / mask.sum_dim_intlist(-1, true, Kind::Float).clamp_min(1.0);
+            mean.expand_as(logprobs)
+        }
+    };
+    let ratio = log_ratio.exp();
+    let unclipped = -advantages * &ratio;
+    let clipped = -advantages * ratio.clamp(1.0 - clip.low, 1.0 + clip.high);
+    let mut per_token = unclipped.maximum(&clipped);
+    if let Some(c) = clip.dual {
+        per_token = per_token.minimum(&(-advantages * c)).where_self(&advantages.lt(0.0), &per_token);
+    }
+    let loss = (per_token * weights).sum(Kind::Float);
+    let below = masked_mean(&ratio.lt(1.0 - clip.low).to_kind(Kind::Float), mask);
+    let above = masked_mean(&ratio.gt(1.0 + clip.high).to_kind(Kind::Float), mask);
+    let approx_kl = masked_mean(&((&ratio - 1.0) - &log_ratio), mask);
+    (loss, [below.detach(), above.detach(), approx_kl.detach()])
+}
+
 /// PPO's clipped value loss: 0.5 mean(max((v - R)^2, (v_old + clip(v - v_old, -eps, eps) - R)^2)).
 pub fn clipped_value_loss(values: &Tensor, old_values: &Tensor, returns: &Tensor, mask: &Tensor, clip: f64) -> Tensor {
     let clipped = old_values + (values - old_values).clamp(-clip, clip);
@@ -207,6 +296,77 @@ mod tests {
         assert!(close(&adv, &[0.5, 0.4, 0.3]));
         // gamma discounts: one step, reward 2 -> A = 2 - v.
         assert!(close(&gae(&[2.0], &[0.5], 0.9, 0.95).0, &[1.5]));
+    }
+
+    /// Two responses (two groups of one, for brevity): 2 tokens with advantage +1 and 1 token
+    /// with advantage -1; the loss and the gradient on each log-prob, from the given log-ratios.
+    fn surrogate(log_ratios: [f64; 3], agg: Aggregation, level: RatioLevel, clip: Clip) -> (f64, Vec<f32>) {
+        let logp = Tensor::from_slice(&[log_ratios[0] as f32, log_ratios[1] as f32, log_ratios[2] as f32, 0.0])
+            .reshape([2, 2])
+            .set_requires_grad(true);
+        let zeros = Tensor::zeros([2, 2], (Kind::Float, Device::Cpu));
+        let adv = Tensor::from_slice(&[1f32, 1.0, -1.0, 0.0]).reshape([2, 2]);
+        let mask = Tensor::from_slice(&[1f32, 1.0, 1.0, 0.0]).reshape([2, 2]);
+        let w = |len| agg.token_weight(len, 2, 3, 4) as f32;
+        let weights = Tensor::from_slice(&[w(2), w(2), w(1), 0.0]).reshape([2, 2]);
+        let (loss, _) = policy_loss(&logp, &zeros, &adv, &mask, &weights, level, clip);
+        loss.backward();
+        let grad = Vec::<f32>::try_from(logp.grad().flatten(0, -1)).unwrap();
+        (loss.double_value(&[]), grad[..3].to_vec())
+    }
+
+    const DAPO: Clip = Clip { low: 0.2, high: 0.28, dual: None };
+
+    #[test]
+    fn aggregations_by_hand() {
+        // Ratios 1 and 2 (A = +1), 0.5 (A = -1). Per token: -1 (inside the clip: gradient -A r = -1);
+        // max(-2, -1.28) = -1.28 (clipped high: no gradient); max(0.5, 0.8) = 0.8 (clipped low).
+        let ratios = [0.0, 2f64.ln(), 0.5f64.ln()];
+        let cases = [
+            (Aggregation::TokenMean, (-1.0 - 1.28 + 0.8) / 3.0, -1.0 / 3.0), // weights 1/3
+            (Aggregation::SeqMeanTokenMean, (-1.0 - 1.28) / 4.0 + 0.8 / 2.0, -1.0 / 4.0), // 1/(2*2), 1/(2*1)
+            (Aggregation::SeqMeanTokenSumNorm, (-1.0 - 1.28 + 0.8) / 8.0, -1.0 / 8.0), // 1/(2*4)
+        ];
+        for (agg, loss, grad0) in cases {
+            let (l, g) = surrogate(ratios, agg, RatioLevel::Token, DAPO);
+            assert!((l - loss).abs() < 1e-5, "{agg:?}: loss {l} vs {loss}");
+            assert!(close(&g, &[grad0 as f32, 0.0, 0.0]), "{agg:?}: gradient {g:?}");
+        }
+    }
+
+    #[test]
+    fn clip_higher_and_dual_clip_by_hand() {
+        // Ratio 1.25 with A = +1: inside DAPO's 1.28 (gradient -1.25 / 3), clipped by PPO's 1.2.
+        let ratios = [1.25f64.ln(), 0.0, 0.0];
+        let (_, g) = surrogate(ratios, Aggregation::TokenMean, RatioLevel::Token, DAPO);
+        assert!(close(&g, &[-1.25 / 3.0, -1.0 / 3.0, 1.0 / 3.0]), "{g:?}");
+        let ppo = Clip { low: 0.2, high: 0.2, dual: None };
+        let (_, g) = surrogate(ratios, Aggregation::TokenMean, RatioLevel::Token, ppo);
+        assert!(close(&g, &[0.0, -1.0 / 3.0, 1.0 / 3.0]), "{g:?}");
+        // Ratio 4 with A = -1: max(4, 1.28) = 4 with gradient 4; dual-clip caps it at -A c = 3, flat.
+        let ratios = [0.0, 0.0, 4f64.ln()];
+        let (l, g) = surrogate(ratios, Aggregation::TokenMean, RatioLevel::Token, DAPO);
+        assert!((l - (-2.0 + 4.0) / 3.0).abs() < 1e-5 && close(&g[2..], &[4.0 / 3.0]), "{l} {g:?}");
+        let dual = Clip { dual: Some(3.0), ..DAPO };
+        let (l, g) = surrogate(ratios, Aggregation::TokenMean, RatioLevel::Token, dual);
+        assert!((l - (-2.0 + 3.0) / 3.0).abs() < 1e-5 && close(&g[2..], &[0.0]), "{l} {g:?}");
+    }
+
+    #[test]
+    fn sequence_ratio_by_hand() {
+        // Log-ratios 0 and 0.2 -> s = e^0.1 = 1.10517 for both tokens; -0.1 -> s = e^-0.1 = 0.904837.
+        // seq-mean-token-mean: loss = -s0 / 2 + s1 / 2; d/dlogp_t of row 0 = -(1/2) s0 / 2 (s0's
+        // gradient spread over its 2 tokens), of row 1 = (1/2) s1.
+        let (s0, s1) = (0.1f64.exp(), (-0.1f64).exp());
+        let ratios = [0.0, 0.2, -0.1];
+        let (l, g) = surrogate(ratios, Aggregation::SeqMeanTokenMean, RatioLevel::Sequence, DAPO);
+        assert!((l - (-s0 / 2.0 + s1 / 2.0)).abs() < 1e-5, "{l}");
+        let (g0, g1) = ((-s0 / 4.0) as f32, (s1 / 2.0) as f32);
+        assert!(close(&g, &[g0, g0, g1]), "{g:?}");
+        // GSPO's own range [1 - 3e-4, 1 + 4e-4] clips both: no gradient.
+        let gspo = Clip { low: 3e-4, high: 4e-4, dual: None };
+        let (_, g) = surrogate(ratios, Aggregation::SeqMeanTokenMean, RatioLevel::Sequence, gspo);
+        assert!(close(&g, &[0.0; 3]), "{g:?}");
     }
 
     #[test]
