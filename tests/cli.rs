@@ -438,17 +438,22 @@ fn ppo_and_grpo_run_their_updates() {
     ]);
     ok(&strs(&with_sets(&["ppo"], &ppo, &[])));
     let mut grpo = common.to_vec();
-    grpo.push("sampling.samples_per_prompt=3".into());
+    // Without a KL penalty no reference policy is loaded or run, and none is logged.
+    grpo.extend(
+        ["sampling.samples_per_prompt=3", "kl_coef=0", "clip_high=0.28", "aggregation=seq-mean-token-mean"]
+            .map(String::from),
+    );
     ok(&strs(&with_sets(&["grpo", "--estimator", "rloo"], &grpo, &[])));
     for (run, keys) in [
         ("ppo", &["ppo/clip_fraction", "ppo/value_loss", "kl/reference", "value/explained_variance"][..]),
-        ("grpo", &["grpo/kl_k3", "grpo/informative_groups"][..]),
+        ("grpo", &["grpo/clip_high_fraction", "grpo/informative_groups"][..]),
     ] {
         let lines = json_lines(&dir.path().join(run).join("metrics.jsonl"));
         assert_eq!(lines.len(), 3, "{run}: the start and two updates");
         let last = &lines[2];
         assert!(keys.iter().all(|k| last.get(*k).is_some()), "{run}: {last}");
         assert!(last["reward/mean"].is_number() && last["eval/maj@1"].is_number(), "{run}: {last}");
+        assert_eq!(last.get("kl/reference").is_some(), run == "ppo", "{run}: {last}");
         let per_update = if run == "ppo" { 4.0 } else { 12.0 };
         assert_eq!(last["samples_seen"].as_f64(), Some(2.0 * per_update), "{run}");
         assert!(dir.path().join(run).join("final/model.safetensors").exists());

@@ -133,11 +133,14 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         let refs: Vec<&Episode> = episodes.iter().collect();
         let ref_logprobs = run.reference_logprobs(&policy, &refs)?;
         // 2. Sequence rewards and group-relative advantages.
-        let log_ratio: Vec<f64> = old_logprobs
-            .iter()
-            .zip(&ref_logprobs)
-            .map(|(o, q)| o.iter().zip(q).map(|(a, b)| (a - b) as f64).sum())
-            .collect();
+        let log_ratio: Vec<f64> = match &ref_logprobs {
+            Some(ref_logprobs) => old_logprobs
+                .iter()
+                .zip(ref_logprobs)
+                .map(|(o, q)| o.iter().zip(q).map(|(a, b)| (a - b) as f64).sum())
+                .collect(),
+            None => vec![0.0; episodes.len()],
+        };
         let rewards: Vec<f64> = run
             .rewards(&episodes)?
             .iter()
@@ -187,7 +190,10 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 let scored = score_responses(&policy, &batch, pg.sampling.temperature);
                 let (pg_loss, [clip_low, clip_high, approx_kl]) =
                     policy_loss(&scored.logprobs, &rows(&old_logprobs), &adv, &scored.mask, &weights, cfg.ratio, clip);
-                let kl = (kl_k3(&scored.logprobs, &rows(&ref_logprobs)) * &weights).sum(tch::Kind::Float);
+                let kl = match &ref_logprobs {
+                    Some(q) => (kl_k3(&scored.logprobs, &rows(q)) * &weights).sum(tch::Kind::Float),
+                    None => tch::Tensor::zeros([], (tch::Kind::Float, run.device)),
+                };
                 let loss = if cfg.kl_in_reward { pg_loss.shallow_clone() } else { &pg_loss + &kl * pg.kl_coef };
                 optimizer.zero_grad();
                 loss.backward();
@@ -223,9 +229,11 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         let mut line: Metrics = sums.into_iter().map(|(k, v)| (k, v / steps.max(1) as f64)).collect();
         line.extend([
             ("reward/mean".into(), rewards.iter().sum::<f64>() / n),
-            ("kl/reference".into(), log_ratio.iter().sum::<f64>() / n),
             ("grpo/informative_groups".into(), informative_groups as f64 / pg.prompts_per_update as f64),
         ]);
+        if ref_logprobs.is_some() {
+            line.insert("kl/reference".into(), log_ratio.iter().sum::<f64>() / n);
+        }
         let message = format!("reward {:.3}", line["reward/mean"]);
         let trained = Trained {
             policy: &policy,

@@ -116,8 +116,8 @@ impl PgSpec {
 /// checkpoints, logging). Shared by PPO and GRPO/RLOO.
 pub struct PgRun<'a> {
     pub tokenizer: Tokenizer,
-    /// The frozen reference policy; None with LoRA, where it is the policy without adapters.
-    reference: Option<CausalLm>,
+    /// The KL penalty's reference policy.
+    reference: Reference,
     pub device: Device,
     settings: &'a PgSpec,
     dir: PathBuf,
@@ -165,8 +165,9 @@ impl<'a> PgRun<'a> {
         let Run { setup, policy, tokenizer } = common.open(config, resume, force, value_head)?;
         let device = setup.device;
         let reference = match common.lora {
-            Some(_) => None,
-            None => Some(CausalLm::load(&common.model, device, false)?),
+            _ if s.kl_coef == 0.0 => Reference::Off,
+            Some(_) => Reference::WithoutAdapters,
+            None => Reference::Frozen(CausalLm::load(&common.model, device, false)?),
         };
         let rewarder = Rewarder::new(&s.reward, &tokenizer, device)?;
         let questions = setup.load(Split::Train, s.questions)?;
@@ -264,11 +265,12 @@ impl<'a> PgRun<'a> {
         score_episodes(model, episodes, self.settings.sampling.temperature, self.settings.sampling.batch_size)
     }
 
-    /// The reference policy's log-probs of the episodes' responses.
-    pub fn reference_logprobs(&self, policy: &CausalLm, episodes: &[&Episode]) -> Result<PerToken> {
+    /// The reference policy's log-probs of the episodes' responses; None without a KL penalty.
+    pub fn reference_logprobs(&self, policy: &CausalLm, episodes: &[&Episode]) -> Result<Option<PerToken>> {
         match &self.reference {
-            Some(reference) => Ok(self.score(reference, episodes)?.0),
-            None => policy.net.without_adapters(|| Ok(self.score(policy, episodes)?.0)),
+            Reference::Frozen(reference) => Ok(Some(self.score(reference, episodes)?.0)),
+            Reference::WithoutAdapters => policy.net.without_adapters(|| Ok(Some(self.score(policy, episodes)?.0))),
+            Reference::Off => Ok(None),
         }
     }
 
@@ -353,6 +355,16 @@ impl<'a> PgRun<'a> {
         }
         self.checkpoints.log(&line)
     }
+}
+
+/// The policy the KL penalty measures against.
+enum Reference {
+    /// A frozen copy of the initial policy.
+    Frozen(CausalLm),
+    /// With LoRA: the policy with its adapters switched off, no copy.
+    WithoutAdapters,
+    /// `kl_coef = 0` (a multiplicative controller keeps it 0): no reference, no forward pass.
+    Off,
 }
 
 /// This rank's block of minibatch `mb` and its share of the minibatch's response tokens. The

@@ -145,7 +145,7 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         let rewards = run.rewards(&episodes)?;
         let mut kl_sum = 0.0;
         let mut shaped = rewards.clone();
-        for ((r, old), reference) in shaped.iter_mut().zip(&old_logprobs).zip(&ref_logprobs) {
+        for ((r, old), reference) in shaped.iter_mut().zip(&old_logprobs).zip(ref_logprobs.iter().flatten()) {
             for ((r, o), q) in r.iter_mut().zip(old).zip(reference) {
                 *r -= (kl_coef * (o - q) as f64) as f32;
                 kl_sum += (o - q) as f64;
@@ -188,10 +188,12 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         let mut line = stats.finish();
         line.extend([
             ("reward/mean".into(), rewards.iter().map(|r| r.iter().sum::<f32>() as f64).sum::<f64>() / n),
-            ("kl/reference".into(), mean_kl),
             ("kl/coef".into(), clocks.kl_coef),
             ("value/explained_variance".into(), explained_variance(&batch.old_values, &batch.returns)),
         ]);
+        if ref_logprobs.is_some() {
+            line.insert("kl/reference".into(), mean_kl);
+        }
         let message = format!("reward {:.3} kl {mean_kl:.3}", line["reward/mean"]);
         let critic = critic.as_ref().zip(critic_optimizer.as_ref());
         let trained = Trained { policy: &policy, optimizer: &optimizer, critic, state: clocks.clone() };
