@@ -167,7 +167,7 @@ impl<'a> PgRun<'a> {
         let reference = match common.lora {
             _ if s.kl_coef == 0.0 => Reference::Off,
             Some(_) => Reference::WithoutAdapters,
-            None => Reference::Frozen(CausalLm::load(&common.model, device, false)?),
+            None => Reference::Frozen(Box::new(CausalLm::load(&common.model, device, false)?)),
         };
         let rewarder = Rewarder::new(&s.reward, &tokenizer, device)?;
         let questions = setup.load(Split::Train, s.questions)?;
@@ -360,7 +360,7 @@ impl<'a> PgRun<'a> {
 /// The policy the KL penalty measures against.
 enum Reference {
     /// A frozen copy of the initial policy.
-    Frozen(CausalLm),
+    Frozen(Box<CausalLm>),
     /// With LoRA: the policy with its adapters switched off, no copy.
     WithoutAdapters,
     /// `kl_coef = 0` (a multiplicative controller keeps it 0): no reference, no forward pass.
