@@ -446,7 +446,10 @@ fn ppo_and_grpo_run_their_updates() {
     ok(&strs(&with_sets(&["grpo", "--estimator", "rloo"], &grpo, &[])));
     for (run, keys) in [
         ("ppo", &["ppo/clip_fraction", "ppo/value_loss", "kl/reference", "value/explained_variance"][..]),
-        ("grpo", &["grpo/clip_high_fraction", "grpo/informative_groups"][..]),
+        (
+            "grpo",
+            &["grpo/clip_high_fraction", "grpo/informative_groups", "reward/std", "response_length/truncated"][..],
+        ),
     ] {
         let lines = json_lines(&dir.path().join(run).join("metrics.jsonl"));
         assert_eq!(lines.len(), 3, "{run}: the start and two updates");

@@ -227,8 +227,11 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         // 4. Log.
         let n = episodes.len() as f64;
         let mut line: Metrics = sums.into_iter().map(|(k, v)| (k, v / steps.max(1) as f64)).collect();
+        let mean = rewards.iter().sum::<f64>() / n;
+        let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
         line.extend([
-            ("reward/mean".into(), rewards.iter().sum::<f64>() / n),
+            ("reward/mean".into(), mean),
+            ("reward/std".into(), std),
             ("grpo/informative_groups".into(), informative_groups as f64 / pg.prompts_per_update as f64),
         ]);
         if ref_logprobs.is_some() {

@@ -298,6 +298,11 @@ impl<'a> PgRun<'a> {
         line.extend([
             ("reward/correct".into(), episodes.iter().filter(|e| e.correct).count() as f64 / n),
             ("response_length".into(), episodes.iter().map(|e| e.response_tokens.len()).sum::<usize>() as f64 / n),
+            ("response_length/max".into(), episodes.iter().map(|e| e.response_tokens.len()).max().unwrap_or(0) as f64),
+            (
+                "response_length/truncated".into(),
+                episodes.iter().filter(|e| e.finish == crate::sample::Finish::Length).count() as f64 / n,
+            ),
         ]);
         let s = self.settings;
         if every(update, s.eval_every) || update == s.updates {
