@@ -440,8 +440,14 @@ fn ppo_and_grpo_run_their_updates() {
     let mut grpo = common.to_vec();
     // Without a KL penalty no reference policy is loaded or run, and none is logged.
     grpo.extend(
-        ["sampling.samples_per_prompt=3", "kl_coef=0", "clip_high=0.28", "aggregation=seq-mean-token-mean"]
-            .map(String::from),
+        [
+            "sampling.samples_per_prompt=3",
+            "kl_coef=0",
+            "clip_high=0.28",
+            "aggregation=seq-mean-token-mean",
+            "mask_truncated=true",
+        ]
+        .map(String::from),
     );
     ok(&strs(&with_sets(&["grpo", "--estimator", "rloo"], &grpo, &[])));
     for (run, keys) in [

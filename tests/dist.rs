@@ -216,7 +216,13 @@ fn grpo_family_and_ppo_minibatches_split_over_two_ranks_like_one() {
         (
             "drgrpo",
             "grpo",
-            &["aggregation=seq-mean-token-sum-norm", "scale_by_std=false", "clip_high=0.28", "dual_clip=3"],
+            &[
+                "aggregation=seq-mean-token-sum-norm",
+                "scale_by_std=false",
+                "clip_high=0.28",
+                "dual_clip=3",
+                "overlong_buffer=16",
+            ],
         ),
         ("ppo", "ppo", &[]),
     ];

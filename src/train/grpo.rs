@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::rollout::Episode;
 use crate::run::Metrics;
+use crate::sample::Finish;
 use std::path::PathBuf;
 
 /// The group baseline.
@@ -56,6 +57,11 @@ pub struct GrpoConfig {
     /// none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dual_clip: Option<f64>,
+    /// Leave responses cut at `max_new_tokens` out of the loss (DAPO's overlong filtering).
+    pub mask_truncated: bool,
+    /// DAPO's soft overlong punishment: over the last `overlong_buffer` tokens before
+    /// `max_new_tokens`, the reward falls linearly to -1 (0 = off; DAPO: 4,096 of 20,480).
+    pub overlong_buffer: usize,
 }
 
 impl Default for GrpoConfig {
@@ -69,6 +75,8 @@ impl Default for GrpoConfig {
             ratio: RatioLevel::Token,
             clip_high: None,
             dual_clip: None,
+            mask_truncated: false,
+            overlong_buffer: 0,
         }
     }
 }
@@ -80,6 +88,9 @@ impl Config for GrpoConfig {
         }
         if self.dual_clip.is_some_and(|c| c.is_nan() || c <= 1.0) {
             return Err("`dual_clip` must be above 1 (Ye et al. use 3)".into());
+        }
+        if self.overlong_buffer > self.pg.sampling.max_new_tokens {
+            return Err("`overlong_buffer` must not exceed `sampling.max_new_tokens`".into());
         }
         self.pg.check(2)
     }
@@ -103,6 +114,17 @@ pub fn grpo_advantages(rewards: &[f64], scale_by_std: bool) -> Vec<f64> {
             }
         })
         .collect()
+}
+
+/// DAPO's soft overlong punishment of a response of `len` tokens: 0 up to max - buffer, then
+/// falling linearly to -1 at `max` tokens.
+pub fn overlong_penalty(len: usize, max: usize, buffer: usize) -> f64 {
+    let free = max.saturating_sub(buffer);
+    if buffer == 0 || len <= free {
+        0.0
+    } else {
+        -((len.min(max) - free) as f64) / buffer as f64
+    }
 }
 
 /// RLOO advantages of one group: R_i minus the mean of the other rewards (0 for a group of one).
@@ -145,9 +167,12 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
             .rewards(&episodes)?
             .iter()
             .zip(&log_ratio)
-            .map(|(r, kl)| {
+            .zip(&episodes)
+            .map(|((r, kl), e)| {
                 let penalty = if cfg.kl_in_reward { pg.kl_coef * kl } else { 0.0 };
-                r.iter().map(|&x| x as f64).sum::<f64>() - penalty
+                let overlong =
+                    overlong_penalty(e.response_tokens.len(), pg.sampling.max_new_tokens, cfg.overlong_buffer);
+                r.iter().map(|&x| x as f64).sum::<f64>() - penalty + overlong
             })
             .collect();
         let mut advantages = Vec::with_capacity(rewards.len());
@@ -171,10 +196,17 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 let lr = learning_rate(&pg.optim, step, total_steps);
                 step += 1;
                 // Token weights from the whole minibatch: the ranks' weighted sums add up to it.
-                let tokens = mb.iter().map(|&i| episodes[i].response_tokens.len()).sum();
+                let counted = |i: &usize| !(cfg.mask_truncated && episodes[*i].finish == Finish::Length);
+                let tokens = mb.iter().filter(|i| counted(i)).map(|&i| episodes[i].response_tokens.len()).sum();
+                let responses = mb.iter().filter(|i| counted(i)).count();
                 let weight = |i: usize| {
                     let len = episodes[i].response_tokens.len();
-                    cfg.aggregation.token_weight(len, mb.len(), tokens, pg.sampling.max_new_tokens) as f32
+                    let w = cfg.aggregation.token_weight(len, responses, tokens, pg.sampling.max_new_tokens);
+                    if counted(&i) {
+                        w as f32
+                    } else {
+                        0.0
+                    }
                 };
                 let (mb, share) = rank_part(mb, &episodes);
                 let batch: Vec<&Episode> = mb.iter().map(|&i| &episodes[i]).collect();
@@ -268,5 +300,13 @@ mod tests {
         assert!(close(&grpo_advantages(&[1.0; 4], true), &[0.0; 4]));
         assert!(close(&grpo_advantages(&[0.0; 4], false), &[0.0; 4]));
         assert!(close(&rloo_advantages(&[1.0; 3]), &[0.0; 3]));
+    }
+
+    #[test]
+    fn overlong_penalty_by_hand() {
+        // max 100, buffer 20: free up to 80; 90 tokens -> -10/20; 100 -> -1; off with buffer 0.
+        let p = |len| overlong_penalty(len, 100, 20);
+        assert_eq!((p(50), p(80), p(90), p(100)), (0.0, 0.0, -0.5, -1.0));
+        assert_eq!(overlong_penalty(100, 100, 0), 0.0);
     }
 }
