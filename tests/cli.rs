@@ -738,3 +738,51 @@ fn grade_regrades_any_file_of_responses() {
     std::fs::write(&bad, r#"{"answer": "4"}"#).unwrap();
     assert!(fails(&["grade", s(&bad)]).contains("missing field \"response\""));
 }
+
+/// DAPO's dynamic sampling: a group whose rewards are all equal never reaches the loss (every
+/// kept group is informative), further batches are drawn in its place up to the cap, and
+/// `samples_seen` counts every sample drawn.
+#[test]
+fn dynamic_sampling_trains_on_informative_groups_and_counts_every_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    // One-digit answers: an untrained policy's stray digits are sometimes right, so some groups
+    // are informative and some are not.
+    let task = dir.path().join("digits");
+    std::fs::create_dir(&task).unwrap();
+    let rows: String = (0..20)
+        .map(|i| format!("{{\"question\": \"Tom has {i} pens. How many?\", \"answer\": \"#### {}\"}}\n", i % 10))
+        .collect();
+    for split in ["train", "test"] {
+        std::fs::write(task.join(format!("{split}.jsonl")), &rows).unwrap();
+    }
+    let (ppu, g, extra) = (4.0, 8.0, 2.0);
+    let mut sets = two_tiny_updates(dir.path());
+    sets.extend([
+        format!("task=gsm8k:{}", s(&task)),
+        "updates=3".into(),
+        "sampling.samples_per_prompt=8".into(),
+        "dynamic_sampling=true".into(),
+        "max_extra_batches=2".into(),
+        "eval_every=0".into(),
+        "eval.problems=2".into(),
+        "eval.samples_per_prompt=0".into(),
+        "eval.max_new_tokens=4".into(),
+    ]);
+    ok(&strs(&with_sets(&["grpo"], &sets, &[])));
+    let lines = json_lines(&dir.path().join("grpo/metrics.jsonl"));
+    let mut seen = 0.0;
+    for line in &lines[1..] {
+        let drawn = (line["samples_seen"].as_f64().unwrap() - seen) / g;
+        seen = line["samples_seen"].as_f64().unwrap();
+        assert!(drawn >= ppu && drawn <= ppu * (1.0 + extra) && drawn % ppu == 0.0, "{line}");
+        let kept = (line["grpo/kept_groups"].as_f64().unwrap() * drawn).round();
+        assert_eq!(
+            line["grpo/informative_groups"].as_f64().unwrap() * ppu,
+            kept,
+            "every kept group is informative: {line}"
+        );
+        if kept < ppu {
+            assert_eq!(drawn, ppu * (1.0 + extra), "short of groups, every extra batch is drawn: {line}");
+        }
+    }
+}

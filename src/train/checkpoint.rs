@@ -45,6 +45,9 @@ pub struct PgState {
     pub lr_step: usize,
     /// The KL coefficient (it moves under PPO's adaptive controller).
     pub kl_coef: f64,
+    /// Prompts drawn from the training stream (0 in checkpoints older than dynamic sampling).
+    #[serde(default)]
+    pub prompts_taken: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -14,10 +14,11 @@
 
 use super::checkpoint::PgState;
 use super::optim::{learning_rate, AdamW};
-use super::pg::{kl_k3, masked_mean, pad_rows, policy_loss, score_responses, Aggregation, Clip, RatioLevel};
+use super::pg::{kl_k3, masked_mean, pad_rows, policy_loss, score_responses, Aggregation, Clip, PerToken, RatioLevel};
 use super::pg_run::{minibatch_rng, rank_part, PgRun, PgSpec, Trained};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::model::CausalLm;
 use crate::rollout::Episode;
 use crate::run::Metrics;
 use crate::sample::Finish;
@@ -62,6 +63,10 @@ pub struct GrpoConfig {
     /// DAPO's soft overlong punishment: over the last `overlong_buffer` tokens before
     /// `max_new_tokens`, the reward falls linearly to -1 (0 = off; DAPO: 4,096 of 20,480).
     pub overlong_buffer: usize,
+    /// DAPO's dynamic sampling: drop groups whose rewards are all equal and sample further
+    /// batches of prompts until `prompts_per_update` groups remain, at most `max_extra_batches`.
+    pub dynamic_sampling: bool,
+    pub max_extra_batches: usize,
 }
 
 impl Default for GrpoConfig {
@@ -77,6 +82,8 @@ impl Default for GrpoConfig {
             dual_clip: None,
             mask_truncated: false,
             overlong_buffer: 0,
+            dynamic_sampling: false,
+            max_extra_batches: 4,
         }
     }
 }
@@ -134,6 +141,52 @@ pub fn rloo_advantages(rewards: &[f64]) -> Vec<f64> {
     rewards.iter().map(|r| if n > 1 { r - (total - r) / (n - 1) as f64 } else { 0.0 }).collect()
 }
 
+/// One update's groups, G solutions per prompt (ordered by prompt, then sample), with their
+/// behaviour log-probs and rewards (task reward plus overlong punishment). With dynamic sampling,
+/// groups whose rewards are all equal are dropped and further batches drawn until
+/// `prompts_per_update` groups remain or `max_extra_batches` are spent; every sample drawn counts
+/// in `samples_seen`. Also returns the fraction of the drawn groups kept.
+fn sample_groups(
+    run: &mut PgRun,
+    policy: &CausalLm,
+    cfg: &GrpoConfig,
+    update: usize,
+) -> Result<(Vec<Episode>, PerToken, Vec<f64>, f64)> {
+    let (pg, g) = (&cfg.pg, cfg.pg.sampling.samples_per_prompt);
+    let (mut episodes, mut logprobs, mut rewards, mut drawn) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for round in 0..=cfg.max_extra_batches {
+        let (e, l, _) = run.sample(policy, update, round)?;
+        let r: Vec<f64> = run
+            .rewards(&e)?
+            .iter()
+            .zip(&e)
+            .map(|(r, e)| {
+                let overlong =
+                    overlong_penalty(e.response_tokens.len(), pg.sampling.max_new_tokens, cfg.overlong_buffer);
+                r.iter().map(|&x| x as f64).sum::<f64>() + overlong
+            })
+            .collect();
+        drawn += e.len() / g;
+        for ((eg, lg), rg) in e.chunks(g).zip(l.chunks(g)).zip(r.chunks(g)) {
+            if cfg.dynamic_sampling && rg.iter().all(|&x| x == rg[0]) {
+                continue;
+            }
+            episodes.extend_from_slice(eg);
+            logprobs.extend_from_slice(lg);
+            rewards.extend_from_slice(rg);
+        }
+        if !cfg.dynamic_sampling || episodes.len() >= pg.prompts_per_update * g {
+            break;
+        }
+    }
+    let keep = episodes.len().min(pg.prompts_per_update * g);
+    let kept = (keep / g) as f64 / drawn.max(1) as f64;
+    episodes.truncate(keep);
+    logprobs.truncate(keep);
+    rewards.truncate(keep);
+    Ok((episodes, logprobs, rewards, kept))
+}
+
 /// Runs GRPO or RLOO; the policy ends in `RUN/final`.
 pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let pg = &cfg.pg;
@@ -150,8 +203,9 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let clip = Clip { low: pg.clip, high: cfg.clip_high.unwrap_or(pg.clip), dual: cfg.dual_clip };
 
     for update in done + 1..=pg.updates {
-        // 1. G solutions per prompt (ordered by prompt, then sample: groups are contiguous).
-        let (episodes, old_logprobs, _) = run.sample(&policy, update)?;
+        // 1. G solutions per prompt (groups are contiguous), the uninformative ones dropped with
+        // dynamic sampling.
+        let (episodes, old_logprobs, task_rewards, kept_groups) = sample_groups(&mut run, &policy, cfg, update)?;
         let refs: Vec<&Episode> = episodes.iter().collect();
         let ref_logprobs = run.reference_logprobs(&policy, &refs)?;
         // 2. Sequence rewards and group-relative advantages.
@@ -163,17 +217,10 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 .collect(),
             None => vec![0.0; episodes.len()],
         };
-        let rewards: Vec<f64> = run
-            .rewards(&episodes)?
+        let rewards: Vec<f64> = task_rewards
             .iter()
             .zip(&log_ratio)
-            .zip(&episodes)
-            .map(|((r, kl), e)| {
-                let penalty = if cfg.kl_in_reward { pg.kl_coef * kl } else { 0.0 };
-                let overlong =
-                    overlong_penalty(e.response_tokens.len(), pg.sampling.max_new_tokens, cfg.overlong_buffer);
-                r.iter().map(|&x| x as f64).sum::<f64>() - penalty + overlong
-            })
+            .map(|(r, kl)| if cfg.kl_in_reward { r - pg.kl_coef * kl } else { *r })
             .collect();
         let mut advantages = Vec::with_capacity(rewards.len());
         let mut informative_groups = 0;
@@ -189,7 +236,9 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         let mut sums = Metrics::new();
         let mut steps = 0usize;
         let mut rng = minibatch_rng(pg.common.seed, update);
-        for _ in 0..pg.epochs {
+        // Dynamic sampling may keep no group at all: then there is nothing to train on.
+        let epochs = if episodes.is_empty() { 0 } else { pg.epochs };
+        for _ in 0..epochs {
             let mut order: Vec<usize> = (0..episodes.len()).collect();
             rng.shuffle(&mut order);
             for mb in order.chunks(order.len().div_ceil(pg.minibatches)) {
@@ -257,7 +306,7 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
             }
         }
         // 4. Log.
-        let n = episodes.len() as f64;
+        let n = episodes.len().max(1) as f64;
         let mut line: Metrics = sums.into_iter().map(|(k, v)| (k, v / steps.max(1) as f64)).collect();
         let mean = rewards.iter().sum::<f64>() / n;
         let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
@@ -265,6 +314,7 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
             ("reward/mean".into(), mean),
             ("reward/std".into(), std),
             ("grpo/informative_groups".into(), informative_groups as f64 / pg.prompts_per_update as f64),
+            ("grpo/kept_groups".into(), kept_groups),
         ]);
         if ref_logprobs.is_some() {
             line.insert("kl/reference".into(), log_ratio.iter().sum::<f64>() / n);
@@ -274,7 +324,7 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
             policy: &policy,
             optimizer: &optimizer,
             critic: None,
-            state: PgState { lr_step: step, kl_coef: pg.kl_coef },
+            state: PgState { lr_step: step, kl_coef: pg.kl_coef, prompts_taken: 0 },
         };
         run.end_update(trained, update, &episodes, line, message)?;
     }

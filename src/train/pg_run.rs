@@ -126,6 +126,8 @@ pub struct PgRun<'a> {
     test: Vec<Problem>,
     prompter: Prompter,
     samples_seen: usize,
+    /// Prompts drawn from the stream so far (more than one batch per update with dynamic sampling).
+    prompts_taken: usize,
     /// The policy's checkpoints, and a separate critic's (`critic/checkpoints`).
     checkpoints: Checkpoints,
     critic_checkpoints: Checkpoints,
@@ -195,6 +197,7 @@ impl<'a> PgRun<'a> {
             prompter,
             device,
             samples_seen: 0,
+            prompts_taken: 0,
         };
         if !resume {
             run.log(run.evaluate(&policy)?, 0)?;
@@ -221,9 +224,13 @@ impl<'a> PgRun<'a> {
             let dir = self.critic_checkpoints.dir().join(format!("step-{update}"));
             load_checkpoint(&dir, critic, Some(critic_optimizer))?;
         }
-        for _ in 0..update {
-            self.stream.take(self.settings.prompts_per_update);
-        }
+        // Checkpoints from before dynamic sampling count no prompts: one batch per update.
+        let taken = match clocks.prompts_taken {
+            0 => update * self.settings.prompts_per_update,
+            n => n as usize,
+        };
+        self.stream.take(taken);
+        self.prompts_taken = taken;
         self.samples_seen = state.samples_seen as usize;
         self.progress.set_position(update as u64);
         self.progress.suspend(|| eprintln!("resumed from {} (update {update})", dir.display()));
@@ -236,11 +243,18 @@ impl<'a> PgRun<'a> {
     /// remote engine is synced first when due (every `rollout.sync_every` updates), and the gap
     /// between its log-probs and the trainer's is logged instead (`rollout/logprob_diff_*`).
     /// Returns the episodes and the trainer's log-probs (and the policy head's values, if any).
-    pub fn sample(&mut self, policy: &CausalLm, update: usize) -> Result<(Vec<Episode>, PerToken, Option<PerToken>)> {
+    pub fn sample(
+        &mut self,
+        policy: &CausalLm,
+        update: usize,
+        round: usize,
+    ) -> Result<(Vec<Episode>, PerToken, Option<PerToken>)> {
         let s = self.settings;
-        let sampling = s.sampling.with_seed(s.common.seed.wrapping_mul(1_000_003).wrapping_add(update as u64));
+        let seed = s.common.seed.wrapping_mul(1_000_003).wrapping_add(update as u64).wrapping_add((round as u64) << 32);
+        let sampling = s.sampling.with_seed(seed);
         let batch: Vec<Problem> =
             self.stream.take(s.prompts_per_update).into_iter().map(|i| self.questions[i].clone()).collect();
+        self.prompts_taken += batch.len();
         if self.synced_at.is_none_or(|at| update - at >= s.common.rollout.sync_every) {
             self.engine.sync(policy, &self.tokenizer)?;
             self.synced_at = Some(update);
@@ -316,7 +330,7 @@ impl<'a> PgRun<'a> {
             let state = TrainerState {
                 step: update,
                 samples_seen: self.samples_seen as u64,
-                policy_gradient: Some(trained.state),
+                policy_gradient: Some(PgState { prompts_taken: self.prompts_taken as u64, ..trained.state }),
                 ..TrainerState::default()
             };
             // The critic first: a policy checkpoint on disk implies its critic's.

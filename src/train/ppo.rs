@@ -116,7 +116,7 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
     };
     let mut optimizer = AdamW::new(&policy);
     let mut critic_optimizer = critic.as_ref().map(AdamW::new);
-    let mut clocks = PgState { lr_step: 0, kl_coef: pg.kl_coef };
+    let mut clocks = PgState { lr_step: 0, kl_coef: pg.kl_coef, prompts_taken: 0 };
     let mut done = 0;
     if resume {
         let critic = critic.as_mut().zip(critic_optimizer.as_mut());
@@ -133,7 +133,7 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
     for update in done + 1..=pg.updates {
         let kl_coef = clocks.kl_coef;
         // 1. Sample, and score the samples under the policy, its critic and the reference.
-        let (episodes, old_logprobs, shared_values) = run.sample(&policy, update)?;
+        let (episodes, old_logprobs, shared_values) = run.sample(&policy, update, 0)?;
         let refs: Vec<&Episode> = episodes.iter().collect();
         let old_values = match &critic {
             Some(c) => run.score(c, &refs)?.1,
