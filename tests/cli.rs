@@ -516,8 +516,12 @@ fn ppo_and_grpo_resume_exactly() {
         .map(String::from),
     );
     let ppo = ["critic=separate", "adaptive_kl=true", "sampling.samples_per_prompt=2", "optim.lr=1e-3", "target_kl=0"];
-    for (algorithm, extra) in [("ppo", &ppo[..]), ("grpo", &["sampling.samples_per_prompt=2", "optim.lr=1e-3"][..])] {
-        let mut sets = [&common[..], &[format!("run.name={algorithm}")]].concat();
+    let grpo = ["sampling.samples_per_prompt=2", "optim.lr=1e-3"];
+    // Dynamic sampling draws a varying number of prompts per update; the checkpoint records them.
+    let dapo = ["sampling.samples_per_prompt=4", "optim.lr=1e-3", "dynamic_sampling=true", "max_extra_batches=2"];
+    for (name, extra) in [("ppo", &ppo[..]), ("grpo", &grpo[..]), ("dapo", &dapo[..])] {
+        let algorithm = if name == "ppo" { "ppo" } else { "grpo" };
+        let mut sets = [&common[..], &[format!("run.name={name}")]].concat();
         sets.extend(extra.iter().map(|s| s.to_string()));
         let args = with_sets(&[algorithm], &sets, &[]);
         ok(&strs(&args));
@@ -526,7 +530,7 @@ fn ppo_and_grpo_resume_exactly() {
             let critic = |run: &str| weights(&dir.path().join(run).join("critic/checkpoints/step-3"), true);
             assert!(same(&critic("ppo"), &critic("ppo-b")), "ppo: critic");
         } else {
-            resumes_exactly(&args, dir.path(), "grpo", &["checkpoints/step-3"]);
+            resumes_exactly(&args, dir.path(), name, &["checkpoints/step-3"]);
         }
     }
 }
