@@ -44,7 +44,12 @@ fn shipped_configs_parse() {
         (gspo.ratio, gspo.aggregation, gspo.clip_high),
         (RatioLevel::Sequence, Aggregation::SeqMeanTokenMean, Some(4e-4))
     );
-    for (set, key) in [("dual_clip=0.5", "dual_clip"), ("clip_high=0", "clip_high"), ("ratio=\"seq\"", "ratio")] {
+    for (set, key) in [
+        ("dual_clip=0.5", "dual_clip"),
+        ("clip_high=0", "clip_high"),
+        ("ratio=\"seq\"", "ratio"),
+        ("engine_correction_cap=1", "engine_correction_cap"),
+    ] {
         let bad = load::<reasonrl::train::grpo::GrpoConfig>(Some(&config("grpo.toml")), &[set.into()]);
         let err = bad.unwrap_err().to_string();
         assert!(err.contains(key), "{set}: {err}");

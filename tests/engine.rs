@@ -371,3 +371,47 @@ fn ppo_and_grpo_sample_through_llama_cpp_and_log_the_logprob_gap() {
         }
     }
 }
+
+/// On a Q8_0 export the engine's log-probs differ from the trainer's: truncated importance
+/// sampling weighs tokens by min(p_trainer / p_engine, cap) and masking drops those outside
+/// [1 / cap, cap], and both say how much they did.
+#[test]
+fn grpo_corrects_the_gap_to_a_q8_0_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = init_tiny(dir.path());
+    let common = [
+        format!("model={}", toml::Value::String(model)),
+        format!("run.out_dir={}", toml::Value::String(dir.path().display().to_string())),
+        "task=\"builtin:1\"".into(),
+        "questions=20".into(),
+        "updates=1".into(),
+        "prompts_per_update=4".into(),
+        "sampling.samples_per_prompt=3".into(),
+        "sampling.max_new_tokens=10".into(),
+        "sampling.temperature=1".into(),
+        "eval_every=0".into(),
+        "eval.problems=2".into(),
+        "eval.samples_per_prompt=0".into(),
+        "eval.max_new_tokens=4".into(),
+    ];
+    let mut engine = engine_sets(common::free_port(), &server_command());
+    engine.push("rollout.gguf_dtype=\"q8_0\"".into());
+    for (name, correction) in [
+        ("tis", ["engine_correction=\"truncate\"", "engine_correction_cap=2"]),
+        ("mis", ["engine_correction=\"mask\"", "engine_correction_cap=1.002"]),
+    ] {
+        let sets = [&common[..], &engine, &[format!("run.name={name}")], &correction.map(String::from)].concat();
+        ok(&with_sets(&["grpo"], &sets));
+        let line = &metrics(&dir.path().join(name))[1];
+        let gap = line["rollout/logprob_diff_mean"].as_f64().unwrap();
+        let (weight, masked) =
+            (line["rollout/correction_weight"].as_f64().unwrap(), line["rollout/correction_masked"].as_f64().unwrap());
+        eprintln!("{name}: gap {gap:.2e}, mean weight {weight:.5}, masked {masked:.3}");
+        assert!(gap > 1e-3, "{name}: a Q8_0 engine differs from the trainer: {line}");
+        if name == "tis" {
+            assert!((weight - 1.0).abs() > 1e-5 && masked == 0.0, "{line}");
+        } else {
+            assert!(masked > 0.0 && masked < 1.0 && (weight - (1.0 - masked)).abs() < 1e-9, "{line}");
+        }
+    }
+}

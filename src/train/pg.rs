@@ -242,6 +242,38 @@ pub fn policy_loss(
     (loss, [below.detach(), above.detach(), approx_kl.detach()])
 }
 
+/// What to do about the gap between the engine that sampled and the trainer (Yao et al. 2025,
+/// "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training"; verl's TIS and MIS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Correction {
+    /// Train as if the trainer had sampled.
+    #[default]
+    None,
+    /// Truncated importance sampling: weigh each token's loss by min(rho, cap).
+    Truncate,
+    /// Masked importance sampling: drop the tokens whose rho lies outside [1 / cap, cap].
+    Mask,
+}
+
+/// The correction's weight for each token of one response, from the ratio rho = p_train /
+/// p_engine of its sampled tokens: per token, or one for the whole response (the product of its
+/// tokens' ratios, `RatioLevel::Sequence`).
+pub fn correction_weights(train: &[f32], engine: &[f32], how: Correction, level: RatioLevel, cap: f64) -> Vec<f32> {
+    let log_rho: Vec<f64> = train.iter().zip(engine).map(|(t, e)| (t - e) as f64).collect();
+    let rho: Vec<f64> = match level {
+        RatioLevel::Token => log_rho.iter().map(|x| x.exp()).collect(),
+        RatioLevel::Sequence => vec![log_rho.iter().sum::<f64>().exp(); log_rho.len()],
+    };
+    let weight = |r: f64| match how {
+        Correction::None => 1.0,
+        Correction::Truncate => r.min(cap),
+        Correction::Mask if (1.0 / cap..=cap).contains(&r) => 1.0,
+        Correction::Mask => 0.0,
+    };
+    rho.into_iter().map(|r| weight(r) as f32).collect()
+}
+
 /// PPO's clipped value loss: 0.5 mean(max((v - R)^2, (v_old + clip(v - v_old, -eps, eps) - R)^2)).
 pub fn clipped_value_loss(values: &Tensor, old_values: &Tensor, returns: &Tensor, mask: &Tensor, clip: f64) -> Tensor {
     let clipped = old_values + (values - old_values).clamp(-clip, clip);
@@ -367,6 +399,20 @@ mod tests {
         let gspo = Clip { low: 3e-4, high: 4e-4, dual: None };
         let (_, g) = surrogate(ratios, Aggregation::SeqMeanTokenMean, RatioLevel::Sequence, gspo);
         assert!(close(&g, &[0.0; 3]), "{g:?}");
+    }
+
+    #[test]
+    fn engine_correction_weights_by_hand() {
+        // rho = 1, 2 and 0.5 / 0.9 = 0.5556; cap 1.5, so the mask keeps [0.6667, 1.5].
+        let train = [0.5f32.ln(), 0.5f32.ln(), 0.5f32.ln()];
+        let engine = [0.5f32.ln(), 0.25f32.ln(), 0.9f32.ln()];
+        let w = |how, level| correction_weights(&train, &engine, how, level, 1.5);
+        assert!(close(&w(Correction::Truncate, RatioLevel::Token), &[1.0, 1.5, 0.5 / 0.9]));
+        assert!(close(&w(Correction::Mask, RatioLevel::Token), &[1.0, 0.0, 0.0]));
+        // The response's ratio: 1 * 2 * 0.5556 = 1.1111, inside the cap and the mask.
+        assert!(close(&w(Correction::Truncate, RatioLevel::Sequence), &[1.0 / 0.9; 3]));
+        assert!(close(&w(Correction::Mask, RatioLevel::Sequence), &[1.0; 3]));
+        assert!(close(&w(Correction::None, RatioLevel::Token), &[1.0; 3]));
     }
 
     #[test]
