@@ -222,6 +222,7 @@ fn grpo_family_and_ppo_minibatches_split_over_two_ranks_like_one() {
                 "clip_high=0.28",
                 "dual_clip=3",
                 "overlong_buffer=16",
+                "kl_estimator=\"k2\"",
             ],
         ),
         ("ppo", "ppo", &[]),

@@ -15,8 +15,8 @@
 use super::checkpoint::PgState;
 use super::optim::{learning_rate, AdamW};
 use super::pg::{
-    correction_weights, kl_k3, masked_mean, pad_rows, policy_loss, score_responses, Aggregation, Clip, Correction,
-    PerToken, RatioLevel,
+    correction_weights, masked_mean, pad_rows, policy_loss, score_responses, Aggregation, Clip, Correction,
+    KlEstimator, PerToken, RatioLevel,
 };
 use super::pg_run::{minibatch_rng, rank_part, PgRun, PgSpec, Trained};
 use crate::config::Config;
@@ -47,8 +47,12 @@ pub struct GrpoConfig {
     pub estimator: Estimator,
     /// GRPO: divide by the group's standard deviation (false: Dr. GRPO's R - mean).
     pub scale_by_std: bool,
-    /// Put the KL penalty in the reward (true, RLOO's way) instead of the loss (k3, GRPO's).
+    /// Put the KL penalty in the reward (true, RLOO's way) instead of the loss (GRPO's).
     pub kl_in_reward: bool,
+    /// The KL estimator, summed over a response in the reward, aggregated like the policy loss in
+    /// the loss: `k1`, `k2` or `k3`; unset, k3 in the loss (GRPO's) and k1 in the reward (RLOO's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl_estimator: Option<KlEstimator>,
     /// How per-token losses add up: `token-mean` (DAPO), `seq-mean-token-mean` (GRPO) or
     /// `seq-mean-token-sum-norm` (Dr. GRPO).
     pub aggregation: Aggregation,
@@ -85,6 +89,7 @@ impl Default for GrpoConfig {
             estimator: Estimator::Grpo,
             scale_by_std: true,
             kl_in_reward: false,
+            kl_estimator: None,
             aggregation: Aggregation::TokenMean,
             ratio: RatioLevel::Token,
             clip_high: None,
@@ -221,6 +226,7 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
     world.broadcast_weights(&policy.vs)?;
     let total_steps = pg.updates * pg.epochs * pg.minibatches;
     let clip = Clip { low: pg.clip, high: cfg.clip_high.unwrap_or(pg.clip), dual: cfg.dual_clip };
+    let kl_estimator = cfg.kl_estimator.unwrap_or(KlEstimator::K3);
 
     for update in done + 1..=pg.updates {
         // 1. G solutions per prompt (groups are contiguous), the uninformative ones dropped with
@@ -238,17 +244,21 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
             })
             .collect();
         // 2. Sequence rewards and group-relative advantages.
-        let log_ratio: Vec<f64> = match &ref_logprobs {
-            Some(ref_logprobs) => old_logprobs
-                .iter()
-                .zip(ref_logprobs)
-                .map(|(o, q)| o.iter().zip(q).map(|(a, b)| (a - b) as f64).sum())
-                .collect(),
-            None => vec![0.0; episodes.len()],
+        // Each response's KL to the reference, summed over its tokens: by the chosen estimator
+        // (the reward's penalty) and by k1 (the log-ratio that `kl/reference` logs, as PPO does).
+        let kl_sum = |k: KlEstimator| -> Vec<f64> {
+            let Some(ref_logprobs) = &ref_logprobs else { return vec![0.0; episodes.len()] };
+            let sum = |(o, q): (&Vec<f32>, &Vec<f32>)| o.iter().zip(q).map(|(&a, &b)| k.of(a as f64, b as f64)).sum();
+            old_logprobs.iter().zip(ref_logprobs).map(sum).collect()
+        };
+        let log_ratio = kl_sum(KlEstimator::K1);
+        let penalties = match cfg.kl_estimator {
+            Some(k) if k != KlEstimator::K1 => kl_sum(k),
+            _ => log_ratio.clone(),
         };
         let rewards: Vec<f64> = task_rewards
             .iter()
-            .zip(&log_ratio)
+            .zip(&penalties)
             .map(|(r, kl)| if cfg.kl_in_reward { r - pg.kl_coef * kl } else { *r })
             .collect();
         let mut advantages = Vec::with_capacity(rewards.len());
@@ -301,7 +311,7 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 let (pg_loss, [clip_low, clip_high, approx_kl]) =
                     policy_loss(&scored.logprobs, &rows(&old_logprobs), &adv, &scored.mask, &weights, cfg.ratio, clip);
                 let kl = match &ref_logprobs {
-                    Some(q) => (kl_k3(&scored.logprobs, &rows(q)) * &weights).sum(tch::Kind::Float),
+                    Some(q) => (kl_estimator.per_token(&scored.logprobs, &rows(q)) * &weights).sum(tch::Kind::Float),
                     None => tch::Tensor::zeros([], (tch::Kind::Float, run.device)),
                 };
                 let loss = if cfg.kl_in_reward { pg_loss.shallow_clone() } else { &pg_loss + &kl * pg.kl_coef };
@@ -322,7 +332,7 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 steps += 1;
                 for (name, v) in [
                     ("grpo/policy_loss", pg_loss),
-                    ("grpo/kl_k3", kl),
+                    ("grpo/kl", kl),
                     ("grpo/clip_low_fraction", clip_low),
                     ("grpo/clip_high_fraction", clip_high),
                     ("grpo/approx_kl", approx_kl),

@@ -1,7 +1,8 @@
 //! The policy-gradient equations, each written to be read against its paper: log-probs,
 //! entropies and values of sampled responses, GAE, whitening, PPO's clipped policy and value
 //! losses, the GRPO family's surrogate (its aggregations, token or sequence ratios, asymmetric
-//! and dual clipping), the k3 KL estimator and explained variance. PPO and GRPO/RLOO build on
+//! and dual clipping), the engine-trainer correction, the k1/k2/k3 KL estimators and explained
+//! variance. PPO and GRPO/RLOO build on
 //! these.
 
 use crate::error::Result;
@@ -281,12 +282,38 @@ pub fn clipped_value_loss(values: &Tensor, old_values: &Tensor, returns: &Tensor
     masked_mean(&loss, mask) * 0.5
 }
 
-/// The k3 estimator of KL(policy || reference) per token (Schulman 2020): exp(q - p) - (q - p) - 1
-/// with p, q the policy's and the reference's log-probs of the sampled token; unbiased, never
-/// negative, zero when they agree.
-pub fn kl_k3(logprobs: &Tensor, ref_logprobs: &Tensor) -> Tensor {
-    let d = ref_logprobs - logprobs;
-    d.exp() - &d - 1.0
+/// Schulman's (2020) estimators of KL(policy || reference) from one sampled token, with
+/// d = q - p (the reference's log-prob minus the policy's): k1 = -d (unbiased, can be negative),
+/// k2 = d^2 / 2 (biased, low variance), k3 = e^d - d - 1 (unbiased, never negative; GRPO's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum KlEstimator {
+    K1,
+    K2,
+    #[default]
+    K3,
+}
+
+impl KlEstimator {
+    /// Per token, from the policy's and the reference's log-probs.
+    pub fn per_token(self, logprobs: &Tensor, ref_logprobs: &Tensor) -> Tensor {
+        let d = ref_logprobs - logprobs;
+        match self {
+            KlEstimator::K1 => -d,
+            KlEstimator::K2 => d.square() * 0.5,
+            KlEstimator::K3 => d.exp() - &d - 1.0,
+        }
+    }
+
+    /// One token's estimate, from log-probs p (policy) and q (reference).
+    pub fn of(self, p: f64, q: f64) -> f64 {
+        let d = q - p;
+        match self {
+            KlEstimator::K1 => -d,
+            KlEstimator::K2 => d * d / 2.0,
+            KlEstimator::K3 => d.exp() - d - 1.0,
+        }
+    }
 }
 
 /// 1 - Var(returns - values) / Var(returns) over all tokens: how much of the return the value
@@ -441,11 +468,14 @@ mod tests {
     }
 
     #[test]
-    fn kl_of_a_policy_to_itself_is_zero_and_positive_otherwise() {
-        let p = Tensor::from_slice(&[-0.1f32, -2.0, -5.0]);
-        assert_eq!(kl_k3(&p, &p).abs().max().double_value(&[]), 0.0);
-        let q = Tensor::from_slice(&[-0.3f32, -1.0, -5.5]);
-        assert!(kl_k3(&p, &q).min().double_value(&[]) > 0.0);
+    fn kl_estimators_by_hand() {
+        // p = -0.5, q = -1.5: d = -1; k1 = 1, k2 = 0.5, k3 = e^-1 + 1 - 1 = 0.367879.
+        let (p, q) = (Tensor::from_slice(&[-0.5f32]), Tensor::from_slice(&[-1.5f32]));
+        for (k, want) in [(KlEstimator::K1, 1.0), (KlEstimator::K2, 0.5), (KlEstimator::K3, (-1f64).exp())] {
+            assert!((k.per_token(&p, &q).double_value(&[0]) - want).abs() < 1e-6, "{k:?}");
+            assert!((k.of(-0.5, -1.5) - want).abs() < 1e-12, "{k:?}");
+            assert_eq!(k.per_token(&p, &p).double_value(&[0]), 0.0, "{k:?}: a policy is its own reference");
+        }
     }
 
     #[test]
