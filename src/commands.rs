@@ -100,7 +100,7 @@ pub fn model(cmd: ModelCommand) -> Result<()> {
             println!("exported {} to {} ({dtype:?})", dir.display(), out.display());
         }
         ModelCommand::ConvertGguf { file, out, force } => {
-            let config = reasonrl::model::gguf::convert(&file, &out, force)?;
+            let config = reasonrl::model::gguf_import::convert(&file, &out, force)?;
             println!(
                 "converted {} ({} layers, hidden {}, vocabulary {}) to {}",
                 file.display(),

@@ -146,7 +146,7 @@ fn qwen_and_llama3_pre_tokenizers_tokenize_as_llama_cpp_does() {
         let gguf = dir.path().join(format!("{name}.gguf"));
         reasonrl::model::gguf_export::export_dir(&folder, &gguf, GgufDtype::F32, false).unwrap();
         let back = dir.path().join(format!("{name}-back"));
-        reasonrl::model::gguf::convert(&gguf, &back, false).unwrap();
+        reasonrl::model::gguf_import::convert(&gguf, &back, false).unwrap();
         let (_, converted) = CausalLm::load_with_tokenizer(&back, tch::Device::Cpu, false).unwrap();
         for text in texts {
             let ours = tokenizer.encode(text).unwrap();

@@ -327,7 +327,7 @@ fn a_gguf_export_reads_back_as_the_same_model_and_tokenizer() {
         let file = dir.path().join(format!("{dtype:?}.gguf"));
         export_dir(&src, &file, dtype, false).unwrap();
         let back = dir.path().join(format!("{dtype:?}"));
-        reasonrl::model::gguf::convert(&file, &back, false).unwrap();
+        reasonrl::model::gguf_import::convert(&file, &back, false).unwrap();
         let (again, tokenizer_again) = CausalLm::load_with_tokenizer(&back, Device::Cpu, false).unwrap();
         for (name, w) in weights(&model) {
             let scale = w.abs().max().double_value(&[]).max(1e-12);
@@ -358,7 +358,7 @@ fn every_family_reads_back_from_its_gguf() {
         let file = dir.path().join(format!("{family}.gguf"));
         export_model(&model, &tokenizer, &file, GgufDtype::F32).unwrap();
         let back = dir.path().join(family);
-        reasonrl::model::gguf::convert(&file, &back, false).unwrap();
+        reasonrl::model::gguf_import::convert(&file, &back, false).unwrap();
         let again = CausalLm::load(&back, Device::Cpu, false).unwrap();
         let (a, b) = (model.config(), again.config());
         assert_eq!(

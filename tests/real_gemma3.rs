@@ -19,7 +19,7 @@ fn gemma3() -> (PathBuf, PathBuf) {
     assert!(out.status.success(), "fetching Gemma 3 failed: {}", String::from_utf8_lossy(&out.stderr));
     let gguf = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gemma-3-270m");
-    reasonrl::model::gguf::convert(&gguf, &dir, true).unwrap();
+    reasonrl::model::gguf_import::convert(&gguf, &dir, true).unwrap();
     (gguf, dir)
 }
 

@@ -24,7 +24,7 @@ fn smollm2() -> &'static Path {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("smollm2-135m-instruct");
         // Converted anew each run (a few seconds), so a folder left by an older converter never
         // stands in for this one's output.
-        reasonrl::model::gguf::convert(&gguf, &dir, true).unwrap();
+        reasonrl::model::gguf_import::convert(&gguf, &dir, true).unwrap();
         dir
     })
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod ggml;
 pub mod gguf;
 pub mod gguf_export;
+pub mod gguf_import;
 pub mod gguf_tokenizer;
 pub mod hf;
 pub mod llama;
