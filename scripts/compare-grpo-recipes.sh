@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GRPO, DAPO, Dr. GRPO and GSPO from the main job's SFT start (runs/study: run scripts/main.sh
 # first), each with the main job's GRPO settings (16 updates x 32 prompts x 8, seed 0) and its
-# preset's recipe, then greedy maj@1 on the 2,000 test problems paired against the start.
+# preset's recipe, then greedy maj@1 on the 2,000 test problems paired against the start. DAPO's
+# dynamic sampling draws more samples per update; dapo-8 runs half the updates to match.
 #   scripts/compare-grpo-recipes.sh [OUT]      (default runs/grpo-recipes; prints the table)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -14,12 +15,13 @@ start=runs/study/tiny/sft-eval
 declare -A recipe=(
   [grpo]=""
   [dapo]="clip_high=0.28 aggregation=token-mean kl_coef=0 overlong_buffer=24 dynamic_sampling=true max_extra_batches=4"
+  [dapo-8]="updates=8 clip_high=0.28 aggregation=token-mean kl_coef=0 overlong_buffer=24 dynamic_sampling=true max_extra_batches=4"
   [dr-grpo]="scale_by_std=false aggregation=seq-mean-token-sum-norm kl_coef=0"
   [gspo]="ratio=sequence clip=3e-4 clip_high=4e-4 aggregation=seq-mean-token-mean kl_coef=0"
 )
 echo "| recipe | samples | greedy maj@1 | vs start (paired) | wall-clock |"
 echo "|---|---:|---:|---:|---:|"
-for name in grpo dapo dr-grpo gspo; do
+for name in grpo dapo dapo-8 dr-grpo gspo; do
   sets=(--set "run.out_dir=$out" --set "run.name=$name" --set eval_every=0 --set save_every=0)
   for kv in ${recipe[$name]}; do sets+=(--set "$kv"); done
   t0=$(date +%s)
