@@ -209,6 +209,25 @@ fn server_command() -> String {
     )
 }
 
+/// PPO/GRPO settings for `updates` small updates from `model` into `dir` (4 prompts, 10 tokens,
+/// temperature 1), evaluated on 2 problems only.
+fn pg_sets(model: &str, dir: &Path, updates: usize) -> Vec<String> {
+    vec![
+        format!("model={}", toml::Value::String(model.into())),
+        format!("run.out_dir={}", toml::Value::String(dir.display().to_string())),
+        "task=\"builtin:1\"".into(),
+        "questions=20".into(),
+        format!("updates={updates}"),
+        "prompts_per_update=4".into(),
+        "sampling.max_new_tokens=10".into(),
+        "sampling.temperature=1".into(),
+        "eval_every=0".into(),
+        "eval.problems=2".into(),
+        "eval.samples_per_prompt=0".into(),
+        "eval.max_new_tokens=4".into(),
+    ]
+}
+
 fn metrics(run: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
@@ -340,21 +359,7 @@ fn a_wrong_base_url_fails_at_once_with_one_clear_line() {
 fn ppo_and_grpo_sample_through_llama_cpp_and_log_the_logprob_gap() {
     let dir = tempfile::tempdir().unwrap();
     let model = init_tiny(dir.path());
-    let common = [
-        format!("model={}", toml::Value::String(model)),
-        format!("run.out_dir={}", toml::Value::String(dir.path().display().to_string())),
-        "task=\"builtin:1\"".into(),
-        "questions=20".into(),
-        "updates=2".into(),
-        "prompts_per_update=4".into(),
-        "sampling.max_new_tokens=10".into(),
-        "sampling.temperature=1".into(),
-        "eval_every=0".into(),
-        "eval.problems=2".into(),
-        "eval.samples_per_prompt=0".into(),
-        "eval.max_new_tokens=4".into(),
-        "rollout.sync_every=1".into(),
-    ];
+    let common = [pg_sets(&model, dir.path(), 2), vec!["rollout.sync_every=1".into()]].concat();
     let engine = engine_sets(common::free_port(), &server_command());
     ok(&with_sets(&["ppo"], &[&common[..], &engine, &["sampling.samples_per_prompt=1".to_string()]].concat()));
     ok(&with_sets(&["grpo"], &[&common[..], &engine, &["sampling.samples_per_prompt=3".to_string()]].concat()));
@@ -379,21 +384,7 @@ fn ppo_and_grpo_sample_through_llama_cpp_and_log_the_logprob_gap() {
 fn grpo_corrects_the_gap_to_a_q8_0_engine() {
     let dir = tempfile::tempdir().unwrap();
     let model = init_tiny(dir.path());
-    let common = [
-        format!("model={}", toml::Value::String(model)),
-        format!("run.out_dir={}", toml::Value::String(dir.path().display().to_string())),
-        "task=\"builtin:1\"".into(),
-        "questions=20".into(),
-        "updates=1".into(),
-        "prompts_per_update=4".into(),
-        "sampling.samples_per_prompt=3".into(),
-        "sampling.max_new_tokens=10".into(),
-        "sampling.temperature=1".into(),
-        "eval_every=0".into(),
-        "eval.problems=2".into(),
-        "eval.samples_per_prompt=0".into(),
-        "eval.max_new_tokens=4".into(),
-    ];
+    let common = [pg_sets(&model, dir.path(), 1), vec!["sampling.samples_per_prompt=3".into()]].concat();
     let mut engine = engine_sets(common::free_port(), &server_command());
     engine.push("rollout.gguf_dtype=\"q8_0\"".into());
     for (name, correction) in [

@@ -121,15 +121,22 @@ fn unsupported_variants_are_refused_by_name() {
     }
 }
 
+/// The synthetic examples' tokenizer and examples, a tiny Llama over them (the base that
+/// `common::family_model` turns into each family), and the first example's ids as a batch of one.
+fn tiny_base() -> (reasonrl::tokenizer::Tokenizer, Vec<reasonrl::train::Example>, CausalLm, Tensor) {
+    let (tokenizer, examples) = common::synth_examples();
+    let preset = reasonrl::model::presets::preset("tiny", tokenizer.vocab_size() as i64, 256).unwrap();
+    let base = CausalLm::new(&preset, Device::Cpu, false).unwrap();
+    let ids = Tensor::from_slice(&examples[0].tokens.iter().map(|&t| t as i64).collect::<Vec<_>>()).unsqueeze(0);
+    (tokenizer, examples, base, ids)
+}
+
 /// A scalar head (PPO's value head, the ORM's score) sits on every family: a loss on its values
 /// sends gradients to every weight, and the head survives a save and a reload.
 #[test]
 fn every_family_carries_a_scalar_head() {
     let dir = tempfile::tempdir().unwrap();
-    let (tokenizer, examples) = common::synth_examples();
-    let preset = reasonrl::model::presets::preset("tiny", tokenizer.vocab_size() as i64, 256).unwrap();
-    let base = CausalLm::new(&preset, Device::Cpu, false).unwrap();
-    let ids = Tensor::from_slice(&examples[0].tokens.iter().map(|&t| t as i64).collect::<Vec<_>>()).unsqueeze(0);
+    let (_, _, base, ids) = tiny_base();
     for family in common::GGUF_FAMILIES {
         let config = common::family_model(&base, family).config().clone();
         let model = CausalLm::new(&config, Device::Cpu, true).unwrap();
@@ -180,10 +187,7 @@ fn every_family_trains_full_and_with_lora() {
     use reasonrl::model::lora::LoraConfig;
     use reasonrl::train::{TrainConfig, Trainer};
     let dir = tempfile::tempdir().unwrap();
-    let (tokenizer, examples) = common::synth_examples();
-    let preset = reasonrl::model::presets::preset("tiny", tokenizer.vocab_size() as i64, 256).unwrap();
-    let base = CausalLm::new(&preset, Device::Cpu, false).unwrap();
-    let ids = Tensor::from_slice(&examples[0].tokens.iter().map(|&t| t as i64).collect::<Vec<_>>()).unsqueeze(0);
+    let (tokenizer, examples, base, ids) = tiny_base();
     for family in common::GGUF_FAMILIES {
         let mut model = common::family_model(&base, family);
         let start = mean_loss(&model, &examples, tokenizer.pad_id());

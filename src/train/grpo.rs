@@ -287,13 +287,11 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 let counted = |i: &usize| !(cfg.mask_truncated && episodes[*i].finish == Finish::Length);
                 let tokens = mb.iter().filter(|i| counted(i)).map(|&i| episodes[i].response_tokens.len()).sum();
                 let responses = mb.iter().filter(|i| counted(i)).count();
-                let weight = |i: usize| {
-                    let len = episodes[i].response_tokens.len();
-                    let w = cfg.aggregation.token_weight(len, responses, tokens, pg.sampling.max_new_tokens);
-                    if counted(&i) {
-                        w as f32
-                    } else {
-                        0.0
+                let weight = |i: usize| match counted(&i) {
+                    false => 0.0,
+                    true => {
+                        let len = episodes[i].response_tokens.len();
+                        cfg.aggregation.token_weight(len, responses, tokens, pg.sampling.max_new_tokens) as f32
                     }
                 };
                 let (mb, share) = rank_part(mb, &episodes);
@@ -319,11 +317,11 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 loss.backward();
                 world.all_reduce_grads(&policy.vs)?;
                 // The losses are this rank's part of a sum; the diagnostics, means over its tokens.
-                let parts = [&loss, &pg_loss, &kl].map(|t| t.double_value(&[]));
-                let means = [&clip_low, &clip_high, &approx_kl, &masked_mean(&scored.entropy, &scored.mask)]
+                let [l, p, k] = [&loss, &pg_loss, &kl].map(|t| t.double_value(&[]));
+                let [lo, hi, a, e] = [&clip_low, &clip_high, &approx_kl, &masked_mean(&scored.entropy, &scored.mask)]
                     .map(|t| t.double_value(&[]) * share);
                 let [value, pg_loss, kl, clip_low, clip_high, approx_kl, entropy] =
-                    world.sum_each([parts[0], parts[1], parts[2], means[0], means[1], means[2], means[3]])?;
+                    world.sum_each([l, p, k, lo, hi, a, e])?;
                 if !value.is_finite() {
                     return Err(Error::Invalid(format!("GRPO loss is {value}: stopping (lower optim.lr?)")));
                 }
