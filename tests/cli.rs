@@ -451,7 +451,16 @@ fn ppo_and_grpo_run_their_updates() {
     );
     ok(&strs(&with_sets(&["grpo", "--estimator", "rloo"], &grpo, &[])));
     for (run, keys) in [
-        ("ppo", &["ppo/clip_fraction", "ppo/value_loss", "kl/reference", "value/explained_variance"][..]),
+        (
+            "ppo",
+            &[
+                "ppo/clip_low_fraction",
+                "ppo/micro_batches",
+                "ppo/value_loss",
+                "kl/reference",
+                "value/explained_variance",
+            ][..],
+        ),
         (
             "grpo",
             &["grpo/clip_high_fraction", "grpo/informative_groups", "reward/std", "response_length/truncated"][..],

@@ -36,12 +36,12 @@ fn shipped_configs_parse() {
     assert_eq!(grpo.estimator, reasonrl::train::grpo::Estimator::Grpo);
     use reasonrl::train::pg::{Aggregation, RatioLevel};
     let dapo: reasonrl::train::grpo::GrpoConfig = load(Some(&config("dapo.toml")), &[]).unwrap();
-    assert_eq!((dapo.aggregation, dapo.pg.clip, dapo.clip_high), (Aggregation::TokenMean, 0.2, Some(0.28)));
+    assert_eq!((dapo.aggregation, dapo.pg.clip, dapo.pg.clip_high), (Aggregation::TokenMean, 0.2, Some(0.28)));
     let dr: reasonrl::train::grpo::GrpoConfig = load(Some(&config("dr-grpo.toml")), &[]).unwrap();
     assert_eq!((dr.aggregation, dr.scale_by_std), (Aggregation::SeqMeanTokenSumNorm, false));
     let gspo: reasonrl::train::grpo::GrpoConfig = load(Some(&config("gspo.toml")), &[]).unwrap();
     assert_eq!(
-        (gspo.ratio, gspo.aggregation, gspo.clip_high),
+        (gspo.ratio, gspo.aggregation, gspo.pg.clip_high),
         (RatioLevel::Sequence, Aggregation::SeqMeanTokenMean, Some(4e-4))
     );
     for (set, key) in [
@@ -54,7 +54,7 @@ fn shipped_configs_parse() {
         let err = bad.unwrap_err().to_string();
         assert!(err.contains(key), "{set}: {err}");
     }
-    for name in ["study.toml", "study-full.toml"] {
+    for name in ["study.toml", "study-full.toml", "study-recipes.toml"] {
         let s: reasonrl::study::StudyConfig = load(Some(&config(name)), &[]).unwrap();
         // Stage configs are relative to the repository root, where cargo runs tests.
         reasonrl::study::check_stages(&s).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -62,5 +62,5 @@ fn shipped_configs_parse() {
         assert!(plan.rows.iter().any(|r| r.algorithm == "ei"), "{name}");
     }
     let names: Vec<_> = std::fs::read_dir(config("")).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(names.len(), 16, "a new config file needs a line here: {names:?}");
+    assert_eq!(names.len(), 17, "a new config file needs a line here: {names:?}");
 }

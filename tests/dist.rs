@@ -189,7 +189,7 @@ fn two_ranks_sample_and_run_expert_iteration_like_one() {
 }
 
 #[test]
-fn grpo_family_and_ppo_minibatches_split_over_two_ranks_like_one() {
+fn grpo_family_and_ppo_minibatches_split_over_two_ranks_or_into_micro_batches_like_one() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     // One-digit answers: an untrained policy's stray digits are sometimes right, so the
@@ -209,7 +209,7 @@ fn grpo_family_and_ppo_minibatches_split_over_two_ranks_like_one() {
         std::fs::write(task.join(format!("{split}.jsonl")), &rows).unwrap();
     }
     // Every aggregation of the GRPO family (token-mean; GSPO's sequence ratio per response;
-    // Dr. GRPO's constant normaliser with clip-higher and dual-clip), and PPO.
+    // Dr. GRPO's constant normaliser with clip-higher and dual-clip), and PPO with both clips.
     let variants: [(&str, &str, &[&str]); 4] = [
         ("grpo", "grpo", &[]),
         ("gspo", "grpo", &["aggregation=seq-mean-token-mean", "ratio=sequence"]),
@@ -225,7 +225,7 @@ fn grpo_family_and_ppo_minibatches_split_over_two_ranks_like_one() {
                 "kl_estimator=\"k2\"",
             ],
         ),
-        ("ppo", "ppo", &[]),
+        ("ppo", "ppo", &["clip_high=0.28", "dual_clip=3"]),
     ];
     for (label, algorithm, extra) in variants {
         let sets = |name: &str| {
@@ -253,11 +253,18 @@ fn grpo_family_and_ppo_minibatches_split_over_two_ranks_like_one() {
             sets.extend(extra.iter().map(|x| x.to_string()));
             with_sets(algorithm, &sets)
         };
-        let (one, two) = (format!("{label}-one"), format!("{label}-two"));
+        let (one, two, micro) = (format!("{label}-one"), format!("{label}-two"), format!("{label}-micro"));
         ok(&sets(&one));
         ok2(&sets(&two));
-        let diff = max_diff(&dir.path().join(&one).join("final"), &dir.path().join(&two).join("final"));
-        assert!(diff <= 1e-5, "{label}: policies differ by {diff}");
+        // A budget of 100 tokens cuts each minibatch into one episode per micro-batch.
+        ok(&[sets(&micro), vec!["--set".into(), "optim.batch_tokens=100".into()]].concat());
+        for (other, parts) in [(&two, 1.0), (&micro, 4.0)] {
+            let diff = max_diff(&dir.path().join(&one).join("final"), &dir.path().join(other).join("final"));
+            assert!(diff <= 1e-5, "{label}: {other}'s policy differs by {diff}");
+            let algorithm = if algorithm == "ppo" { "ppo" } else { "grpo" };
+            let cuts = column(&dir.path().join(other).join("metrics.jsonl"), &format!("{algorithm}/micro_batches"));
+            assert!(!cuts.is_empty() && cuts.iter().all(|&n| n >= parts), "{label}: {other} cut into {cuts:?}");
+        }
         let moved = max_diff(Path::new(&model), &dir.path().join(&one).join("final"));
         assert!(moved > 1e-4, "{label}: the updates changed nothing ({moved})");
         let loss = if algorithm == "ppo" { "ppo/policy_loss" } else { "grpo/policy_loss" };

@@ -1,5 +1,5 @@
 //! `reasonrl study` end to end on a tiny grid: stopped with Ctrl-C midway, then rerun, it skips
-//! what was finished and its report holds every row.
+//! what was finished and its report holds every row, a preset's row (DAPO) among them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,9 +15,11 @@ fn config(dir: &Path) -> PathBuf {
         format!(
             "name = \"grid\"\nout_dir = {:?}\ntask = \"builtin:1\"\nsizes = [\"tiny\"]\ninits = [\"sft\"]\n\
              seeds = [0]\nrerank = \"mean-logprob\"\n\
-             experiments = [{{ algorithm = \"ei\" }}, {{ algorithm = \"grpo\" }}]\n\
+             experiments = [{{ algorithm = \"ei\" }}, {{ algorithm = \"grpo\" }}, \
+             {{ algorithm = \"grpo\", name = \"dapo\", config = {:?}, set = [\"updates=2\"] }}]\n\
              [eval]\nproblems = 8\nsamples_per_prompt = 4\nks = [1, 4]\nmax_new_tokens = 48\n",
-            dir.display().to_string()
+            dir.display().to_string(),
+            configs.join("dapo.toml").display().to_string()
         ),
         stage("pretrain", r#""corpus.documents=100", "eval.problems=0", "train.max_steps=3""#),
         stage("sft", r#""train.max_steps=4", "train.eval_every=2", "eval.problems=8", "eval.samples_per_prompt=4", "eval.max_new_tokens=48""#),
@@ -77,9 +79,14 @@ fn a_stopped_study_continues_where_it_stopped() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("5 already done"), "{stdout}");
     let report = std::fs::read_to_string(dir.path().join("grid").join("report.md")).unwrap();
-    for row in ["| none | - | - |", "| ei | sparse | 0 |", "| grpo | sparse | 0 |"] {
+    for row in ["| none | - | - |", "| ei | sparse | 0 |", "| grpo | sparse | 0 |", "| dapo | sparse | 0 |"] {
         let line = report.lines().find(|l| l.contains(row)).unwrap_or_else(|| panic!("no row {row}: {report}"));
         assert!(!line.contains("not run") && !line.contains("failed") && line.contains('['), "{line}");
     }
     assert!(grid.parent().unwrap().join("plots").join("maj1-vs-samples.png").exists());
+    // The named row ran its preset's recipe under the stage's settings and its own.
+    let dapo = std::fs::read_to_string(grid.join("sft-dapo-sparse-s0").join("config.toml")).unwrap();
+    for line in ["clip_high = 0.28", "dynamic_sampling = true", "updates = 2", "prompts_per_update = 2"] {
+        assert!(dapo.lines().any(|l| l == line), "{line}: {dapo}");
+    }
 }

@@ -156,7 +156,7 @@ fn close(d: &Metric) -> (bool, bool) {
 }
 
 fn name(r: &RowResult) -> String {
-    format!("{}-{}", r.row.algorithm, r.row.reward)
+    format!("{}-{}", r.row.name, r.row.reward)
 }
 
 /// The paper's findings, checked on one group (same size and init) of finished runs. Each is
@@ -290,7 +290,7 @@ pub fn findings(start: Option<&RowResult>, runs: &[&RowResult], sft_log: Option<
                  maj@1, paired, has every 95% interval below +3 points (contradicted: one above 0).";
     let (mut checks, mut lines) = (Vec::new(), Vec::new());
     for dense in scored.iter().filter(|r| r.row.reward != "sparse") {
-        let sparse = scored.iter().find(|r| r.row.algorithm == dense.row.algorithm && r.row.reward == "sparse");
+        let sparse = scored.iter().find(|r| r.row.name == dense.row.name && r.row.reward == "sparse");
         if let Some(d) = sparse.and_then(|s| paired(dense, s, "maj@1")) {
             checks.push((d.hi < MARGIN, d.lo > 0.0));
             lines.push(format!("{} - sparse {}", name(dense), show_diff(&d)));

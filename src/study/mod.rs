@@ -11,12 +11,12 @@
 //! (`failed.txt`) and goes on with the jobs that do not need it.
 
 pub mod findings;
+mod jobs;
 pub mod report;
 
-use crate::config::{load, Config};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::eval::policy::EvalSpec;
-use crate::eval::run::{EvalConfig, ScorerKind};
 use crate::fsutil::write_atomic;
 use crate::prompt::{PromptConfig, PromptFormat};
 use crate::reward::RewardKind;
@@ -129,18 +129,33 @@ pub fn name_of<T: serde::Serialize>(value: &T) -> String {
     }
 }
 
-/// One row of the grid before the inits, sizes and seeds multiply it.
+/// One row of the grid before the inits, sizes and seeds multiply it. A row may carry its own
+/// recipe: `{ algorithm = "grpo", name = "dapo", config = "configs/dapo.toml" }` runs DAPO's
+/// preset under the `[grpo]` stage's overrides (the study's sample budget), then the row's `set`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Experiment {
     pub algorithm: Algorithm,
     /// EI learns from final answers only: sparse.
     pub reward: RewardKind,
+    /// The row's name in the report and in its run folders (default: the algorithm's).
+    pub name: Option<String>,
+    /// The row's base config instead of its stage's.
+    pub config: Option<PathBuf>,
+    /// Overrides after the stage's.
+    pub set: Vec<String>,
 }
 
 impl Default for Experiment {
     fn default() -> Self {
-        Experiment { algorithm: Algorithm::Ei, reward: RewardKind::Sparse }
+        Experiment { algorithm: Algorithm::Ei, reward: RewardKind::Sparse, name: None, config: None, set: Vec::new() }
+    }
+}
+
+impl Experiment {
+    /// The row's name: its own, or its algorithm's.
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| name_of(&self.algorithm))
     }
 }
 
@@ -187,6 +202,8 @@ pub struct Row {
     pub init: String,
     /// "none" for the starting model itself.
     pub algorithm: String,
+    /// The experiment's name (the algorithm's unless the row names itself).
+    pub name: String,
     pub reward: String,
     pub seed: Option<u64>,
     /// The training run (None for the starting model).
@@ -211,6 +228,21 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
             "study: reward `{}` for ei (EI learns from the sparse reward)",
             name_of(&e.reward)
         )));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for e in &cfg.experiments {
+        let name = e.name();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(Error::Invalid(format!(
+                "study: experiment name `{name}`: use letters, digits, `-`, `_` and `.` (it names run folders)"
+            )));
+        }
+        if !names.insert((name.clone(), name_of(&e.reward))) {
+            return Err(Error::Invalid(format!(
+                "study: two experiments are `{name}` with reward `{}`: give one a `name`",
+                name_of(&e.reward)
+            )));
+        }
     }
     let needs_orm = cfg.rerank == Rerank::Orm || cfg.experiments.iter().any(|e| e.reward == RewardKind::Orm);
     let (mut jobs, mut rows) = (Vec::new(), Vec::new());
@@ -244,6 +276,7 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
                 size: size.clone(),
                 init: init.clone(),
                 algorithm: "none".into(),
+                name: "none".into(),
                 reward: "-".into(),
                 seed: None,
                 run: None,
@@ -253,8 +286,8 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
             rows.push(start.clone());
             for experiment in &cfg.experiments {
                 for &seed in &cfg.seeds {
-                    let (algorithm, reward) = (name_of(&experiment.algorithm), name_of(&experiment.reward));
-                    let run = at(&format!("{init}-{algorithm}-{reward}-s{seed}"));
+                    let (name, reward) = (experiment.name(), name_of(&experiment.reward));
+                    let run = at(&format!("{init}-{name}-{reward}-s{seed}"));
                     let action = Action::Train {
                         experiment: experiment.clone(),
                         seed,
@@ -273,7 +306,8 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
                     }
                     jobs.push(eval(&run, run.join("eval"), eval_prompt, eval_scorer));
                     rows.push(Row {
-                        algorithm,
+                        algorithm: name_of(&experiment.algorithm),
+                        name,
                         reward,
                         seed: Some(seed),
                         run: Some(run.clone()),
@@ -300,28 +334,25 @@ pub struct Outcome {
     pub table: String,
 }
 
-/// Loads every stage's config with its overrides, so a typo fails now rather than hours in.
+/// Loads every stage's config, and every experiment's, with its overrides, so a typo fails now
+/// rather than hours in.
 pub fn check_stages(cfg: &StudyConfig) -> Result<()> {
-    fn check<T: Config>(name: &str, stage: &Stage) -> Result<()> {
-        load::<T>(stage.config.as_deref(), &stage.set)
+    fn check<T: Config>(name: &str, stage: &Stage, row: Option<&Experiment>) -> Result<()> {
+        jobs::stage_config::<T>(stage, row, &[], Vec::new())
             .map(drop)
             .map_err(|e| Error::Invalid(format!("study stage [{name}]: {e}")))
     }
-    let used = |a: Algorithm| cfg.experiments.iter().any(|e| e.algorithm == a);
-    check::<pretrain::PretrainConfig>("pretrain", &cfg.pretrain)?;
-    check::<sft::SftConfig>("sft", &cfg.sft)?;
-    check::<orm::OrmConfig>("orm", &cfg.orm)?;
-    if used(Algorithm::Ei) {
-        check::<ei::EiConfig>("ei", &cfg.ei)?;
-    }
-    if used(Algorithm::Ppo) {
-        check::<ppo::PpoConfig>("ppo", &cfg.ppo)?;
-    }
-    if used(Algorithm::Grpo) || used(Algorithm::Rloo) {
-        check::<grpo::GrpoConfig>("grpo", &cfg.grpo)?;
-    }
-    if used(Algorithm::Rcrl) {
-        check::<rcrl::RcrlConfig>("rcrl", &cfg.rcrl)?;
+    check::<pretrain::PretrainConfig>("pretrain", &cfg.pretrain, None)?;
+    check::<sft::SftConfig>("sft", &cfg.sft, None)?;
+    check::<orm::OrmConfig>("orm", &cfg.orm, None)?;
+    for e in &cfg.experiments {
+        let name = format!("{}, experiment {}", name_of(&e.algorithm), e.name());
+        match e.algorithm {
+            Algorithm::Ei => check::<ei::EiConfig>(&name, &cfg.ei, Some(e))?,
+            Algorithm::Ppo => check::<ppo::PpoConfig>(&name, &cfg.ppo, Some(e))?,
+            Algorithm::Grpo | Algorithm::Rloo => check::<grpo::GrpoConfig>(&name, &cfg.grpo, Some(e))?,
+            Algorithm::Rcrl => check::<rcrl::RcrlConfig>(&name, &cfg.rcrl, Some(e))?,
+        }
     }
     Ok(())
 }
@@ -352,7 +383,7 @@ pub fn run(cfg: &StudyConfig, config_toml: &str) -> Result<Outcome> {
         crate::progress::println(&format!("[{}/{}] {name}", i + 1, plan.jobs.len()));
         let start = Instant::now();
         let _ = std::fs::remove_file(job.dir.join(FAILED_FILE));
-        match run_job(cfg, job) {
+        match jobs::run_job(cfg, job) {
             Ok(output) => {
                 let done = Done { output, seconds: start.elapsed().as_secs_f64() };
                 let text = serde_json::to_string_pretty(&done).expect("serialisable");
@@ -374,149 +405,4 @@ pub fn run(cfg: &StudyConfig, config_toml: &str) -> Result<Outcome> {
     bar.finish_and_clear();
     outcome.table = report::write(cfg, &plan)?;
     Ok(outcome)
-}
-
-/// The folder a finished job produced (its model, or its evaluation).
-fn output_of(job_dir: &Path) -> Result<PathBuf> {
-    let marker = job_dir.join(DONE_FILE);
-    if !marker.exists() {
-        let why = std::fs::read_to_string(job_dir.join(FAILED_FILE)).map(|e| format!(", which failed: {}", e.trim()));
-        return Err(Error::file(job_dir, format!("needed but not done{}", why.unwrap_or_default())));
-    }
-    let done: Done = serde_json::from_str(&crate::fsutil::read_to_string(&marker)?)
-        .map_err(|e| Error::file(&marker, format!("malformed: {e}")))?;
-    Ok(done.output)
-}
-
-/// A TOML string literal, for an override's value.
-fn quoted(text: impl std::fmt::Display) -> String {
-    toml::Value::String(text.to_string()).to_string()
-}
-
-/// A stage's config: its base file, `defaults`, its overrides, then the study's own settings.
-fn stage_config<T: Config>(stage: &Stage, defaults: &[String], study: Vec<String>) -> Result<T> {
-    load(stage.config.as_deref(), &[defaults.to_vec(), stage.set.clone(), study].concat())
-}
-
-/// The study's `[rollout]` as `rollout.KEY=VALUE` overrides (none for the local engine).
-fn rollout_sets(rollout: &crate::engine::RolloutConfig) -> Vec<String> {
-    if rollout.engine == crate::engine::EngineKind::Local {
-        return Vec::new();
-    }
-    let table = toml::Table::try_from(rollout).expect("the rollout settings serialise to a TOML table");
-    table.iter().map(|(key, value)| format!("rollout.{key}={value}")).collect()
-}
-
-fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
-    let (out_dir, name) = (job.dir.parent().expect("jobs live in the study folder"), job.dir.file_name());
-    let name = name.expect("jobs have names").to_string_lossy();
-    let run = vec![
-        format!("run.out_dir={}", quoted(out_dir.display())),
-        format!("run.name={}", quoted(&name)),
-        format!("run.device={}", quoted(&cfg.device)),
-    ];
-    let prompt_set = |p: &PromptConfig| {
-        vec![format!("prompt.format={}", quoted(name_of(&p.format))), format!("prompt.shots={}", p.shots)]
-    };
-    let resume = job.dir.join("checkpoints").exists();
-    let task = format!("task={}", quoted(&cfg.task));
-    let engine = rollout_sets(&cfg.rollout);
-    match &job.action {
-        Action::Pretrain { size } => {
-            let c: pretrain::PretrainConfig =
-                stage_config(&cfg.pretrain, &[], [run, vec![task, format!("init.preset={}", quoted(size))]].concat())?;
-            pretrain::run(&c, resume, !resume)
-        }
-        Action::Sft { pretrained } => {
-            let model = format!("model={}", quoted(output_of(pretrained)?.display()));
-            let c: sft::SftConfig = stage_config(&cfg.sft, &[], [run, vec![task, model]].concat())?;
-            sft::run(&c, resume, !resume)?;
-            Ok(job.dir.join("best"))
-        }
-        Action::Orm { policy, prompt } => {
-            let policy = format!("model={}", quoted(output_of(policy)?.display()));
-            let c: orm::OrmConfig =
-                stage_config(&cfg.orm, &engine, [run, vec![task, policy], prompt_set(prompt)].concat())?;
-            orm::run(&c, resume, !resume)?;
-            Ok(job.dir.join("best"))
-        }
-        Action::Train { experiment, seed, init, orm, prompt } => {
-            let mut set =
-                [run, vec![task, format!("model={}", quoted(output_of(init)?.display())), format!("seed={seed}")]]
-                    .concat();
-            set.extend(prompt_set(prompt));
-            let orm_path = match (experiment.reward, orm) {
-                (RewardKind::Orm, Some(orm)) => Some(quoted(output_of(orm)?.display())),
-                _ => None,
-            };
-            let reward = quoted(name_of(&experiment.reward));
-            match experiment.algorithm {
-                Algorithm::Ei => ei::run(&stage_config(&cfg.ei, &engine, set)?, resume, !resume),
-                Algorithm::Rcrl => {
-                    let labels = if experiment.reward == RewardKind::Sparse { quoted("outcome") } else { reward };
-                    set.push(format!("labels={labels}"));
-                    set.extend(orm_path.map(|p| format!("orm={p}")));
-                    rcrl::run(&stage_config(&cfg.rcrl, &engine, set)?, resume, !resume)
-                }
-                algorithm => {
-                    set.push(format!("reward.kind={reward}"));
-                    set.extend(orm_path.map(|p| format!("reward.orm={p}")));
-                    if algorithm == Algorithm::Ppo {
-                        ppo::run(&stage_config(&cfg.ppo, &engine, set)?, resume, !resume)
-                    } else {
-                        set.push(format!("estimator={}", quoted(name_of(&algorithm))));
-                        grpo::run(&stage_config(&cfg.grpo, &engine, set)?, resume, !resume)
-                    }
-                }
-            }
-        }
-        Action::Eval { model, scorer, prompt } => {
-            // Without its ORM (failed) the evaluation still runs; rerank@k is left out.
-            let (scorer, orm) = match scorer.as_deref().map(output_of) {
-                Some(Ok(orm)) => (ScorerKind::Orm, orm),
-                Some(Err(e)) => {
-                    crate::progress::println(&format!("no rerank@k: {e}"));
-                    (ScorerKind::None, PathBuf::new())
-                }
-                None => (ScorerKind::MeanLogprob, PathBuf::new()),
-            };
-            let eval = EvalConfig {
-                model: output_of(model)?,
-                task: cfg.task.clone(),
-                eval: cfg.eval.clone(),
-                scorer,
-                orm,
-                prompt: prompt.clone(),
-                rollout: cfg.rollout.clone(),
-                out: job.dir.clone(),
-                device: cfg.device.clone(),
-                ..Default::default()
-            };
-            crate::eval::run::run(&eval, true)?;
-            Ok(job.dir.clone())
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::{EngineKind, RolloutConfig, SyncMode};
-
-    #[test]
-    fn the_study_rollout_reaches_every_sampling_stage_and_a_stage_may_override_it() {
-        assert!(rollout_sets(&RolloutConfig::default()).is_empty(), "local adds nothing");
-        let rollout = RolloutConfig {
-            engine: EngineKind::Openai,
-            base_url: vec!["http://a:1".into(), "http://b:2".into()],
-            command: "llama-server -m {gguf} --port {port}".into(),
-            sync_every: 3,
-            ..RolloutConfig::default()
-        };
-        let stage = Stage { config: None, set: vec!["rollout.sync=\"sglang\"".into()] };
-        let ei: ei::EiConfig = stage_config(&stage, &rollout_sets(&rollout), vec![]).unwrap();
-        assert_eq!(ei.common.rollout, RolloutConfig { sync: SyncMode::Sglang, ..rollout.clone() });
-        let ppo: ppo::PpoConfig = stage_config(&Stage::default(), &rollout_sets(&rollout), vec![]).unwrap();
-        assert_eq!(ppo.pg.common.rollout, rollout);
-    }
 }

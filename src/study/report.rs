@@ -38,7 +38,7 @@ pub fn table(results: &[RowResult], k: usize) -> String {
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {status} |",
             row.size,
             row.init,
-            row.algorithm,
+            row.name,
             row.reward,
             row.seed.map_or("-".into(), |s| s.to_string()),
             pct(r.maj1()),
@@ -88,7 +88,7 @@ pub fn write(cfg: &StudyConfig, plan: &Plan) -> Result<String> {
         md.push_str("\nFailed (rerunning the study retries them):\n\n");
         for r in failed {
             let row = &r.row;
-            let what = format!("{}/{} {}-{}", row.size, row.init, row.algorithm, row.reward);
+            let what = format!("{}/{} {}-{}", row.size, row.init, row.name, row.reward);
             let _ = writeln!(md, "- {what}: {}", r.error.as_deref().unwrap_or_default());
         }
     }
@@ -232,6 +232,7 @@ mod tests {
                 size: "small".into(),
                 init: "sft".into(),
                 algorithm: algorithm.into(),
+                name: algorithm.into(),
                 reward: reward.into(),
                 seed: (!start).then_some(0),
                 run: None,

@@ -13,12 +13,13 @@
 //! log-ratio subtracted from R (RLOO's way). No value model.
 
 use super::checkpoint::PgState;
+use super::minibatch::{micro_batches, minibatch_rng};
 use super::optim::{learning_rate, AdamW};
 use super::pg::{
-    correction_weights, masked_mean, pad_rows, policy_loss, score_responses, Aggregation, Clip, Correction,
-    KlEstimator, PerToken, RatioLevel,
+    correction_weights, masked_mean, pad_rows, policy_loss, score_responses, Aggregation, Correction, KlEstimator,
+    PerToken, RatioLevel,
 };
-use super::pg_run::{minibatch_rng, rank_part, PgRun, PgSpec, Trained};
+use super::pg_run::{PgRun, PgSpec, Trained};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::CausalLm;
@@ -58,13 +59,6 @@ pub struct GrpoConfig {
     pub aggregation: Aggregation,
     /// `token` ratios (PPO, GRPO) or the length-normalised `sequence` ratio (GSPO).
     pub ratio: RatioLevel,
-    /// The ratio's upper clip, 1 + clip_high (DAPO: 0.28); unset, `clip`, symmetric.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub clip_high: Option<f64>,
-    /// Dual-clip's c: a negative advantage's loss is capped at -A c (Ye et al. 2020: 3); unset,
-    /// none.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dual_clip: Option<f64>,
     /// Leave responses cut at `max_new_tokens` out of the loss (DAPO's overlong filtering).
     pub mask_truncated: bool,
     /// DAPO's soft overlong punishment: over the last `overlong_buffer` tokens before
@@ -92,8 +86,6 @@ impl Default for GrpoConfig {
             kl_estimator: None,
             aggregation: Aggregation::TokenMean,
             ratio: RatioLevel::Token,
-            clip_high: None,
-            dual_clip: None,
             mask_truncated: false,
             overlong_buffer: 0,
             dynamic_sampling: false,
@@ -107,12 +99,6 @@ impl Default for GrpoConfig {
 
 impl Config for GrpoConfig {
     fn check(&self) -> std::result::Result<(), String> {
-        if self.clip_high.is_some_and(|c| c.is_nan() || c <= 0.0) {
-            return Err("`clip_high` must be positive".into());
-        }
-        if self.dual_clip.is_some_and(|c| c.is_nan() || c <= 1.0) {
-            return Err("`dual_clip` must be above 1 (Ye et al. use 3)".into());
-        }
         if self.engine_correction_cap.is_nan() || self.engine_correction_cap <= 1.0 {
             return Err("`engine_correction_cap` must be above 1 (verl uses 2)".into());
         }
@@ -225,7 +211,7 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let world = crate::dist::world();
     world.broadcast_weights(&policy.vs)?;
     let total_steps = pg.updates * pg.epochs * pg.minibatches;
-    let clip = Clip { low: pg.clip, high: cfg.clip_high.unwrap_or(pg.clip), dual: cfg.dual_clip };
+    let clip = pg.clip_range();
     let kl_estimator = cfg.kl_estimator.unwrap_or(KlEstimator::K3);
 
     for update in done + 1..=pg.updates {
@@ -271,6 +257,8 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
             informative_groups += a.iter().any(|&x| x != 0.0) as usize;
             advantages.extend(a);
         }
+        let adv: PerToken =
+            episodes.iter().zip(&advantages).map(|(e, &a)| vec![a as f32; e.response_tokens.len()]).collect();
         // 3. Epochs of minibatches on the token-level clipped objective.
         let mut sums = Metrics::new();
         let mut steps = 0usize;
@@ -283,7 +271,7 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
             for mb in order.chunks(order.len().div_ceil(pg.minibatches)) {
                 let lr = learning_rate(&pg.optim, step, total_steps);
                 step += 1;
-                // Token weights from the whole minibatch: the ranks' weighted sums add up to it.
+                // Token weights from the whole minibatch: the weighted sums of its parts add up to it.
                 let counted = |i: &usize| !(cfg.mask_truncated && episodes[*i].finish == Finish::Length);
                 let tokens = mb.iter().filter(|i| counted(i)).map(|&i| episodes[i].response_tokens.len()).sum();
                 let responses = mb.iter().filter(|i| counted(i)).count();
@@ -294,34 +282,48 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
                         cfg.aggregation.token_weight(len, responses, tokens, pg.sampling.max_new_tokens) as f32
                     }
                 };
-                let (mb, share) = rank_part(mb, &episodes);
-                let batch: Vec<&Episode> = mb.iter().map(|&i| &episodes[i]).collect();
-                let r = batch.iter().map(|e| e.response_tokens.len()).max().unwrap_or(1).max(1);
-                let rows =
-                    |x: &[Vec<f32>]| pad_rows(&mb.iter().map(|&i| x[i].as_slice()).collect::<Vec<_>>(), r, run.device);
-                let adv: Vec<Vec<f32>> =
-                    mb.iter().map(|&i| vec![advantages[i] as f32; episodes[i].response_tokens.len()]).collect();
-                let adv = pad_rows(&adv.iter().map(Vec::as_slice).collect::<Vec<_>>(), r, run.device);
-                let weights: Vec<Vec<f32>> =
-                    mb.iter().map(|&i| correction[i].iter().map(|c| c * weight(i)).collect()).collect();
-                let weights = pad_rows(&weights.iter().map(Vec::as_slice).collect::<Vec<_>>(), r, run.device);
-                let scored = score_responses(&policy, &batch, pg.sampling.temperature);
-                let (pg_loss, [clip_low, clip_high, approx_kl]) =
-                    policy_loss(&scored.logprobs, &rows(&old_logprobs), &adv, &scored.mask, &weights, cfg.ratio, clip);
-                let kl = match &ref_logprobs {
-                    Some(q) => (kl_estimator.per_token(&scored.logprobs, &rows(q)) * &weights).sum(tch::Kind::Float),
-                    None => tch::Tensor::zeros([], (tch::Kind::Float, run.device)),
-                };
-                let loss = if cfg.kl_in_reward { pg_loss.shallow_clone() } else { &pg_loss + &kl * pg.kl_coef };
+                let mut weights = vec![Vec::new(); episodes.len()];
+                for &i in mb {
+                    weights[i] = correction[i].iter().map(|c| c * weight(i)).collect();
+                }
                 optimizer.zero_grad();
-                loss.backward();
+                let parts = micro_batches(mb, &episodes, pg.optim.batch_tokens);
+                let mut logged = [0.0; 7];
+                for &(mb, share) in &parts {
+                    let batch: Vec<&Episode> = mb.iter().map(|&i| &episodes[i]).collect();
+                    let r = batch.iter().map(|e| e.response_tokens.len()).max().unwrap_or(1).max(1);
+                    let rows = |x: &[Vec<f32>]| {
+                        pad_rows(&mb.iter().map(|&i| x[i].as_slice()).collect::<Vec<_>>(), r, run.device)
+                    };
+                    let weights = rows(&weights);
+                    let scored = score_responses(&policy, &batch, pg.sampling.temperature);
+                    let (pg_loss, [clip_low, clip_high, approx_kl]) = policy_loss(
+                        &scored.logprobs,
+                        &rows(&old_logprobs),
+                        &rows(&adv),
+                        &scored.mask,
+                        &weights,
+                        cfg.ratio,
+                        clip,
+                    );
+                    let kl = match &ref_logprobs {
+                        Some(q) => {
+                            (kl_estimator.per_token(&scored.logprobs, &rows(q)) * &weights).sum(tch::Kind::Float)
+                        }
+                        None => tch::Tensor::zeros([], (tch::Kind::Float, run.device)),
+                    };
+                    let loss = if cfg.kl_in_reward { pg_loss.shallow_clone() } else { &pg_loss + &kl * pg.kl_coef };
+                    loss.backward();
+                    // The losses are parts of a sum; the diagnostics, means over this part's tokens.
+                    let sums = [&loss, &pg_loss, &kl].map(|t| t.double_value(&[]));
+                    let means = [&clip_low, &clip_high, &approx_kl, &masked_mean(&scored.entropy, &scored.mask)]
+                        .map(|t| t.double_value(&[]) * share);
+                    for (total, v) in logged.iter_mut().zip(sums.into_iter().chain(means)) {
+                        *total += v;
+                    }
+                }
                 world.all_reduce_grads(&policy.vs)?;
-                // The losses are this rank's part of a sum; the diagnostics, means over its tokens.
-                let [l, p, k] = [&loss, &pg_loss, &kl].map(|t| t.double_value(&[]));
-                let [lo, hi, a, e] = [&clip_low, &clip_high, &approx_kl, &masked_mean(&scored.entropy, &scored.mask)]
-                    .map(|t| t.double_value(&[]) * share);
-                let [value, pg_loss, kl, clip_low, clip_high, approx_kl, entropy] =
-                    world.sum_each([l, p, k, lo, hi, a, e])?;
+                let [value, pg_loss, kl, clip_low, clip_high, approx_kl, entropy] = world.sum_each(logged)?;
                 if !value.is_finite() {
                     return Err(Error::Invalid(format!("GRPO loss is {value}: stopping (lower optim.lr?)")));
                 }
@@ -336,6 +338,7 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
                     ("grpo/approx_kl", approx_kl),
                     ("grpo/entropy", entropy),
                     ("grpo/grad_norm", grad_norm),
+                    ("grpo/micro_batches", parts.len() as f64),
                     ("lr", lr),
                 ] {
                     *sums.entry(name.into()).or_default() += v;

@@ -1,12 +1,13 @@
 //! The trainers. The supervised ones (`pretrain`, `sft`, `ei`, `orm`, `rcrl`) say what the
 //! examples are and what to evaluate, and share `trainer` (the loop), `objective` (what it
 //! minimises), `optim` (AdamW and the schedule) and `checkpoint`; EI and RCRL also share
-//! `rounds`. The policy-gradient ones (`ppo`, `grpo`) share `pg` (the equations) and `pg_run`
-//! (the update loop's harness).
+//! `rounds`. The policy-gradient ones (`ppo`, `grpo`) share `pg` (the equations), `pg_run`
+//! (the update loop's harness) and `minibatch` (minibatches cut into micro-batches).
 
 pub mod checkpoint;
 pub mod ei;
 pub mod grpo;
+pub mod minibatch;
 pub mod objective;
 pub mod optim;
 pub mod orm;

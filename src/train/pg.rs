@@ -135,27 +135,6 @@ pub fn whiten(rows: &mut [Vec<f32>]) {
     }
 }
 
-/// PPO's clipped surrogate (to minimise): mean over tokens of
-/// max(-A r, -A clip(r, 1 - eps, 1 + eps)) with r = exp(logp - old_logp). Also returns the
-/// fraction of tokens where the clip was active and the approximate KL (CleanRL's
-/// mean((r - 1) - log r)).
-pub fn clipped_policy_loss(
-    logprobs: &Tensor,
-    old_logprobs: &Tensor,
-    advantages: &Tensor,
-    mask: &Tensor,
-    clip: f64,
-) -> (Tensor, Tensor, Tensor) {
-    let log_ratio = logprobs - old_logprobs;
-    let ratio = log_ratio.exp();
-    let unclipped = -advantages * &ratio;
-    let clipped = -advantages * ratio.clamp(1.0 - clip, 1.0 + clip);
-    let loss = masked_mean(&unclipped.maximum(&clipped), mask);
-    let clip_fraction = masked_mean(&(&ratio - 1.0).abs().gt(clip).to_kind(Kind::Float), mask);
-    let approx_kl = masked_mean(&((&ratio - 1.0) - &log_ratio), mask);
-    (loss, clip_fraction.detach(), approx_kl.detach())
-}
-
 /// How a minibatch's per-token losses become one number (TRL's `loss_type`, verl's
 /// `loss_agg_mode`): each token's weight, from counts over the whole minibatch, so the sum over
 /// ranks of each rank's weighted sum is the same update on any number of ranks.
@@ -448,9 +427,12 @@ mod tests {
             let logp = Tensor::from_slice(&[ratio.ln() as f32]).set_requires_grad(true);
             let old = Tensor::from_slice(&[0f32]);
             let adv = Tensor::from_slice(&[advantage]);
-            let (loss, clipped, _) = clipped_policy_loss(&logp, &old, &adv, &Tensor::from_slice(&[1f32]), 0.2);
+            let one = Tensor::from_slice(&[1f32]);
+            let clip = Clip { low: 0.2, high: 0.2, dual: None };
+            let (loss, [low, high, _]) = policy_loss(&logp, &old, &adv, &one, &one, RatioLevel::Token, clip);
             loss.backward();
-            (loss.double_value(&[]), logp.grad().double_value(&[0]), clipped.double_value(&[]))
+            let clipped = low.double_value(&[]) + high.double_value(&[]);
+            (loss.double_value(&[]), logp.grad().double_value(&[0]), clipped)
         };
         // Inside the range: loss -A r, gradient d/dlogp = -A r (pushes logp up for A > 0).
         let (loss, grad, clipped) = grad_at(1.1, 2.0);

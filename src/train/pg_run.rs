@@ -4,8 +4,9 @@
 //! checkpoints. The equations are in `pg`.
 
 use super::checkpoint::{load_checkpoint, Checkpoints, PgState, TrainerState, STATE_FILE};
+use super::minibatch::check_minibatch_size;
 use super::optim::{AdamW, Schedule, TrainConfig};
-use super::pg::{score_episodes, PerToken};
+use super::pg::{score_episodes, Clip, PerToken};
 use super::rounds::report;
 use super::trainer::every;
 use crate::engine::Engine;
@@ -43,13 +44,21 @@ pub struct PgSpec {
     /// Passes over each rollout batch, and minibatches per pass.
     pub epochs: usize,
     pub minibatches: usize,
-    /// The policy ratio's clip range.
+    /// The ratio's clip range, [1 - clip, 1 + clip] (PPO, GRPO: 0.2).
     pub clip: f64,
+    /// The ratio's upper clip, 1 + clip_high (DAPO's clip-higher: 0.28); unset, `clip`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_high: Option<f64>,
+    /// Dual-clip's c: a negative advantage's loss is capped at -A c (Ye et al. 2020, "Mastering
+    /// Complex Control in MOBA Games with Deep RL": 3); unset, none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dual_clip: Option<f64>,
     /// KL penalty coefficient (PPO, the paper: 0.05; GRPO: 0.04).
     pub kl_coef: f64,
     pub reward: RewardConfig,
-    /// Optimiser: lr, schedule, warm-up, AdamW betas, weight decay, gradient clipping (the
-    /// epoch and batch fields are unused; the schedule spans `updates * epochs * minibatches`).
+    /// Optimiser: lr, schedule, warm-up, AdamW betas, weight decay, gradient clipping, and
+    /// `batch_tokens`, the micro-batch budget (the schedule spans `updates * epochs *
+    /// minibatches`; the epoch and step fields are unused).
     pub optim: TrainConfig,
     /// Test evaluation every N updates (and at the start and end).
     pub eval_every: usize,
@@ -76,6 +85,8 @@ impl PgSpec {
             epochs: 1,
             minibatches: 2,
             clip: 0.2,
+            clip_high: None,
+            dual_clip: None,
             kl_coef: 0.05,
             reward: RewardConfig::default(),
             optim: TrainConfig {
@@ -98,10 +109,28 @@ impl PgSpec {
         if self.minibatches == 0 || self.epochs == 0 || self.prompts_per_update == 0 {
             return Err("`epochs`, `minibatches` and `prompts_per_update` must be at least 1".into());
         }
+        if self.clip.is_nan() || self.clip <= 0.0 || self.clip_high.is_some_and(|c| c.is_nan() || c <= 0.0) {
+            return Err("`clip` and `clip_high` must be positive".into());
+        }
+        if self.dual_clip.is_some_and(|c| c.is_nan() || c <= 1.0) {
+            return Err("`dual_clip` must be above 1 (Ye et al. use 3)".into());
+        }
+        if self.optim.grad_accum != 1 {
+            let why = "minibatches accumulate over micro-batches of `optim.batch_tokens`: set that instead";
+            return Err(format!("`optim.grad_accum` = {}: {why}", self.optim.grad_accum));
+        }
+        if self.optim.batch_tokens == 0 {
+            return Err("`optim.batch_tokens` must be at least 1".into());
+        }
         if self.optim.lr <= 0.0 {
             return Err(format!("`optim.lr` = {}: must be positive", self.optim.lr));
         }
         Ok(())
+    }
+
+    /// The ratio's clip range and dual-clip bound.
+    pub fn clip_range(&self) -> Clip {
+        Clip { low: self.clip, high: self.clip_high.unwrap_or(self.clip), dual: self.dual_clip }
     }
 
     /// Episodes per update.
@@ -384,34 +413,6 @@ enum Reference {
     WithoutAdapters,
     /// `kl_coef = 0` (a multiplicative controller keeps it 0): no reference, no forward pass.
     Off,
-}
-
-/// This rank's block of minibatch `mb` and its share of the minibatch's response tokens. The
-/// losses are means over tokens, so a rank's loss times its share, summed over ranks, is the
-/// loss of the whole minibatch: ranks scale their loss by it before backward and their logged
-/// means before summing them.
-pub fn rank_part<'a>(mb: &'a [usize], episodes: &[Episode]) -> (&'a [usize], f64) {
-    let mine = &mb[crate::dist::world().shard(mb.len())];
-    let tokens = |rows: &[usize]| rows.iter().map(|&i| episodes[i].response_tokens.len()).sum::<usize>();
-    (mine, tokens(mine) as f64 / tokens(mb).max(1) as f64)
-}
-
-/// Refuses minibatches smaller than the world: every rank needs an episode of each.
-pub fn check_minibatch_size(episodes_per_update: usize, minibatches: usize) -> Result<()> {
-    let ranks = crate::dist::world().size;
-    if episodes_per_update / minibatches.max(1) < ranks {
-        return Err(Error::Invalid(format!(
-            "{episodes_per_update} episodes per update in {minibatches} minibatches leave some of the {ranks} ranks \
-             without an episode: use fewer minibatches or more prompts_per_update"
-        )));
-    }
-    Ok(())
-}
-
-/// The generator of one update's minibatch order: a function of (seed, update) alone, so that a
-/// resumed run shuffles as the uninterrupted one did.
-pub fn minibatch_rng(seed: u64, update: usize) -> Rng {
-    Rng::new((seed ^ 0x5eed).wrapping_mul(1_000_003).wrapping_add(update as u64))
 }
 
 /// Training questions in a shuffled order that starts over (reshuffled) when used up.

@@ -13,11 +13,13 @@
 //!    loss - ent_coef * entropy; stop early once the approximate KL passes `target_kl`.
 
 use super::checkpoint::PgState;
+use super::minibatch::{micro_batches, minibatch_rng};
 use super::optim::{learning_rate, AdamW};
 use super::pg::{
-    clipped_policy_loss, clipped_value_loss, explained_variance, gae, masked_mean, pad_rows, score_responses, whiten,
+    clipped_value_loss, explained_variance, gae, masked_mean, pad_rows, policy_loss, score_responses, whiten,
+    RatioLevel,
 };
-use super::pg_run::{minibatch_rng, rank_part, PgRun, PgSpec, Trained};
+use super::pg_run::{PgRun, PgSpec, Trained};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::llama::HEAD_PREFIX;
@@ -223,7 +225,8 @@ impl UpdateStats {
 }
 
 /// One optimiser step on minibatch `mb` of the rollout batch at learning rates (policy, value; a
-/// policy rate of 0 trains the value function alone); returns the approximate KL.
+/// policy rate of 0 trains the value function alone), its gradients accumulated over this rank's
+/// micro-batches; returns the approximate KL.
 #[allow(clippy::too_many_arguments)]
 fn minibatch_step(
     cfg: &PpoConfig,
@@ -231,54 +234,78 @@ fn minibatch_step(
     mb: &[usize],
     policy: &CausalLm,
     optimizer: &mut AdamW,
-    critic: Option<(&mut CausalLm, &mut AdamW)>,
+    mut critic: Option<(&mut CausalLm, &mut AdamW)>,
     (policy_lr, value_lr): (f64, f64),
     stats: &mut UpdateStats,
 ) -> Result<f64> {
-    let (mb, share) = rank_part(mb, &batch.episodes);
     let world = crate::dist::world();
-    let episodes: Vec<&Episode> = mb.iter().map(|&i| &batch.episodes[i]).collect();
-    let r = episodes.iter().map(|e| e.response_tokens.len()).max().unwrap_or(1).max(1);
     let device = policy.device();
-    let rows = |x: &[Vec<f32>]| pad_rows(&mb.iter().map(|&i| x[i].as_slice()).collect::<Vec<_>>(), r, device);
-    let (old_logprobs, old_values) = (rows(&batch.old_logprobs), rows(&batch.old_values));
-    let (advantages, returns) = (rows(&batch.advantages), rows(&batch.returns));
-
-    let scored = score_responses(policy, &episodes, cfg.pg.sampling.temperature);
-    let (policy_loss, clip_fraction, approx_kl) =
-        clipped_policy_loss(&scored.logprobs, &old_logprobs, &advantages, &scored.mask, cfg.pg.clip);
-    let entropy = masked_mean(&scored.entropy, &scored.mask);
-    let mut loss = if policy_lr > 0.0 { &policy_loss - &entropy * cfg.ent_coef } else { policy_loss.zeros_like() };
-    let value_loss = match critic {
-        None => {
-            let values = scored.values.as_ref().expect("a shared critic is the policy's head");
-            let value_loss = clipped_value_loss(values, &old_values, &returns, &scored.mask, cfg.value_clip);
-            loss += &value_loss * cfg.vf_coef;
-            value_loss
-        }
-        Some((critic, critic_optimizer)) => {
-            let values = score_responses(critic, &episodes, cfg.pg.sampling.temperature).values.expect("critic head");
-            let value_loss = clipped_value_loss(&values, &old_values, &returns, &scored.mask, cfg.value_clip);
-            critic_optimizer.zero_grad();
-            (&value_loss * share).backward();
-            world.all_reduce_grads(&critic.vs)?;
-            critic_optimizer.clip_grad_norm(cfg.pg.optim.grad_clip);
-            critic_optimizer.step(&cfg.pg.optim, value_lr);
-            value_loss
-        }
-    };
+    // The policy loss is the mean over the minibatch's tokens: each token weighs 1 / its count.
+    let tokens = mb.iter().map(|&i| batch.episodes[i].response_tokens.len()).sum::<usize>().max(1);
+    let parts = micro_batches(mb, &batch.episodes, cfg.pg.optim.batch_tokens);
     optimizer.zero_grad();
-    if loss.requires_grad() {
-        (&loss * share).backward();
-        world.all_reduce_grads(&policy.vs)?;
+    if let Some((_, critic_optimizer)) = critic.as_mut() {
+        critic_optimizer.zero_grad();
     }
-    let means =
-        [&loss, &policy_loss, &value_loss, &entropy, &approx_kl, &clip_fraction].map(|t| t.double_value(&[]) * share);
-    let [loss_value, policy_loss, value_loss, entropy, approx_kl, clip_fraction] = world.sum_each(means)?;
+    let mut logged = [0.0; 7];
+    for &(mb, share) in &parts {
+        let episodes: Vec<&Episode> = mb.iter().map(|&i| &batch.episodes[i]).collect();
+        let r = episodes.iter().map(|e| e.response_tokens.len()).max().unwrap_or(1).max(1);
+        let rows = |x: &[Vec<f32>]| pad_rows(&mb.iter().map(|&i| x[i].as_slice()).collect::<Vec<_>>(), r, device);
+        let (old_logprobs, old_values) = (rows(&batch.old_logprobs), rows(&batch.old_values));
+        let (advantages, returns) = (rows(&batch.advantages), rows(&batch.returns));
+
+        let scored = score_responses(policy, &episodes, cfg.pg.sampling.temperature);
+        let weights = &scored.mask / tokens as f64;
+        let (policy_loss, [clip_low, clip_high, approx_kl]) = policy_loss(
+            &scored.logprobs,
+            &old_logprobs,
+            &advantages,
+            &scored.mask,
+            &weights,
+            RatioLevel::Token,
+            cfg.pg.clip_range(),
+        );
+        let entropy = masked_mean(&scored.entropy, &scored.mask);
+        let mut loss =
+            if policy_lr > 0.0 { &policy_loss - &entropy * (cfg.ent_coef * share) } else { policy_loss.zeros_like() };
+        let value_loss = match critic.as_mut() {
+            None => {
+                let values = scored.values.as_ref().expect("a shared critic is the policy's head");
+                let value_loss = clipped_value_loss(values, &old_values, &returns, &scored.mask, cfg.value_clip);
+                loss += &value_loss * (cfg.vf_coef * share);
+                value_loss
+            }
+            Some((critic, _)) => {
+                let values =
+                    score_responses(critic, &episodes, cfg.pg.sampling.temperature).values.expect("critic head");
+                let value_loss = clipped_value_loss(&values, &old_values, &returns, &scored.mask, cfg.value_clip);
+                (&value_loss * share).backward();
+                value_loss
+            }
+        };
+        if loss.requires_grad() {
+            loss.backward();
+        }
+        // The policy loss and `loss` are parts of a sum; the rest, means over this part's tokens.
+        let sums = [&loss, &policy_loss].map(|t| t.double_value(&[]));
+        let means = [&value_loss, &entropy, &approx_kl, &clip_low, &clip_high].map(|t| t.double_value(&[]) * share);
+        for (total, v) in logged.iter_mut().zip(sums.into_iter().chain(means)) {
+            *total += v;
+        }
+    }
+    let [loss_value, policy_loss, value_loss, entropy, approx_kl, clip_low, clip_high] = world.sum_each(logged)?;
     if !loss_value.is_finite() {
         return Err(Error::Invalid(format!("PPO loss is {loss_value}: stopping (lower optim.lr?)")));
     }
-    let grad_norm = if loss.requires_grad() {
+    if let Some((critic, critic_optimizer)) = critic {
+        world.all_reduce_grads(&critic.vs)?;
+        critic_optimizer.clip_grad_norm(cfg.pg.optim.grad_clip);
+        critic_optimizer.step(&cfg.pg.optim, value_lr);
+    }
+    let trains_policy = policy_lr > 0.0 || cfg.critic == Critic::Shared;
+    let grad_norm = if trains_policy {
+        world.all_reduce_grads(&policy.vs)?;
         let grad_norm = optimizer.clip_grad_norm(cfg.pg.optim.grad_clip);
         optimizer.step_by(&cfg.pg.optim, |name| if name.starts_with(HEAD_PREFIX) { value_lr } else { policy_lr });
         grad_norm
@@ -290,7 +317,9 @@ fn minibatch_step(
     stats.add("ppo/value_loss", value_loss);
     stats.add("ppo/entropy", entropy);
     stats.add("ppo/approx_kl", approx_kl);
-    stats.add("ppo/clip_fraction", clip_fraction);
+    stats.add("ppo/clip_low_fraction", clip_low);
+    stats.add("ppo/clip_high_fraction", clip_high);
+    stats.add("ppo/micro_batches", parts.len() as f64);
     stats.add("ppo/grad_norm", grad_norm);
     stats.add("lr", policy_lr);
     stats.add("lr/value", value_lr);
