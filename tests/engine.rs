@@ -381,18 +381,19 @@ fn ppo_and_grpo_sample_through_llama_cpp_and_log_the_logprob_gap() {
 /// sampling weighs tokens by min(p_trainer / p_engine, cap) and masking drops those outside
 /// [1 / cap, cap], and both say how much they did.
 #[test]
-fn grpo_corrects_the_gap_to_a_q8_0_engine() {
+fn grpo_and_ppo_correct_the_gap_to_a_q8_0_engine() {
     let dir = tempfile::tempdir().unwrap();
     let model = init_tiny(dir.path());
     let common = [pg_sets(&model, dir.path(), 1), vec!["sampling.samples_per_prompt=3".into()]].concat();
     let mut engine = engine_sets(common::free_port(), &server_command());
     engine.push("rollout.gguf_dtype=\"q8_0\"".into());
-    for (name, correction) in [
-        ("tis", ["engine_correction=\"truncate\"", "engine_correction_cap=2"]),
-        ("mis", ["engine_correction=\"mask\"", "engine_correction_cap=1.002"]),
+    for (name, algorithm, correction) in [
+        ("tis", "grpo", ["engine_correction=\"truncate\"", "engine_correction_cap=2"]),
+        ("mis", "grpo", ["engine_correction=\"mask\"", "engine_correction_cap=1.002"]),
+        ("ppo-mis", "ppo", ["engine_correction=\"mask\"", "engine_correction_cap=1.002"]),
     ] {
         let sets = [&common[..], &engine, &[format!("run.name={name}")], &correction.map(String::from)].concat();
-        ok(&with_sets(&["grpo"], &sets));
+        ok(&with_sets(&[algorithm], &sets));
         let line = &metrics(&dir.path().join(name))[1];
         let gap = line["rollout/logprob_diff_mean"].as_f64().unwrap();
         let (weight, masked) =

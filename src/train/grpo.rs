@@ -16,8 +16,8 @@ use super::checkpoint::PgState;
 use super::minibatch::{micro_batches, minibatch_rng};
 use super::optim::{learning_rate, AdamW};
 use super::pg::{
-    correction_weights, masked_mean, pad_rows, policy_loss, score_responses, Aggregation, Correction, KlEstimator,
-    PerToken, RatioLevel,
+    correction_stats, masked_mean, pad_rows, policy_loss, score_responses, Aggregation, KlEstimator, PerToken,
+    RatioLevel,
 };
 use super::pg_run::{PgRun, PgSpec, Trained};
 use crate::config::Config;
@@ -68,12 +68,6 @@ pub struct GrpoConfig {
     /// batches of prompts until `prompts_per_update` groups remain, at most `max_extra_batches`.
     pub dynamic_sampling: bool,
     pub max_extra_batches: usize,
-    /// The engine-trainer gap: `none`, `truncate` (TIS: weigh by min(rho, cap)) or `mask` (MIS:
-    /// drop outside [1 / cap, cap]), with rho = p_trainer / p_engine of each sampled `token` or
-    /// of the whole response (`sequence`).
-    pub engine_correction: Correction,
-    pub engine_correction_level: RatioLevel,
-    pub engine_correction_cap: f64,
 }
 
 impl Default for GrpoConfig {
@@ -90,18 +84,12 @@ impl Default for GrpoConfig {
             overlong_buffer: 0,
             dynamic_sampling: false,
             max_extra_batches: 4,
-            engine_correction: Correction::None,
-            engine_correction_level: RatioLevel::Token,
-            engine_correction_cap: 2.0,
         }
     }
 }
 
 impl Config for GrpoConfig {
     fn check(&self) -> std::result::Result<(), String> {
-        if self.engine_correction_cap.is_nan() || self.engine_correction_cap <= 1.0 {
-            return Err("`engine_correction_cap` must be above 1 (verl uses 2)".into());
-        }
         if self.overlong_buffer > self.pg.sampling.max_new_tokens {
             return Err("`overlong_buffer` must not exceed `sampling.max_new_tokens`".into());
         }
@@ -193,11 +181,6 @@ fn sample_groups(
     Ok((episodes, logprobs, rewards, kept))
 }
 
-fn mean_of(values: impl Iterator<Item = f64>) -> f64 {
-    let (n, sum) = values.fold((0usize, 0.0), |(n, s), v| (n + 1, s + v));
-    sum / n.max(1) as f64
-}
-
 /// Runs GRPO or RLOO; the policy ends in `RUN/final`.
 pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let pg = &cfg.pg;
@@ -220,15 +203,7 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         let (episodes, old_logprobs, task_rewards, kept_groups) = sample_groups(&mut run, &policy, cfg, update)?;
         let refs: Vec<&Episode> = episodes.iter().collect();
         let ref_logprobs = run.reference_logprobs(&policy, &refs)?;
-        // The engine that sampled is the behaviour policy: each token's correction weight.
-        let correction: PerToken = episodes
-            .iter()
-            .zip(&old_logprobs)
-            .map(|(e, old)| {
-                let (how, level, cap) = (cfg.engine_correction, cfg.engine_correction_level, cfg.engine_correction_cap);
-                correction_weights(old, &e.logprobs, how, level, cap)
-            })
-            .collect();
+        let correction = pg.correction(&episodes, &old_logprobs);
         // 2. Sequence rewards and group-relative advantages.
         // Each response's KL to the reference, summed over its tokens: by the chosen estimator
         // (the reward's penalty) and by k1 (the log-ratio that `kl/reference` logs, as PPO does).
@@ -355,12 +330,8 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
             ("reward/std".into(), std),
             ("grpo/informative_groups".into(), informative_groups as f64 / pg.prompts_per_update as f64),
             ("grpo/kept_groups".into(), kept_groups),
-            ("rollout/correction_weight".into(), mean_of(correction.iter().flatten().map(|&w| w as f64))),
-            (
-                "rollout/correction_masked".into(),
-                mean_of(correction.iter().flatten().map(|&w| (w == 0.0) as u8 as f64)),
-            ),
         ]);
+        line.extend(correction_stats(&correction));
         if ref_logprobs.is_some() {
             line.insert("kl/reference".into(), log_ratio.iter().sum::<f64>() / n);
         }

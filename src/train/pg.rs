@@ -254,6 +254,14 @@ pub fn correction_weights(train: &[f32], engine: &[f32], how: Correction, level:
     rho.into_iter().map(|r| weight(r) as f32).collect()
 }
 
+/// The logged mean correction weight and fraction of tokens masked, over every token.
+pub fn correction_stats(weights: &PerToken) -> [(String, f64); 2] {
+    let n = weights.iter().map(Vec::len).sum::<usize>().max(1) as f64;
+    let (sum, masked) =
+        weights.iter().flatten().fold((0.0, 0.0), |(s, m), &w| (s + w as f64, m + (w == 0.0) as u8 as f64));
+    [("rollout/correction_weight".into(), sum / n), ("rollout/correction_masked".into(), masked / n)]
+}
+
 /// PPO's clipped value loss: 0.5 mean(max((v - R)^2, (v_old + clip(v - v_old, -eps, eps) - R)^2)).
 pub fn clipped_value_loss(values: &Tensor, old_values: &Tensor, returns: &Tensor, mask: &Tensor, clip: f64) -> Tensor {
     let clipped = old_values + (values - old_values).clamp(-clip, clip);

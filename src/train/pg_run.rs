@@ -6,7 +6,7 @@
 use super::checkpoint::{load_checkpoint, Checkpoints, PgState, TrainerState, STATE_FILE};
 use super::minibatch::check_minibatch_size;
 use super::optim::{AdamW, Schedule, TrainConfig};
-use super::pg::{score_episodes, Clip, PerToken};
+use super::pg::{correction_weights, score_episodes, Clip, Correction, PerToken, RatioLevel};
 use super::rounds::report;
 use super::trainer::every;
 use crate::engine::Engine;
@@ -53,6 +53,12 @@ pub struct PgSpec {
     /// Complex Control in MOBA Games with Deep RL": 3); unset, none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dual_clip: Option<f64>,
+    /// The engine-trainer gap: `none`, `truncate` (TIS: weigh by min(rho, cap)) or `mask` (MIS:
+    /// drop outside [1 / cap, cap]), with rho = p_trainer / p_engine of each sampled `token` or
+    /// of the whole response (`sequence`) (Yao et al. 2025; verl's cap: 2).
+    pub engine_correction: Correction,
+    pub engine_correction_level: RatioLevel,
+    pub engine_correction_cap: f64,
     /// KL penalty coefficient (PPO, the paper: 0.05; GRPO: 0.04).
     pub kl_coef: f64,
     pub reward: RewardConfig,
@@ -87,6 +93,9 @@ impl PgSpec {
             clip: 0.2,
             clip_high: None,
             dual_clip: None,
+            engine_correction: Correction::None,
+            engine_correction_level: RatioLevel::Token,
+            engine_correction_cap: 2.0,
             kl_coef: 0.05,
             reward: RewardConfig::default(),
             optim: TrainConfig {
@@ -115,6 +124,9 @@ impl PgSpec {
         if self.dual_clip.is_some_and(|c| c.is_nan() || c <= 1.0) {
             return Err("`dual_clip` must be above 1 (Ye et al. use 3)".into());
         }
+        if self.engine_correction_cap.is_nan() || self.engine_correction_cap <= 1.0 {
+            return Err("`engine_correction_cap` must be above 1 (verl uses 2)".into());
+        }
         if self.optim.grad_accum != 1 {
             let why = "minibatches accumulate over micro-batches of `optim.batch_tokens`: set that instead";
             return Err(format!("`optim.grad_accum` = {}: {why}", self.optim.grad_accum));
@@ -131,6 +143,17 @@ impl PgSpec {
     /// The ratio's clip range and dual-clip bound.
     pub fn clip_range(&self) -> Clip {
         Clip { low: self.clip, high: self.clip_high.unwrap_or(self.clip), dual: self.dual_clip }
+    }
+
+    /// Each sampled token's correction weight: the engine that sampled is the behaviour policy,
+    /// `old_logprobs` the trainer's.
+    pub fn correction(&self, episodes: &[Episode], old_logprobs: &[Vec<f32>]) -> PerToken {
+        let (how, level, cap) = (self.engine_correction, self.engine_correction_level, self.engine_correction_cap);
+        episodes
+            .iter()
+            .zip(old_logprobs)
+            .map(|(e, old)| correction_weights(old, &e.logprobs, how, level, cap))
+            .collect()
     }
 
     /// Episodes per update.

@@ -16,8 +16,8 @@ use super::checkpoint::PgState;
 use super::minibatch::{micro_batches, minibatch_rng};
 use super::optim::{learning_rate, AdamW};
 use super::pg::{
-    clipped_value_loss, explained_variance, gae, masked_mean, pad_rows, policy_loss, score_responses, whiten,
-    RatioLevel,
+    clipped_value_loss, correction_stats, explained_variance, gae, masked_mean, pad_rows, policy_loss, score_responses,
+    whiten, RatioLevel,
 };
 use super::pg_run::{PgRun, PgSpec, Trained};
 use crate::config::Config;
@@ -102,6 +102,8 @@ struct Batch {
     old_values: Vec<Vec<f32>>,
     advantages: Vec<Vec<f32>>,
     returns: Vec<Vec<f32>>,
+    /// Each token's engine-trainer correction weight.
+    correction: Vec<Vec<f32>>,
 }
 
 /// Runs PPO; the policy ends in `RUN/final`.
@@ -160,7 +162,8 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         if cfg.whiten_advantages {
             whiten(&mut advantages);
         }
-        let batch = Batch { episodes, old_logprobs, old_values, advantages, returns };
+        let correction = pg.correction(&episodes, &old_logprobs);
+        let batch = Batch { episodes, old_logprobs, old_values, advantages, returns, correction };
         // 4. Epochs of minibatches.
         let mut stats = UpdateStats::default();
         let mut rng = minibatch_rng(pg.common.seed, update);
@@ -193,6 +196,7 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
             ("kl/coef".into(), clocks.kl_coef),
             ("value/explained_variance".into(), explained_variance(&batch.old_values, &batch.returns)),
         ]);
+        line.extend(correction_stats(&batch.correction));
         if ref_logprobs.is_some() {
             line.insert("kl/reference".into(), mean_kl);
         }
@@ -240,7 +244,7 @@ fn minibatch_step(
 ) -> Result<f64> {
     let world = crate::dist::world();
     let device = policy.device();
-    // The policy loss is the mean over the minibatch's tokens: each token weighs 1 / its count.
+    // The policy loss is the mean over the minibatch's tokens, each weighed by its engine correction.
     let tokens = mb.iter().map(|&i| batch.episodes[i].response_tokens.len()).sum::<usize>().max(1);
     let parts = micro_batches(mb, &batch.episodes, cfg.pg.optim.batch_tokens);
     optimizer.zero_grad();
@@ -256,7 +260,7 @@ fn minibatch_step(
         let (advantages, returns) = (rows(&batch.advantages), rows(&batch.returns));
 
         let scored = score_responses(policy, &episodes, cfg.pg.sampling.temperature);
-        let weights = &scored.mask / tokens as f64;
+        let weights = &scored.mask * rows(&batch.correction) / tokens as f64;
         let (policy_loss, [clip_low, clip_high, approx_kl]) = policy_loss(
             &scored.logprobs,
             &old_logprobs,
