@@ -194,8 +194,6 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let world = crate::dist::world();
     world.broadcast_weights(&policy.vs)?;
     let total_steps = pg.updates * pg.epochs * pg.minibatches;
-    let clip = pg.clip_range();
-    let kl_estimator = cfg.kl_estimator.unwrap_or(KlEstimator::K3);
 
     for update in done + 1..=pg.updates {
         // 1. G solutions per prompt (groups are contiguous), the uninformative ones dropped with
@@ -238,6 +236,8 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         let mut sums = Metrics::new();
         let mut steps = 0usize;
         let mut rng = minibatch_rng(pg.common.seed, update);
+        let batch =
+            Batch { episodes: &episodes, old_logprobs: &old_logprobs, advantages: &adv, correction: &correction };
         // Dynamic sampling may keep no group at all: then there is nothing to train on.
         let epochs = if episodes.is_empty() { 0 } else { pg.epochs };
         for _ in 0..epochs {
@@ -246,76 +246,9 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
             for mb in order.chunks(order.len().div_ceil(pg.minibatches)) {
                 let lr = learning_rate(&pg.optim, step, total_steps);
                 step += 1;
-                // Token weights from the whole minibatch: the weighted sums of its parts add up to it.
-                let counted = |i: &usize| !(cfg.mask_truncated && episodes[*i].finish == Finish::Length);
-                let tokens = mb.iter().filter(|i| counted(i)).map(|&i| episodes[i].response_tokens.len()).sum();
-                let responses = mb.iter().filter(|i| counted(i)).count();
-                let weight = |i: usize| match counted(&i) {
-                    false => 0.0,
-                    true => {
-                        let len = episodes[i].response_tokens.len();
-                        cfg.aggregation.token_weight(len, responses, tokens, pg.sampling.max_new_tokens) as f32
-                    }
-                };
-                let mut weights = vec![Vec::new(); episodes.len()];
-                for &i in mb {
-                    weights[i] = correction[i].iter().map(|c| c * weight(i)).collect();
-                }
-                optimizer.zero_grad();
-                let parts = micro_batches(mb, &episodes, pg.optim.batch_tokens);
-                let mut logged = [0.0; 7];
-                for &(mb, share) in &parts {
-                    let batch: Vec<&Episode> = mb.iter().map(|&i| &episodes[i]).collect();
-                    let r = batch.iter().map(|e| e.response_tokens.len()).max().unwrap_or(1).max(1);
-                    let rows = |x: &[Vec<f32>]| {
-                        pad_rows(&mb.iter().map(|&i| x[i].as_slice()).collect::<Vec<_>>(), r, run.device)
-                    };
-                    let weights = rows(&weights);
-                    let scored = score_responses(&policy, &batch, pg.sampling.temperature);
-                    let (pg_loss, [clip_low, clip_high, approx_kl]) = policy_loss(
-                        &scored.logprobs,
-                        &rows(&old_logprobs),
-                        &rows(&adv),
-                        &scored.mask,
-                        &weights,
-                        cfg.ratio,
-                        clip,
-                    );
-                    let kl = match &ref_logprobs {
-                        Some(q) => {
-                            (kl_estimator.per_token(&scored.logprobs, &rows(q)) * &weights).sum(tch::Kind::Float)
-                        }
-                        None => tch::Tensor::zeros([], (tch::Kind::Float, run.device)),
-                    };
-                    let loss = if cfg.kl_in_reward { pg_loss.shallow_clone() } else { &pg_loss + &kl * pg.kl_coef };
-                    loss.backward();
-                    // The losses are parts of a sum; the diagnostics, means over this part's tokens.
-                    let sums = [&loss, &pg_loss, &kl].map(|t| t.double_value(&[]));
-                    let means = [&clip_low, &clip_high, &approx_kl, &masked_mean(&scored.entropy, &scored.mask)]
-                        .map(|t| t.double_value(&[]) * share);
-                    for (total, v) in logged.iter_mut().zip(sums.into_iter().chain(means)) {
-                        *total += v;
-                    }
-                }
-                world.all_reduce_grads(&policy.vs)?;
-                let [value, pg_loss, kl, clip_low, clip_high, approx_kl, entropy] = world.sum_each(logged)?;
-                if !value.is_finite() {
-                    return Err(Error::Invalid(format!("GRPO loss is {value}: stopping (lower optim.lr?)")));
-                }
-                let grad_norm = optimizer.clip_grad_norm(pg.optim.grad_clip);
-                optimizer.step(&pg.optim, lr);
                 steps += 1;
-                for (name, v) in [
-                    ("grpo/policy_loss", pg_loss),
-                    ("grpo/kl", kl),
-                    ("grpo/clip_low_fraction", clip_low),
-                    ("grpo/clip_high_fraction", clip_high),
-                    ("grpo/approx_kl", approx_kl),
-                    ("grpo/entropy", entropy),
-                    ("grpo/grad_norm", grad_norm),
-                    ("grpo/micro_batches", parts.len() as f64),
-                    ("lr", lr),
-                ] {
+                let logged = minibatch_step(cfg, &batch, ref_logprobs.as_ref(), mb, &policy, &mut optimizer, lr)?;
+                for (name, v) in logged.into_iter().chain([("lr", lr)]) {
                     *sums.entry(name.into()).or_default() += v;
                 }
             }
@@ -345,6 +278,85 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         run.end_update(trained, update, &episodes, line, message)?;
     }
     run.finish(&policy)
+}
+
+/// What an update's minibatches are cut from: the episodes and, per token, the trainer's
+/// log-probs at sampling, the advantages and the engine-trainer correction weights.
+struct Batch<'a> {
+    episodes: &'a [Episode],
+    old_logprobs: &'a PerToken,
+    advantages: &'a PerToken,
+    correction: &'a PerToken,
+}
+
+/// One optimiser step on minibatch `mb`, its gradients accumulated over this rank's
+/// micro-batches; returns what it measured.
+fn minibatch_step(
+    cfg: &GrpoConfig,
+    batch: &Batch,
+    ref_logprobs: Option<&PerToken>,
+    mb: &[usize],
+    policy: &CausalLm,
+    optimizer: &mut AdamW,
+    lr: f64,
+) -> Result<[(&'static str, f64); 8]> {
+    let (pg, episodes) = (&cfg.pg, batch.episodes);
+    // Token weights from the whole minibatch: the weighted sums of its parts add up to it.
+    let counted = |i: usize| !(cfg.mask_truncated && episodes[i].finish == Finish::Length);
+    let tokens = mb.iter().filter(|&&i| counted(i)).map(|&i| episodes[i].response_tokens.len()).sum();
+    let responses = mb.iter().filter(|&&i| counted(i)).count();
+    let mut weights = vec![Vec::new(); episodes.len()];
+    for &i in mb {
+        let (len, max) = (episodes[i].response_tokens.len(), pg.sampling.max_new_tokens);
+        let weight = if counted(i) { cfg.aggregation.token_weight(len, responses, tokens, max) as f32 } else { 0.0 };
+        weights[i] = batch.correction[i].iter().map(|c| c * weight).collect();
+    }
+    let kl_estimator = cfg.kl_estimator.unwrap_or(KlEstimator::K3);
+    let world = crate::dist::world();
+    optimizer.zero_grad();
+    let parts = micro_batches(mb, episodes, pg.optim.batch_tokens);
+    let mut logged = [0.0; 7];
+    for &(mb, share) in &parts {
+        let part: Vec<&Episode> = mb.iter().map(|&i| &episodes[i]).collect();
+        let r = part.iter().map(|e| e.response_tokens.len()).max().unwrap_or(1).max(1);
+        let rows =
+            |x: &[Vec<f32>]| pad_rows(&mb.iter().map(|&i| x[i].as_slice()).collect::<Vec<_>>(), r, policy.device());
+        let weights = rows(&weights);
+        let scored = score_responses(policy, &part, pg.sampling.temperature);
+        let (old, adv) = (rows(batch.old_logprobs), rows(batch.advantages));
+        let (pg_loss, [clip_low, clip_high, approx_kl]) =
+            policy_loss(&scored.logprobs, &old, &adv, &scored.mask, &weights, cfg.ratio, pg.clip_range());
+        let kl = match ref_logprobs {
+            Some(q) => (kl_estimator.per_token(&scored.logprobs, &rows(q)) * &weights).sum(tch::Kind::Float),
+            None => tch::Tensor::zeros([], (tch::Kind::Float, policy.device())),
+        };
+        let loss = if cfg.kl_in_reward { pg_loss.shallow_clone() } else { &pg_loss + &kl * pg.kl_coef };
+        loss.backward();
+        // The losses are parts of a sum; the diagnostics, means over this part's tokens.
+        let sums = [&loss, &pg_loss, &kl].map(|t| t.double_value(&[]));
+        let means = [&clip_low, &clip_high, &approx_kl, &masked_mean(&scored.entropy, &scored.mask)]
+            .map(|t| t.double_value(&[]) * share);
+        for (total, v) in logged.iter_mut().zip(sums.into_iter().chain(means)) {
+            *total += v;
+        }
+    }
+    world.all_reduce_grads(&policy.vs)?;
+    let [value, pg_loss, kl, clip_low, clip_high, approx_kl, entropy] = world.sum_each(logged)?;
+    if !value.is_finite() {
+        return Err(Error::Invalid(format!("GRPO loss is {value}: stopping (lower optim.lr?)")));
+    }
+    let grad_norm = optimizer.clip_grad_norm(pg.optim.grad_clip);
+    optimizer.step(&pg.optim, lr);
+    Ok([
+        ("grpo/policy_loss", pg_loss),
+        ("grpo/kl", kl),
+        ("grpo/clip_low_fraction", clip_low),
+        ("grpo/clip_high_fraction", clip_high),
+        ("grpo/approx_kl", approx_kl),
+        ("grpo/entropy", entropy),
+        ("grpo/grad_norm", grad_norm),
+        ("grpo/micro_batches", parts.len() as f64),
+    ])
 }
 
 #[cfg(test)]
