@@ -19,6 +19,9 @@ pub enum Error {
     /// A rollout engine (an OpenAI-compatible server) failed or could not be reached.
     #[error("rollout engine {url}: {msg}")]
     Engine { url: String, msg: String },
+    /// A reward verifier (a command or an HTTP service) failed, hung or answered nonsense.
+    #[error("reward {what}: {msg}")]
+    Reward { what: String, msg: String },
     /// The user asked to stop (Ctrl-C); what was due has been written.
     #[error("interrupted")]
     Interrupted,
@@ -37,6 +40,9 @@ impl Error {
     }
     pub fn engine(url: impl Into<String>, msg: impl Into<String>) -> Self {
         Error::Engine { url: url.into(), msg: msg.into() }
+    }
+    pub fn reward(what: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Reward { what: what.into(), msg: msg.into() }
     }
     pub fn line(path: impl Into<PathBuf>, line: usize, msg: impl Into<String>) -> Self {
         Error::Line { path: path.into(), line, msg: msg.into() }

@@ -14,6 +14,7 @@ pub mod fsutil;
 pub mod launch;
 pub mod model;
 pub mod plot;
+pub mod process;
 pub mod progress;
 pub mod prompt;
 pub mod reward;

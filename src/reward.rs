@@ -7,6 +7,8 @@
 //!
 //! [`Orm`] is also the scorer behind rerank@k.
 
+pub mod verifier;
+
 use crate::error::{Error, Result};
 use crate::model::{CausalLm, Llama};
 use crate::rollout::Episode;
@@ -14,9 +16,11 @@ use crate::rollout::Scorer;
 use crate::task::Problem;
 use crate::task::{answers_match, extract_answer, intermediate_results, step_results};
 use crate::tokenizer::Tokenizer;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
+use verifier::{CommandVerifier, Request};
 
 /// The sparse reward: 1 for a right final answer, 0 otherwise.
 pub fn sparse(episode: &Episode) -> f64 {
@@ -207,6 +211,9 @@ pub enum RewardKind {
     Heuristic,
     /// Sparse plus `dense_coef` times the ORM's per-step reward.
     Orm,
+    /// The `reward.command` verifier's reward on the last token, plus `dense_coef` times its
+    /// `step_rewards` when it sends them.
+    Command,
 }
 
 /// Which reward the policy is trained on (`[reward]`).
@@ -219,56 +226,148 @@ pub struct RewardConfig {
     pub orm: PathBuf,
     /// The ORM's per-step reward: its probability, or its change from the step before.
     pub orm_dense: OrmDense,
+    /// The verifier's shell command line, for kind = "command" (e.g. `python3 my_verifier.py`);
+    /// started once per run, its stderr in `RUN/reward-RANK.log`. The protocol is in
+    /// `reward::verifier`.
+    pub command: String,
+    /// Samples per request batch, and the seconds a batch may take before the verifier is
+    /// declared hung.
+    pub batch_size: usize,
+    pub timeout_s: f64,
 }
 
 impl Default for RewardConfig {
     fn default() -> Self {
-        RewardConfig { kind: RewardKind::Sparse, dense_coef: 0.1, orm: PathBuf::new(), orm_dense: OrmDense::Change }
+        RewardConfig {
+            kind: RewardKind::Sparse,
+            dense_coef: 0.1,
+            orm: PathBuf::new(),
+            orm_dense: OrmDense::Change,
+            command: String::new(),
+            batch_size: 64,
+            timeout_s: 60.0,
+        }
     }
+}
+
+impl RewardConfig {
+    /// The rules `[reward]` must keep (`prefix`: where it sits in its config).
+    pub fn check(&self, prefix: &str) -> std::result::Result<(), String> {
+        if self.kind == RewardKind::Command && self.command.trim().is_empty() {
+            return Err(format!("`{prefix}kind = \"command\"` needs `{prefix}command` (the verifier to start)"));
+        }
+        if self.batch_size == 0 || self.timeout_s.is_nan() || self.timeout_s <= 0.0 {
+            return Err(format!("`{prefix}batch_size` and `{prefix}timeout_s` must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// Per-token rewards of a batch of episodes, and what the verifier measured (means).
+pub struct Rewards {
+    pub per_token: Vec<Vec<f32>>,
+    pub metrics: BTreeMap<String, f64>,
 }
 
 /// Turns episodes into per-token rewards.
 pub struct Rewarder {
     cfg: RewardConfig,
     orm: Option<Orm>,
+    verifier: Option<Mutex<CommandVerifier>>,
     newlines: Vec<u8>,
 }
 
 impl Rewarder {
-    pub fn new(cfg: &RewardConfig, tokenizer: &Tokenizer, device: Device) -> Result<Self> {
+    /// Loads the ORM or starts the verifier the reward needs; a verifier's stderr goes to
+    /// `DIR/reward-RANK.log`.
+    pub fn new(cfg: &RewardConfig, tokenizer: &Tokenizer, device: Device, dir: &Path) -> Result<Self> {
         let orm = match cfg.kind {
-            RewardKind::Sparse | RewardKind::Heuristic => None,
             RewardKind::Orm => Some(Orm::load(&cfg.orm, device)?),
+            _ => None,
         };
-        Ok(Rewarder { cfg: cfg.clone(), orm, newlines: tokenizer.newline_counts()? })
+        let verifier = match cfg.kind {
+            RewardKind::Command => {
+                let log = dir.join(format!("reward-{}.log", crate::dist::world().rank));
+                let timeout = std::time::Duration::from_secs_f64(cfg.timeout_s);
+                Some(Mutex::new(CommandVerifier::start(&cfg.command, &log, timeout, cfg.batch_size)?))
+            }
+            _ => None,
+        };
+        Ok(Rewarder { cfg: cfg.clone(), orm, verifier, newlines: tokenizer.newline_counts()? })
     }
 
-    /// One reward per response token: the sparse reward on the last token, plus the dense
-    /// rewards on the last token of each step.
+    /// One reward per response token: the outcome reward (sparse, or the verifier's) on the last
+    /// token, plus the dense rewards on the last token of each step.
     pub fn token_rewards(
         &self,
         tokenizer: &Tokenizer,
         episodes: &[Episode],
         problems: &HashMap<&str, &Problem>,
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<Rewards> {
+        let problem = |e: &Episode| problems[e.problem_id.as_str()];
+        let mut metrics = BTreeMap::new();
+        // Each episode's outcome reward and, when there are any, its per-step rewards.
+        let (outcome, step_rewards): (Vec<f64>, Vec<Option<Vec<f64>>>) = match &self.verifier {
+            Some(verifier) => {
+                let requests = episodes
+                    .iter()
+                    .map(|e| {
+                        let p = problem(e);
+                        Ok(Request {
+                            id: format!("{}/{}", e.problem_id, e.sample_index),
+                            question: p.question.clone(),
+                            prompt: tokenizer.decode(&e.prompt_tokens, true)?,
+                            response: e.text.clone(),
+                            extracted: e.extracted_answer.clone(),
+                            answer: p.answer.clone(),
+                            solution: p.reference_solution.clone(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let replies = verifier.lock().expect("a verifier call panicked").score(&requests)?;
+                for reply in &replies {
+                    for (name, value) in &reply.metrics {
+                        *metrics.entry(format!("reward/{name}")).or_default() += value / replies.len() as f64;
+                    }
+                }
+                replies.into_iter().map(|r| (r.reward, r.step_rewards)).unzip()
+            }
+            None => episodes.iter().map(|e| (sparse(e), None)).unzip(),
+        };
         let orm_probabilities = match &self.orm {
             Some(orm) => Some(orm.probabilities(episodes)?),
             None => None,
         };
-        episodes
+        let per_token = episodes
             .iter()
             .enumerate()
             .map(|(n, e)| {
                 let len = e.response_tokens.len();
+                let dense = match (self.cfg.kind, &step_rewards[n]) {
+                    (RewardKind::Sparse, _) | (RewardKind::Command, None) => None,
+                    _ => Some(split_steps(tokenizer, &self.newlines, &e.response_tokens)?),
+                };
                 let mut rewards = vec![0f32; len];
-                if self.cfg.kind != RewardKind::Sparse {
-                    let steps = split_steps(tokenizer, &self.newlines, &e.response_tokens)?;
-                    let dense: Vec<f64> = match &orm_probabilities {
-                        Some(p) => orm_step_rewards(&p[n], &steps, self.cfg.orm_dense),
-                        None => {
-                            let problem = problems[e.problem_id.as_str()];
+                if let Some(steps) = dense {
+                    let dense: Vec<f64> = match (&orm_probabilities, &step_rewards[n]) {
+                        (_, Some(given)) if given.len() != steps.len() => {
+                            return Err(Error::reward(
+                                format!("command `{}`", self.cfg.command),
+                                format!(
+                                    "sample `{}/{}`: {} step_rewards for a response of {} steps (lines)",
+                                    e.problem_id,
+                                    e.sample_index,
+                                    given.len(),
+                                    steps.len()
+                                ),
+                            ));
+                        }
+                        (_, Some(given)) => given.clone(),
+                        (Some(p), None) => orm_step_rewards(&p[n], &steps, self.cfg.orm_dense),
+                        (None, None) => {
+                            let p = problem(e);
                             let texts: Vec<&str> = steps.iter().map(|s| s.text.as_str()).collect();
-                            let mut r = heuristic_step_rewards(&texts, &problem.reference_solution, &problem.answer);
+                            let mut r = heuristic_step_rewards(&texts, &p.reference_solution, &p.answer);
                             // The answer line's reward is the sparse one, paid below.
                             for (r, t) in r.iter_mut().zip(&texts) {
                                 if t.contains("####") {
@@ -282,11 +381,12 @@ impl Rewarder {
                     rewards = token_rewards(&steps, &scaled, len);
                 }
                 if let Some(last) = rewards.last_mut() {
-                    *last += sparse(e) as f32;
+                    *last += outcome[n] as f32;
                 }
                 Ok(rewards)
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Rewards { per_token, metrics })
     }
 }
 

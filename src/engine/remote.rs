@@ -10,7 +10,7 @@ use crate::sample::{replay, Generation, SamplingConfig};
 use crate::tokenizer::Tokenizer;
 use serde_json::{json, Value as Json};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -286,39 +286,18 @@ impl Drop for Remote {
     }
 }
 
-/// Starts `command` through `sh -c exec ...` in a process group of its own, its output in `log`.
-/// The server gets SIGTERM if this process dies, so none outlives a killed run.
+/// Starts the server's `command`, its output in `log`.
 fn spawn_server(command: &str, url: &str, log: &Path) -> Result<Server> {
-    use std::os::unix::process::CommandExt;
     let out = std::fs::File::create(log).map_err(|e| Error::io(log, e))?;
     let err = out.try_clone().map_err(|e| Error::io(log, e))?;
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(format!("exec {command}")).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().map_err(|e| Error::engine(url, format!("cannot start `{command}`: {e}")))?;
+    let child = crate::process::spawn(command, Stdio::null(), out.into(), err.into())
+        .map_err(|e| Error::engine(url, format!("cannot start `{command}`: {e}")))?;
     Ok(Server { child, url: url.to_string(), log: log.to_path_buf() })
 }
 
 /// SIGTERM to the server's process group, SIGKILL after 10 s.
 fn stop_server(mut server: Server) {
-    let group = -(server.child.id() as i32);
-    // SAFETY: plain signal sends to a process group we created.
-    unsafe { libc::kill(group, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if matches!(server.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    unsafe { libc::kill(group, libc::SIGKILL) };
-    let _ = server.child.wait();
+    crate::process::stop(&mut server.child, Duration::from_secs(10));
 }
 
 fn log_tail(log: &Path) -> String {

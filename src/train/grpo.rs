@@ -198,7 +198,14 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
     for update in done + 1..=pg.updates {
         // 1. G solutions per prompt (groups are contiguous), the uninformative ones dropped with
         // dynamic sampling.
-        let (episodes, old_logprobs, task_rewards, kept_groups) = sample_groups(&mut run, &policy, cfg, update)?;
+        let state = PgState { lr_step: step, kl_coef: pg.kl_coef, prompts_taken: 0 };
+        let (episodes, old_logprobs, task_rewards, kept_groups) = match sample_groups(&mut run, &policy, cfg, update) {
+            Ok(sampled) => sampled,
+            Err(e) => {
+                let trained = Trained { policy: &policy, optimizer: &optimizer, critic: None, state };
+                return Err(run.failed_update(trained, update, e));
+            }
+        };
         let refs: Vec<&Episode> = episodes.iter().collect();
         let ref_logprobs = run.reference_logprobs(&policy, &refs)?;
         let correction = pg.correction(&episodes, &old_logprobs);
@@ -269,12 +276,8 @@ pub fn run(cfg: &GrpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
             line.insert("kl/reference".into(), log_ratio.iter().sum::<f64>() / n);
         }
         let message = format!("reward {:.3}", line["reward/mean"]);
-        let trained = Trained {
-            policy: &policy,
-            optimizer: &optimizer,
-            critic: None,
-            state: PgState { lr_step: step, kl_coef: pg.kl_coef, prompts_taken: 0 },
-        };
+        let state = PgState { lr_step: step, ..state };
+        let trained = Trained { policy: &policy, optimizer: &optimizer, critic: None, state };
         run.end_update(trained, update, &episodes, line, message)?;
     }
     run.finish(&policy)

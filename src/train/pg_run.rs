@@ -21,7 +21,7 @@ use crate::run::{Metrics, Run, RunSpec};
 use crate::sample::Sampling;
 use crate::task::{Problem, Split};
 use crate::tokenizer::Tokenizer;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use tch::Device;
 
@@ -115,6 +115,7 @@ impl PgSpec {
     pub fn check(&self, min_k: usize) -> std::result::Result<(), String> {
         self.sampling.check("sampling.", min_k)?;
         self.eval.check("eval.")?;
+        self.reward.check("reward.")?;
         if self.minibatches == 0 || self.epochs == 0 || self.prompts_per_update == 0 {
             return Err("`epochs`, `minibatches` and `prompts_per_update` must be at least 1".into());
         }
@@ -180,6 +181,11 @@ pub struct PgRun<'a> {
     samples_seen: usize,
     /// Prompts drawn from the stream so far (more than one batch per update with dynamic sampling).
     prompts_taken: usize,
+    /// `samples_seen` and `prompts_taken` before this update sampled: where a failed update
+    /// leaves the run.
+    before_update: (usize, usize),
+    /// The verifier's metrics of this update: sums and the samples they cover.
+    reward_metrics: BTreeMap<String, (f64, usize)>,
     /// The policy's checkpoints, and a separate critic's (`critic/checkpoints`).
     checkpoints: Checkpoints,
     critic_checkpoints: Checkpoints,
@@ -223,7 +229,7 @@ impl<'a> PgRun<'a> {
             Some(_) => Reference::WithoutAdapters,
             None => Reference::Frozen(Box::new(CausalLm::load(&common.model, device, false)?)),
         };
-        let rewarder = Rewarder::new(&s.reward, &tokenizer, device)?;
+        let rewarder = Rewarder::new(&s.reward, &tokenizer, device, &setup.dir)?;
         let questions = setup.load(Split::Train, s.questions)?;
         let test = setup.load(Split::Test, s.eval.problems)?;
         let prompter = common.prompter(&questions)?;
@@ -250,6 +256,8 @@ impl<'a> PgRun<'a> {
             device,
             samples_seen: 0,
             prompts_taken: 0,
+            before_update: (0, 0),
+            reward_metrics: BTreeMap::new(),
         };
         if !resume {
             run.log(run.evaluate(&policy)?, 0)?;
@@ -304,6 +312,9 @@ impl<'a> PgRun<'a> {
         let s = self.settings;
         let seed = s.common.seed.wrapping_mul(1_000_003).wrapping_add(update as u64).wrapping_add((round as u64) << 32);
         let sampling = s.sampling.with_seed(seed);
+        if round == 0 {
+            self.before_update = (self.samples_seen, self.prompts_taken);
+        }
         let batch: Vec<Problem> =
             self.stream.take(s.prompts_per_update).into_iter().map(|i| self.questions[i].clone()).collect();
         self.prompts_taken += batch.len();
@@ -340,17 +351,53 @@ impl<'a> PgRun<'a> {
         }
     }
 
-    /// Per-token rewards of the episodes (see [`Rewarder`]).
-    pub fn rewards(&self, episodes: &[Episode]) -> Result<Vec<Vec<f32>>> {
+    /// Per-token rewards of the episodes (see [`Rewarder`]); a verifier's metrics are kept for
+    /// the update's log line.
+    pub fn rewards(&mut self, episodes: &[Episode]) -> Result<PerToken> {
         let by_id: HashMap<&str, &Problem> = self.questions.iter().map(|q| (q.id.as_str(), q)).collect();
-        self.rewarder.token_rewards(&self.tokenizer, episodes, &by_id)
+        let rewards = self.rewarder.token_rewards(&self.tokenizer, episodes, &by_id)?;
+        for (name, mean) in rewards.metrics {
+            let (sum, n) = self.reward_metrics.entry(name).or_default();
+            (*sum, *n) = (*sum + mean * episodes.len() as f64, *n + episodes.len());
+        }
+        Ok(rewards.per_token)
+    }
+
+    /// Turns an update's failure to sample or reward (an engine or a verifier that failed) into
+    /// its error after writing a checkpoint of the run as it stood before the update (`trained`:
+    /// nothing has changed it yet), so that `--resume` redoes the update with nothing lost.
+    pub fn failed_update(&self, trained: Trained, update: usize, err: Error) -> Error {
+        let (Error::Reward { .. } | Error::Engine { .. }) = &err else { return err };
+        let (samples, prompts) = self.before_update;
+        let state = TrainerState {
+            step: update - 1,
+            samples_seen: samples as u64,
+            policy_gradient: Some(PgState { prompts_taken: prompts as u64, ..trained.state }),
+            ..TrainerState::default()
+        };
+        let saved = trained
+            .critic
+            .map_or(Ok(()), |(critic, optimizer)| {
+                self.critic_checkpoints.save(critic, &self.tokenizer, optimizer, &state)
+            })
+            .and_then(|_| self.checkpoints.save(trained.policy, &self.tokenizer, trained.optimizer, &state));
+        self.progress.abandon();
+        let note = match saved {
+            Ok(()) => format!("update {update} was not trained; `--resume` redoes it"),
+            Err(e) => format!("and saving the run before update {update} failed too: {e}"),
+        };
+        match err {
+            Error::Reward { what, msg } => Error::Reward { what, msg: format!("{msg}; {note}") },
+            Error::Engine { url, msg } => Error::Engine { url, msg: format!("{msg}; {note}") },
+            other => other,
+        }
     }
 
     /// Ends an update: adds what every algorithm logs (fraction correct, response length, the
     /// test metrics when due), shows `message`, logs the line, and writes a checkpoint when due
     /// or when a stop was requested (then it returns `Interrupted`).
     pub fn end_update(
-        &self,
+        &mut self,
         trained: Trained,
         update: usize,
         episodes: &[Episode],
@@ -358,6 +405,9 @@ impl<'a> PgRun<'a> {
         message: String,
     ) -> Result<()> {
         let n = episodes.len().max(1) as f64;
+        for (name, (sum, count)) in std::mem::take(&mut self.reward_metrics) {
+            line.insert(name, sum / count.max(1) as f64);
+        }
         if let Some((mean, max)) = self.logprob_gap {
             line.extend([("rollout/logprob_diff_mean".into(), mean), ("rollout/logprob_diff_max".into(), max)]);
         }

@@ -137,7 +137,15 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
     for update in done + 1..=pg.updates {
         let kl_coef = clocks.kl_coef;
         // 1. Sample, and score the samples under the policy, its critic and the reference.
-        let (episodes, old_logprobs, shared_values) = run.sample(&policy, update, 0)?;
+        let sampled = run.sample(&policy, update, 0).and_then(|s| Ok((run.rewards(&s.0)?, s)));
+        let (rewards, (episodes, old_logprobs, shared_values)) = match sampled {
+            Ok(sampled) => sampled,
+            Err(e) => {
+                let critic = critic.as_ref().zip(critic_optimizer.as_ref());
+                let trained = Trained { policy: &policy, optimizer: &optimizer, critic, state: clocks.clone() };
+                return Err(run.failed_update(trained, update, e));
+            }
+        };
         let refs: Vec<&Episode> = episodes.iter().collect();
         let old_values = match &critic {
             Some(c) => run.score(c, &refs)?.1,
@@ -145,8 +153,7 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
         }
         .expect("the critic has a value head");
         let ref_logprobs = run.reference_logprobs(&policy, &refs)?;
-        // 2. Rewards, with the KL penalty to the reference at every token.
-        let rewards = run.rewards(&episodes)?;
+        // 2. The KL penalty to the reference at every token, on the rewards.
         let mut kl_sum = 0.0;
         let mut shaped = rewards.clone();
         for ((r, old), reference) in shaped.iter_mut().zip(&old_logprobs).zip(ref_logprobs.iter().flatten()) {

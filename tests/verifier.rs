@@ -1,0 +1,142 @@
+//! Rewards from a verifier process (`reward.kind = "command"`): a real Python process speaking
+//! the JSON-lines protocol gives the built-in sparse run seed for seed, and one that dies, hangs
+//! or answers nonsense ends the update with one line that names it, the sample and the reason,
+//! after which `--resume` redoes the update as if nothing had happened.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_reasonrl");
+
+fn reasonrl(args: &[String]) -> Output {
+    Command::new(BIN).args(args).output().expect("run reasonrl")
+}
+
+fn ok(args: &[String]) {
+    let out = reasonrl(args);
+    assert!(out.status.success(), "reasonrl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/verifiers/sparse.py")
+}
+
+/// A tiny policy and a task of one-digit answers (an untrained policy's stray digits are
+/// sometimes right, so rewards vary and updates move the policy).
+fn setup(dir: &Path) -> (String, String) {
+    let model = dir.join("model");
+    let init = ["model", "init", "--preset", "tiny", "--task", "builtin:1", "--vocab-size", "300", "--out"];
+    ok(&[&init.map(String::from)[..], &[model.display().to_string()]].concat());
+    let task = dir.join("digits");
+    std::fs::create_dir(&task).unwrap();
+    let rows: String = (0..20)
+        .map(|i| {
+            let (more, answer) = (i % 3, (i + i % 3) % 10);
+            format!(
+                "{{\"question\": \"Tom has {i} pens and {more} more. How many?\", \"answer\": \"#### {answer}\"}}\n"
+            )
+        })
+        .collect();
+    for split in ["train", "test"] {
+        std::fs::write(task.join(format!("{split}.jsonl")), &rows).unwrap();
+    }
+    (model.display().to_string(), task.display().to_string())
+}
+
+/// `reasonrl grpo` with 3 updates of 8 prompts x 4 into DIR/NAME, then `extra` settings.
+fn grpo(dir: &Path, (model, task): &(String, String), name: &str, extra: &[String]) -> Vec<String> {
+    let sets = [
+        format!("model={model}"),
+        format!("task=gsm8k:{task}"),
+        format!("run.out_dir={}", dir.display()),
+        format!("run.name={name}"),
+        "updates=3".into(),
+        "prompts_per_update=8".into(),
+        "sampling.samples_per_prompt=4".into(),
+        "sampling.max_new_tokens=24".into(),
+        "sampling.temperature=1".into(),
+        "optim.lr=1e-3".into(),
+        "optim.warmup_steps=1".into(),
+        "eval.problems=2".into(),
+        "eval.samples_per_prompt=0".into(),
+        "eval.max_new_tokens=8".into(),
+    ];
+    let mut args = vec!["grpo".to_string()];
+    for kv in sets.iter().chain(extra) {
+        args.extend(["--set".to_string(), kv.clone()]);
+    }
+    args
+}
+
+fn command(text: &str) -> Vec<String> {
+    vec!["reward.kind=\"command\"".into(), format!("reward.command={}", toml::Value::String(text.into()))]
+}
+
+fn params(dir: &Path) -> Vec<(String, tch::Tensor)> {
+    let m = reasonrl::model::CausalLm::load(dir, tch::Device::Cpu, false).unwrap();
+    let mut v = m.vs.variables().into_iter().collect::<Vec<_>>();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn same_policy(a: &Path, b: &Path) -> bool {
+    params(a).iter().zip(params(b)).all(|((n, x), (m, y))| n == &m && x.equal(&y))
+}
+
+fn column(run: &Path, key: &str) -> Vec<f64> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()[key].as_f64()).collect()
+}
+
+#[test]
+fn a_verifier_process_gives_the_builtin_sparse_run_seed_for_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path());
+    ok(&grpo(dir.path(), &setup, "builtin", &[]));
+    ok(&grpo(dir.path(), &setup, "verifier", &command(&format!("python3 {}", script().display()))));
+    let (builtin, verifier) = (dir.path().join("builtin"), dir.path().join("verifier"));
+    let rewards = column(&builtin, "reward/mean");
+    assert!(rewards.len() == 3 && rewards.iter().any(|&r| r > 0.0), "{rewards:?}");
+    assert_eq!(rewards, column(&verifier, "reward/mean"));
+    assert!(same_policy(&builtin.join("final"), &verifier.join("final")), "the policies differ");
+    let answered = column(&verifier, "reward/answered");
+    assert!(answered.len() == 3 && answered.iter().all(|a| (0.0..=1.0).contains(a)), "{answered:?}");
+    assert!(verifier.join("reward-0.log").exists());
+}
+
+#[test]
+fn a_verifier_that_dies_hangs_or_garbles_ends_the_update_and_resume_redoes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path());
+    ok(&grpo(dir.path(), &setup, "builtin", &[]));
+    let builtin = dir.path().join("builtin");
+    // Reply 40 is the 9th of update 2's 32 samples: the verifier breaks mid-batch.
+    for (fault, reason) in [
+        ("die", "it ended (exit status: 3) before replying"),
+        ("hang", "no reply within 2 s"),
+        ("garbage", "the reply `not a reply` is not"),
+    ] {
+        let once = dir.path().join(format!("{fault}.once"));
+        let text = format!("FAULT={fault} FAULT_AFTER=40 FAULT_ONCE={} python3 {}", once.display(), script().display());
+        let extra = [command(&text), vec!["reward.timeout_s=2".into(), "reward.batch_size=16".into()]].concat();
+        let args = grpo(dir.path(), &setup, fault, &extra);
+        let out = reasonrl(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{fault}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{fault}: {stderr}");
+        let error = errors[0];
+        for part in
+            [&format!("reward command `{text}`"), "sample `", reason, "update 2 was not trained; `--resume` redoes it"]
+        {
+            assert!(error.contains(part), "{fault}: `{part}` not in: {error}");
+        }
+        assert!(error.contains("breaking on purpose"), "{fault}: the verifier's last stderr line: {error}");
+        // Resumed (the verifier now goes through), the run is the uninterrupted one.
+        ok(&[args, vec!["--resume".into()]].concat());
+        let run = dir.path().join(fault);
+        assert_eq!(column(&run, "reward/mean"), column(&builtin, "reward/mean"), "{fault}");
+        assert_eq!(column(&run, "update"), column(&builtin, "update"), "{fault}");
+        assert!(same_policy(&builtin.join("final"), &run.join("final")), "{fault}: the policies differ");
+    }
+}
