@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod fsutil;
+pub mod http;
 pub mod launch;
 pub mod model;
 pub mod plot;

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
-use verifier::{CommandVerifier, Request};
+use verifier::{CommandVerifier, HttpVerifier, Request, Verifier};
 
 /// The sparse reward: 1 for a right final answer, 0 otherwise.
 pub fn sparse(episode: &Episode) -> f64 {
@@ -214,6 +214,8 @@ pub enum RewardKind {
     /// The `reward.command` verifier's reward on the last token, plus `dense_coef` times its
     /// `step_rewards` when it sends them.
     Command,
+    /// The reward service's at `reward.url`, on the last token.
+    Http,
 }
 
 /// Which reward the policy is trained on (`[reward]`).
@@ -230,10 +232,16 @@ pub struct RewardConfig {
     /// started once per run, its stderr in `RUN/reward-RANK.log`. The protocol is in
     /// `reward::verifier`.
     pub command: String,
+    /// The reward service's URL, for kind = "http" (e.g. `http://127.0.0.1:5000/get_reward`).
+    pub url: String,
     /// Samples per request batch, and the seconds a batch may take before the verifier is
     /// declared hung.
     pub batch_size: usize,
     pub timeout_s: f64,
+    /// The service's batches in flight at once, and the retries of one after a failure to
+    /// connect or a 5xx answer.
+    pub concurrency: usize,
+    pub retries: usize,
 }
 
 impl Default for RewardConfig {
@@ -244,8 +252,11 @@ impl Default for RewardConfig {
             orm: PathBuf::new(),
             orm_dense: OrmDense::Change,
             command: String::new(),
+            url: String::new(),
             batch_size: 64,
             timeout_s: 60.0,
+            concurrency: 4,
+            retries: 2,
         }
     }
 }
@@ -256,8 +267,16 @@ impl RewardConfig {
         if self.kind == RewardKind::Command && self.command.trim().is_empty() {
             return Err(format!("`{prefix}kind = \"command\"` needs `{prefix}command` (the verifier to start)"));
         }
-        if self.batch_size == 0 || self.timeout_s.is_nan() || self.timeout_s <= 0.0 {
-            return Err(format!("`{prefix}batch_size` and `{prefix}timeout_s` must be positive"));
+        if self.kind == RewardKind::Http && !self.url.starts_with("http") {
+            return Err(format!(
+                "`{prefix}kind = \"http\"` needs `{prefix}url` (http://HOST:PORT/PATH), not `{}`",
+                self.url
+            ));
+        }
+        if self.batch_size == 0 || self.concurrency == 0 || self.timeout_s.is_nan() || self.timeout_s <= 0.0 {
+            return Err(format!(
+                "`{prefix}batch_size`, `{prefix}concurrency` and `{prefix}timeout_s` must be positive"
+            ));
         }
         Ok(())
     }
@@ -273,7 +292,7 @@ pub struct Rewards {
 pub struct Rewarder {
     cfg: RewardConfig,
     orm: Option<Orm>,
-    verifier: Option<Mutex<CommandVerifier>>,
+    verifier: Option<Verifier>,
     newlines: Vec<u8>,
 }
 
@@ -285,11 +304,15 @@ impl Rewarder {
             RewardKind::Orm => Some(Orm::load(&cfg.orm, device)?),
             _ => None,
         };
+        let timeout = std::time::Duration::from_secs_f64(cfg.timeout_s);
         let verifier = match cfg.kind {
             RewardKind::Command => {
                 let log = dir.join(format!("reward-{}.log", crate::dist::world().rank));
-                let timeout = std::time::Duration::from_secs_f64(cfg.timeout_s);
-                Some(Mutex::new(CommandVerifier::start(&cfg.command, &log, timeout, cfg.batch_size)?))
+                let process = CommandVerifier::start(&cfg.command, &log, timeout, cfg.batch_size)?;
+                Some(Verifier::Command(Mutex::new(process)))
+            }
+            RewardKind::Http => {
+                Some(Verifier::Http(HttpVerifier::new(&cfg.url, timeout, cfg.batch_size, cfg.concurrency, cfg.retries)))
             }
             _ => None,
         };
@@ -324,7 +347,7 @@ impl Rewarder {
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let replies = verifier.lock().expect("a verifier call panicked").score(&requests)?;
+                let replies = verifier.score(&requests)?;
                 for reply in &replies {
                     for (name, value) in &reply.metrics {
                         *metrics.entry(format!("reward/{name}")).or_default() += value / replies.len() as f64;
@@ -344,7 +367,7 @@ impl Rewarder {
             .map(|(n, e)| {
                 let len = e.response_tokens.len();
                 let dense = match (self.cfg.kind, &step_rewards[n]) {
-                    (RewardKind::Sparse, _) | (RewardKind::Command, None) => None,
+                    (RewardKind::Sparse, _) | (RewardKind::Command | RewardKind::Http, None) => None,
                     _ => Some(split_steps(tokenizer, &self.newlines, &e.response_tokens)?),
                 };
                 let mut rewards = vec![0f32; len];

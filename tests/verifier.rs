@@ -1,7 +1,9 @@
-//! Rewards from a verifier process (`reward.kind = "command"`): a real Python process speaking
-//! the JSON-lines protocol gives the built-in sparse run seed for seed, and one that dies, hangs
-//! or answers nonsense ends the update with one line that names it, the sample and the reason,
-//! after which `--resume` redoes the update as if nothing had happened.
+//! Rewards from a verifier process (`reward.kind = "command"`) or an HTTP reward service
+//! (`reward.kind = "http"`): a real Python process speaking the JSON-lines protocol, and a real
+//! Python HTTP server in OpenRLHF's format, give the built-in sparse run seed for seed; a
+//! verifier that dies, hangs or answers nonsense, or a service that fails, ends the update with
+//! one line that names it, the sample and the reason, after which `--resume` redoes the update
+//! as if nothing had happened.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -19,6 +21,32 @@ fn ok(args: &[String]) {
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/verifiers/sparse.py")
+}
+
+/// The HTTP reward service on loopback, killed when dropped.
+struct Service(std::process::Child, u16);
+
+impl Service {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/verifiers/http_sparse.py");
+        let mut child = Command::new("python3").arg(path).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().parse().expect("the service prints its port");
+        Service(child, port)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http(url: &str) -> Vec<String> {
+    vec!["reward.kind=\"http\"".into(), format!("reward.url=\"{url}\"")]
 }
 
 /// A tiny policy and a task of one-digit answers (an untrained policy's stray digits are
@@ -139,4 +167,31 @@ fn a_verifier_that_dies_hangs_or_garbles_ends_the_update_and_resume_redoes_it() 
         assert_eq!(column(&run, "update"), column(&builtin, "update"), "{fault}");
         assert!(same_policy(&builtin.join("final"), &run.join("final")), "{fault}: the policies differ");
     }
+}
+
+#[test]
+fn an_http_reward_service_gives_the_builtin_sparse_run_and_a_failing_one_names_its_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path());
+    let service = Service::start();
+    ok(&grpo(dir.path(), &setup, "builtin", &[]));
+    let url = format!("http://127.0.0.1:{}/reward", service.1);
+    let extra = [http(&url), vec!["reward.batch_size=7".into(), "reward.concurrency=3".into()]].concat();
+    ok(&grpo(dir.path(), &setup, "service", &extra));
+    let (builtin, run) = (dir.path().join("builtin"), dir.path().join("service"));
+    assert_eq!(column(&run, "reward/mean"), column(&builtin, "reward/mean"));
+    assert!(same_policy(&builtin.join("final"), &run.join("final")), "the policies differ");
+    assert_eq!(column(&run, "reward/answered").len(), 3);
+
+    // A service that answers 500 is retried, then named; `--resume` at a working URL goes on.
+    let failing = format!("http://127.0.0.1:{}/fail", service.1);
+    let args = grpo(dir.path(), &setup, "failing", &[http(&failing), vec!["reward.retries=1".into()]].concat());
+    let out = reasonrl(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{stderr}"));
+    for part in [&format!("reward service {failing}"), "sample `", "answered 500 (2 tries)", "`--resume` redoes it"] {
+        assert!(error.contains(part), "`{part}` not in: {error}");
+    }
+    ok(&[args, vec!["--resume".into(), "--set".into(), format!("reward.url=\"{url}\"")]].concat());
+    assert!(same_policy(&builtin.join("final"), &dir.path().join("failing").join("final")), "resumed policy differs");
 }

@@ -43,11 +43,7 @@ impl Remote {
                 Error::Invalid(format!("[rollout] api_key_env: environment variable `{var}` is not set"))
             })?),
         };
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs_f64(cfg.timeout_s.min(10.0)))
-            .timeout(Duration::from_secs_f64(cfg.timeout_s))
-            .max_idle_connections_per_host(cfg.max_concurrency)
-            .build();
+        let agent = crate::http::agent(cfg.timeout_s, cfg.max_concurrency);
         let model = Mutex::new((!cfg.model.is_empty()).then(|| cfg.model.clone()));
         Ok(Remote { cfg, agent, api_key, model, work_dir: work_dir.to_path_buf(), servers: Vec::new(), syncs: 0 })
     }
@@ -240,43 +236,8 @@ impl Remote {
 
     /// A GET (no body) or POST, tried again after a failure to connect or a 5xx answer.
     fn request(&self, url: &str, path: &str, body: Option<&Json>) -> Result<Json> {
-        let mut wait = Duration::from_millis(250);
-        for attempt in 0..=self.cfg.retries {
-            let mut request = match body {
-                Some(_) => self.agent.post(&format!("{url}{path}")),
-                None => self.agent.get(&format!("{url}{path}")),
-            };
-            if let Some(key) = &self.api_key {
-                request = request.set("Authorization", &format!("Bearer {key}"));
-            }
-            let result = match body {
-                Some(b) => request.set("Content-Type", "application/json").send_string(&b.to_string()),
-                None => request.call(),
-            };
-            let tries = attempt + 1;
-            match result {
-                Ok(response) => {
-                    let text = response.into_string().map_err(|e| Error::engine(url, format!("{path}: {e}")))?;
-                    return serde_json::from_str(&text)
-                        .map_err(|e| Error::engine(url, format!("{path} answered with invalid JSON ({e})")));
-                }
-                Err(ureq::Error::Status(code, response)) => {
-                    let text = response.into_string().unwrap_or_default();
-                    if code < 500 || attempt == self.cfg.retries {
-                        let text = text.chars().take(500).collect::<String>();
-                        return Err(Error::engine(url, format!("{path} answered {code} ({tries} tries): {text}")));
-                    }
-                }
-                Err(ureq::Error::Transport(t)) if attempt == self.cfg.retries => {
-                    let msg = format!("{path}: {t} ({tries} tries; is the server running at this address?)");
-                    return Err(Error::engine(url, msg));
-                }
-                Err(ureq::Error::Transport(_)) => {}
-            }
-            std::thread::sleep(wait);
-            wait *= 2;
-        }
-        unreachable!("the last attempt returns")
+        crate::http::request(&self.agent, &format!("{url}{path}"), body, self.api_key.as_deref(), self.cfg.retries)
+            .map_err(|e| Error::engine(url, format!("{path}: {e}")))
     }
 }
 

@@ -1,10 +1,17 @@
-//! Rewards from a verifier the user brings: a process (`reward.kind = "command"`) started once
-//! and kept alive, asked one JSON object per line on its stdin and answering one per line on its
-//! stdout, in order. Batches are pipelined (a writer thread feeds the process while replies are
-//! read), each with a timeout. A verifier that dies, hangs or answers nonsense ends the call with
-//! one line naming the command, the sample and the reason: a sample is never scored 0 silently.
+//! Rewards from a verifier the user brings:
+//! - a process (`reward.kind = "command"`) started once and kept alive, asked one JSON object per
+//!   line on its stdin and answering one per line on its stdout, in order. Batches are pipelined
+//!   (a writer thread feeds the process while replies are read), each with a timeout;
+//! - an HTTP service (`reward.kind = "http"`) in OpenRLHF's remote reward format: POST
+//!   `{"query": [prompt + response], "prompts": [...], "labels": [answer]}` (plus `responses`,
+//!   `extracted` and `ids`, which such servers ignore), answered `{"rewards": [...]}` with
+//!   optional `extra_logs` (numbers, or one number per sample), batches in parallel, retried.
+//!
+//! A verifier that dies, hangs or answers nonsense ends the call with one line naming it, the
+//! sample and the reason: a sample is never scored 0 silently.
 
 use crate::error::{Error, Result};
+use serde_json::{json, Value as Json};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -172,5 +179,102 @@ impl Drop for CommandVerifier {
             std::thread::sleep(Duration::from_millis(10));
         }
         crate::process::stop(&mut self.child, Duration::from_secs(2));
+    }
+}
+
+/// An HTTP reward service.
+pub struct HttpVerifier {
+    url: String,
+    agent: ureq::Agent,
+    batch_size: usize,
+    concurrency: usize,
+    retries: usize,
+}
+
+impl HttpVerifier {
+    pub fn new(url: &str, timeout: Duration, batch_size: usize, concurrency: usize, retries: usize) -> Self {
+        let agent = crate::http::agent(timeout.as_secs_f64(), concurrency);
+        HttpVerifier {
+            url: url.to_string(),
+            agent,
+            batch_size: batch_size.max(1),
+            concurrency: concurrency.max(1),
+            retries,
+        }
+    }
+
+    /// The replies to `requests`, in order: `concurrency` batches in flight at once.
+    pub fn score(&self, requests: &[Request]) -> Result<Vec<Reply>> {
+        let batches: Vec<&[Request]> = requests.chunks(self.batch_size).collect();
+        let mut replies = Vec::with_capacity(requests.len());
+        for wave in batches.chunks(self.concurrency) {
+            let answers: Vec<Result<Vec<Reply>>> = std::thread::scope(|scope| {
+                let running: Vec<_> = wave.iter().map(|batch| scope.spawn(|| self.batch(batch))).collect();
+                running.into_iter().map(|t| t.join().expect("a reward request panicked")).collect()
+            });
+            for answer in answers {
+                replies.extend(answer?);
+            }
+        }
+        Ok(replies)
+    }
+
+    fn batch(&self, batch: &[Request]) -> Result<Vec<Reply>> {
+        let fail = |msg: String| Error::reward(format!("service {}", self.url), msg);
+        let body = json!({
+            "query": batch.iter().map(|r| format!("{}{}", r.prompt, r.response)).collect::<Vec<_>>(),
+            "prompts": batch.iter().map(|r| &r.prompt).collect::<Vec<_>>(),
+            "labels": batch.iter().map(|r| &r.answer).collect::<Vec<_>>(),
+            "responses": batch.iter().map(|r| &r.response).collect::<Vec<_>>(),
+            "extracted": batch.iter().map(|r| &r.extracted).collect::<Vec<_>>(),
+            "ids": batch.iter().map(|r| &r.id).collect::<Vec<_>>(),
+        });
+        let first = &batch[0].id;
+        let answer = crate::http::request(&self.agent, &self.url, Some(&body), None, self.retries)
+            .map_err(|e| fail(format!("the batch from sample `{first}`: {e}")))?;
+        let shown: String = answer.to_string().chars().take(200).collect();
+        let rewards = answer["rewards"].as_array().filter(|r| r.len() == batch.len()).ok_or_else(|| {
+            fail(format!(
+                "the batch from sample `{first}`: the answer `{shown}` holds no `rewards` list of {}",
+                batch.len()
+            ))
+        })?;
+        let mut replies = Vec::with_capacity(batch.len());
+        for (n, (reward, request)) in rewards.iter().zip(batch).enumerate() {
+            let mut reply = Reply { reward: reward.as_f64().unwrap_or(f64::NAN), ..Reply::default() };
+            if let Some(logs) = answer["extra_logs"].as_object() {
+                for (name, value) in logs {
+                    let value = match value {
+                        Json::Array(values) => values.get(n).and_then(Json::as_f64),
+                        other => other.as_f64(),
+                    };
+                    reply.metrics.insert(name.clone(), value.unwrap_or(f64::NAN));
+                }
+            }
+            if !reply.reward.is_finite() || !reply.metrics.values().all(|v| v.is_finite()) {
+                return Err(fail(format!(
+                    "sample `{}`: the answer `{shown}` holds a reward or log that is not a finite number",
+                    request.id
+                )));
+            }
+            replies.push(reply);
+        }
+        Ok(replies)
+    }
+}
+
+/// Where rewards come from when the user brings them.
+pub enum Verifier {
+    Command(std::sync::Mutex<CommandVerifier>),
+    Http(HttpVerifier),
+}
+
+impl Verifier {
+    /// The replies to `requests`, in order.
+    pub fn score(&self, requests: &[Request]) -> Result<Vec<Reply>> {
+        match self {
+            Verifier::Command(process) => process.lock().expect("a verifier call panicked").score(requests),
+            Verifier::Http(service) => service.score(requests),
+        }
     }
 }
