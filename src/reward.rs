@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
-use verifier::{CommandVerifier, HttpVerifier, Request, Verifier};
+use verifier::{CommandVerifier, HttpVerifier, Reply, Request, Verifier};
 
 /// The sparse reward: 1 for a right final answer, 0 otherwise.
 pub fn sparse(episode: &Episode) -> f64 {
@@ -242,6 +242,9 @@ pub struct RewardConfig {
     /// connect or a 5xx answer.
     pub concurrency: usize,
     pub retries: usize,
+    /// With a verifier, a solution counts as correct (EI's filter, `reward/correct`) when its
+    /// reward reaches this.
+    pub threshold: f64,
 }
 
 impl Default for RewardConfig {
@@ -257,6 +260,7 @@ impl Default for RewardConfig {
             timeout_s: 60.0,
             concurrency: 4,
             retries: 2,
+            threshold: 1.0,
         }
     }
 }
@@ -319,6 +323,60 @@ impl Rewarder {
         Ok(Rewarder { cfg: cfg.clone(), orm, verifier, newlines: tokenizer.newline_counts()? })
     }
 
+    /// The verifier's replies about the episodes (None without a verifier), its metrics' means
+    /// added to `metrics` as `reward/NAME`.
+    fn ask(
+        &self,
+        tokenizer: &Tokenizer,
+        episodes: &[Episode],
+        problems: &HashMap<&str, &Problem>,
+        metrics: &mut BTreeMap<String, f64>,
+    ) -> Result<Option<Vec<Reply>>> {
+        let Some(verifier) = &self.verifier else { return Ok(None) };
+        let requests = episodes
+            .iter()
+            .map(|e| {
+                let p = problems[e.problem_id.as_str()];
+                Ok(Request {
+                    id: format!("{}/{}", e.problem_id, e.sample_index),
+                    question: p.question.clone(),
+                    prompt: tokenizer.decode(&e.prompt_tokens, true)?,
+                    response: e.text.clone(),
+                    extracted: e.extracted_answer.clone(),
+                    answer: p.answer.clone(),
+                    solution: p.reference_solution.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let replies = verifier.score(&requests)?;
+        for reply in &replies {
+            for (name, value) in &reply.metrics {
+                *metrics.entry(format!("reward/{name}")).or_default() += value / replies.len() as f64;
+            }
+        }
+        Ok(Some(replies))
+    }
+
+    /// With a verifier, its verdict replaces the built-in check: an episode is correct when its
+    /// reward reaches `reward.threshold`. Returns the mean reward (`reward/mean`) and the
+    /// verifier's metrics; without a verifier, nothing changes and nothing is returned.
+    pub fn judge(
+        &self,
+        tokenizer: &Tokenizer,
+        episodes: &mut [Episode],
+        problems: &HashMap<&str, &Problem>,
+    ) -> Result<BTreeMap<String, f64>> {
+        let mut metrics = BTreeMap::new();
+        if let Some(replies) = self.ask(tokenizer, episodes, problems, &mut metrics)? {
+            for (e, reply) in episodes.iter_mut().zip(&replies) {
+                e.correct = reply.reward >= self.cfg.threshold;
+            }
+            let mean = replies.iter().map(|r| r.reward).sum::<f64>() / replies.len().max(1) as f64;
+            metrics.insert("reward/mean".into(), mean);
+        }
+        Ok(metrics)
+    }
+
     /// One reward per response token: the outcome reward (sparse, or the verifier's) on the last
     /// token, plus the dense rewards on the last token of each step.
     pub fn token_rewards(
@@ -330,33 +388,11 @@ impl Rewarder {
         let problem = |e: &Episode| problems[e.problem_id.as_str()];
         let mut metrics = BTreeMap::new();
         // Each episode's outcome reward and, when there are any, its per-step rewards.
-        let (outcome, step_rewards): (Vec<f64>, Vec<Option<Vec<f64>>>) = match &self.verifier {
-            Some(verifier) => {
-                let requests = episodes
-                    .iter()
-                    .map(|e| {
-                        let p = problem(e);
-                        Ok(Request {
-                            id: format!("{}/{}", e.problem_id, e.sample_index),
-                            question: p.question.clone(),
-                            prompt: tokenizer.decode(&e.prompt_tokens, true)?,
-                            response: e.text.clone(),
-                            extracted: e.extracted_answer.clone(),
-                            answer: p.answer.clone(),
-                            solution: p.reference_solution.clone(),
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let replies = verifier.score(&requests)?;
-                for reply in &replies {
-                    for (name, value) in &reply.metrics {
-                        *metrics.entry(format!("reward/{name}")).or_default() += value / replies.len() as f64;
-                    }
-                }
-                replies.into_iter().map(|r| (r.reward, r.step_rewards)).unzip()
-            }
-            None => episodes.iter().map(|e| (sparse(e), None)).unzip(),
-        };
+        let (outcome, step_rewards): (Vec<f64>, Vec<Option<Vec<f64>>>) =
+            match self.ask(tokenizer, episodes, problems, &mut metrics)? {
+                Some(replies) => replies.into_iter().map(|r| (r.reward, r.step_rewards)).unzip(),
+                None => episodes.iter().map(|e| (sparse(e), None)).unzip(),
+            };
         let orm_probabilities = match &self.orm {
             Some(orm) => Some(orm.probabilities(episodes)?),
             None => None,

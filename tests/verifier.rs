@@ -195,3 +195,46 @@ fn an_http_reward_service_gives_the_builtin_sparse_run_and_a_failing_one_names_i
     ok(&[args, vec!["--resume".into(), "--set".into(), format!("reward.url=\"{url}\"")]].concat());
     assert!(same_policy(&builtin.join("final"), &dir.path().join("failing").join("final")), "resumed policy differs");
 }
+
+#[test]
+fn expert_iteration_keeps_what_the_verifier_passes_as_the_builtin_check_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, task) = setup(dir.path());
+    let ei = |name: &str, extra: &[String]| {
+        let sets = [
+            format!("model={model}"),
+            format!("task=gsm8k:{task}"),
+            format!("run.out_dir={}", dir.path().display()),
+            format!("run.name={name}"),
+            "rounds=2".into(),
+            "questions=8".into(),
+            "sampling.samples_per_prompt=4".into(),
+            "sampling.max_new_tokens=24".into(),
+            "sampling.temperature=1".into(),
+            "train.max_steps=2".into(),
+            "eval.problems=2".into(),
+            "eval.samples_per_prompt=0".into(),
+            "eval.max_new_tokens=8".into(),
+        ];
+        let mut args = vec!["ei".to_string()];
+        for kv in sets.iter().chain(extra) {
+            args.extend(["--set".to_string(), kv.clone()]);
+        }
+        ok(&args);
+        dir.path().join(name)
+    };
+    let builtin = ei("builtin", &[]);
+    let verifier = ei("verifier", &command(&format!("python3 {}", script().display())));
+    let solved = column(&builtin, "solved_fraction");
+    assert!(solved.iter().any(|&s| s > 0.0), "nothing solved: the test shows nothing ({solved:?})");
+    assert_eq!(solved, column(&verifier, "solved_fraction"));
+    assert_eq!(column(&builtin, "pool_size"), column(&verifier, "pool_size"));
+    assert_eq!(column(&verifier, "reward/answered").len(), 2, "the verifier's metric, each round");
+    assert!(same_policy(&builtin.join("final"), &verifier.join("final")), "the policies differ");
+    // A threshold above every reward keeps nothing.
+    let strict = ei(
+        "strict",
+        &[command(&format!("python3 {}", script().display())), vec!["reward.threshold=2".into()]].concat(),
+    );
+    assert_eq!(column(&strict, "pool_size"), vec![0.0, 0.0]);
+}

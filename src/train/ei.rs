@@ -1,7 +1,8 @@
 //! Expert Iteration (Havrilla et al. 2024, section 3; trlX's RFT trainer): for R rounds, sample K
 //! solutions per training question from the current policy, keep the correct ones, deduplicate,
 //! add them to the pool of all rounds so far, and fine-tune on the pool — from the base model by
-//! default (the paper resets every round), or from the current policy.
+//! default (the paper resets every round), or from the current policy. "Correct" is the built-in
+//! check of the final answer, or a verifier's reward reaching `reward.threshold`.
 
 use super::objective::solution_example;
 use super::rounds::{fresh_round_dir, log_round, resume_round, save_round, start_round, Dedup};
@@ -9,6 +10,7 @@ use super::{TrainConfig, Trainer};
 use crate::config::Config;
 use crate::error::Result;
 use crate::eval::policy::{evaluate_policy, EvalSpec};
+use crate::reward::{RewardConfig, RewardKind, Rewarder};
 use crate::rollout::rollout_with;
 use crate::run::{Metrics, Run, RunSpec};
 use crate::sample::Sampling;
@@ -34,6 +36,9 @@ pub struct EiConfig {
     /// K solutions per question each round (the paper: K = 96), from the current policy on the
     /// `[rollout]` engine, synced with the policy before every round.
     pub sampling: Sampling,
+    /// What counts as correct: the built-in check (`sparse`), or a verifier's reward reaching
+    /// `reward.threshold` (`command`, `http`).
+    pub reward: RewardConfig,
     /// Fine-tuning on the pool each round.
     pub train: TrainConfig,
     /// The test split, after every round.
@@ -50,6 +55,7 @@ impl Default for EiConfig {
             include_references: false,
             dedup: Dedup::Text,
             sampling: Sampling::default(),
+            reward: RewardConfig::default(),
             train: TrainConfig::default(),
             eval: EvalSpec::default(),
         }
@@ -59,6 +65,10 @@ impl Default for EiConfig {
 impl Config for EiConfig {
     fn check(&self) -> std::result::Result<(), String> {
         self.sampling.check("sampling.", 1)?;
+        self.reward.check("reward.")?;
+        if matches!(self.reward.kind, RewardKind::Heuristic | RewardKind::Orm) {
+            return Err("`reward.kind`: EI keeps solutions by their outcome: use sparse, command or http".into());
+        }
         self.eval.check("eval.")
     }
 }
@@ -104,6 +114,8 @@ pub fn run(cfg: &EiConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let prompter = common.prompter(&questions)?;
     let checkpoints = super::checkpoint::Checkpoints::new(dir, 2);
     let index: HashMap<&str, usize> = questions.iter().enumerate().map(|(i, q)| (q.id.as_str(), i)).collect();
+    let by_id = questions.iter().map(|q| (q.id.as_str(), q)).collect();
+    let rewarder = Rewarder::new(&cfg.reward, &tokenizer, setup.device, dir)?;
 
     let mut engine = common.engine(dir, true)?;
     let mut pool = Pool::new(cfg.dedup);
@@ -127,8 +139,9 @@ pub fn run(cfg: &EiConfig, resume: bool, force: bool) -> Result<PathBuf> {
         // 1. Sample K solutions per question from the current policy.
         engine.sync(&policy, &tokenizer)?;
         let sampling = cfg.sampling.with_seed(common.seed + round as u64);
-        let episodes = rollout_with(&engine, &policy, &tokenizer, &prompter, &questions, &sampling)?;
+        let mut episodes = rollout_with(&engine, &policy, &tokenizer, &prompter, &questions, &sampling)?;
         samples_seen += episodes.len();
+        let judged = rewarder.judge(&tokenizer, &mut episodes, &by_id)?;
         // 2. Keep the correct ones, deduplicated, in the pool of all rounds.
         let mut solved = HashSet::new();
         for e in episodes.iter().filter(|e| e.correct) {
@@ -164,6 +177,7 @@ pub fn run(cfg: &EiConfig, resume: bool, force: bool) -> Result<PathBuf> {
             ("pool_size".into(), pool.solutions.len() as f64),
             ("pool_solutions_per_question".into(), pool.solutions.len() as f64 / pool.questions().max(1) as f64),
         ]);
+        line.extend(judged);
         log_round(&checkpoints, line, round, samples_seen)?;
         save_round(&checkpoints, &policy, &tokenizer, round, samples_seen, &pool.solutions)?;
     }
