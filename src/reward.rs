@@ -3,24 +3,25 @@
 //! - **heuristic dense**: per step, 1 when the step's intermediate result is one the reference
 //!   solution also computes (the rule is in [`heuristic_step_rewards`]);
 //! - **ORM-dense**: per step, the Outcome Reward Model's probability that the final answer will be
-//!   right, given the prefix up to the end of the step, or its change from the step before.
+//!   right, given the prefix up to the end of the step, or its change from the step before;
+//! - **a verifier's** (a process or an HTTP service the user brings; see [`verifier`]), with
+//!   weighted terms added to the outcome (see [`Rewarder`]).
 //!
 //! [`Orm`] is also the scorer behind rerank@k.
 
+mod rewarder;
 pub mod verifier;
+
+pub use rewarder::{RewardConfig, RewardKind, RewardTerm, Rewarder, Rewards};
 
 use crate::error::{Error, Result};
 use crate::model::{CausalLm, Llama};
 use crate::rollout::Episode;
 use crate::rollout::Scorer;
-use crate::task::Problem;
 use crate::task::{answers_match, extract_answer, intermediate_results, step_results};
 use crate::tokenizer::Tokenizer;
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
-use verifier::{CommandVerifier, HttpVerifier, Reply, Request, Verifier};
 
 /// The sparse reward: 1 for a right final answer, 0 otherwise.
 pub fn sparse(episode: &Episode) -> f64 {
@@ -198,254 +199,6 @@ impl Scorer for Orm {
     /// The probability after the whole response: what rerank@k ranks by.
     fn score(&self, episodes: &[Episode]) -> Result<Vec<f64>> {
         Ok(self.probabilities(episodes)?.iter().map(|p| p.last().copied().unwrap_or(0.0) as f64).collect())
-    }
-}
-
-/// Which reward a policy is trained on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RewardKind {
-    /// 1 for a right final answer, on the last token.
-    Sparse,
-    /// Sparse plus `dense_coef` per step whose intermediate result the reference also computes.
-    Heuristic,
-    /// Sparse plus `dense_coef` times the ORM's per-step reward.
-    Orm,
-    /// The `reward.command` verifier's reward on the last token, plus `dense_coef` times its
-    /// `step_rewards` when it sends them.
-    Command,
-    /// The reward service's at `reward.url`, on the last token.
-    Http,
-}
-
-/// Which reward the policy is trained on (`[reward]`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RewardConfig {
-    pub kind: RewardKind,
-    pub dense_coef: f64,
-    /// The ORM folder, for kind = "orm".
-    pub orm: PathBuf,
-    /// The ORM's per-step reward: its probability, or its change from the step before.
-    pub orm_dense: OrmDense,
-    /// The verifier's shell command line, for kind = "command" (e.g. `python3 my_verifier.py`);
-    /// started once per run, its stderr in `RUN/reward-RANK.log`. The protocol is in
-    /// `reward::verifier`.
-    pub command: String,
-    /// The reward service's URL, for kind = "http" (e.g. `http://127.0.0.1:5000/get_reward`).
-    pub url: String,
-    /// Samples per request batch, and the seconds a batch may take before the verifier is
-    /// declared hung.
-    pub batch_size: usize,
-    pub timeout_s: f64,
-    /// The service's batches in flight at once, and the retries of one after a failure to
-    /// connect or a 5xx answer.
-    pub concurrency: usize,
-    pub retries: usize,
-    /// With a verifier, a solution counts as correct (EI's filter, `reward/correct`) when its
-    /// reward reaches this.
-    pub threshold: f64,
-}
-
-impl Default for RewardConfig {
-    fn default() -> Self {
-        RewardConfig {
-            kind: RewardKind::Sparse,
-            dense_coef: 0.1,
-            orm: PathBuf::new(),
-            orm_dense: OrmDense::Change,
-            command: String::new(),
-            url: String::new(),
-            batch_size: 64,
-            timeout_s: 60.0,
-            concurrency: 4,
-            retries: 2,
-            threshold: 1.0,
-        }
-    }
-}
-
-impl RewardConfig {
-    /// The rules `[reward]` must keep (`prefix`: where it sits in its config).
-    pub fn check(&self, prefix: &str) -> std::result::Result<(), String> {
-        if self.kind == RewardKind::Command && self.command.trim().is_empty() {
-            return Err(format!("`{prefix}kind = \"command\"` needs `{prefix}command` (the verifier to start)"));
-        }
-        if self.kind == RewardKind::Http && !self.url.starts_with("http") {
-            return Err(format!(
-                "`{prefix}kind = \"http\"` needs `{prefix}url` (http://HOST:PORT/PATH), not `{}`",
-                self.url
-            ));
-        }
-        if self.batch_size == 0 || self.concurrency == 0 || self.timeout_s.is_nan() || self.timeout_s <= 0.0 {
-            return Err(format!(
-                "`{prefix}batch_size`, `{prefix}concurrency` and `{prefix}timeout_s` must be positive"
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Per-token rewards of a batch of episodes, and what the verifier measured (means).
-pub struct Rewards {
-    pub per_token: Vec<Vec<f32>>,
-    pub metrics: BTreeMap<String, f64>,
-}
-
-/// Turns episodes into per-token rewards.
-pub struct Rewarder {
-    cfg: RewardConfig,
-    orm: Option<Orm>,
-    verifier: Option<Verifier>,
-    newlines: Vec<u8>,
-}
-
-impl Rewarder {
-    /// Loads the ORM or starts the verifier the reward needs; a verifier's stderr goes to
-    /// `DIR/reward-RANK.log`.
-    pub fn new(cfg: &RewardConfig, tokenizer: &Tokenizer, device: Device, dir: &Path) -> Result<Self> {
-        let orm = match cfg.kind {
-            RewardKind::Orm => Some(Orm::load(&cfg.orm, device)?),
-            _ => None,
-        };
-        let timeout = std::time::Duration::from_secs_f64(cfg.timeout_s);
-        let verifier = match cfg.kind {
-            RewardKind::Command => {
-                let log = dir.join(format!("reward-{}.log", crate::dist::world().rank));
-                let process = CommandVerifier::start(&cfg.command, &log, timeout, cfg.batch_size)?;
-                Some(Verifier::Command(Mutex::new(process)))
-            }
-            RewardKind::Http => {
-                Some(Verifier::Http(HttpVerifier::new(&cfg.url, timeout, cfg.batch_size, cfg.concurrency, cfg.retries)))
-            }
-            _ => None,
-        };
-        Ok(Rewarder { cfg: cfg.clone(), orm, verifier, newlines: tokenizer.newline_counts()? })
-    }
-
-    /// The verifier's replies about the episodes (None without a verifier), its metrics' means
-    /// added to `metrics` as `reward/NAME`.
-    fn ask(
-        &self,
-        tokenizer: &Tokenizer,
-        episodes: &[Episode],
-        problems: &HashMap<&str, &Problem>,
-        metrics: &mut BTreeMap<String, f64>,
-    ) -> Result<Option<Vec<Reply>>> {
-        let Some(verifier) = &self.verifier else { return Ok(None) };
-        let requests = episodes
-            .iter()
-            .map(|e| {
-                let p = problems[e.problem_id.as_str()];
-                Ok(Request {
-                    id: format!("{}/{}", e.problem_id, e.sample_index),
-                    question: p.question.clone(),
-                    prompt: tokenizer.decode(&e.prompt_tokens, true)?,
-                    response: e.text.clone(),
-                    extracted: e.extracted_answer.clone(),
-                    answer: p.answer.clone(),
-                    solution: p.reference_solution.clone(),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let replies = verifier.score(&requests)?;
-        for reply in &replies {
-            for (name, value) in &reply.metrics {
-                *metrics.entry(format!("reward/{name}")).or_default() += value / replies.len() as f64;
-            }
-        }
-        Ok(Some(replies))
-    }
-
-    /// With a verifier, its verdict replaces the built-in check: an episode is correct when its
-    /// reward reaches `reward.threshold`. Returns the mean reward (`reward/mean`) and the
-    /// verifier's metrics; without a verifier, nothing changes and nothing is returned.
-    pub fn judge(
-        &self,
-        tokenizer: &Tokenizer,
-        episodes: &mut [Episode],
-        problems: &HashMap<&str, &Problem>,
-    ) -> Result<BTreeMap<String, f64>> {
-        let mut metrics = BTreeMap::new();
-        if let Some(replies) = self.ask(tokenizer, episodes, problems, &mut metrics)? {
-            for (e, reply) in episodes.iter_mut().zip(&replies) {
-                e.correct = reply.reward >= self.cfg.threshold;
-            }
-            let mean = replies.iter().map(|r| r.reward).sum::<f64>() / replies.len().max(1) as f64;
-            metrics.insert("reward/mean".into(), mean);
-        }
-        Ok(metrics)
-    }
-
-    /// One reward per response token: the outcome reward (sparse, or the verifier's) on the last
-    /// token, plus the dense rewards on the last token of each step.
-    pub fn token_rewards(
-        &self,
-        tokenizer: &Tokenizer,
-        episodes: &[Episode],
-        problems: &HashMap<&str, &Problem>,
-    ) -> Result<Rewards> {
-        let problem = |e: &Episode| problems[e.problem_id.as_str()];
-        let mut metrics = BTreeMap::new();
-        // Each episode's outcome reward and, when there are any, its per-step rewards.
-        let (outcome, step_rewards): (Vec<f64>, Vec<Option<Vec<f64>>>) =
-            match self.ask(tokenizer, episodes, problems, &mut metrics)? {
-                Some(replies) => replies.into_iter().map(|r| (r.reward, r.step_rewards)).unzip(),
-                None => episodes.iter().map(|e| (sparse(e), None)).unzip(),
-            };
-        let orm_probabilities = match &self.orm {
-            Some(orm) => Some(orm.probabilities(episodes)?),
-            None => None,
-        };
-        let per_token = episodes
-            .iter()
-            .enumerate()
-            .map(|(n, e)| {
-                let len = e.response_tokens.len();
-                let dense = match (self.cfg.kind, &step_rewards[n]) {
-                    (RewardKind::Sparse, _) | (RewardKind::Command | RewardKind::Http, None) => None,
-                    _ => Some(split_steps(tokenizer, &self.newlines, &e.response_tokens)?),
-                };
-                let mut rewards = vec![0f32; len];
-                if let Some(steps) = dense {
-                    let dense: Vec<f64> = match (&orm_probabilities, &step_rewards[n]) {
-                        (_, Some(given)) if given.len() != steps.len() => {
-                            return Err(Error::reward(
-                                format!("command `{}`", self.cfg.command),
-                                format!(
-                                    "sample `{}/{}`: {} step_rewards for a response of {} steps (lines)",
-                                    e.problem_id,
-                                    e.sample_index,
-                                    given.len(),
-                                    steps.len()
-                                ),
-                            ));
-                        }
-                        (_, Some(given)) => given.clone(),
-                        (Some(p), None) => orm_step_rewards(&p[n], &steps, self.cfg.orm_dense),
-                        (None, None) => {
-                            let p = problem(e);
-                            let texts: Vec<&str> = steps.iter().map(|s| s.text.as_str()).collect();
-                            let mut r = heuristic_step_rewards(&texts, &p.reference_solution, &p.answer);
-                            // The answer line's reward is the sparse one, paid below.
-                            for (r, t) in r.iter_mut().zip(&texts) {
-                                if t.contains("####") {
-                                    *r = 0.0;
-                                }
-                            }
-                            r
-                        }
-                    };
-                    let scaled: Vec<f64> = dense.iter().map(|r| r * self.cfg.dense_coef).collect();
-                    rewards = token_rewards(&steps, &scaled, len);
-                }
-                if let Some(last) = rewards.last_mut() {
-                    *last += outcome[n] as f32;
-                }
-                Ok(rewards)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Rewards { per_token, metrics })
     }
 }
 

@@ -238,3 +238,32 @@ fn expert_iteration_keeps_what_the_verifier_passes_as_the_builtin_check_would() 
     );
     assert_eq!(column(&strict, "pool_size"), vec![0.0, 0.0]);
 }
+
+#[test]
+fn weighted_terms_add_to_the_outcome_and_are_logged_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path());
+    let term = format!(
+        "reward.terms=[{{ name = \"answered\", weight = 0.5, kind = \"command\", command = {} }}]",
+        toml::Value::String(format!("REWARD=answered python3 {}", script().display()))
+    );
+    ok(&grpo(dir.path(), &setup, "terms", &[term]));
+    let run = dir.path().join("terms");
+    let (mean, correct, answered) =
+        (column(&run, "reward/mean"), column(&run, "reward/correct"), column(&run, "reward/term/answered"));
+    assert!(mean.len() == 3 && correct.len() == 3 && answered.len() == 3, "{mean:?} {correct:?} {answered:?}");
+    assert!(answered.iter().any(|&a| a > 0.0), "{answered:?}");
+    for ((m, c), a) in mean.iter().zip(&correct).zip(&answered) {
+        assert!((m - (c + 0.5 * a)).abs() < 1e-9, "reward {m} = correct {c} + 0.5 x answered {a}");
+    }
+    assert!(run.join("reward-answered-0.log").exists());
+    // A term without a name, or one of a dense kind, is refused before any work.
+    for (bad, says) in [
+        ("reward.terms=[{ weight = 1.0 }]", "reward.terms[0].name"),
+        ("reward.terms=[{ name = \"h\", kind = \"heuristic\" }]", "a term is an outcome reward"),
+    ] {
+        let out = reasonrl(&grpo(dir.path(), &setup, "bad", &[bad.to_string()]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{bad}: {stderr}");
+    }
+}
