@@ -267,3 +267,57 @@ fn weighted_terms_add_to_the_outcome_and_are_logged_one_by_one() {
         assert!(!out.status.success() && stderr.contains(says), "{bad}: {stderr}");
     }
 }
+
+/// `scripts/verifiers/math-verify.sh` (Math-Verify from PyPI, in its venv) judges the GSM8K test
+/// set's reference solutions as the built-in checker does: each right against its own answer,
+/// wrong against the next problem's. Runs when the venv can be made (pip reaches PyPI).
+#[test]
+fn math_verify_agrees_with_the_builtin_checker_on_gsm8k_references() {
+    use reasonrl::reward::verifier::{CommandVerifier, Request};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let setup = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} < /dev/null", root.join("scripts/verifiers/math-verify.sh").display()))
+        .output()
+        .unwrap();
+    if !setup.status.success() {
+        eprintln!("SKIPPED: the Math-Verify venv could not be made: {}", String::from_utf8_lossy(&setup.stderr));
+        return;
+    }
+    let file = root.join("../shared/data/gsm8k/test.jsonl");
+    let mut problems = reasonrl::task::load_gsm8k(&file).unwrap();
+    problems.truncate(300);
+    let mut requests = Vec::new();
+    for (i, p) in problems.iter().enumerate() {
+        let other = &problems[(i + 1) % problems.len()];
+        for (n, solution) in [&p.reference_solution, &other.reference_solution].into_iter().enumerate() {
+            requests.push(Request {
+                id: format!("{}/{n}", p.id),
+                question: p.question.clone(),
+                prompt: p.question.clone(),
+                response: solution.clone(),
+                extracted: reasonrl::task::extract_answer(solution),
+                answer: p.answer.clone(),
+                solution: p.reference_solution.clone(),
+            });
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let command = root.join("scripts/verifiers/math-verify.sh").display().to_string();
+    let log = dir.path().join("reward.log");
+    let mut verifier = CommandVerifier::start(&command, &log, std::time::Duration::from_secs(120), 64).unwrap();
+    let start = std::time::Instant::now();
+    let replies = verifier.score(&requests).unwrap();
+    let seconds = start.elapsed().as_secs_f64();
+    let mut disagree = Vec::new();
+    for (request, reply) in requests.iter().zip(&replies) {
+        let builtin = reasonrl::task::is_correct(&request.response, &request.answer);
+        if builtin != (reply.reward >= 1.0) {
+            disagree.push(format!("{} (built-in {builtin}, Math-Verify {})", request.id, reply.reward));
+        }
+    }
+    eprintln!("Math-Verify: {} samples in {seconds:.1} s ({:.0}/s)", requests.len(), requests.len() as f64 / seconds);
+    let right = requests.iter().filter(|r| r.id.ends_with("/0")).count();
+    assert_eq!(right, 300);
+    assert!(disagree.is_empty(), "{} of {} disagree: {disagree:?}", disagree.len(), requests.len());
+}
