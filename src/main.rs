@@ -152,7 +152,7 @@ enum TaskCommand {
     Make {
         /// Task: builtin[:LEVEL[:SEED]], gsm8k:PATH, svamp:FILE, jsonl:FILE[:QFIELDS:AFIELD[:SFIELD]] (or json:) or
         /// math:FILE[:PFIELD:SFIELD] (KIND+skip: leaves out unusable records); a single file holds one split
-        /// (train if its name says so, else test).
+        /// (train if its name says so, else test), a folder both (train.jsonl, test.jsonl).
         #[arg(long, default_value = "builtin")]
         task: String,
         /// Output folder; receives train.jsonl and test.jsonl.

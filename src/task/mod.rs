@@ -98,7 +98,8 @@ pub const BUILTIN_DEFAULT_SEED: u64 = 1234;
 ///
 /// A single file holds one split: the train split when its file name says "train", else the
 /// test split. Asking a single-file task for its other split is an error, so one file never
-/// silently serves as both training and test data.
+/// silently serves as both training and test data. A folder in place of the file (gsm8k, jsonl,
+/// json, math) holds both: `train.jsonl` and `test.jsonl`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskSpec {
     /// The built-in seeded generator ([`synth::generate`]).
@@ -214,8 +215,9 @@ impl TaskSpec {
     /// The file of a one-file source, which holds one split ([`split_of_file`]).
     fn single_file(&self) -> Option<&Path> {
         match self {
-            TaskSpec::Gsm8k { path, .. } if !path.is_dir() => Some(path),
-            TaskSpec::Jsonl { path, .. } | TaskSpec::Math { path, .. } => Some(path),
+            TaskSpec::Gsm8k { path, .. } | TaskSpec::Jsonl { path, .. } | TaskSpec::Math { path, .. } => {
+                (!path.is_dir()).then_some(path.as_path())
+            }
             _ => None,
         }
     }
@@ -234,7 +236,7 @@ impl TaskSpec {
     /// A file source that yields no problems is an error (unless `limit` is 0).
     pub fn load(&self, split: Split, limit: Option<usize>) -> Result<Vec<Problem>> {
         if let Some(file) = self.single_file().filter(|f| !f.exists()) {
-            return Err(Error::file(file, "does not exist (a task names a file or, for gsm8k, a folder)"));
+            return Err(Error::file(file, "does not exist (a task names a file, or a folder of train.jsonl and test.jsonl)"));
         }
         if let Some(file) = self.single_file().filter(|f| split_of_file(f) != split) {
             return Err(Error::file(
@@ -246,6 +248,8 @@ impl TaskSpec {
                 ),
             ));
         }
+        // A folder holds both splits, as train.jsonl and test.jsonl.
+        let file = |path: &Path| if path.is_dir() { path.join(format!("{split}.jsonl")) } else { path.to_path_buf() };
         let (mut problems, path) = match self {
             TaskSpec::Builtin { level, seed } => {
                 let n = limit.unwrap_or(match split {
@@ -255,7 +259,7 @@ impl TaskSpec {
                 return Ok(synth::generate(*level, split, n, *seed));
             }
             TaskSpec::Gsm8k { path, skip } => {
-                let file = if path.is_dir() { path.join(format!("{split}.jsonl")) } else { path.clone() };
+                let file = file(path);
                 (load_records(&file, &Fields::new("question", "answer", None), Answers::Gsm8k, *skip)?, file)
             }
             TaskSpec::Svamp { path } => {
@@ -264,12 +268,12 @@ impl TaskSpec {
                 (all, path.clone())
             }
             TaskSpec::Jsonl { path, question_field, answer_field, solution_field, skip } => {
-                let fields = Fields::new(question_field, answer_field, solution_field.as_deref());
-                (load_records(path, &fields, Answers::Numeric, *skip)?, path.clone())
+                let (fields, file) = (Fields::new(question_field, answer_field, solution_field.as_deref()), file(path));
+                (load_records(&file, &fields, Answers::Numeric, *skip)?, file)
             }
             TaskSpec::Math { path, problem_field, solution_field, skip } => {
-                let fields = Fields::new(problem_field, solution_field, Some(solution_field));
-                (load_records(path, &fields, Answers::Math, *skip)?, path.clone())
+                let (fields, file) = (Fields::new(problem_field, solution_field, Some(solution_field)), file(path));
+                (load_records(&file, &fields, Answers::Math, *skip)?, file)
             }
         };
         if let Some(n) = limit {
@@ -443,5 +447,20 @@ mod tests {
         assert!(write_jsonl(&path, &problems, false).is_err());
         write_jsonl(&path, &problems, true).unwrap();
         assert_eq!(load_gsm8k(&path).unwrap(), problems);
+    }
+
+    #[test]
+    fn a_folder_holds_both_splits_for_every_file_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |i: usize| format!("{{\"problem\": \"What is {i} + 1?\", \"solution\": \"$\\\\boxed{{{}}}$\"}}\n", i + 1);
+        std::fs::write(dir.path().join("train.jsonl"), record(1) + &record(2)).unwrap();
+        std::fs::write(dir.path().join("test.jsonl"), record(7)).unwrap();
+        let spec = TaskSpec::parse(&format!("math:{}", dir.path().display())).unwrap();
+        assert_eq!(spec.splits(), [Split::Train, Split::Test]);
+        let (train, test) = (spec.load(Split::Train, None).unwrap(), spec.load(Split::Test, None).unwrap());
+        assert_eq!((train.len(), train[1].answer.as_str(), test[0].answer.as_str()), (2, "3", "8"));
+        std::fs::remove_file(dir.path().join("test.jsonl")).unwrap();
+        let err = spec.load(Split::Test, None).unwrap_err().to_string();
+        assert!(err.contains("test.jsonl"), "{err}");
     }
 }
