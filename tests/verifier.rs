@@ -321,3 +321,42 @@ fn math_verify_agrees_with_the_builtin_checker_on_gsm8k_references() {
     assert_eq!(right, 300);
     assert!(disagree.is_empty(), "{} of {} disagree: {disagree:?}", disagree.len(), requests.len());
 }
+
+#[test]
+fn eval_takes_the_verifiers_verdicts_and_reports_its_means_also_on_saved_episodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, task) = setup(dir.path());
+    let eval = |name: &str, extra: &[String]| {
+        let sets = [
+            format!("model={model}"),
+            format!("task=gsm8k:{task}"),
+            format!("out={}", dir.path().join(name).display()),
+            "problems=10".into(),
+            "samples_per_prompt=4".into(),
+            "temperature=1".into(),
+            "ks=[1,4]".into(),
+            "max_new_tokens=16".into(),
+        ];
+        let mut args = vec!["eval".to_string()];
+        for kv in sets.iter().chain(extra) {
+            args.extend(["--set".to_string(), kv.clone()]);
+        }
+        ok(&args);
+        let text = std::fs::read_to_string(dir.path().join(name).join("summary.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    let builtin = eval("builtin", &[]);
+    let judged = eval("verifier", &command(&format!("python3 {}", script().display())));
+    assert_eq!(builtin["maj1"], judged["maj1"]);
+    assert_eq!(builtin["pass"], judged["pass"]);
+    assert!(builtin.get("verifier").is_none());
+    let means = &judged["verifier"];
+    assert_eq!(means["greedy/reward/mean"].as_f64(), judged["maj1"]["value"].as_f64());
+    assert!(means["samples/reward/answered"].is_number(), "{means}");
+    // The saved episodes judged again by another verifier: whether an answer was found at all.
+    let reuse = format!("reuse={}", dir.path().join("verifier").display());
+    let answered =
+        eval("answered", &[command(&format!("REWARD=answered python3 {}", script().display())), vec![reuse]].concat());
+    assert_eq!(answered["maj1"]["value"].as_f64(), judged["verifier"]["greedy/reward/answered"].as_f64());
+    assert!(std::fs::read_to_string(dir.path().join("answered").join("summary.md")).unwrap().contains("The verifier"));
+}

@@ -107,6 +107,10 @@ pub struct EvalSummary {
     pub mean_distinct_correct: f64,
     /// Mean response length of the temperature samples (of the greedy ones if there are none).
     pub mean_response_tokens: f64,
+    /// A verifier's means (`[reward]` of `reasonrl eval`): `greedy/reward/mean`,
+    /// `samples/reward/NAME`; empty with the built-in check.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub verifier: BTreeMap<String, f64>,
 }
 
 /// What to compute.
@@ -348,6 +352,7 @@ pub fn evaluate(
         wmaj: boot(wmaj),
         mean_distinct_correct: mean_or_zero(&distinct),
         mean_response_tokens: mean_or_zero(&lengths),
+        verifier: BTreeMap::new(),
     };
     Ok((records, summary))
 }
@@ -390,6 +395,12 @@ pub fn summary_markdown(summary: &EvalSummary, title: &str) -> String {
                     let _ = writeln!(out, "| {name}@{k} - maj@{k} | {value:+.1} | [{lo:+.1}, {hi:+.1}] |");
                 }
             }
+        }
+    }
+    if !summary.verifier.is_empty() {
+        out.push_str("\nThe verifier (its verdicts are the ones above):\n\n| mean | value |\n|---|---:|\n");
+        for (name, value) in &summary.verifier {
+            let _ = writeln!(out, "| {name} | {value:.4} |");
         }
     }
     let temperature = summary.temperature.map_or_else(|| "-".to_string(), |t| format!("{t}"));
@@ -770,6 +781,7 @@ mod tests {
             wmaj_minus_maj: BTreeMap::from([(16, m(0.02, -0.01, 0.05))]),
             mean_distinct_correct: 3.214,
             mean_response_tokens: 120.0,
+            verifier: BTreeMap::new(),
         };
         let md = summary_markdown(&summary, "SFT");
         assert!(md.starts_with("## SFT\n"));

@@ -11,9 +11,11 @@ use crate::error::Result;
 use crate::fsutil;
 use crate::model::CausalLm;
 use crate::prompt::{PromptConfig, Prompter};
-use crate::reward::Orm;
+use crate::reward::{Orm, RewardConfig, RewardKind, Rewarder};
 use crate::rollout::{Episode, MeanLogprobScorer, Scorer};
 use crate::task::{Split, TaskSpec};
+use crate::tokenizer::Tokenizer;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// What ranks samples for rerank@k and wmaj@k.
@@ -56,6 +58,10 @@ pub struct EvalConfig {
     /// intervals, written to comparison.md.
     pub baseline: Option<PathBuf>,
     pub device: String,
+    /// A verifier (`kind = "command"` or `"http"`, or weighted terms) judges the episodes in
+    /// place of the built-in check: correct when the reward reaches `threshold`; its means are
+    /// reported beside maj@k (also on `reuse`).
+    pub reward: RewardConfig,
 }
 
 impl Default for EvalConfig {
@@ -75,6 +81,7 @@ impl Default for EvalConfig {
             reuse: None,
             baseline: None,
             device: "cpu".into(),
+            reward: RewardConfig::default(),
         }
     }
 }
@@ -84,6 +91,10 @@ impl crate::config::Config for EvalConfig {
         if self.scorer == ScorerKind::Orm && self.orm.as_os_str().is_empty() {
             return Err("`scorer` = \"orm\" needs `orm`, an ORM folder".into());
         }
+        self.reward.check("reward.")?;
+        if matches!(self.reward.kind, RewardKind::Heuristic | RewardKind::Orm) {
+            return Err("`reward.kind`: an evaluation judges outcomes: use sparse, command or http".into());
+        }
         self.eval.check("")
     }
 }
@@ -91,7 +102,7 @@ impl crate::config::Config for EvalConfig {
 /// Samples (or reloads) and evaluates; writes everything into `cfg.out`.
 pub fn run(cfg: &EvalConfig, force: bool) -> Result<EvalSummary> {
     fsutil::check_overwrite(&cfg.out.join("summary.json"), force)?;
-    let (greedy, samples) = match &cfg.reuse {
+    let (mut greedy, mut samples) = match &cfg.reuse {
         Some(dir) => {
             let (mut greedy, mut samples) =
                 (read_optional(&dir.join("greedy.jsonl"))?, read_optional(&dir.join("samples.jsonl"))?);
@@ -106,6 +117,7 @@ pub fn run(cfg: &EvalConfig, force: bool) -> Result<EvalSummary> {
         }
         None => sample(cfg)?,
     };
+    let verifier = judge(cfg, &mut greedy, &mut samples)?;
     let scores = match cfg.scorer {
         ScorerKind::None => None,
         ScorerKind::MeanLogprob => Some(MeanLogprobScorer.score(&samples)?),
@@ -117,7 +129,8 @@ pub fn run(cfg: &EvalConfig, force: bool) -> Result<EvalSummary> {
         seed: cfg.seed,
         temperature: (!samples.is_empty()).then_some(cfg.eval.sampling.temperature),
     };
-    let (records, summary) = evaluate(&greedy, &samples, scores.as_deref(), &opts)?;
+    let (records, mut summary) = evaluate(&greedy, &samples, scores.as_deref(), &opts)?;
+    summary.verifier = verifier;
     if cfg.reuse.as_deref() != Some(cfg.out.as_path()) {
         fsutil::write_jsonl(&cfg.out.join("greedy.jsonl"), &greedy)?;
         fsutil::write_jsonl(&cfg.out.join("samples.jsonl"), &samples)?;
@@ -155,6 +168,28 @@ fn sample(cfg: &EvalConfig) -> Result<(Vec<Episode>, Vec<Episode>)> {
     let mut engine = Engine::new(&cfg.rollout, &cfg.out.join("engine"), false)?;
     engine.sync(&model, &tokenizer)?;
     sample_episodes(&engine, &model, &tokenizer, &prompter, &problems, &cfg.eval, cfg.seed)
+}
+
+/// With a verifier in `[reward]`, its verdicts replace the built-in check's; returns its means
+/// over the greedy episodes and over the samples (`greedy/reward/mean`, `samples/reward/NAME`).
+fn judge(cfg: &EvalConfig, greedy: &mut [Episode], samples: &mut [Episode]) -> Result<BTreeMap<String, f64>> {
+    let mut means = BTreeMap::new();
+    if cfg.reward.kind == RewardKind::Sparse && cfg.reward.terms.is_empty() {
+        return Ok(means);
+    }
+    let tokenizer = Tokenizer::load(&cfg.model)?;
+    let problems = TaskSpec::parse(&cfg.task)?.load(cfg.split, None)?;
+    let by_id = problems.iter().map(|p| (p.id.as_str(), p)).collect();
+    fsutil::create_output_dir(&cfg.out)?;
+    let rewarder = Rewarder::new(&cfg.reward, &tokenizer, tch::Device::Cpu, &cfg.out)?;
+    for (name, episodes) in [("greedy", greedy), ("samples", samples)] {
+        if !episodes.is_empty() {
+            means.extend(
+                rewarder.judge(&tokenizer, episodes, &by_id)?.into_iter().map(|(k, v)| (format!("{name}/{k}"), v)),
+            );
+        }
+    }
+    Ok(means)
 }
 
 fn read_optional(path: &Path) -> Result<Vec<Episode>> {

@@ -337,7 +337,9 @@ fn verifier_requests(
     episodes
         .iter()
         .map(|e| {
-            let p = problems[e.problem_id.as_str()];
+            let p = problems.get(e.problem_id.as_str()).ok_or_else(|| {
+                Error::Invalid(format!("episode of problem `{}`: the task has no such problem", e.problem_id))
+            })?;
             Ok(Request {
                 id: format!("{}/{}", e.problem_id, e.sample_index),
                 question: p.question.clone(),

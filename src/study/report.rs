@@ -225,6 +225,7 @@ mod tests {
             wmaj_minus_maj: BTreeMap::new(),
             mean_distinct_correct: 1.0,
             mean_response_tokens: 50.0,
+            verifier: BTreeMap::new(),
         };
         let start = algorithm == "none";
         RowResult {

@@ -236,7 +236,10 @@ impl TaskSpec {
     /// A file source that yields no problems is an error (unless `limit` is 0).
     pub fn load(&self, split: Split, limit: Option<usize>) -> Result<Vec<Problem>> {
         if let Some(file) = self.single_file().filter(|f| !f.exists()) {
-            return Err(Error::file(file, "does not exist (a task names a file, or a folder of train.jsonl and test.jsonl)"));
+            return Err(Error::file(
+                file,
+                "does not exist (a task names a file, or a folder of train.jsonl and test.jsonl)",
+            ));
         }
         if let Some(file) = self.single_file().filter(|f| split_of_file(f) != split) {
             return Err(Error::file(
@@ -452,7 +455,8 @@ mod tests {
     #[test]
     fn a_folder_holds_both_splits_for_every_file_kind() {
         let dir = tempfile::tempdir().unwrap();
-        let record = |i: usize| format!("{{\"problem\": \"What is {i} + 1?\", \"solution\": \"$\\\\boxed{{{}}}$\"}}\n", i + 1);
+        let record =
+            |i: usize| format!("{{\"problem\": \"What is {i} + 1?\", \"solution\": \"$\\\\boxed{{{}}}$\"}}\n", i + 1);
         std::fs::write(dir.path().join("train.jsonl"), record(1) + &record(2)).unwrap();
         std::fs::write(dir.path().join("test.jsonl"), record(7)).unwrap();
         let spec = TaskSpec::parse(&format!("math:{}", dir.path().display())).unwrap();
