@@ -360,3 +360,48 @@ fn eval_takes_the_verifiers_verdicts_and_reports_its_means_also_on_saved_episode
     assert_eq!(answered["maj1"]["value"].as_f64(), judged["verifier"]["greedy/reward/answered"].as_f64());
     assert!(std::fs::read_to_string(dir.path().join("answered").join("summary.md")).unwrap().contains("The verifier"));
 }
+
+#[test]
+fn rcrl_labels_and_orm_labels_follow_the_verifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, task) = setup(dir.path());
+    let run = |command_name: &str, name: &str, extra: &[String]| {
+        let mut sets = vec![
+            format!("model={model}"),
+            format!("task=gsm8k:{task}"),
+            format!("run.out_dir={}", dir.path().display()),
+            format!("run.name={name}"),
+            "questions=8".into(),
+            "sampling.samples_per_prompt=4".into(),
+            "sampling.max_new_tokens=24".into(),
+            "sampling.temperature=1".into(),
+            "train.max_steps=2".into(),
+        ];
+        if command_name == "rcrl" {
+            sets.extend(["rounds=1".into(), "eval.problems=2".into(), "eval.samples_per_prompt=0".into()]);
+        } else {
+            sets.push("holdout=0.25".into());
+        }
+        let mut args = vec![command_name.to_string()];
+        for kv in sets.iter().chain(extra) {
+            args.extend(["--set".to_string(), kv.clone()]);
+        }
+        ok(&args);
+        dir.path().join(name)
+    };
+    // RCRL's outcome labels from the sparse verifier are the built-in ones.
+    let builtin = run("rcrl", "rcrl-builtin", &[]);
+    let judged = run("rcrl", "rcrl-verifier", &command(&format!("python3 {}", script().display())));
+    let good = column(&builtin, "pool_good_label_fraction");
+    assert!(good.iter().any(|&g| g > 0.0), "no good label: the test shows nothing ({good:?})");
+    assert_eq!(good, column(&judged, "pool_good_label_fraction"));
+    assert!(same_policy(&builtin.join("final"), &judged.join("final")), "the policies differ");
+    // The ORM learns the verifier's labels: here, whether an answer was found at all.
+    let orm = run("orm", "orm", &command(&format!("REWARD=answered python3 {}", script().display())));
+    let text = std::fs::read_to_string(orm.join("samples.jsonl")).unwrap();
+    let episodes: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(episodes.iter().any(|e| e["correct"] == true), "nothing answered: the test shows nothing");
+    for e in &episodes {
+        assert_eq!(e["correct"].as_bool().unwrap(), !e["extracted_answer"].is_null(), "{e}");
+    }
+}

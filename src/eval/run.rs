@@ -91,10 +91,7 @@ impl crate::config::Config for EvalConfig {
         if self.scorer == ScorerKind::Orm && self.orm.as_os_str().is_empty() {
             return Err("`scorer` = \"orm\" needs `orm`, an ORM folder".into());
         }
-        self.reward.check("reward.")?;
-        if matches!(self.reward.kind, RewardKind::Heuristic | RewardKind::Orm) {
-            return Err("`reward.kind`: an evaluation judges outcomes: use sparse, command or http".into());
-        }
+        self.reward.check_outcome("reward.")?;
         self.eval.check("")
     }
 }

@@ -63,6 +63,20 @@ pub struct RewardConfig {
     pub terms: Vec<RewardTerm>,
 }
 
+impl RewardConfig {
+    /// The rules of a `[reward]` that judges whole solutions (EI, RCRL, the ORM, `eval`): no
+    /// dense kind.
+    pub fn check_outcome(&self, prefix: &str) -> std::result::Result<(), String> {
+        self.check(prefix)?;
+        match self.kind {
+            RewardKind::Heuristic | RewardKind::Orm => {
+                Err(format!("`{prefix}kind`: here a reward judges whole solutions: use sparse, command or http"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// One weighted term of the outcome reward.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]

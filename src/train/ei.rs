@@ -10,7 +10,7 @@ use super::{TrainConfig, Trainer};
 use crate::config::Config;
 use crate::error::Result;
 use crate::eval::policy::{evaluate_policy, EvalSpec};
-use crate::reward::{RewardConfig, RewardKind, Rewarder};
+use crate::reward::{RewardConfig, Rewarder};
 use crate::rollout::rollout_with;
 use crate::run::{Metrics, Run, RunSpec};
 use crate::sample::Sampling;
@@ -65,10 +65,7 @@ impl Default for EiConfig {
 impl Config for EiConfig {
     fn check(&self) -> std::result::Result<(), String> {
         self.sampling.check("sampling.", 1)?;
-        self.reward.check("reward.")?;
-        if matches!(self.reward.kind, RewardKind::Heuristic | RewardKind::Orm) {
-            return Err("`reward.kind`: EI keeps solutions by their outcome: use sparse, command or http".into());
-        }
+        self.reward.check_outcome("reward.")?;
         self.eval.check("eval.")
     }
 }

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::eval::{auroc, expected_calibration_error, read_episodes};
 use crate::model::CausalLm;
-use crate::reward::outcome_probabilities;
+use crate::reward::{outcome_probabilities, RewardConfig, Rewarder};
 use crate::rollout::{rollout_with, Episode};
 use crate::run::{Metrics, Run, RunSpec};
 use crate::sample::Sampling;
@@ -66,6 +66,9 @@ pub struct OrmConfig {
     pub episodes: Option<PathBuf>,
     /// K solutions per question from the policy, on the `[rollout]` engine.
     pub sampling: Sampling,
+    /// What labels a solution right: the built-in check, or a verifier's reward reaching
+    /// `reward.threshold` (asked again for `episodes` read from a file).
+    pub reward: RewardConfig,
     pub train: TrainConfig,
     /// Token budget of a batch when scoring held-out solutions.
     pub eval_batch_tokens: usize,
@@ -85,6 +88,7 @@ impl Default for OrmConfig {
             pairwise_coef: 0.0,
             episodes: None,
             sampling: Sampling::default(),
+            reward: RewardConfig::default(),
             train: TrainConfig::default(),
             eval_batch_tokens: 16384,
             best_by: BestBy::Auroc,
@@ -97,6 +101,7 @@ impl Config for OrmConfig {
         if !(0.0..1.0).contains(&self.holdout) {
             return Err(format!("`holdout` = {}: must be in [0, 1)", self.holdout));
         }
+        self.reward.check_outcome("reward.")?;
         self.sampling.check("sampling.", 1)
     }
 }
@@ -121,6 +126,8 @@ pub fn run(cfg: &OrmConfig, resume: bool, force: bool) -> Result<PathBuf> {
             rollout_with(&engine, &model, &tokenizer, &prompter, &questions, &cfg.sampling.with_seed(common.seed))?
         }
     };
+    let by_id = questions.iter().map(|q| (q.id.as_str(), q)).collect();
+    Rewarder::new(&cfg.reward, &tokenizer, setup.device, dir)?.judge(&tokenizer, &mut episodes, &by_id)?;
     crate::fsutil::write_jsonl(&samples_file, &episodes)?;
     let mut seen = HashSet::new();
     episodes.retain(|e| cfg.dedup.key(&e.text).is_none_or(|key| seen.insert((e.problem_id.clone(), key))));

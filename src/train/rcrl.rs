@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::eval::policy::{evaluate_policy, EvalSpec};
 use crate::model::CausalLm;
-use crate::reward::{heuristic_checks, heuristic_step_rewards, split_steps, Orm};
+use crate::reward::{heuristic_checks, heuristic_step_rewards, split_steps, Orm, RewardConfig, Rewarder};
 use crate::rollout::{rollout_with, Episode};
 use crate::run::{Metrics, RunSpec};
 use crate::sample::Sampling;
@@ -59,6 +59,9 @@ pub struct RcrlConfig {
     pub dedup: Dedup,
     /// K solutions per question each round, on the `[rollout]` engine (synced every round).
     pub sampling: Sampling,
+    /// What counts as a right solution (its outcome label, and a heuristic step's fallback):
+    /// the built-in check, or a verifier's reward reaching `reward.threshold`.
+    pub reward: RewardConfig,
     pub train: TrainConfig,
     pub eval: EvalSpec,
 }
@@ -76,6 +79,7 @@ impl Default for RcrlConfig {
             include_references: false,
             dedup: Dedup::Text,
             sampling: Sampling::default(),
+            reward: RewardConfig::default(),
             train: TrainConfig::default(),
             eval: EvalSpec::default(),
         }
@@ -85,6 +89,7 @@ impl Default for RcrlConfig {
 impl Config for RcrlConfig {
     fn check(&self) -> std::result::Result<(), String> {
         self.sampling.check("sampling.", 1)?;
+        self.reward.check_outcome("reward.")?;
         self.eval.check("eval.")
     }
 }
@@ -254,6 +259,8 @@ pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
 
     let questions = setup.load(Split::Train, cfg.questions)?;
     let test = setup.load(Split::Test, cfg.eval.problems)?;
+    let by_id = questions.iter().map(|q| (q.id.as_str(), q)).collect();
+    let rewarder = Rewarder::new(&cfg.reward, &tokenizer, setup.device, dir)?;
     let prompter = common.prompter(&questions)?.unconditioned();
     let good_prompter = prompter.clone().conditioned(GOOD, per_step);
     let index: HashMap<&str, usize> = questions.iter().enumerate().map(|(i, q)| (q.id.as_str(), i)).collect();
@@ -289,8 +296,9 @@ pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
         let sampler = if round == 1 { &prompter } else { &good_prompter };
         engine.sync(&policy, &tokenizer)?;
         let sampling = cfg.sampling.with_seed(common.seed + round as u64);
-        let episodes = rollout_with(&engine, &policy, &tokenizer, sampler, &questions, &sampling)?;
+        let mut episodes = rollout_with(&engine, &policy, &tokenizer, sampler, &questions, &sampling)?;
         samples_seen += episodes.len();
+        let judged = rewarder.judge(&tokenizer, &mut episodes, &by_id)?;
         let (total, correct) = (episodes.len(), episodes.iter().filter(|e| e.correct).count());
         // 2. Label every new solution, right or wrong, and pool it.
         let fresh: Vec<Episode> = episodes
@@ -325,6 +333,7 @@ pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
             ("pool_size".into(), pool.solutions.len() as f64),
             ("pool_good_label_fraction".into(), good_fraction),
         ]);
+        line.extend(judged);
         log_round(&checkpoints, line, round, samples_seen)?;
         save_round(&checkpoints, &policy, &tokenizer, round, samples_seen, &pool)?;
     }
