@@ -405,3 +405,29 @@ fn rcrl_labels_and_orm_labels_follow_the_verifier() {
         assert_eq!(e["correct"].as_bool().unwrap(), !e["extracted_answer"].is_null(), "{e}");
     }
 }
+
+/// PPO with a separate critic: a verifier that dies in update 2 leaves the policy's and the
+/// critic's checkpoints of update 1, and `--resume` ends where the built-in run does.
+#[test]
+fn ppo_with_a_separate_critic_resumes_after_a_verifier_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path());
+    let ppo = |name: &str, extra: &[String]| {
+        let mut args =
+            grpo(dir.path(), &setup, name, &[vec!["critic=\"separate\"".to_string()], extra.to_vec()].concat());
+        args[0] = "ppo".into();
+        args
+    };
+    ok(&ppo("builtin", &[]));
+    let once = dir.path().join("die.once");
+    let text = format!("FAULT=die FAULT_AFTER=40 FAULT_ONCE={} python3 {}", once.display(), script().display());
+    let args = ppo("die", &command(&text));
+    let out = reasonrl(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("update 2 was not trained"), "{stderr}");
+    assert!(dir.path().join("die/critic/checkpoints/step-1").exists(), "the critic's checkpoint");
+    ok(&[args, vec!["--resume".into()]].concat());
+    let (builtin, run) = (dir.path().join("builtin"), dir.path().join("die"));
+    assert_eq!(column(&run, "reward/mean"), column(&builtin, "reward/mean"));
+    assert!(same_policy(&builtin.join("final"), &run.join("final")), "the policies differ");
+}

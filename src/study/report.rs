@@ -291,6 +291,12 @@ mod tests {
         assert_eq!(verdicts(&start, &[&sparse, &dense])[5], Verdict::Contradicted);
         let dense = row("ppo", "heuristic", Some(1.0), N, tenths(3), |_| 0.5);
         assert_eq!(verdicts(&start, &[&sparse, &dense])[5], Verdict::Reproduced);
+        // One point better on the same problems: a tight interval above 0 but below +3 is a
+        // gain too small to count, never both verdicts at once (the old rule said contradicted).
+        let dense = row("ppo", "heuristic", Some(1.0), N, |i| i % 10 < 3 || i % 100 == 55, |_| 0.5);
+        let d = paired(&dense, &sparse, "maj@1").unwrap();
+        assert!(d.lo > 0.0 && d.hi < MARGIN, "{d:?}");
+        assert_eq!(verdicts(&start, &[&sparse, &dense])[5], Verdict::Reproduced);
     }
 
     #[test]
