@@ -71,8 +71,22 @@ fn setup(dir: &Path) -> (String, String) {
     (model.display().to_string(), task.display().to_string())
 }
 
+/// `command`, then `--set KEY=VALUE` for each setting.
+fn with_sets(command: &str, sets: &[String]) -> Vec<String> {
+    let mut args = vec![command.to_string()];
+    for kv in sets {
+        args.extend(["--set".to_string(), kv.clone()]);
+    }
+    args
+}
+
 /// `reasonrl grpo` with 3 updates of 8 prompts x 4 into DIR/NAME, then `extra` settings.
-fn grpo(dir: &Path, (model, task): &(String, String), name: &str, extra: &[String]) -> Vec<String> {
+fn grpo(dir: &Path, setup: &(String, String), name: &str, extra: &[String]) -> Vec<String> {
+    pg("grpo", dir, setup, name, extra)
+}
+
+/// `grpo`'s run as `command` (ppo or grpo).
+fn pg(command: &str, dir: &Path, (model, task): &(String, String), name: &str, extra: &[String]) -> Vec<String> {
     let sets = [
         format!("model={model}"),
         format!("task=gsm8k:{task}"),
@@ -89,11 +103,7 @@ fn grpo(dir: &Path, (model, task): &(String, String), name: &str, extra: &[Strin
         "eval.samples_per_prompt=0".into(),
         "eval.max_new_tokens=8".into(),
     ];
-    let mut args = vec!["grpo".to_string()];
-    for kv in sets.iter().chain(extra) {
-        args.extend(["--set".to_string(), kv.clone()]);
-    }
-    args
+    with_sets(command, &[&sets[..], extra].concat())
 }
 
 fn command(text: &str) -> Vec<String> {
@@ -216,11 +226,7 @@ fn expert_iteration_keeps_what_the_verifier_passes_as_the_builtin_check_would() 
             "eval.samples_per_prompt=0".into(),
             "eval.max_new_tokens=8".into(),
         ];
-        let mut args = vec!["ei".to_string()];
-        for kv in sets.iter().chain(extra) {
-            args.extend(["--set".to_string(), kv.clone()]);
-        }
-        ok(&args);
+        ok(&with_sets("ei", &[&sets[..], extra].concat()));
         dir.path().join(name)
     };
     let builtin = ei("builtin", &[]);
@@ -337,11 +343,7 @@ fn eval_takes_the_verifiers_verdicts_and_reports_its_means_also_on_saved_episode
             "ks=[1,4]".into(),
             "max_new_tokens=16".into(),
         ];
-        let mut args = vec!["eval".to_string()];
-        for kv in sets.iter().chain(extra) {
-            args.extend(["--set".to_string(), kv.clone()]);
-        }
-        ok(&args);
+        ok(&with_sets("eval", &[&sets[..], extra].concat()));
         let text = std::fs::read_to_string(dir.path().join(name).join("summary.json")).unwrap();
         serde_json::from_str::<serde_json::Value>(&text).unwrap()
     };
@@ -382,11 +384,7 @@ fn rcrl_labels_and_orm_labels_follow_the_verifier() {
         } else {
             sets.push("holdout=0.25".into());
         }
-        let mut args = vec![command_name.to_string()];
-        for kv in sets.iter().chain(extra) {
-            args.extend(["--set".to_string(), kv.clone()]);
-        }
-        ok(&args);
+        ok(&with_sets(command_name, &[&sets[..], extra].concat()));
         dir.path().join(name)
     };
     // RCRL's outcome labels from the sparse verifier are the built-in ones.
@@ -413,10 +411,7 @@ fn ppo_with_a_separate_critic_resumes_after_a_verifier_failure() {
     let dir = tempfile::tempdir().unwrap();
     let setup = setup(dir.path());
     let ppo = |name: &str, extra: &[String]| {
-        let mut args =
-            grpo(dir.path(), &setup, name, &[vec!["critic=\"separate\"".to_string()], extra.to_vec()].concat());
-        args[0] = "ppo".into();
-        args
+        pg("ppo", dir.path(), &setup, name, &[vec!["critic=\"separate\"".to_string()], extra.to_vec()].concat())
     };
     ok(&ppo("builtin", &[]));
     let once = dir.path().join("die.once");

@@ -368,19 +368,7 @@ impl<'a> PgRun<'a> {
     /// nothing has changed it yet), so that `--resume` redoes the update with nothing lost.
     pub fn failed_update(&self, trained: Trained, update: usize, err: Error) -> Error {
         let (Error::Reward { .. } | Error::Engine { .. }) = &err else { return err };
-        let (samples, prompts) = self.before_update;
-        let state = TrainerState {
-            step: update - 1,
-            samples_seen: samples as u64,
-            policy_gradient: Some(PgState { prompts_taken: prompts as u64, ..trained.state }),
-            ..TrainerState::default()
-        };
-        let saved = trained
-            .critic
-            .map_or(Ok(()), |(critic, optimizer)| {
-                self.critic_checkpoints.save(critic, &self.tokenizer, optimizer, &state)
-            })
-            .and_then(|_| self.checkpoints.save(trained.policy, &self.tokenizer, trained.optimizer, &state));
+        let saved = self.save(trained, update - 1, self.before_update);
         self.progress.abandon();
         let note = match saved {
             Ok(()) => format!("update {update} was not trained; `--resume` redoes it"),
@@ -429,23 +417,28 @@ impl<'a> PgRun<'a> {
         self.progress.suspend(|| self.log(line, update))?;
         let stopping = crate::progress::stop_requested() && update < s.updates;
         if every(update, s.save_every) || stopping {
-            let state = TrainerState {
-                step: update,
-                samples_seen: self.samples_seen as u64,
-                policy_gradient: Some(PgState { prompts_taken: self.prompts_taken as u64, ..trained.state }),
-                ..TrainerState::default()
-            };
-            // The critic first: a policy checkpoint on disk implies its critic's.
-            if let Some((critic, critic_optimizer)) = trained.critic {
-                self.critic_checkpoints.save(critic, &self.tokenizer, critic_optimizer, &state)?;
-            }
-            self.checkpoints.save(trained.policy, &self.tokenizer, trained.optimizer, &state)?;
+            self.save(trained, update, (self.samples_seen, self.prompts_taken))?;
         }
         if stopping {
             self.progress.abandon_with_message(format!("stopped after update {update}; a checkpoint was written"));
             return Err(Error::Interrupted);
         }
         Ok(())
+    }
+
+    /// Writes the checkpoint of update `step`, at `(samples_seen, prompts_taken)`.
+    fn save(&self, trained: Trained, step: usize, (samples, prompts): (usize, usize)) -> Result<()> {
+        let state = TrainerState {
+            step,
+            samples_seen: samples as u64,
+            policy_gradient: Some(PgState { prompts_taken: prompts as u64, ..trained.state }),
+            ..TrainerState::default()
+        };
+        // The critic first: a policy checkpoint on disk implies its critic's.
+        if let Some((critic, critic_optimizer)) = trained.critic {
+            self.critic_checkpoints.save(critic, &self.tokenizer, critic_optimizer, &state)?;
+        }
+        self.checkpoints.save(trained.policy, &self.tokenizer, trained.optimizer, &state)
     }
 
     /// Saves the final policy into `RUN/final`.
