@@ -1,7 +1,7 @@
 //! `reasonrl bench`: training and sampling throughput of each preset (or a model folder) on this
 //! machine, on fixed-length rows (`bench_model`) or on a realistic rollout (`bench_workload`).
 
-use crate::engine::Engine;
+use crate::engine::{Engine, SamplingDtype};
 use crate::error::Result;
 use crate::model::{presets, CausalLm};
 use crate::prompt::Prompter;
@@ -38,6 +38,8 @@ pub struct BenchConfig {
     pub sample_batches: Vec<usize>,
     pub prompt_tokens: usize,
     pub new_tokens: usize,
+    /// The sampling copy's dtype (`[rollout] dtype`).
+    pub sampling_dtype: SamplingDtype,
 }
 
 /// Measures one preset with a tokenizer of the given vocabulary.
@@ -93,9 +95,10 @@ pub fn bench_model(name: &str, mut model: CausalLm, tokenizer: &Tokenizer, cfg: 
             top_p: 1.0,
         };
         let sampling_cfg = SamplingConfig { stop_after_answer_line: false, ..spec.with_seed(0) };
-        generate(&model, tokenizer, &prompts[..1], &sampling_cfg)?; // warm-up
+        let copy = model.decoding_copy(Some(cfg.sampling_dtype.kind(&model)))?; // what rollouts sample with
+        generate(&copy, tokenizer, &prompts[..1], &sampling_cfg)?; // warm-up
         let start = Instant::now();
-        let generations = generate(&model, tokenizer, &prompts, &sampling_cfg)?;
+        let generations = generate(&copy, tokenizer, &prompts, &sampling_cfg)?;
         let tokens: usize = generations.iter().map(|g| g.tokens.len()).sum();
         sampling.push((batch, tokens as f64 / start.elapsed().as_secs_f64()));
     }

@@ -250,8 +250,9 @@ fn run_bench_workload(args: BenchArgs, device: tch::Device, kind: tch::Kind) -> 
         BenchEngine::Openai => format!("engine {}", args.base_url.join(", ")),
     };
     println!(
-        "{on}, dtype {:?}, threads {}; {} problems x {} samples of {}, temperature {}, batch {}",
+        "{on}, dtype {:?} (sampling {:?}), threads {}; {} problems x {} samples of {}, temperature {}, batch {}",
         args.dtype,
+        args.sampling_dtype,
         tch::get_num_threads(),
         problems.len(),
         spec_sampling.samples_per_prompt,
@@ -265,7 +266,7 @@ fn run_bench_workload(args: BenchArgs, device: tch::Device, kind: tch::Kind) -> 
     );
     let engine_dir = tempfile::tempdir()?;
     let rollout = match args.engine {
-        BenchEngine::Local => RolloutConfig::default(),
+        BenchEngine::Local => RolloutConfig { dtype: args.sampling_dtype, ..RolloutConfig::default() },
         BenchEngine::Openai if args.model.is_none() => bail!("--engine openai needs --model (the served model)"),
         BenchEngine::Openai => RolloutConfig {
             engine: EngineKind::Openai,
@@ -317,6 +318,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
         sample_batches: args.sample_batches.clone(),
         prompt_tokens: 32,
         new_tokens: args.new_tokens,
+        sampling_dtype: args.sampling_dtype,
     };
     if matches!(args.workload, Workload::Eval) || args.engine == BenchEngine::Openai {
         return run_bench_workload(args, cfg.device, kind);
@@ -326,7 +328,13 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
         Some(dir) => reasonrl::tokenizer::Tokenizer::load(dir)?,
         None => bench_tokenizer(&TaskSpec::parse("builtin")?)?,
     };
-    println!("device {:?}, dtype {:?}, threads {}", cfg.device, args.dtype, tch::get_num_threads());
+    println!(
+        "device {:?}, dtype {:?} (sampling {:?}), threads {}",
+        cfg.device,
+        args.dtype,
+        args.sampling_dtype,
+        tch::get_num_threads()
+    );
     println!(
         "{:<8} {:>11} {:>14} {:>10} {:>20}",
         "preset", "parameters", "train tok/s", "step ms", "sample tok/s (batch)"

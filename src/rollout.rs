@@ -1,7 +1,7 @@
 //! Problems -> Episodes: prompt, sample, extract and check the answer. Every algorithm and the
 //! evaluator consume Episodes, so this is the one path from a policy to scored samples.
 
-use crate::engine::Engine;
+use crate::engine::{Engine, SamplingDtype};
 use crate::error::Result;
 use crate::model::CausalLm;
 use crate::prompt::Prompter;
@@ -45,7 +45,7 @@ pub fn rollout(
     problems: &[Problem],
     cfg: &SamplingConfig,
 ) -> Result<Vec<Episode>> {
-    rollout_with(&Engine::Local, model, tokenizer, prompter, problems, cfg)
+    rollout_with(&Engine::Local(SamplingDtype::Auto), model, tokenizer, prompter, problems, cfg)
 }
 
 /// Samples `cfg.samples_per_prompt` solutions per problem on `engine` (from `model` when it is
@@ -67,15 +67,8 @@ pub fn rollout_with(
     let mut cfg = cfg.clone();
     cfg.stop_strings.extend(prompter.stop_strings());
     cfg.step_prefix = cfg.step_prefix.or(prompter.step_condition(tokenizer)?);
-    // A server decodes its own copy of the weights; here, a LoRA policy may be merged first.
-    let generate = |m: &CausalLm| engine.generate(m, tokenizer, &prompts, &cfg);
-    let generations = if prompts.is_empty() {
-        Vec::new()
-    } else if engine.is_remote() {
-        generate(model)?
-    } else {
-        model.for_decoding(generate)?
-    };
+    let generations =
+        if prompts.is_empty() { Vec::new() } else { engine.generate(model, tokenizer, &prompts, &cfg)? };
     let episodes = generations
         .into_iter()
         .map(|g| {

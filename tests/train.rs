@@ -211,6 +211,7 @@ fn an_orm_learns_which_solutions_are_right() {
 
 #[test]
 fn the_trainers_log_probs_equal_the_samplers_and_a_mismatch_is_refused() {
+    use reasonrl::engine::SamplingDtype;
     use reasonrl::train::pg::{score_responses, unpad_rows};
     use reasonrl::train::pg_run::check_behaviour_logprobs;
     let dir = tempfile::tempdir().unwrap();
@@ -225,12 +226,25 @@ fn the_trainers_log_probs_equal_the_samplers_and_a_mismatch_is_refused() {
         ..Default::default()
     }
     .with_seed(0);
-    let mut episodes =
-        reasonrl::rollout::rollout(&model, &tokenizer, &reasonrl::prompt::Prompter::plain(), &problems, &cfg).unwrap();
+    let prompter = reasonrl::prompt::Prompter::plain();
+    let sample = |dtype| {
+        let engine = reasonrl::engine::Engine::Local(dtype);
+        reasonrl::rollout::rollout_with(&engine, &model, &tokenizer, &prompter, &problems, &cfg).unwrap()
+    };
+    let score = |episodes: &[reasonrl::rollout::Episode]| {
+        let refs: Vec<_> = episodes.iter().collect();
+        let lens: Vec<usize> = refs.iter().map(|e| e.response_tokens.len()).collect();
+        let scored = tch::no_grad(|| score_responses(&model, &refs, 0.7));
+        (unpad_rows(&scored.logprobs, &lens).unwrap(), scored)
+    };
+    // A bf16 sampling copy is close to the f32 trainer, not equal: its gap is logged instead.
+    let bf16 = sample(SamplingDtype::Bf16);
+    let (mean, max) = reasonrl::train::pg_run::logprob_gap(&bf16.iter().collect::<Vec<_>>(), &score(&bf16).0);
+    assert!(max > 1e-4 && mean < 0.02, "bf16 log-prob gap: mean {mean}, max {max}");
+    let mut episodes = sample(SamplingDtype::F32);
     let refs: Vec<_> = episodes.iter().collect();
     let lens: Vec<usize> = refs.iter().map(|e| e.response_tokens.len()).collect();
-    let scored = tch::no_grad(|| score_responses(&model, &refs, 0.7));
-    let recomputed = unpad_rows(&scored.logprobs, &lens).unwrap();
+    let (recomputed, scored) = score(&episodes);
     assert!(check_behaviour_logprobs(&refs, &recomputed, 1e-4).unwrap() < 1e-4);
     assert_eq!(scored.values.unwrap().size(), scored.mask.size(), "one value per response token");
     // A wrong temperature is exactly the kind of bug the check exists for.

@@ -25,6 +25,7 @@ use crate::tokenizer::Tokenizer;
 use remote::Remote;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::path::Path;
+use tch::{Device, Kind};
 
 /// Which engine samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -35,6 +36,44 @@ pub enum EngineKind {
     Local,
     /// OpenAI-compatible servers (`/v1/completions`).
     Openai,
+}
+
+/// The dtype of the copy of the policy that the local engine samples with (logits and the
+/// sampling itself are f32 either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplingDtype {
+    /// bf16 on a CPU with AVX512-BF16 (and AMX), where it is faster from the tiny preset up (1.2x
+    /// f32 on its eval workload, 2x on the medium preset); the model's own dtype elsewhere.
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+}
+
+impl SamplingDtype {
+    /// The dtype to sample `model` with.
+    pub fn kind(self, model: &Llama) -> Kind {
+        match self {
+            SamplingDtype::Auto if model.device() == Device::Cpu && cpu_has_bf16() => Kind::BFloat16,
+            SamplingDtype::Auto => model.kind(),
+            SamplingDtype::F32 => Kind::Float,
+            SamplingDtype::Bf16 => Kind::BFloat16,
+        }
+    }
+}
+
+/// Whether this CPU multiplies bf16 in hardware: AVX512-BF16, which every CPU with AMX also has
+/// (libtorch's bf16 matmuls then run 2.5-3x its f32 ones).
+pub fn cpu_has_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// How the servers come to serve the current policy.
@@ -55,6 +94,8 @@ pub enum SyncMode {
 #[serde(default, deny_unknown_fields)]
 pub struct RolloutConfig {
     pub engine: EngineKind,
+    /// `local`: the dtype to sample in.
+    pub dtype: SamplingDtype,
     /// One server or several (a string or a list); requests are spread across them.
     #[serde(deserialize_with = "one_or_many")]
     pub base_url: Vec<String>,
@@ -86,6 +127,7 @@ impl Default for RolloutConfig {
     fn default() -> Self {
         RolloutConfig {
             engine: EngineKind::Local,
+            dtype: SamplingDtype::Auto,
             base_url: vec!["http://127.0.0.1:8080".into()],
             model: String::new(),
             api_key_env: String::new(),
@@ -154,7 +196,7 @@ fn host_port(url: &str) -> Option<(String, u16)> {
 
 /// The sampler of a run: this process, or OpenAI-compatible servers.
 pub enum Engine {
-    Local,
+    Local(SamplingDtype),
     Remote(Box<Remote>),
 }
 
@@ -170,7 +212,7 @@ impl Engine {
             ));
         }
         Ok(match cfg.engine {
-            EngineKind::Local => Engine::Local,
+            EngineKind::Local => Engine::Local(cfg.dtype),
             EngineKind::Openai => Engine::Remote(Box::new(Remote::new(cfg.clone(), work_dir)?)),
         })
     }
@@ -182,22 +224,28 @@ impl Engine {
     /// Makes the engine serve `policy` (a no-op locally and with `sync = "none"`).
     pub fn sync(&mut self, policy: &CausalLm, tokenizer: &Tokenizer) -> Result<()> {
         match self {
-            Engine::Local => Ok(()),
+            Engine::Local(_) => Ok(()),
             Engine::Remote(r) => r.sync(policy, tokenizer),
         }
     }
 
-    /// `samples_per_prompt` responses to every prompt, ordered by prompt, then sample; `model`
-    /// samples when the engine is local.
+    /// Whether the engine samples with the trainer's numerics: the same weights in the same
+    /// dtype, so its log-probs are the trainer's (otherwise their gap is worth logging).
+    pub fn samples_exactly(&self, model: &Llama) -> bool {
+        matches!(self, Engine::Local(dtype) if dtype.kind(model) == model.kind())
+    }
+
+    /// `samples_per_prompt` responses to every prompt, ordered by prompt, then sample. Locally,
+    /// `model`'s decoding copy samples (its adapters merged, in the configured dtype).
     pub fn generate(
         &self,
-        model: &Llama,
+        model: &CausalLm,
         tokenizer: &Tokenizer,
         prompts: &[Vec<u32>],
         cfg: &SamplingConfig,
     ) -> Result<Vec<Generation>> {
         match self {
-            Engine::Local => generate(model, tokenizer, prompts, cfg),
+            Engine::Local(dtype) => generate(&model.decoding_copy(Some(dtype.kind(model)))?, tokenizer, prompts, cfg),
             Engine::Remote(r) => r.generate(model, tokenizer, prompts, cfg),
         }
     }

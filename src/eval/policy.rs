@@ -2,7 +2,7 @@
 //! every problem, and one pass of K samples per problem (maj@k, pass@k) over the first ones.
 
 use super::{evaluate, EvalOptions, Metric};
-use crate::engine::Engine;
+use crate::engine::{Engine, SamplingDtype};
 use crate::error::Result;
 use crate::model::CausalLm;
 use crate::prompt::Prompter;
@@ -101,11 +101,12 @@ pub fn evaluate_policy(
     test: &[Problem],
     spec: &EvalSpec,
     seed: u64,
+    dtype: SamplingDtype,
 ) -> Result<Metrics> {
     if test.is_empty() {
         return Ok(Metrics::new());
     }
-    let (greedy, samples) = sample_episodes(&Engine::Local, policy, tokenizer, prompter, test, spec, seed)?;
+    let (greedy, samples) = sample_episodes(&Engine::Local(dtype), policy, tokenizer, prompter, test, spec, seed)?;
     let ks = if samples.is_empty() { vec![] } else { spec.ks() };
     let opts = EvalOptions { ks, temperature: Some(spec.sampling.temperature), ..EvalOptions::default() };
     let (_, summary) = evaluate(&greedy, &samples, None, &opts)?;

@@ -2,7 +2,7 @@
 //! and fold them in.
 
 use super::hf::{CausalLm, CONFIG_FILE, HEAD_FILE};
-use super::llama::HEAD_PREFIX;
+use super::llama::{Llama, HEAD_PREFIX};
 use super::lora::{is_adapter, read_peft_config, BaseDtype, LoraConfig, LoraState, ADAPTER_CONFIG_FILE};
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -80,15 +80,17 @@ impl CausalLm {
         }
     }
 
-    /// `f` of the model to decode with: a merged copy when the adapters sit on an f32 base
-    /// (un-merged, their small matmuls cost about a third of the decoding speed: 2,558 vs 3,930
-    /// tok/s on the small preset), this model otherwise (merged into a bf16 base, the update
-    /// would be rounded, and sampled log-probs would drift from the trainer's).
-    pub fn for_decoding<T>(&self, f: impl FnOnce(&CausalLm) -> Result<T>) -> Result<T> {
-        match &self.lora {
-            Some(l) if l.config.base_dtype == BaseDtype::F32 => f(&self.merged()?),
-            _ => f(self),
-        }
+    /// The copy to sample with (see [`Llama::decoding_copy`]), in `kind` or this model's own
+    /// dtype. Adapters on an f32 base are merged in first (un-merged, their small matmuls cost
+    /// about a third of the decoding speed: 2,558 vs 3,930 tok/s on the small preset); on a bf16
+    /// base they stay apart (merged, the update would be rounded, and sampled log-probs would
+    /// drift from the trainer's).
+    pub fn decoding_copy(&self, kind: Option<Kind>) -> Result<Llama> {
+        let kind = kind.unwrap_or(self.net.kind());
+        Ok(match &self.lora {
+            Some(l) if l.config.base_dtype == BaseDtype::F32 => self.merged()?.net.decoding_copy(kind),
+            _ => self.net.decoding_copy(kind),
+        })
     }
 
     /// Whether `name` is trained: every variable, or with LoRA the adapters and a scalar head.

@@ -47,6 +47,46 @@ impl Linear {
         }
     }
 
+    /// This layer detached, in `kind` (a shallow copy when it is in `kind` already); an
+    /// adapter stays as it is.
+    fn copy_as(&self, kind: Kind) -> Linear {
+        Linear {
+            weight: self.weight.detach().to_kind(kind),
+            bias: self.bias.as_ref().map(|b| b.detach().to_kind(kind)),
+            adapter: self.adapter.as_ref().map(|a| Adapter {
+                a: a.a.detach(),
+                b: a.b.detach(),
+                scale: a.scale,
+                dropout: a.dropout,
+            }),
+        }
+    }
+
+    /// `layers` stacked into one layer, in `kind`, and each of them as a view into it. None when
+    /// one has an adapter.
+    fn stack(layers: &[&Linear], kind: Kind) -> Option<(Linear, Vec<Linear>)> {
+        if layers.iter().any(|l| l.adapter.is_some()) {
+            return None;
+        }
+        let cat = |ts: Vec<&Tensor>| Tensor::cat(&ts, 0).detach().to_kind(kind);
+        let weight = cat(layers.iter().map(|l| &l.weight).collect());
+        let bias = layers.iter().map(|l| l.bias.as_ref()).collect::<Option<Vec<_>>>().map(cat);
+        let mut start = 0;
+        let views = layers
+            .iter()
+            .map(|l| {
+                let n = l.weight.size()[0];
+                start += n;
+                Linear {
+                    weight: weight.narrow(0, start - n, n),
+                    bias: bias.as_ref().map(|b| b.narrow(0, start - n, n)),
+                    adapter: None,
+                }
+            })
+            .collect();
+        Some((Linear { weight, bias, adapter: None }, views))
+    }
+
     /// Adds a fresh adapter under `p` (`lora_A.weight`, `lora_B.weight`, f32); B = 0, so the
     /// layer's output does not change.
     fn add_adapter(&mut self, p: nn::Path, cfg: &LoraConfig) {
@@ -76,6 +116,55 @@ struct Block {
     gate: Linear,
     up: Linear,
     down: Linear,
+    /// A decoding copy's q|k|v and gate|up, each stacked into one matmul (see
+    /// [`Llama::decoding_copy`]); q, k, v, gate and up are then views into them.
+    fused: Option<(Linear, Linear)>,
+}
+
+impl Block {
+    /// The MLP's gate and up projections of `x`.
+    fn gate_up(&self, x: &Tensor, a: AdapterUse) -> (Tensor, Tensor) {
+        match &self.fused {
+            Some((_, gate_up)) => {
+                let y = gate_up.forward(x, a);
+                let n = self.gate.weight.size()[0];
+                (y.narrow(-1, 0, n), y.narrow(-1, n, n))
+            }
+            None => (self.gate.forward(x, a), self.up.forward(x, a)),
+        }
+    }
+
+    /// See [`Llama::decoding_copy`].
+    fn decoding_copy(&self, kind: Kind) -> Block {
+        let norm = |t: &Tensor| t.detach().to_kind(kind);
+        let qkv = Linear::stack(&[&self.q, &self.k, &self.v], kind);
+        let gate_up = Linear::stack(&[&self.gate, &self.up], kind);
+        let ([q, k, v], [gate, up], fused) = match (qkv, gate_up) {
+            (Some((qkv, views)), Some((gate_up, halves))) => {
+                (views.try_into().expect("three views"), halves.try_into().expect("two views"), Some((qkv, gate_up)))
+            }
+            _ => (
+                [&self.q, &self.k, &self.v].map(|l| l.copy_as(kind)),
+                [&self.gate, &self.up].map(|l| l.copy_as(kind)),
+                None,
+            ),
+        };
+        Block {
+            input_norm: norm(&self.input_norm),
+            q,
+            k,
+            v,
+            o: self.o.copy_as(kind),
+            qk_norm: self.qk_norm.as_ref().map(|(q, k)| (norm(q), norm(k))),
+            post_norm: norm(&self.post_norm),
+            ffn_norms: self.ffn_norms.as_ref().map(|(pre, post)| (norm(pre), norm(post))),
+            sliding: self.sliding,
+            gate,
+            up,
+            down: self.down.copy_as(kind),
+            fused,
+        }
+    }
 }
 
 /// Keys and values of every layer, `[B, kv_heads, capacity, head_dim]`. Rows are right-aligned
@@ -112,12 +201,23 @@ impl KvCache {
             let _ = dst.narrow(2, 0, columns).index_copy_(0, to, &src.narrow(2, 0, columns).index_select(0, from));
         }
     }
-    fn store(&mut self, layer: usize, k: &Tensor, v: &Tensor, columns: &Tensor, span: i64) -> (Tensor, Tensor) {
-        let capacity = self.keys[layer].size()[2];
-        assert!(span <= capacity, "KV cache capacity exceeded");
-        let index = columns.expand_as(k);
-        let _ = self.keys[layer].scatter_(2, &index, k);
-        let _ = self.values[layer].scatter_(2, &index, v);
+    /// Where token `t` of row `b` goes for each key/value head `h`, flattened `[B * heads * T]`:
+    /// the cache's row `(b * heads + h) * capacity + positions[b, t]` when viewed as `[-1,
+    /// head_dim]`. One `index_copy_` of whole rows then stores a layer's keys: a bf16 `scatter_`
+    /// (the obvious way) costs 40x as much on CPU.
+    fn rows_for(&self, positions: &Tensor) -> Tensor {
+        let [b, heads, capacity, _] = self.keys[0].size()[..] else { panic!("a cache is [B, heads, capacity, dim]") };
+        let opts = (Kind::Int64, positions.device());
+        let base = Tensor::arange(b * heads, opts).view([b, heads, 1]) * capacity;
+        (base + positions.unsqueeze(1)).view([-1])
+    }
+
+    fn store(&mut self, layer: usize, k: &Tensor, v: &Tensor, rows: &Tensor, span: i64) -> (Tensor, Tensor) {
+        let dim = *k.size().last().expect("keys have a head dimension");
+        assert!(span <= self.keys[layer].size()[2], "KV cache capacity exceeded");
+        for (cache, new) in [(&self.keys[layer], k), (&self.values[layer], v)] {
+            let _ = cache.view([-1, dim]).index_copy_(0, rows, &new.reshape([-1, dim]));
+        }
         (self.keys[layer].narrow(2, 0, span), self.values[layer].narrow(2, 0, span))
     }
 }
@@ -178,6 +278,7 @@ impl Llama {
                     gate: Linear::new(&mlp / "gate_proj", h, c.intermediate_size, c.mlp_bias, std),
                     up: Linear::new(&mlp / "up_proj", h, c.intermediate_size, c.mlp_bias, std),
                     down: Linear::new(&mlp / "down_proj", c.intermediate_size, h, c.mlp_bias, resid_std),
+                    fused: None,
                 }
             })
             .collect();
@@ -202,6 +303,26 @@ impl Llama {
             adapters_off: AtomicBool::new(false),
             adapter_dropout: AtomicBool::new(false),
         }
+    }
+
+    /// A detached copy to sample with, its weights in `kind`, and each block's q/k/v and
+    /// gate/up projections stacked into one matmul each (when they have no adapter): a decoding
+    /// step of the tiny preset at batch 128 is a few dozen small ops per layer, and each one
+    /// saved counts. Sampling calls it per rollout, so later updates to this model never reach
+    /// a copy.
+    pub fn decoding_copy(&self, kind: Kind) -> Llama {
+        tch::no_grad(|| Llama {
+            config: self.config.clone(),
+            embed: self.embed.detach().to_kind(kind),
+            blocks: self.blocks.iter().map(|b| b.decoding_copy(kind)).collect(),
+            norm: self.norm.detach().to_kind(kind),
+            lm_head: self.lm_head.as_ref().map(|l| l.copy_as(kind)),
+            head: self.head.as_ref().map(|l| l.copy_as(l.weight.kind())),
+            inv_freq: self.inv_freq.shallow_clone(),
+            gemma: self.gemma.as_ref().map(|(g, f)| (g.clone(), f.shallow_clone())),
+            adapters_off: AtomicBool::new(self.adapters_off.load(Ordering::SeqCst)),
+            adapter_dropout: AtomicBool::new(false),
+        })
     }
 
     /// Adds a LoRA adapter to every `cfg.target_modules` layer of every block, its variables
@@ -271,8 +392,7 @@ impl Llama {
     ) -> Tensor {
         let global = self.rope(positions, &self.inv_freq);
         let local = self.gemma.as_ref().map(|(_, f)| self.rope(positions, f));
-        // [B, 1, T, 1]: broadcasts over heads and head dims when scattered into the cache.
-        let columns = cache.as_ref().map(|_| positions.unsqueeze(1).unsqueeze(-1));
+        let rows = cache.as_ref().map(|c| c.cache.rows_for(positions));
         let a = self.adapter_use();
         let mut x = Tensor::embedding(&self.embed, ids, -1, false, false);
         if self.gemma.is_some() {
@@ -282,7 +402,7 @@ impl Llama {
         }
         let window = self.window_mask(positions, mask, cache.as_ref().map(|c| c.span));
         for (i, b) in self.blocks.iter().enumerate() {
-            let layer_cache = cache.as_mut().zip(columns.as_ref()).map(|(c, cols)| (&mut *c.cache, i, cols, c.span));
+            let layer_cache = cache.as_mut().zip(rows.as_ref()).map(|(c, rows)| (&mut *c.cache, i, rows, c.span));
             let (cos, sin, mask) = match (&local, &window) {
                 (Some((cos, sin)), Some(window)) if b.sliding => (cos, sin, Some(window)),
                 _ => (&global.0, &global.1, mask),
@@ -292,14 +412,13 @@ impl Llama {
                 // Gemma 3: x + norm(attn(norm(x))), then the same around the MLP.
                 Some((pre, post)) => {
                     let h = &x + self.rms(&attn, &b.post_norm);
-                    let hn = self.rms(&h, pre);
-                    let mlp = b.down.forward(&(b.gate.forward(&hn, a).gelu("tanh") * b.up.forward(&hn, a)), a);
-                    &h + self.rms(&mlp, post)
+                    let (gate, up) = b.gate_up(&self.rms(&h, pre), a);
+                    &h + self.rms(&b.down.forward(&(gate.gelu("tanh") * up), a), post)
                 }
                 None => {
                     let h = &x + attn;
-                    let hn = self.rms(&h, &b.post_norm);
-                    &h + b.down.forward(&(b.gate.forward(&hn, a).silu() * b.up.forward(&hn, a)), a)
+                    let (gate, up) = b.gate_up(&self.rms(&h, &b.post_norm), a);
+                    &h + b.down.forward(&(gate.silu() * up), a)
                 }
             };
         }
@@ -357,11 +476,18 @@ impl Llama {
             y.transpose(1, 2)
         };
         let (q_norm, k_norm) = b.qk_norm.as_ref().map_or((None, None), |(q, k)| (Some(q), Some(k)));
-        let q = apply_rope(&heads(b.q.forward(x, a), nh, q_norm), cos, sin);
-        let k = apply_rope(&heads(b.k.forward(x, a), nkv, k_norm), cos, sin);
-        let v = heads(b.v.forward(x, a), nkv, None);
+        let (q, k, v) = match &b.fused {
+            Some((qkv, _)) => {
+                let y = qkv.forward(x, a);
+                (y.narrow(2, 0, nh * hd), y.narrow(2, nh * hd, nkv * hd), y.narrow(2, (nh + nkv) * hd, nkv * hd))
+            }
+            None => (b.q.forward(x, a), b.k.forward(x, a), b.v.forward(x, a)),
+        };
+        let q = apply_rope(&heads(q, nh, q_norm), cos, sin);
+        let k = apply_rope(&heads(k, nkv, k_norm), cos, sin);
+        let v = heads(v, nkv, None);
         let (k, v) = match cache {
-            Some((cache, layer, columns, span)) => cache.store(layer, &k, &v, columns, span),
+            Some((cache, layer, rows, span)) => cache.store(layer, &k, &v, rows, span),
             None => (k, v),
         };
         let causal = mask.is_none() && t > 1;
@@ -400,6 +526,11 @@ impl Llama {
     /// The scalar head's values `[B, T]`, if the model has one.
     pub fn head_values(&self, hidden: &Tensor) -> Option<Tensor> {
         self.head.as_ref().map(|h| h.forward(hidden, self.adapter_use()).squeeze_dim(-1))
+    }
+
+    /// The weights' dtype (a LoRA adapter's and a scalar head's may be f32 over it).
+    pub fn kind(&self) -> Kind {
+        self.embed.kind()
     }
 
     pub fn device(&self) -> tch::Device {

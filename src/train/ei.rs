@@ -129,7 +129,8 @@ pub fn run(cfg: &EiConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 pool.add(i, &q.reference_solution);
             }
         }
-        let line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, common.seed)?;
+        let line =
+            evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, common.seed, common.rollout.dtype)?;
         log_round(&checkpoints, line, 0, 0)?;
     }
     for round in done + 1..=cfg.rounds {
@@ -168,7 +169,8 @@ pub fn run(cfg: &EiConfig, resume: bool, force: bool) -> Result<PathBuf> {
             trainer.train(&examples, &mut |_, _| Ok(Metrics::new()))?;
         }
         // 4. Evaluate and log the round.
-        let mut line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, common.seed)?;
+        let mut line =
+            evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, common.seed, common.rollout.dtype)?;
         line.extend([
             ("solved_fraction".into(), solved.len() as f64 / questions.len() as f64),
             ("pool_size".into(), pool.solutions.len() as f64),

@@ -298,10 +298,11 @@ impl<'a> PgRun<'a> {
     }
 
     /// Samples `samples_per_prompt` solutions to each of the next `prompts` training questions
-    /// (ordered by question, then sample) and counts them. Local samples are checked on the first
-    /// update of this process: the policy's recomputed log-probs must equal the sampler's. A
-    /// remote engine is synced first when due (every `rollout.sync_every` updates), and the gap
-    /// between its log-probs and the trainer's is logged instead (`rollout/logprob_diff_*`).
+    /// (ordered by question, then sample) and counts them. Samples drawn with the trainer's
+    /// numerics are checked on the first update of this process: the policy's recomputed
+    /// log-probs must equal the sampler's. Otherwise (a remote engine, synced first when due,
+    /// every `rollout.sync_every` updates, or a local bf16 copy of an f32 policy) the gap between
+    /// the sampler's log-probs and the trainer's is logged instead (`rollout/logprob_diff_*`).
     /// Returns the episodes and the trainer's log-probs (and the policy head's values, if any).
     pub fn sample(
         &mut self,
@@ -326,7 +327,7 @@ impl<'a> PgRun<'a> {
         self.samples_seen += episodes.len();
         let refs: Vec<&Episode> = episodes.iter().collect();
         let (logprobs, values) = self.score(policy, &refs)?;
-        if self.engine.is_remote() {
+        if !self.engine.samples_exactly(policy) {
             self.logprob_gap = Some(logprob_gap(&refs, &logprobs));
         } else if !self.checked {
             self.checked = true;
@@ -455,6 +456,7 @@ impl<'a> PgRun<'a> {
             &self.test,
             &self.settings.eval,
             self.settings.common.seed,
+            self.settings.common.rollout.dtype,
         )
     }
 

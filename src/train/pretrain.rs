@@ -133,7 +133,7 @@ pub fn run(cfg: &PretrainConfig, resume: bool, force: bool) -> Result<PathBuf> {
     );
     let mut trainer = Trainer::new(&mut model, &tokenizer, cfg.train.clone(), dir, resume)?;
     let mut eval = |m: &crate::model::CausalLm, _: &super::checkpoint::TrainerState| {
-        evaluate_policy(m, &tokenizer, &prompter, &validation, &cfg.eval, 0)
+        evaluate_policy(m, &tokenizer, &prompter, &validation, &cfg.eval, 0, cfg.common.rollout.dtype)
     };
     trainer.train(&examples, &mut eval)?;
     crate::run::save_final(dir, &model, &tokenizer)

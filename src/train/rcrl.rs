@@ -288,7 +288,8 @@ pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
                 });
             }
         }
-        let line = evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, common.seed)?;
+        let line =
+            evaluate_policy(&policy, &tokenizer, &prompter, &test, &cfg.eval, common.seed, common.rollout.dtype)?;
         log_round(&checkpoints, line, 0, 0)?;
     }
     for round in done + 1..=cfg.rounds {
@@ -328,7 +329,8 @@ pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
         trainer.objective = Objective::LanguageModel { context_only: vec![controls.good, controls.bad] };
         trainer.train(&examples, &mut |_, _| Ok(Metrics::new()))?;
         // 4. Evaluate conditioned on [GOOD], and log.
-        let mut line = evaluate_policy(&policy, &tokenizer, &good_prompter, &test, &cfg.eval, common.seed)?;
+        let mut line =
+            evaluate_policy(&policy, &tokenizer, &good_prompter, &test, &cfg.eval, common.seed, common.rollout.dtype)?;
         line.extend([
             ("pool_size".into(), pool.solutions.len() as f64),
             ("pool_good_label_fraction".into(), good_fraction),
