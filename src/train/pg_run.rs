@@ -23,6 +23,7 @@ use crate::task::{Problem, Split};
 use crate::tokenizer::Tokenizer;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::time::Instant;
 use tch::Device;
 
 /// What PPO and GRPO/RLOO configs share (flattened into each).
@@ -194,8 +195,11 @@ pub struct PgRun<'a> {
     /// The sampler, and the update whose policy it serves (None: not synced yet).
     engine: Engine,
     synced_at: Option<usize>,
-    /// Mean and max |engine log-prob - trainer log-prob| of the last rollout (remote engines).
+    /// Mean and max |sampler log-prob - trainer log-prob| of the last rollout (when the sampler
+    /// does not sample with the trainer's numerics).
     logprob_gap: Option<(f64, f64)>,
+    /// When this update began, and the seconds it spent sampling.
+    clock: (Instant, f64),
     stream: PromptStream,
     progress: indicatif::ProgressBar,
 }
@@ -243,6 +247,7 @@ impl<'a> PgRun<'a> {
             engine,
             synced_at: None,
             logprob_gap: None,
+            clock: (Instant::now(), 0.0),
             stream: PromptStream::new(questions.len(), common.seed),
             progress: indicatif::ProgressBar::hidden(),
             settings: s,
@@ -315,7 +320,9 @@ impl<'a> PgRun<'a> {
         let sampling = s.sampling.with_seed(seed);
         if round == 0 {
             self.before_update = (self.samples_seen, self.prompts_taken);
+            self.clock = (Instant::now(), 0.0);
         }
+        let started = Instant::now();
         let batch: Vec<Problem> =
             self.stream.take(s.prompts_per_update).into_iter().map(|i| self.questions[i].clone()).collect();
         self.prompts_taken += batch.len();
@@ -324,6 +331,7 @@ impl<'a> PgRun<'a> {
             self.synced_at = Some(update);
         }
         let episodes = rollout_with(&self.engine, policy, &self.tokenizer, &self.prompter, &batch, &sampling)?;
+        self.clock.1 += started.elapsed().as_secs_f64();
         self.samples_seen += episodes.len();
         let refs: Vec<&Episode> = episodes.iter().collect();
         let (logprobs, values) = self.score(policy, &refs)?;
@@ -409,9 +417,16 @@ impl<'a> PgRun<'a> {
                 episodes.iter().filter(|e| e.finish == crate::sample::Finish::Length).count() as f64 / n,
             ),
         ]);
+        // Where the update's time went: sampling (and engine syncs), the rest of the update
+        // (scoring, rewards, the reference, the optimiser steps), then evaluation.
+        let (began, sampling) = self.clock;
+        let update_s = began.elapsed().as_secs_f64();
+        line.extend([("time/rollout_s".into(), sampling), ("time/train_s".into(), update_s - sampling)]);
         let s = self.settings;
         if every(update, s.eval_every) || update == s.updates {
+            let started = Instant::now();
             line.extend(self.progress.suspend(|| self.evaluate(trained.policy))?);
+            line.insert("time/eval_s".into(), started.elapsed().as_secs_f64());
         }
         self.progress.set_position(update as u64);
         self.progress.set_message(message);
