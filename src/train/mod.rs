@@ -1,8 +1,9 @@
 //! The trainers. The supervised ones (`pretrain`, `sft`, `ei`, `orm`, `rcrl`) say what the
 //! examples are and what to evaluate, and share `trainer` (the loop), `objective` (what it
 //! minimises), `optim` (AdamW and the schedule) and `checkpoint`; EI and RCRL also share
-//! `rounds`. The policy-gradient ones (`ppo`, `grpo`) share `pg` (the equations), `pg_run`
-//! (the update loop's harness) and `minibatch` (minibatches cut into micro-batches).
+//! `rounds`. The policy-gradient ones (`ppo`, `grpo`) share `pg` (the equations), `pg_spec` (their
+//! common settings), `pg_run` (the update loop's harness) and `minibatch` (minibatches cut into
+//! micro-batches).
 
 pub mod checkpoint;
 pub mod ei;
@@ -13,6 +14,7 @@ pub mod optim;
 pub mod orm;
 pub mod pg;
 pub mod pg_run;
+pub mod pg_spec;
 pub mod ppo;
 pub mod pretrain;
 pub mod rcrl;
