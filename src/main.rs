@@ -283,11 +283,11 @@ struct BenchArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Parameter type (of training, and of sampling with `--sampling-dtype auto` off a
-    /// bf16-capable CPU).
+    /// Parameter type: of training, and of sampling unless `--sampling-dtype` picks another.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: BenchDtype,
-    /// The sampling copy's dtype, as `[rollout] dtype`: auto is bf16 on a CPU with AVX512-BF16.
+    /// The sampling copy's dtype, as `[rollout] dtype`: auto is bf16 for hidden size >= 512 on a
+    /// CPU with AVX512-BF16.
     #[arg(long, value_enum, default_value = "auto")]
     sampling_dtype: reasonrl::engine::SamplingDtype,
     /// Timed training steps per preset.
