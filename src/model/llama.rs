@@ -348,7 +348,11 @@ impl Llama {
         };
         // Gemma 3 scales by query_pre_attn_scalar^-1/2, not head_dim^-1/2.
         let scale = self.gemma.as_ref().map(|(g, _)| g.query_pre_attn_scalar.powf(-0.5));
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, causal, scale, grouped);
+        let y = if t == 1 && !x.device().is_cuda() {
+            decode_attention(&q, &k, &v, mask, scale.unwrap_or((hd as f64).powf(-0.5)))
+        } else {
+            Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, causal, scale, grouped)
+        };
         b.o.forward(&y.transpose(1, 2).reshape([bs, t, nh * hd]), a)
     }
 
@@ -398,6 +402,21 @@ impl Llama {
     pub fn forward_logits(&self, ids: &Tensor) -> Tensor {
         self.logits(&self.forward_hidden(ids))
     }
+}
+
+/// Attention of one query per row, `q` `[B, heads, 1, D]`, over keys and values `[B, kv_heads,
+/// S, D]` (mask `[B, 1, 1, S]`, true = attend): the query heads of each key head go through as
+/// one small matmul. On CPU this beats SDPA's flash kernel at decoding shapes by ~20% (tiny
+/// preset at batch 128, SmolLM2 at batch 64).
+fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Tensor {
+    let (b, heads, _, dim) = q.size4().expect("queries are [B, heads, 1, D]");
+    let kv_heads = k.size()[1];
+    let scores = q.reshape([b, kv_heads, heads / kv_heads, dim]).matmul(&k.transpose(-1, -2)) * scale;
+    let scores = match mask {
+        Some(m) => scores.masked_fill(&m.logical_not(), f64::NEG_INFINITY),
+        None => scores,
+    };
+    scores.softmax(-1, Kind::Float).to_kind(v.kind()).matmul(v).reshape([b, heads, 1, dim])
 }
 
 fn rotate_half(x: &Tensor) -> Tensor {

@@ -319,7 +319,8 @@ fn minibatch_step(
     optimizer.zero_grad();
     let parts = micro_batches(mb, episodes, pg.optim.batch_tokens);
     let mut logged = [0.0; 7];
-    for &(mb, share) in &parts {
+    for (mb, share) in &parts {
+        let share = *share;
         let part: Vec<&Episode> = mb.iter().map(|&i| &episodes[i]).collect();
         let r = part.iter().map(|e| e.response_tokens.len()).max().unwrap_or(1).max(1);
         let rows =

@@ -4,28 +4,33 @@ use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::rollout::Episode;
 
-/// This rank's part of minibatch `mb`, cut into micro-batches of at most `budget` tokens (rows x
-/// longest prompt + response; a longer episode is a micro-batch alone), each with its share of
-/// the whole minibatch's response tokens. The losses are means over the minibatch's tokens, so a
+/// This rank's part of minibatch `mb`, shortest episode first, cut into micro-batches of at most
+/// `budget` tokens (rows x longest prompt + response; a longer episode is a micro-batch alone),
+/// each with its share of the whole minibatch's response tokens. Sorting keeps padding out of the
+/// forward and backward passes. The losses are means over the minibatch's tokens, so a
 /// micro-batch's loss times its share, summed over micro-batches and ranks, is the minibatch's
 /// loss: the gradients that accumulate are the one update's, whatever the split and the world.
-pub fn micro_batches<'a>(mb: &'a [usize], episodes: &[Episode], budget: usize) -> Vec<(&'a [usize], f64)> {
-    let mine = &mb[crate::dist::world().shard(mb.len())];
+pub fn micro_batches(mb: &[usize], episodes: &[Episode], budget: usize) -> Vec<(Vec<usize>, f64)> {
+    let len = |i: usize| episodes[i].prompt_tokens.len() + episodes[i].response_tokens.len();
+    let mut mine = mb[crate::dist::world().shard(mb.len())].to_vec();
+    mine.sort_by_key(|&i| len(i));
     let tokens = |rows: &[usize]| rows.iter().map(|&i| episodes[i].response_tokens.len()).sum::<usize>();
     let whole = tokens(mb).max(1) as f64;
-    let (mut parts, mut start, mut longest) = (Vec::new(), 0, 0);
-    for (n, &i) in mine.iter().enumerate() {
-        let len = episodes[i].prompt_tokens.len() + episodes[i].response_tokens.len();
-        if n > start && longest.max(len) * (n + 1 - start) > budget {
-            parts.push(&mine[start..n]);
-            (start, longest) = (n, 0);
+    let mut parts: Vec<Vec<usize>> = Vec::new();
+    for i in mine {
+        // Sorted, so this episode is the longest of the part it joins.
+        match parts.last_mut() {
+            Some(part) if len(i) * (part.len() + 1) <= budget => part.push(i),
+            _ => parts.push(vec![i]),
         }
-        longest = longest.max(len);
     }
-    if start < mine.len() {
-        parts.push(&mine[start..]);
-    }
-    parts.into_iter().map(|part| (part, tokens(part) as f64 / whole)).collect()
+    parts
+        .into_iter()
+        .map(|part| {
+            let share = tokens(&part) as f64 / whole;
+            (part, share)
+        })
+        .collect()
 }
 
 /// Refuses minibatches smaller than the world: every rank needs an episode of each.
@@ -64,15 +69,16 @@ mod tests {
             reference_answer: "1".into(),
             correct: false,
         };
-        // Lengths 10, 20, 30 (too long alone), 10, 10; budget 25 tokens (rows x longest).
+        // Lengths 10, 20, 30 (too long alone), 10, 10; budget 25 tokens (rows x longest). Sorted:
+        // two of the 10s fit in 25, a third would make 30; 20 and 30 go alone.
         let episodes = [episode(5, 5), episode(5, 15), episode(5, 25), episode(5, 5), episode(5, 5)];
         let mb = [0, 1, 2, 3, 4];
         let parts = micro_batches(&mb, &episodes, 25);
-        let rows: Vec<&[usize]> = parts.iter().map(|p| p.0).collect();
-        assert_eq!(rows, [&[0][..], &[1], &[2], &[3, 4]]);
-        // Response tokens 5, 15, 25, 5 + 5 of 55.
+        let rows: Vec<&[usize]> = parts.iter().map(|p| p.0.as_slice()).collect();
+        assert_eq!(rows, [&[0, 3][..], &[4], &[1], &[2]]);
+        // Response tokens 5 + 5, 5, 15, 25 of 55.
         let shares: Vec<f64> = parts.iter().map(|p| (p.1 * 55.0 * 1e9).round() / 1e9).collect();
-        assert_eq!(shares, [5.0, 15.0, 25.0, 10.0]);
+        assert_eq!(shares, [10.0, 5.0, 15.0, 25.0]);
         assert_eq!(micro_batches(&mb, &episodes, usize::MAX).len(), 1);
     }
 }

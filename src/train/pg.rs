@@ -21,18 +21,28 @@ pub fn score_episodes(
     temperature: f64,
     chunk: usize,
 ) -> Result<(PerToken, Option<PerToken>)> {
-    tch::no_grad(|| {
-        let (mut logprobs, mut values) = (Vec::new(), model.has_head().then(Vec::new));
-        for part in episodes.chunks(chunk.max(1)) {
-            let lens: Vec<usize> = part.iter().map(|e| e.response_tokens.len()).collect();
-            let scored = score_responses(model, part, temperature);
-            logprobs.extend(unpad_rows(&scored.logprobs, &lens)?);
+    // Chunks of episodes of similar length, so that little of each forward is padding.
+    let mut order: Vec<usize> = (0..episodes.len()).collect();
+    order.sort_by_key(|&i| episodes[i].prompt_tokens.len() + episodes[i].response_tokens.len());
+    let (mut logprobs, mut values) =
+        (vec![Vec::new(); episodes.len()], model.has_head().then(|| vec![Vec::new(); episodes.len()]));
+    tch::no_grad(|| -> Result<()> {
+        for part in order.chunks(chunk.max(1)) {
+            let rows: Vec<&Episode> = part.iter().map(|&i| episodes[i]).collect();
+            let lens: Vec<usize> = rows.iter().map(|e| e.response_tokens.len()).collect();
+            let scored = score_responses(model, &rows, temperature);
+            for (&i, row) in part.iter().zip(unpad_rows(&scored.logprobs, &lens)?) {
+                logprobs[i] = row;
+            }
             if let (Some(all), Some(v)) = (values.as_mut(), &scored.values) {
-                all.extend(unpad_rows(v, &lens)?);
+                for (&i, row) in part.iter().zip(unpad_rows(v, &lens)?) {
+                    all[i] = row;
+                }
             }
         }
-        Ok((logprobs, values))
-    })
+        Ok(())
+    })?;
+    Ok((logprobs, values))
 }
 
 /// Response tokens of a batch of episodes under a model, all `[B, R]` with R the longest

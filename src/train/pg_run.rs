@@ -196,15 +196,28 @@ impl<'a> PgRun<'a> {
         self.clock.1 += started.elapsed().as_secs_f64();
         self.samples_seen += episodes.len();
         let refs: Vec<&Episode> = episodes.iter().collect();
-        let (logprobs, values) = self.score(policy, &refs)?;
-        if !self.engine.samples_exactly(policy) {
-            self.logprob_gap = Some(logprob_gap(&refs, &logprobs));
-        } else if !self.checked {
+        // Sampled with the trainer's numerics, the sampler's log-probs are the old policy's: the
+        // trainer's pass is then needed for a value head's values, and to check them once per
+        // process. Either way the sampler's are used, so a resumed run trains as the
+        // uninterrupted one did.
+        let exact = self.engine.samples_exactly(policy);
+        let sampler = |episodes: &[Episode]| episodes.iter().map(|e| e.logprobs.clone()).collect();
+        if exact && self.checked && !policy.has_head() {
+            let logprobs = sampler(&episodes);
+            return Ok((episodes, logprobs, None));
+        }
+        let (trainer, values) = self.score(policy, &refs)?;
+        if !exact {
+            self.logprob_gap = Some(logprob_gap(&refs, &trainer));
+            return Ok((episodes, trainer, values));
+        }
+        if !self.checked {
             self.checked = true;
-            let worst = check_behaviour_logprobs(&refs, &logprobs, 2e-3)?;
+            let worst = check_behaviour_logprobs(&refs, &trainer, 2e-3)?;
             self.progress
                 .suspend(|| eprintln!("behaviour log-probs agree with the trainer's (max difference {worst:.1e})"));
         }
+        let logprobs = sampler(&episodes);
         Ok((episodes, logprobs, values))
     }
 

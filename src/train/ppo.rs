@@ -259,7 +259,8 @@ fn minibatch_step(
         critic_optimizer.zero_grad();
     }
     let mut logged = [0.0; 7];
-    for &(mb, share) in &parts {
+    for (mb, share) in &parts {
+        let share = *share;
         let episodes: Vec<&Episode> = mb.iter().map(|&i| &batch.episodes[i]).collect();
         let r = episodes.iter().map(|e| e.response_tokens.len()).max().unwrap_or(1).max(1);
         let rows = |x: &[Vec<f32>]| pad_rows(&mb.iter().map(|&i| x[i].as_slice()).collect::<Vec<_>>(), r, device);
