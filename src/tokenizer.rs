@@ -100,6 +100,10 @@ impl Tokenizer {
             return Err(Error::file(path, "no such tokenizer folder or tokenizer.json file"));
         };
         let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+        // tokenizers panics on some malformed JSON (an `expect` in its decoder reader), so the
+        // syntax is checked here first.
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+            .map_err(|e| Error::file(&file, format!("not a valid tokenizer.json: invalid JSON: {e}")))?;
         let mut inner = tokenizers::Tokenizer::from_bytes(text.as_bytes())
             .map_err(|e| Error::file(&file, format!("not a valid tokenizer.json: {e}")))?;
         inner.with_truncation(None).map_err(|e| Error::file(&file, e.to_string()))?;

@@ -20,7 +20,7 @@ impl CausalLm {
             ));
         }
         let mut model = CausalLm::load(base, device, with_head || adapter.join(HEAD_FILE).exists())?;
-        model.add_lora(&cfg, base)?;
+        model.add_lora(&cfg, base).map_err(|e| Error::file(adapter.join(ADAPTER_CONFIG_FILE), e.to_string()))?;
         model.load_weights(adapter)?;
         Ok(model)
     }
@@ -30,6 +30,15 @@ impl CausalLm {
     /// `cfg.base_dtype`. The model then saves as an adapter folder.
     pub fn add_lora(&mut self, cfg: &LoraConfig, base: &Path) -> Result<()> {
         cfg.validate()?;
+        let c = self.config();
+        let widest = c.hidden_size.max(c.intermediate_size).max(c.num_attention_heads * c.head_dim());
+        if cfg.rank > widest {
+            return Err(Error::Invalid(format!(
+                "lora: rank {} is more than the widest layer of the model ({widest}): a LoRA rank beyond a layer's \
+                 width adds nothing",
+                cfg.rank
+            )));
+        }
         if self.lora.is_some() {
             return Err(Error::Invalid("the model already has LoRA adapters".into()));
         }

@@ -330,6 +330,23 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// About how many parameters the config implies (its matrices; norms and biases are a
+    /// rounding error), in f64 so that no size overflows: checked before anything is allocated.
+    pub fn approx_parameters(&self) -> f64 {
+        let [v, h, i, l, heads, kv, d] = [
+            self.vocab_size,
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_hidden_layers,
+            self.num_attention_heads,
+            self.kv_heads(),
+            self.head_dim(),
+        ]
+        .map(|x| x.max(0) as f64);
+        let embeddings = if self.tie_word_embeddings { v * h } else { 2.0 * v * h };
+        embeddings + l * (2.0 * h * heads * d + 2.0 * h * kv * d + 3.0 * h * i)
+    }
+
     pub fn kv_heads(&self) -> i64 {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }

@@ -180,6 +180,15 @@ impl Gguf {
                 return Err(Error::file(path, format!("tensor `{name}` has {n_dims} dimensions")));
             }
             let dims = (0..n_dims).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
+            // No tensor can hold more values than the file has bytes: this also keeps every
+            // size computed from the dimensions from overflowing.
+            let values = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+            if values.is_none_or(|n| n > r.bytes.len() as u64 * 4) {
+                return Err(Error::file(
+                    path,
+                    format!("tensor `{name}` has dimensions {dims:?}, more than the file holds"),
+                ));
+            }
             let type_id = r.u32()?;
             let offset = r.u64()?;
             tensors.push(TensorInfo { name, dims, type_id, offset });
@@ -207,12 +216,12 @@ impl Gguf {
                 format!("tensor `{}`: {} values are not whole blocks", t.name, t.len()),
             ));
         }
-        let start = self.data_start + t.offset as usize;
-        let end = start + t.len() / per_block * block_bytes;
-        if end > self.bytes.len() {
+        let start = (self.data_start as u64).saturating_add(t.offset);
+        let end = start.saturating_add((t.len() / per_block * block_bytes) as u64);
+        if end > self.bytes.len() as u64 {
             return Err(Error::file(&self.path, format!("tensor `{}` runs past the end of the file", t.name)));
         }
-        Ok((kind, &self.bytes[start..end]))
+        Ok((kind, &self.bytes[start as usize..end as usize]))
     }
 
     /// A tensor's values as f32, in ggml order (innermost dimension fastest).

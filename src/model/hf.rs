@@ -39,6 +39,15 @@ impl CausalLm {
     /// A freshly initialised model (f32).
     pub fn new(config: &ModelConfig, device: Device, with_head: bool) -> Result<Self> {
         config.validate().map_err(Error::Invalid)?;
+        let (needed, available) = (4.0 * config.approx_parameters(), available_memory().unwrap_or(f64::MAX));
+        if device == Device::Cpu && needed > available {
+            return Err(Error::Invalid(format!(
+                "this model's {:.3e} parameters need about {:.1} GB in f32, and this machine has {:.1} GB available",
+                needed / 4.0,
+                needed / 1e9,
+                available / 1e9
+            )));
+        }
         let vs = nn::VarStore::new(device);
         let net = Llama::new(&vs.root(), config, with_head);
         Ok(CausalLm { vs, net, lora: None })
@@ -54,6 +63,7 @@ impl CausalLm {
             return CausalLm::load_adapter(&base, dir, device, with_head);
         }
         let config = ModelConfig::load(&dir.join(CONFIG_FILE))?;
+        check_sizes(&config, dir)?;
         let mut model = CausalLm::new(&config, device, with_head || dir.join(HEAD_FILE).exists())?;
         model.load_weights(dir)?;
         Ok(model)
@@ -102,6 +112,9 @@ impl CausalLm {
                                     var.size()
                                 ),
                             ));
+                        }
+                        if t.is_floating_point() && t.isfinite().all().int64_value(&[]) == 0 {
+                            return Err(Error::file(file, format!("tensor `{name}` holds NaN or infinite values")));
                         }
                         var.copy_(t);
                     }
@@ -259,6 +272,64 @@ impl CausalLm {
 }
 
 /// The safetensors files of a folder: the shards named by the index, or model.safetensors.
+/// Refuses a config.json whose sizes imply far more parameters than the weight files hold (a
+/// typo or a corrupted download), from the files' headers, before anything is allocated. The
+/// exact shapes are compared tensor by tensor when the weights are copied in.
+fn check_sizes(config: &ModelConfig, dir: &Path) -> Result<()> {
+    let files = weight_files(dir)?;
+    let mut stored = 0.0;
+    for file in &files {
+        stored += safetensors_elements(file)?;
+    }
+    let implied = config.approx_parameters();
+    if implied > 2.0 * stored + 1e6 {
+        let c = config;
+        return Err(Error::file(
+            dir.join(CONFIG_FILE),
+            format!(
+                "its sizes (vocab_size {}, hidden_size {}, intermediate_size {}, num_hidden_layers {}) imply about \
+                 {implied:.3e} parameters, but the weight files hold {stored:.3e}",
+                c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes of memory the machine has free (Linux's MemAvailable); None where it cannot be read.
+fn available_memory() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
+/// How many elements the tensors of a safetensors file hold, from its header alone.
+fn safetensors_elements(path: &Path) -> Result<f64> {
+    use std::io::Read;
+    let bad = |msg: String| Error::file(path, msg);
+    let mut file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let len = file.metadata().map_err(|e| bad(e.to_string()))?.len();
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let n = u64::from_le_bytes(n);
+    if n > len.saturating_sub(8) {
+        return Err(bad(format!("not a safetensors file: its header of {n} bytes runs past the end ({len} bytes)")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+    let header: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("not a safetensors header: {e}")))?;
+    let shape = |v: &serde_json::Value| -> Option<f64> {
+        v.get("shape")?.as_array()?.iter().map(|d| d.as_u64().map(|d| d as f64)).product()
+    };
+    let mut total = 0.0;
+    for (name, info) in header.iter().filter(|(name, _)| *name != "__metadata__") {
+        total += shape(info).ok_or_else(|| bad(format!("tensor `{name}` has no shape of whole numbers")))?;
+    }
+    Ok(total)
+}
+
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join(INDEX_FILE);
     if index.exists() {
