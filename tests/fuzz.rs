@@ -238,15 +238,30 @@ proptest! {
 
     #[test]
     fn configs_and_overrides_load_without_panics(
+        file in prop::sample::select(vec![
+            "sft", "pretrain", "ei", "rcrl", "orm", "ppo", "grpo", "dapo", "eval", "study", "study-recipes",
+        ]),
         damages in prop::collection::vec(any_damage(), 0..3),
-        key in prop::sample::select(vec!["train.lr", "train.epochs", "eval.ks", "prompt.format", "sampling", "x.y.z", ""]),
+        key in prop::sample::select(vec!["train.lr", "optim.lr", "updates", "eval.ks", "prompt.format", "sampling", "x.y.z", ""]),
         value in prop::sample::select(vec!["3e-4", "-1", "[1, 2", "\"text\"", "{a = 1}", "1e400", "nan", "", "=", "[[]]"]),
     ) {
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/sft.toml");
-        let path = scratch("configs").join("sft.toml");
+        use reasonrl::config::load;
+        use reasonrl::train::*;
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("configs/{file}.toml"));
+        let path = scratch("configs").join(format!("{file}.toml"));
         std::fs::write(&path, apply(&std::fs::read(source).unwrap(), &damages)).unwrap();
-        let overrides = [format!("{key}={value}")];
-        let _ = reasonrl::config::load::<reasonrl::train::sft::SftConfig>(Some(&path), &overrides);
+        let (path, sets) = (Some(path.as_path()), &[format!("{key}={value}")]);
+        let _ = match file {
+            "sft" => load::<sft::SftConfig>(path, sets).map(drop),
+            "pretrain" => load::<pretrain::PretrainConfig>(path, sets).map(drop),
+            "ei" => load::<ei::EiConfig>(path, sets).map(drop),
+            "rcrl" => load::<rcrl::RcrlConfig>(path, sets).map(drop),
+            "orm" => load::<orm::OrmConfig>(path, sets).map(drop),
+            "ppo" => load::<ppo::PpoConfig>(path, sets).map(drop),
+            "grpo" | "dapo" => load::<grpo::GrpoConfig>(path, sets).map(drop),
+            "eval" => load::<reasonrl::eval::run::EvalConfig>(path, sets).map(drop),
+            _ => load::<reasonrl::study::StudyConfig>(path, sets).map(drop),
+        };
     }
 
     #[test]
@@ -276,11 +291,18 @@ proptest! {
     }
 
     #[test]
-    fn damaged_metrics_logs_read_without_panics(damages in prop::collection::vec(any_damage(), 1..4)) {
+    fn damaged_metrics_logs_read_and_resume_without_panics(damages in prop::collection::vec(any_damage(), 1..4)) {
         let text = (1..=20).map(|s| format!("{{\"step\":{s}.0,\"loss\":{:.3},\"eval/maj@1\":0.25}}\n", 3.0 / s as f64)).collect::<String>();
-        let path = scratch("metrics").join("metrics.jsonl");
+        let run = scratch("metrics");
+        copy_dir(checkpoint(false), &run.join("checkpoints/step-0"));
+        let path = run.join("metrics.jsonl");
         std::fs::write(&path, apply(text.as_bytes(), &damages)).unwrap();
         let _ = reasonrl::plot::read_metrics(&path);
+        // Resuming cuts the log back to the checkpoint's step, whatever the log holds.
+        let mut model = tiny_model(false);
+        let mut optimizer = reasonrl::train::optim::AdamW::new(&model);
+        let checkpoints = reasonrl::train::checkpoint::Checkpoints::new(&run, 1);
+        prop_assert!(checkpoints.load_latest(&mut model, Some(&mut optimizer)).is_ok());
     }
 }
 

@@ -164,13 +164,16 @@ impl Checkpoints {
         writeln!(file, "{text}").map_err(|e| Error::io(&path, e))
     }
 
-    /// Keeps only the metrics lines up to `step` (a resumed run rewrites what came after).
+    /// Keeps only the metrics lines up to `step` (a resumed run rewrites what came after), and
+    /// those that read as JSON.
     fn truncate_metrics(&self, step: usize) -> Result<()> {
         let path = self.run_dir.join(METRICS_FILE);
         if !path.exists() || !fsutil::writes_here() {
             return Ok(());
         }
-        let text = fsutil::read_to_string(&path)?;
+        // A damaged log does not stop a resume: its unreadable lines go with the cut.
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let text = String::from_utf8_lossy(&bytes);
         let kept: Vec<&str> = text
             .lines()
             .filter(|l| {
