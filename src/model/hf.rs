@@ -271,7 +271,6 @@ impl CausalLm {
     }
 }
 
-/// The safetensors files of a folder: the shards named by the index, or model.safetensors.
 /// Refuses a config.json whose sizes imply far more parameters than the weight files hold (a
 /// typo or a corrupted download), from the files' headers, before anything is allocated. The
 /// exact shapes are compared tensor by tensor when the weights are copied in.
@@ -330,6 +329,7 @@ fn safetensors_elements(path: &Path) -> Result<f64> {
     Ok(total)
 }
 
+/// The safetensors files of a folder: the shards named by the index, or model.safetensors.
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join(INDEX_FILE);
     if index.exists() {
