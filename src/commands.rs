@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use reasonrl::engine::{Engine, EngineKind, RolloutConfig, SyncMode};
 use reasonrl::model::{presets, CausalLm};
-use reasonrl::rollout::{rollout, Episode};
+use reasonrl::rollout::{rollout_with, Episode};
 use reasonrl::task::{Split, TaskSpec};
 use reasonrl::{bench, fsutil, parse_device};
 use std::path::PathBuf;
@@ -175,7 +175,8 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     let problems = TaskSpec::parse(&args.task)?.load(args.split, Some(args.limit))?;
     let cfg = reasonrl::sample::SamplingConfig { stop_strings: args.stop, ..spec.with_seed(args.seed) };
     let start = std::time::Instant::now();
-    let episodes = rollout(&model, &tokenizer, &reasonrl::prompt::Prompter::plain(), &problems, &cfg)?;
+    let engine = reasonrl::engine::Engine::Local(args.sampling_dtype);
+    let episodes = rollout_with(&engine, &model, &tokenizer, &reasonrl::prompt::Prompter::plain(), &problems, &cfg)?;
     let seconds = start.elapsed().as_secs_f64();
     let tokens: usize = episodes.iter().map(|e| e.response_tokens.len()).sum();
     let correct = episodes.iter().filter(|e| e.correct).count();

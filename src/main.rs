@@ -264,6 +264,10 @@ struct SampleArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The sampling copy's dtype, as `[rollout] dtype`: auto is bf16 for hidden size >= 512 on a
+    /// CPU with AVX512-BF16.
+    #[arg(long, value_enum, default_value = "auto")]
+    sampling_dtype: reasonrl::engine::SamplingDtype,
     /// Write the episodes as JSONL here instead of printing a summary of each.
     #[arg(long)]
     out: Option<PathBuf>,

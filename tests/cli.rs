@@ -49,6 +49,16 @@ fn pipeline_runs_and_refuses_to_overwrite() {
     assert!(lines.iter().all(|e| e["correct"].is_boolean() && e["response_tokens"].as_array().unwrap().len() <= 8));
     let err = fails(&[&args[..], &["--out", s(&samples)]].concat());
     assert!(err.contains("s.jsonl"), "{err}");
+
+    // --sampling-dtype reaches the sampler: auto keeps the tiny preset in f32, bf16 does not.
+    let logprobs = |dtype: &str| {
+        let out = dir.path().join(format!("{dtype}.jsonl"));
+        ok(&[&args[..], &["--max-new-tokens", "8", "--sampling-dtype", dtype, "--force", "--out", s(&out)]].concat());
+        let lines = json_lines(&out);
+        lines.iter().flat_map(|e| e["logprobs"].as_array().unwrap().clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(logprobs("auto"), logprobs("f32"));
+    assert_ne!(logprobs("bf16"), logprobs("f32"));
 }
 
 #[test]
