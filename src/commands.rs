@@ -175,7 +175,7 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     let problems = TaskSpec::parse(&args.task)?.load(args.split, Some(args.limit))?;
     let cfg = reasonrl::sample::SamplingConfig { stop_strings: args.stop, ..spec.with_seed(args.seed) };
     let start = std::time::Instant::now();
-    let engine = reasonrl::engine::Engine::Local(args.sampling_dtype);
+    let engine = Engine::Local(args.sampling_dtype);
     let episodes = rollout_with(&engine, &model, &tokenizer, &reasonrl::prompt::Prompter::plain(), &problems, &cfg)?;
     let seconds = start.elapsed().as_secs_f64();
     let tokens: usize = episodes.iter().map(|e| e.response_tokens.len()).sum();

@@ -142,7 +142,7 @@ pub fn outcome_probabilities(model: &Llama, episodes: &[Episode], batch_tokens: 
             e.problem_id
         )));
     }
-    let lengths: Vec<usize> = episodes.iter().map(|e| e.prompt_tokens.len() + e.response_tokens.len()).collect();
+    let lengths: Vec<usize> = episodes.iter().map(|e| e.sequence_len()).collect();
     let mut order: Vec<usize> = (0..episodes.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
     let mut out = vec![Vec::new(); episodes.len()];

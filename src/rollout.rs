@@ -26,6 +26,11 @@ pub struct Episode {
 }
 
 impl Episode {
+    /// Prompt and response tokens: the length of the episode's sequence in a forward pass.
+    pub fn sequence_len(&self) -> usize {
+        self.prompt_tokens.len() + self.response_tokens.len()
+    }
+
     /// Reads the answer out of `text` and checks it against `reference_answer` with this
     /// checker; returns whether the verdict changed (episodes saved by an older reasonrl).
     pub fn grade(&mut self) -> bool {

@@ -97,6 +97,27 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Rewrites a JSON file through `edit`.
+fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    edit(&mut json);
+    std::fs::write(path, json.to_string()).unwrap();
+}
+
+/// A copy of the PEFT fixture (adapter over its base) in `scratch(name)`, its adapter_config.json
+/// pointing at the copied base and then changed by `edit`; returns the adapter folder.
+fn peft_adapter(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let root = scratch(name);
+    copy_dir(&fixture("peft-lora/base"), &root.join("base"));
+    let dir = root.join("adapter");
+    copy_dir(&fixture("peft-lora/adapter"), &dir);
+    edit_json(&dir.join("adapter_config.json"), |json| {
+        json["base_model_name_or_path"] = "../base".into();
+        edit(json);
+    });
+    dir
+}
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
@@ -166,9 +187,7 @@ proptest! {
         let dir = scratch("sizes").join("llama3");
         copy_dir(&fixture("hf").join("llama3"), &dir);
         let path = dir.join("config.json");
-        let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        json[field] = value.into();
-        std::fs::write(&path, json.to_string()).unwrap();
+        edit_json(&path, |json| json[field] = value.into());
         let _ = CausalLm::load(&dir, Device::Cpu, false);
         let _ = reasonrl::model::config::ModelConfig::load(&path);
     }
@@ -178,14 +197,7 @@ proptest! {
         file in prop::sample::select(vec!["adapter_config.json", "adapter_model.safetensors"]),
         damages in prop::collection::vec(any_damage(), 1..4),
     ) {
-        let root = scratch("peft");
-        copy_dir(&fixture("peft-lora/base"), &root.join("base"));
-        let dir = root.join("adapter");
-        copy_dir(&fixture("peft-lora/adapter"), &dir);
-        let config = dir.join("adapter_config.json");
-        let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-        json["base_model_name_or_path"] = "../base".into();
-        std::fs::write(&config, json.to_string()).unwrap();
+        let dir = peft_adapter("peft", |_| {});
         let bytes = std::fs::read(dir.join(file)).unwrap();
         std::fs::write(dir.join(file), apply(&bytes, &damages)).unwrap();
         let _ = CausalLm::load(&dir, Device::Cpu, false);
@@ -193,15 +205,7 @@ proptest! {
 
     #[test]
     fn absurd_lora_ranks_are_refused_before_allocating(rank in prop_oneof![Just(0i64), Just(-3), Just(1 << 40), Just(i64::MAX)]) {
-        let root = scratch("rank");
-        copy_dir(&fixture("peft-lora/base"), &root.join("base"));
-        let dir = root.join("adapter");
-        copy_dir(&fixture("peft-lora/adapter"), &dir);
-        let config = dir.join("adapter_config.json");
-        let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-        json["base_model_name_or_path"] = "../base".into();
-        json["r"] = rank.into();
-        std::fs::write(&config, json.to_string()).unwrap();
+        let dir = peft_adapter("rank", |json| json["r"] = rank.into());
         prop_assert!(CausalLm::load(&dir, Device::Cpu, false).is_err());
     }
 

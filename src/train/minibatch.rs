@@ -11,7 +11,7 @@ use crate::rollout::Episode;
 /// micro-batch's loss times its share, summed over micro-batches and ranks, is the minibatch's
 /// loss: the gradients that accumulate are the one update's, whatever the split and the world.
 pub fn micro_batches(mb: &[usize], episodes: &[Episode], budget: usize) -> Vec<(Vec<usize>, f64)> {
-    let len = |i: usize| episodes[i].prompt_tokens.len() + episodes[i].response_tokens.len();
+    let len = |i: usize| episodes[i].sequence_len();
     let mut mine = mb[crate::dist::world().shard(mb.len())].to_vec();
     mine.sort_by_key(|&i| len(i));
     let tokens = |rows: &[usize]| rows.iter().map(|&i| episodes[i].response_tokens.len()).sum::<usize>();

@@ -23,7 +23,7 @@ pub fn score_episodes(
 ) -> Result<(PerToken, Option<PerToken>)> {
     // Chunks of episodes of similar length, so that little of each forward is padding.
     let mut order: Vec<usize> = (0..episodes.len()).collect();
-    order.sort_by_key(|&i| episodes[i].prompt_tokens.len() + episodes[i].response_tokens.len());
+    order.sort_by_key(|&i| episodes[i].sequence_len());
     let (mut logprobs, mut values) =
         (vec![Vec::new(); episodes.len()], model.has_head().then(|| vec![Vec::new(); episodes.len()]));
     tch::no_grad(|| -> Result<()> {
@@ -58,7 +58,7 @@ pub struct Scored {
 /// Scores the responses of `episodes` (prompt and response run through the model in one pass).
 pub fn score_responses(model: &Llama, episodes: &[&Episode], temperature: f64) -> Scored {
     let b = episodes.len();
-    let t = episodes.iter().map(|e| e.prompt_tokens.len() + e.response_tokens.len()).max().unwrap_or(1);
+    let t = episodes.iter().map(|e| e.sequence_len()).max().unwrap_or(1);
     let r = episodes.iter().map(|e| e.response_tokens.len()).max().unwrap_or(1).max(1);
     let mut ids = vec![0i64; b * t];
     let mut positions = vec![0i64; b * r];
