@@ -26,6 +26,7 @@ pub mod sample;
 pub mod study;
 pub mod task;
 pub mod tokenizer;
+pub mod track;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -10,6 +10,7 @@ use crate::model::CausalLm;
 use crate::prompt::{PromptConfig, Prompter};
 use crate::task::{Problem, Split, TaskSpec};
 use crate::tokenizer::Tokenizer;
+use crate::track::LogConfig;
 use std::path::{Path, PathBuf};
 use tch::Device;
 
@@ -55,6 +56,8 @@ pub struct RunSpec {
     pub rollout: RolloutConfig,
     /// LoRA adapters instead of full fine-tuning, when `[lora]` is present.
     pub lora: Option<LoraConfig>,
+    /// Trackers besides `metrics.jsonl` (TensorBoard, MLflow).
+    pub log: LogConfig,
 }
 
 impl Default for RunSpec {
@@ -67,6 +70,7 @@ impl Default for RunSpec {
             prompt: PromptConfig::default(),
             rollout: RolloutConfig::default(),
             lora: None,
+            log: LogConfig::default(),
         }
     }
 }
@@ -80,6 +84,7 @@ impl RunSpec {
     /// The prelude without a model: the run folder (with the resolved `config`), the device and
     /// the task.
     pub fn prepare<C: serde::Serialize>(&self, config: &C, resume: bool, force: bool) -> Result<Setup> {
+        self.log.check()?;
         let dir = self.run.dir();
         prepare_run_dir(&dir, &crate::config::to_toml(config), resume, force)?;
         let device = crate::parse_device(&self.run.device)?;

@@ -52,11 +52,13 @@ fn rollout_sets(rollout: &crate::engine::RolloutConfig) -> Vec<String> {
 pub(super) fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
     let (out_dir, name) = (job.dir.parent().expect("jobs live in the study folder"), job.dir.file_name());
     let name = name.expect("jobs have names").to_string_lossy();
-    let run = vec![
+    let mut run = vec![
         format!("run.out_dir={}", quoted(out_dir.display())),
         format!("run.name={}", quoted(&name)),
         format!("run.device={}", quoted(&cfg.device)),
     ];
+    let log = toml::Table::try_from(cfg.run_log()).expect("the log settings serialise to a TOML table");
+    run.extend(log.iter().map(|(key, value)| format!("log.{key}={value}")));
     let prompt_set = |p: &PromptConfig| {
         vec![format!("prompt.format={}", quoted(name_of(&p.format))), format!("prompt.shots={}", p.shots)]
     };

@@ -20,6 +20,7 @@ use crate::eval::policy::EvalSpec;
 use crate::fsutil::write_atomic;
 use crate::prompt::{PromptConfig, PromptFormat};
 use crate::reward::RewardKind;
+use crate::track::LogConfig;
 use crate::train::{ei, grpo, orm, ppo, pretrain, rcrl, sft};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -56,6 +57,10 @@ pub struct StudyConfig {
     pub ppo: Stage,
     pub grpo: Stage,
     pub rcrl: Stage,
+    /// Trackers for every run (each in its own folder, so `tensorboard --logdir OUT_DIR/NAME`
+    /// overlays them); the MLflow experiment defaults to the study's name, and the report and
+    /// plots go to an MLflow run of the study folder's name.
+    pub log: LogConfig,
 }
 
 impl Default for StudyConfig {
@@ -79,13 +84,23 @@ impl Default for StudyConfig {
             ppo: Stage::default(),
             grpo: Stage::default(),
             rcrl: Stage::default(),
+            log: LogConfig::default(),
         }
     }
 }
 
 impl Config for StudyConfig {
     fn check(&self) -> std::result::Result<(), String> {
+        self.log.check().map_err(|e| e.to_string())?;
         self.eval.check("eval.")
+    }
+}
+
+impl StudyConfig {
+    /// `[log]` as every run of the study gets it: the MLflow experiment is the study's.
+    pub fn run_log(&self) -> LogConfig {
+        let experiment = if self.log.experiment.is_empty() { self.name.clone() } else { self.log.experiment.clone() };
+        LogConfig { experiment, ..self.log.clone() }
     }
 }
 
@@ -404,5 +419,11 @@ pub fn run(cfg: &StudyConfig, config_toml: &str) -> Result<Outcome> {
     }
     bar.finish_and_clear();
     outcome.table = report::write(cfg, &plan)?;
+    if cfg.log.mlflow_uri.is_some() {
+        let log = LogConfig { tensorboard: false, ..cfg.run_log() };
+        let plots = std::fs::read_dir(plan.dir.join("plots")).map(|d| d.flatten().map(|e| e.path()).collect());
+        let files: Vec<PathBuf> = [vec![outcome.report.clone()], plots.unwrap_or_default()].concat();
+        crate::track::Tracker::open(&plan.dir, &log)?.finish(&files);
+    }
     Ok(outcome)
 }

@@ -11,9 +11,11 @@ use crate::model::CausalLm;
 use crate::run::Metrics;
 pub use crate::run::METRICS_FILE;
 use crate::tokenizer::Tokenizer;
+use crate::track::{LogConfig, Tracker};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -65,11 +67,46 @@ fn file_sum(path: &Path) -> Result<FileSum> {
 pub struct Checkpoints {
     run_dir: PathBuf,
     keep: usize,
+    tracking: Mutex<Tracking>,
+}
+
+/// The run's trackers: opened at the first line logged, after a resume has cut the metrics log
+/// back, so that they catch up with what it holds then.
+enum Tracking {
+    Off,
+    Pending(LogConfig),
+    On(Tracker),
 }
 
 impl Checkpoints {
     pub fn new(run_dir: &Path, keep: usize) -> Self {
-        Checkpoints { run_dir: run_dir.to_path_buf(), keep: keep.max(1) }
+        Checkpoints { run_dir: run_dir.to_path_buf(), keep: keep.max(1), tracking: Mutex::new(Tracking::Off) }
+    }
+
+    /// Sends the metrics to the trackers `log` names too.
+    pub fn tracked(self, log: &LogConfig) -> Self {
+        let tracking = if log.tracks() { Tracking::Pending(log.clone()) } else { Tracking::Off };
+        Checkpoints { tracking: Mutex::new(tracking), ..self }
+    }
+
+    /// Runs `f` on the open trackers (opening them first), if there are any.
+    fn with_tracker(&self, f: impl FnOnce(&mut Tracker) -> Result<()>) -> Result<()> {
+        let mut tracking = self.tracking.lock().unwrap_or_else(|e| e.into_inner());
+        if let Tracking::Pending(cfg) = &*tracking {
+            *tracking = Tracking::On(Tracker::open(&self.run_dir, cfg)?);
+        }
+        match &mut *tracking {
+            Tracking::On(tracker) => f(tracker),
+            _ => Ok(()),
+        }
+    }
+
+    /// The run is over: the trackers close (MLflow's run gets the metrics log and config).
+    pub fn finish_tracking(&self) -> Result<()> {
+        self.with_tracker(|t| {
+            t.finish(&[]);
+            Ok(())
+        })
     }
 
     pub fn dir(&self) -> PathBuf {
@@ -151,17 +188,19 @@ impl Checkpoints {
         Err(Error::file(self.dir(), "no usable checkpoint (all failed their checks; see the warnings above)"))
     }
 
-    /// Appends one line to `metrics.jsonl`.
+    /// Appends one line to `metrics.jsonl`, then sends it to the trackers.
     pub fn log(&self, line: &Metrics) -> Result<()> {
         if !fsutil::writes_here() {
             return Ok(());
         }
+        self.with_tracker(|_| Ok(()))?; // they catch up with the log before this line
         let path = self.run_dir.join(METRICS_FILE);
         std::fs::create_dir_all(&self.run_dir).map_err(|e| Error::io(&self.run_dir, e))?;
         let mut file =
             std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
         let text = serde_json::to_string(line).expect("metrics serialise");
-        writeln!(file, "{text}").map_err(|e| Error::io(&path, e))
+        writeln!(file, "{text}").map_err(|e| Error::io(&path, e))?;
+        self.with_tracker(|t| t.log(line))
     }
 
     /// Keeps only the metrics lines up to `step` (a resumed run rewrites what came after), and

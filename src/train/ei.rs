@@ -109,7 +109,7 @@ pub fn run(cfg: &EiConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let questions = setup.load(Split::Train, cfg.questions)?;
     let test = setup.load(Split::Test, cfg.eval.problems)?;
     let prompter = common.prompter(&questions)?;
-    let checkpoints = super::checkpoint::Checkpoints::new(dir, 2);
+    let checkpoints = super::checkpoint::Checkpoints::new(dir, 2).tracked(&common.log);
     let index: HashMap<&str, usize> = questions.iter().enumerate().map(|(i, q)| (q.id.as_str(), i)).collect();
     let by_id = questions.iter().map(|q| (q.id.as_str(), q)).collect();
     let rewarder = Rewarder::new(&cfg.reward, &tokenizer, setup.device, dir)?;
@@ -180,6 +180,7 @@ pub fn run(cfg: &EiConfig, resume: bool, force: bool) -> Result<PathBuf> {
         log_round(&checkpoints, line, round, samples_seen)?;
         save_round(&checkpoints, &policy, &tokenizer, round, samples_seen, &pool.solutions)?;
     }
+    checkpoints.finish_tracking()?;
     crate::run::save_final(dir, &policy, &tokenizer)
 }
 

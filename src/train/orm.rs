@@ -173,6 +173,7 @@ pub fn run(cfg: &OrmConfig, resume: bool, force: bool) -> Result<PathBuf> {
 
     // 3. Train the scalar head (and the body) with binary cross-entropy at every response token.
     let mut trainer = Trainer::new(&mut model, &tokenizer, cfg.train.clone(), dir, resume)?;
+    trainer.checkpoints = trainer.checkpoints.tracked(&cfg.common.log);
     let positive_weight = if cfg.balance { negatives as f64 / positives as f64 } else { 1.0 };
     trainer.objective = Objective::Outcome { positive_weight, lm_coef: cfg.lm_coef, pairwise_coef: cfg.pairwise_coef };
     trainer.best_metric = Some(cfg.best_by.metric().into());

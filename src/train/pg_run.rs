@@ -103,7 +103,7 @@ impl<'a> PgRun<'a> {
         let engine = common.engine(&dir, true)?;
         let run = PgRun {
             // Two of each, so that a policy checkpoint always has its critic's beside it.
-            checkpoints: Checkpoints::new(&dir, 2),
+            checkpoints: Checkpoints::new(&dir, 2).tracked(&common.log),
             critic_checkpoints: Checkpoints::new(&dir.join("critic"), 2),
             checked: false,
             engine,
@@ -335,6 +335,7 @@ impl<'a> PgRun<'a> {
     /// Saves the final policy into `RUN/final`.
     pub fn finish(self, policy: &CausalLm) -> Result<PathBuf> {
         self.progress.finish_and_clear();
+        self.checkpoints.finish_tracking()?;
         crate::run::save_final(&self.dir, policy, &self.tokenizer)
     }
 

@@ -132,6 +132,7 @@ pub fn run(cfg: &PretrainConfig, resume: bool, force: bool) -> Result<PathBuf> {
         dir.display()
     );
     let mut trainer = Trainer::new(&mut model, &tokenizer, cfg.train.clone(), dir, resume)?;
+    trainer.checkpoints = trainer.checkpoints.tracked(&cfg.common.log);
     let mut eval = |m: &crate::model::CausalLm, _: &super::checkpoint::TrainerState| {
         evaluate_policy(m, &tokenizer, &prompter, &validation, &cfg.eval, 0, cfg.common.rollout.dtype)
     };

@@ -264,7 +264,7 @@ pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let prompter = common.prompter(&questions)?.unconditioned();
     let good_prompter = prompter.clone().conditioned(GOOD, per_step);
     let index: HashMap<&str, usize> = questions.iter().enumerate().map(|(i, q)| (q.id.as_str(), i)).collect();
-    let checkpoints = super::checkpoint::Checkpoints::new(dir, 2);
+    let checkpoints = super::checkpoint::Checkpoints::new(dir, 2).tracked(&common.log);
 
     let mut engine = common.engine(dir, true)?;
     let mut pool = Pool::default();
@@ -339,6 +339,7 @@ pub fn run(cfg: &RcrlConfig, resume: bool, force: bool) -> Result<PathBuf> {
         log_round(&checkpoints, line, round, samples_seen)?;
         save_round(&checkpoints, &policy, &tokenizer, round, samples_seen, &pool)?;
     }
+    checkpoints.finish_tracking()?;
     crate::run::save_final(dir, &policy, &tokenizer)
 }
 

@@ -72,6 +72,7 @@ pub fn run(cfg: &SftConfig, resume: bool, force: bool) -> Result<PathBuf> {
         dir.display()
     );
     let mut trainer = Trainer::new(&mut model, &tokenizer, cfg.train.clone(), dir, resume)?;
+    trainer.checkpoints = trainer.checkpoints.tracked(&cfg.common.log);
     trainer.best_metric = Some("eval/maj@1".into());
     let mut eval = |m: &CausalLm, _: &super::checkpoint::TrainerState| {
         evaluate_policy(m, &tokenizer, &prompter, &validation, &cfg.eval, 0, cfg.common.rollout.dtype)

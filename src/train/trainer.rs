@@ -202,7 +202,7 @@ impl<'a> Trainer<'a> {
             }
         }
         progress.finish_and_clear();
-        Ok(())
+        self.checkpoints.finish_tracking()
     }
 }
 
