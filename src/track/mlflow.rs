@@ -69,13 +69,12 @@ impl MlflowRun {
         Ok(run)
     }
 
-    /// The last step this MLflow run holds.
-    pub fn sent_through(&self) -> Option<i64> {
-        self.state.sent_through
-    }
-
-    /// Sends a metrics line's values at `step` (non-finite ones are left out: JSON has no NaN).
+    /// Sends a metrics line's values at `step` (non-finite ones are left out: JSON has no NaN),
+    /// unless the run holds that step already (sent before a resume).
     pub fn log(&mut self, line: &Metrics, step: i64) -> Result<(), String> {
+        if self.state.sent_through.is_some_and(|sent| step <= sent) {
+            return Ok(());
+        }
         let timestamp = now_ms();
         let metrics: Vec<Json> = line
             .iter()

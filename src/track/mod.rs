@@ -72,8 +72,7 @@ impl Tracker {
             let experiment = if cfg.experiment.is_empty() { &own } else { &cfg.experiment };
             let name = dir.display().to_string();
             let opened = mlflow::MlflowRun::open(uri, experiment, &name, dir, &config).and_then(|mut run| {
-                let sent = run.sent_through();
-                for (step, line) in logged.iter().filter(|(s, _)| sent.is_none_or(|l| *s > l)) {
+                for (step, line) in &logged {
                     run.log(line, *step)?;
                 }
                 Ok(run)

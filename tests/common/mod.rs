@@ -1,6 +1,8 @@
 //! Checks and data shared by the integration tests (each test file uses some of them).
 #![allow(dead_code)]
 
+pub mod trackers;
+
 use reasonrl::model::CausalLm;
 use reasonrl::sample::Generation;
 use reasonrl::task::{synth, Split};
