@@ -1,11 +1,15 @@
 //! `reasonrl study` end to end on a tiny grid: stopped with Ctrl-C midway, then rerun, it skips
-//! what was finished and its report holds every row, a preset's row (DAPO) among them.
+//! what was finished and its report holds every row, a preset's row (DAPO) among them; every
+//! run's metrics reach TensorBoard and an MLflow server once, and the report MLflow too.
 
+mod common;
+
+use common::trackers::{assert_tensorboard_holds_the_log, MlflowServer};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn config(dir: &Path) -> PathBuf {
+fn config(dir: &Path, mlflow: &str) -> PathBuf {
     let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
     let stage = |name: &str, set: &str| {
         format!("[{name}]\nconfig = {:?}\nset = [{set}]\n", configs.join(format!("{name}.toml")).display().to_string())
@@ -17,7 +21,8 @@ fn config(dir: &Path) -> PathBuf {
              seeds = [0]\nrerank = \"mean-logprob\"\n\
              experiments = [{{ algorithm = \"ei\" }}, {{ algorithm = \"grpo\" }}, \
              {{ algorithm = \"grpo\", name = \"dapo\", config = {:?}, set = [\"updates=2\"] }}]\n\
-             [eval]\nproblems = 8\nsamples_per_prompt = 4\nks = [1, 4]\nmax_new_tokens = 48\n",
+             [eval]\nproblems = 8\nsamples_per_prompt = 4\nks = [1, 4]\nmax_new_tokens = 48\n\
+             [log]\ntensorboard = true\nmlflow_uri = {mlflow:?}\n",
             dir.display().to_string(),
             configs.join("dapo.toml").display().to_string()
         ),
@@ -44,7 +49,8 @@ fn study(config: &Path) -> Command {
 #[test]
 fn a_stopped_study_continues_where_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
+    let server = MlflowServer::start(&dir.path().join("mlflow"));
+    let cfg = config(dir.path(), &server.url);
     let grid = dir.path().join("grid").join("tiny");
     let ei_done = grid.join("sft-ei-sparse-s0").join("done.json");
 
@@ -89,4 +95,17 @@ fn a_stopped_study_continues_where_it_stopped() {
     for line in ["clip_high = 0.28", "dynamic_sampling = true", "updates = 2", "prompts_per_update = 2"] {
         assert!(dapo.lines().any(|l| l == line), "{line}: {dapo}");
     }
+    // Every run, the stopped one included, logged each of its lines once to both trackers, in
+    // the study's MLflow experiment; the report and its plots are the study's MLflow run's.
+    for run in ["pretrain", "sft", "sft-ei-sparse-s0", "sft-grpo-sparse-s0", "sft-dapo-sparse-s0"] {
+        assert_tensorboard_holds_the_log(&grid.join(run));
+        let logged = server.assert_holds_the_log(&grid.join(run), &["time/", "tokens_per_s"]);
+        let experiment = server.get("experiments/get-by-name", "experiment_name=grid");
+        assert_eq!(logged["info"]["experiment_id"], experiment["experiment"]["experiment_id"], "{run}");
+    }
+    let study_run = server.run_of(grid.parent().unwrap());
+    let id = study_run["info"]["run_id"].as_str().unwrap();
+    let files = server.get("artifacts/list", &format!("run_id={id}&path=plots"));
+    assert!(files.to_string().contains("plots/maj1-vs-samples.png"), "{files}");
+    assert!(server.get("artifacts/list", &format!("run_id={id}")).to_string().contains("report.md"));
 }
