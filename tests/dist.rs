@@ -1,6 +1,8 @@
 //! Data-parallel runs on c10d (Gloo over loopback): N ranks must do what one rank does with N
 //! times the batch, resume exactly, and fail cleanly when a rank dies.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -87,6 +89,7 @@ fn two_ranks_train_like_one_rank_with_twice_the_batch_and_resume_exactly() {
                 format!("train.batch_tokens={batch_tokens}"),
                 "eval.problems=6".into(),
                 "eval.max_new_tokens=8".into(),
+                "log.tensorboard=true".into(),
             ],
         )
     };
@@ -112,6 +115,8 @@ fn two_ranks_train_like_one_rank_with_twice_the_batch_and_resume_exactly() {
     ok2(&[&two[..], &["--resume".to_string()]].concat());
     assert_eq!(max_diff(&run("one").join("final"), &run("two").join("final")), diff, "the resumed run is the same run");
     assert_eq!(column(&run("two").join("metrics.jsonl"), "loss"), before, "the log is rewritten the same");
+    // Rank 0 alone logs: each line once in TensorBoard.
+    common::trackers::assert_tensorboard_holds_the_log(&run("two"));
 }
 
 #[test]
