@@ -11,6 +11,7 @@ use crate::prompt::{PromptConfig, Prompter};
 use crate::task::{Problem, Split, TaskSpec};
 use crate::tokenizer::Tokenizer;
 use crate::track::LogConfig;
+pub use crate::track::{Metrics, METRICS_FILE};
 use std::path::{Path, PathBuf};
 use tch::Device;
 
@@ -151,12 +152,6 @@ pub fn save_final(dir: &Path, model: &CausalLm, tokenizer: &Tokenizer) -> Result
     model.save_with_tokenizer(tokenizer, &last, true)?;
     Ok(last)
 }
-
-/// One line of the metrics log: metric name to value.
-pub type Metrics = std::collections::BTreeMap<String, f64>;
-
-/// The metrics log of a run folder, one JSON object per line.
-pub const METRICS_FILE: &str = "metrics.jsonl";
 
 /// Makes the run folder and writes its resolved `config.toml`. A folder that already holds a
 /// run is only reused with `resume`, or wiped with `force`.

@@ -4,7 +4,7 @@
 //! the MLflow run and the last step sent, so a resumed run continues the same MLflow run and
 //! sends no step twice.
 
-use crate::run::Metrics;
+use super::Metrics;
 use serde_json::{json, Value as Json};
 use std::path::{Path, PathBuf};
 

@@ -7,8 +7,13 @@ pub mod mlflow;
 pub mod tensorboard;
 
 use crate::error::{Error, Result};
-use crate::run::{Metrics, METRICS_FILE};
 use std::path::{Path, PathBuf};
+
+/// One line of the metrics log: metric name to value.
+pub type Metrics = std::collections::BTreeMap<String, f64>;
+
+/// The metrics log of a run folder, one JSON object per line.
+pub const METRICS_FILE: &str = "metrics.jsonl";
 
 /// `[log]`: where a run's metrics go besides `RUN/metrics.jsonl`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -5,8 +5,8 @@
 //! One file per run, `RUN/tb/events.out.tfevents.reasonrl`. Each metrics line becomes two events:
 //! its scalars at the line's `step`, and the same scalars under `by_samples/` at `samples_seen`.
 
+use super::Metrics;
 use crate::error::{Error, Result};
-use crate::run::Metrics;
 use prost::Message;
 use std::io::Write;
 use std::path::{Path, PathBuf};
