@@ -1,8 +1,9 @@
 //! An MLflow tracking server over its REST API (`/api/2.0/mlflow/...`): one MLflow run per
-//! reasonrl run, its params the flattened resolved config, one `log-batch` request per metrics
-//! line, files as artifacts through the server's artifact proxy. `RUN/mlflow.json` remembers
-//! the MLflow run and the last step sent, so a resumed run continues the same MLflow run and
-//! sends no step twice.
+//! reasonrl run, its params the flattened resolved config, metrics in `log-batch` requests of
+//! the lines of [`FLUSH_EVERY`] (a request costs the server ~20 ms, a whole training step of a
+//! small model), files as artifacts through the server's artifact proxy. `RUN/mlflow.json`
+//! remembers the MLflow run and the last step sent, so a resumed run continues the same MLflow
+//! run, sends what a kill kept from it, and sends no step twice.
 
 use super::Metrics;
 use serde_json::{json, Value as Json};
@@ -13,6 +14,8 @@ const STATE_FILE: &str = "mlflow.json";
 const PARAMS_PER_BATCH: usize = 100;
 const METRICS_PER_BATCH: usize = 1000;
 const PARAM_VALUE_CHARS: usize = 6000;
+/// How long metrics wait to be sent with the next lines.
+pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct State {
@@ -28,6 +31,10 @@ pub struct MlflowRun {
     agent: ureq::Agent,
     state: State,
     state_path: PathBuf,
+    /// Metrics not sent yet, the last step among them, and when the last request went.
+    pending: Vec<Json>,
+    pending_through: Option<i64>,
+    flushed: std::time::Instant,
 }
 
 impl MlflowRun {
@@ -41,12 +48,26 @@ impl MlflowRun {
         let old: Option<State> =
             std::fs::read_to_string(&state_path).ok().and_then(|text| serde_json::from_str(&text).ok());
         if let Some(state) = old.filter(|s| s.uri == uri) {
-            let run = MlflowRun { agent, state, state_path };
+            let run = MlflowRun {
+                agent,
+                state,
+                state_path,
+                pending: Vec::new(),
+                pending_through: None,
+                flushed: std::time::Instant::now(),
+            };
             run.post("runs/update", json!({"run_id": run.state.run_id, "status": "RUNNING"}))?;
             return Ok(run);
         }
         let state = State { uri: uri.into(), run_id: String::new(), artifact_uri: String::new(), sent_through: None };
-        let mut run = MlflowRun { agent, state, state_path };
+        let mut run = MlflowRun {
+            agent,
+            state,
+            state_path,
+            pending: Vec::new(),
+            pending_through: None,
+            flushed: std::time::Instant::now(),
+        };
         let experiment_id = run.experiment_id(experiment)?;
         let tags = [("mlflow.source.name", "reasonrl"), ("reasonrl.run_dir", &dir.display().to_string())];
         let created = run.post(
@@ -69,22 +90,34 @@ impl MlflowRun {
         Ok(run)
     }
 
-    /// Sends a metrics line's values at `step` (non-finite ones are left out: JSON has no NaN),
-    /// unless the run holds that step already (sent before a resume).
+    /// Queues a metrics line's values at `step` (non-finite ones are left out: JSON has no
+    /// NaN), unless the run holds that step already (sent before a resume); sends the queue when
+    /// [`FLUSH_EVERY`] has passed since the last request.
     pub fn log(&mut self, line: &Metrics, step: i64) -> Result<(), String> {
-        if self.state.sent_through.is_some_and(|sent| step <= sent) {
+        if self.pending_through.or(self.state.sent_through).is_some_and(|sent| step <= sent) {
             return Ok(());
         }
         let timestamp = now_ms();
-        let metrics: Vec<Json> = line
-            .iter()
-            .filter(|(k, v)| *k != "step" && v.is_finite())
-            .map(|(k, v)| json!({"key": metric_key(k), "value": v, "timestamp": timestamp, "step": step}))
-            .collect();
-        for chunk in metrics.chunks(METRICS_PER_BATCH) {
+        let metrics = line.iter().filter(|(k, v)| *k != "step" && v.is_finite());
+        self.pending.extend(
+            metrics.map(|(k, v)| json!({"key": metric_key(k), "value": v, "timestamp": timestamp, "step": step})),
+        );
+        self.pending_through = Some(step);
+        if self.flushed.elapsed() >= FLUSH_EVERY {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Sends the queued metrics, then records the last step sent.
+    pub fn flush(&mut self) -> Result<(), String> {
+        self.flushed = std::time::Instant::now();
+        let Some(through) = self.pending_through.take() else { return Ok(()) };
+        let pending = std::mem::take(&mut self.pending);
+        for chunk in pending.chunks(METRICS_PER_BATCH) {
             self.post("runs/log-batch", json!({"run_id": self.state.run_id, "metrics": chunk}))?;
         }
-        self.state.sent_through = Some(step);
+        self.state.sent_through = Some(through);
         self.save()
     }
 
@@ -106,8 +139,9 @@ impl MlflowRun {
         Ok(())
     }
 
-    /// Marks the run finished.
-    pub fn finish(&self) -> Result<(), String> {
+    /// Sends what is queued and marks the run finished.
+    pub fn finish(&mut self) -> Result<(), String> {
+        self.flush()?;
         let body = json!({"run_id": self.state.run_id, "status": "FINISHED", "end_time": now_ms()});
         self.post("runs/update", body).map(|_| ())
     }

@@ -80,6 +80,7 @@ impl Tracker {
                 for (step, line) in &logged {
                     run.log(line, *step)?;
                 }
+                run.flush()?;
                 Ok(run)
             });
             tracker.mlflow = tracker.warn_if_failed(opened);
@@ -105,7 +106,7 @@ impl Tracker {
     /// The run is over: its `config.toml`, `metrics.jsonl` and `files` (in the run folder) go to
     /// MLflow as artifacts, and its MLflow run is marked finished.
     pub fn finish(&mut self, files: &[PathBuf]) {
-        let Some(run) = self.mlflow.take() else { return };
+        let Some(mut run) = self.mlflow.take() else { return };
         let mut all: Vec<PathBuf> = [self.dir.join("config.toml"), self.dir.join(METRICS_FILE)].into();
         all.retain(|p| p.exists());
         all.extend_from_slice(files);
@@ -122,6 +123,16 @@ impl Tracker {
                 ))
             })
             .ok()
+    }
+}
+
+/// A run that stops early (Ctrl-C, an error) still sends what MLflow has queued.
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        if let Some(mut run) = self.mlflow.take() {
+            let flushed = run.flush();
+            self.warn_if_failed(flushed);
+        }
     }
 }
 
