@@ -109,3 +109,65 @@ fn a_stopped_study_continues_where_it_stopped() {
     assert!(files.to_string().contains("plots/maj1-vs-samples.png"), "{files}");
     assert!(server.get("artifacts/list", &format!("run_id={id}")).to_string().contains("report.md"));
 }
+
+#[test]
+fn a_study_starts_from_model_folders_and_gguf_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let reasonrl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_reasonrl")).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let model = dir.path().join("chatty");
+    let gguf = dir.path().join("plain.Q8_0.gguf");
+    let s = |p: &Path| p.display().to_string();
+    // Room for four solved examples in the pretrained init's prompts.
+    let init =
+        ["model", "init", "--preset", "tiny", "--task", "builtin:1", "--vocab-size", "300", "--max-positions", "2048"];
+    reasonrl(&[&init[..], &["--out", &s(&model)]].concat());
+    reasonrl(&["model", "export-gguf", &s(&model), &s(&gguf), "--dtype", "q8_0"]);
+    // The folder gets a chat template, as instruct models have; the GGUF file has none.
+    let config = model.join("tokenizer_config.json");
+    let mut tokenizer: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    tokenizer["chat_template"] = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}".into();
+    std::fs::write(&config, tokenizer.to_string()).unwrap();
+
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let short = r#""eval.problems=4", "eval.max_new_tokens=16""#;
+    let text = format!(
+        "name = \"real\"\nout_dir = {:?}\ntask = \"builtin:1\"\nsizes = [{:?}, {:?}]\ninits = [\"sft\", \"pretrained\"]\n\
+         rerank = \"mean-logprob\"\nexperiments = [{{ algorithm = \"ei\" }}]\n\
+         [eval]\nproblems = 4\nsamples_per_prompt = 2\nks = [1, 2]\nmax_new_tokens = 16\n\
+         [sft]\nconfig = {:?}\nset = [\"train.max_steps=2\", {short}]\n\
+         [ei]\nconfig = {:?}\nset = [\"questions=4\", \"rounds=1\", \"train.max_steps=1\", \"sampling.max_new_tokens=16\", {short}]\n",
+        s(dir.path()),
+        s(&model),
+        s(&gguf),
+        s(&configs.join("sft.toml")),
+        s(&configs.join("ei.toml")),
+    );
+    let path = dir.path().join("real.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = study(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let real = dir.path().join("real");
+    // The folder is used as it is; the GGUF file is converted once, into the study folder.
+    let done = std::fs::read_to_string(real.join("chatty/pretrain/done.json")).unwrap();
+    assert!(done.contains(&s(&model)), "{done}");
+    assert!(real.join("plain.Q8_0/pretrain/model/config.json").exists());
+    // A model with a chat template is fine-tuned and asked in it, few-shot as earlier turns.
+    let prompt = |run: &str| {
+        let config: toml::Table = std::fs::read_to_string(real.join(run).join("config.toml")).unwrap().parse().unwrap();
+        let p = &config["prompt"];
+        (p["format"].as_str().unwrap().to_string(), p["shots"].as_integer().unwrap())
+    };
+    assert_eq!(prompt("chatty/sft"), ("chat".into(), 0));
+    assert_eq!(prompt("chatty/pretrained-ei-sparse-s0"), ("chat".into(), 4));
+    assert_eq!(prompt("plain.Q8_0/sft").0, "plain");
+    assert_eq!(prompt("plain.Q8_0/pretrained-ei-sparse-s0"), ("few-shot".into(), 4));
+    let report = std::fs::read_to_string(real.join("report.md")).unwrap();
+    for row in ["| chatty | sft | ei |", "| chatty | pretrained | ei |", "| plain.Q8_0 | sft | ei |"] {
+        let line = report.lines().find(|l| l.contains(row)).unwrap_or_else(|| panic!("no row {row}: {report}"));
+        assert!(!line.contains("not run") && !line.contains("failed"), "{line}");
+    }
+}

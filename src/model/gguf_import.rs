@@ -20,6 +20,13 @@ const GEMMA_CHAT_TEMPLATE: &str = concat!(
     r#"{% endfor %}{% if add_generation_prompt %}{{ "<start_of_turn>model\n" }}{% endif %}"#,
 );
 
+/// The chat template a converted folder gets: the file's own, else Gemma 3's for a Gemma 3 file.
+pub fn chat_template(g: &Gguf) -> Option<&str> {
+    let own = g.metadata.get("tokenizer.chat_template").and_then(Value::as_str);
+    let arch = g.metadata.get("general.architecture").and_then(Value::as_str);
+    own.or((arch == Some("gemma3")).then_some(GEMMA_CHAT_TEMPLATE))
+}
+
 /// Converts a GGUF of a supported architecture ([`GGUF_ARCHITECTURES`]) into a Hugging Face
 /// folder at `out`, which must not exist unless `force`. Weights are dequantised to f32.
 pub fn convert(path: &Path, out: &Path, force: bool) -> Result<ModelConfig> {
@@ -92,7 +99,7 @@ pub fn convert(path: &Path, out: &Path, force: bool) -> Result<ModelConfig> {
         tensors.insert(name, tch::Tensor::from_slice(&values).reshape(t.shape()));
     }
     let tokenizer = tokenizer_json(&g)?;
-    let tokenizer_config = tokenizer_config_json(&g, (arch == "gemma3").then_some(GEMMA_CHAT_TEMPLATE))?;
+    let tokenizer_config = tokenizer_config_json(&g, chat_template(&g))?;
     crate::fsutil::replace_dir(out, |dir| {
         config.save(&dir.join("config.json"))?;
         crate::model::hf::write_safetensors(&dir.join("model.safetensors"), &tensors)?;

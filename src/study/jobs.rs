@@ -1,6 +1,7 @@
 //! Running one job of a study: each stage's config (its base file, its overrides, then the
 //! study's own settings) and the trainer or evaluation it calls.
 
+use super::source::ModelSource;
 use super::{name_of, Action, Algorithm, Done, Experiment, Job, Stage, StudyConfig, DONE_FILE, FAILED_FILE};
 use crate::config::{load, Config};
 use crate::error::{Error, Result};
@@ -75,9 +76,18 @@ pub(super) fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
             )?;
             pretrain::run(&c, resume, !resume)
         }
-        Action::Sft { pretrained } => {
+        Action::Import { source: ModelSource::Gguf(file) } => {
+            let out = job.dir.join("model");
+            std::fs::create_dir_all(&job.dir).map_err(|e| Error::io(&job.dir, e))?;
+            crate::model::gguf_import::convert(file, &out, true)?;
+            Ok(out)
+        }
+        Action::Import { source: ModelSource::Folder(folder) } => Ok(folder.clone()),
+        Action::Import { source: ModelSource::Preset(size) } => unreachable!("the plan pretrains preset {size}"),
+        Action::Sft { pretrained, prompt } => {
             let model = format!("model={}", quoted(output_of(pretrained)?.display()));
-            let c: sft::SftConfig = stage_config(&cfg.sft, None, &[], [run, vec![task, model]].concat())?;
+            let set = [run, vec![task, model], prompt_set(prompt)].concat();
+            let c: sft::SftConfig = stage_config(&cfg.sft, None, &[], set)?;
             sft::run(&c, resume, !resume)?;
             Ok(job.dir.join("best"))
         }

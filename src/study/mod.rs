@@ -13,15 +13,17 @@
 pub mod findings;
 mod jobs;
 pub mod report;
+pub mod source;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::eval::policy::EvalSpec;
 use crate::fsutil::write_atomic;
-use crate::prompt::{PromptConfig, PromptFormat};
+use crate::prompt::PromptConfig;
 use crate::reward::RewardKind;
 use crate::track::LogConfig;
 use crate::train::{ei, grpo, orm, ppo, pretrain, rcrl, sft};
+use source::ModelSource;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -203,11 +205,33 @@ pub struct Job {
 
 #[derive(Debug, Clone)]
 pub enum Action {
-    Pretrain { size: String },
-    Sft { pretrained: PathBuf },
-    Orm { policy: PathBuf, prompt: PromptConfig },
-    Train { experiment: Experiment, seed: u64, init: PathBuf, orm: Option<PathBuf>, prompt: PromptConfig },
-    Eval { model: PathBuf, scorer: Option<PathBuf>, prompt: PromptConfig },
+    Pretrain {
+        size: String,
+    },
+    /// A pretrained model: a folder used as it is, or a GGUF file converted into the job's.
+    Import {
+        source: ModelSource,
+    },
+    Sft {
+        pretrained: PathBuf,
+        prompt: PromptConfig,
+    },
+    Orm {
+        policy: PathBuf,
+        prompt: PromptConfig,
+    },
+    Train {
+        experiment: Experiment,
+        seed: u64,
+        init: PathBuf,
+        orm: Option<PathBuf>,
+        prompt: PromptConfig,
+    },
+    Eval {
+        model: PathBuf,
+        scorer: Option<PathBuf>,
+        prompt: PromptConfig,
+    },
 }
 
 /// A row of the report: where a model came from and the folders of its run and its evaluation.
@@ -232,6 +256,8 @@ pub struct Plan {
     pub dir: PathBuf,
     pub jobs: Vec<Job>,
     pub rows: Vec<Row>,
+    /// The folder of each of `sizes` in the study's.
+    pub sizes: Vec<String>,
 }
 
 /// Lays out the grid and checks it (unknown algorithms, rewards or inits fail here, before any
@@ -260,19 +286,26 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
         }
     }
     let needs_orm = cfg.rerank == Rerank::Orm || cfg.experiments.iter().any(|e| e.reward == RewardKind::Orm);
-    let (mut jobs, mut rows) = (Vec::new(), Vec::new());
+    let (mut jobs, mut rows, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
     for size in &cfg.sizes {
+        let source = ModelSource::parse(size)?;
+        let size = &source.name();
+        sizes.push(size.clone());
         let at = |name: &str| dir.join(size).join(name);
-        jobs.push(Job { dir: at("pretrain"), action: Action::Pretrain { size: size.clone() } });
+        let (sft_prompt, pretrained_prompt) = source.prompts()?;
+        let action = match source {
+            ModelSource::Preset(size) => Action::Pretrain { size },
+            source => Action::Import { source },
+        };
+        jobs.push(Job { dir: at("pretrain"), action });
         if cfg.inits.contains(&Init::Sft) {
-            jobs.push(Job { dir: at("sft"), action: Action::Sft { pretrained: at("pretrain") } });
+            let action = Action::Sft { pretrained: at("pretrain"), prompt: sft_prompt.clone() };
+            jobs.push(Job { dir: at("sft"), action });
         }
         for init in &cfg.inits {
             let (model, prompt) = match init {
-                Init::Sft => (at("sft"), PromptConfig::default()),
-                Init::Pretrained => {
-                    (at("pretrain"), PromptConfig { format: PromptFormat::FewShot, ..PromptConfig::default() })
-                }
+                Init::Sft => (at("sft"), sft_prompt.clone()),
+                Init::Pretrained => (at("pretrain"), pretrained_prompt.clone()),
             };
             let init = name_of(init);
             let orm = needs_orm.then(|| at(&format!("{init}-orm")));
@@ -333,7 +366,7 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
             }
         }
     }
-    Ok(Plan { dir, jobs, rows })
+    Ok(Plan { dir, jobs, rows, sizes })
 }
 
 /// How a study ended.

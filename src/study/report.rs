@@ -94,7 +94,7 @@ pub fn write(cfg: &StudyConfig, plan: &Plan) -> Result<String> {
     }
 
     md.push_str("\n## The paper's findings, checked\n");
-    for size in &cfg.sizes {
+    for size in &plan.sizes {
         for init in cfg.inits.iter().map(super::name_of) {
             let group: Vec<&RowResult> = results.iter().filter(|r| &r.row.size == size && r.row.init == init).collect();
             let start = group.iter().find(|r| r.row.seed.is_none()).copied();
@@ -111,7 +111,7 @@ pub fn write(cfg: &StudyConfig, plan: &Plan) -> Result<String> {
     let runs: Vec<PathBuf> =
         results.iter().filter_map(|r| r.row.run.clone()).filter(|r| r.join(DONE_FILE).exists()).collect();
     let sft: Vec<PathBuf> =
-        cfg.sizes.iter().map(|s| plan.dir.join(s).join("sft")).filter(|d| d.join(DONE_FILE).exists()).collect();
+        plan.sizes.iter().map(|s| plan.dir.join(s).join("sft")).filter(|d| d.join(DONE_FILE).exists()).collect();
     let pass_key = |dirs: &[PathBuf]| {
         let rows: Vec<_> =
             dirs.iter().filter_map(|d| read_metrics(&d.join(crate::run::METRICS_FILE)).ok()).flatten().collect();

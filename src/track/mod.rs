@@ -60,8 +60,7 @@ impl Tracker {
             return Ok(tracker);
         }
         let logged = logged_lines(dir)?;
-        let config_path = dir.join("config.toml");
-        let config = std::fs::read_to_string(&config_path).unwrap_or_default();
+        let config = std::fs::read_to_string(dir.join("config.toml")).unwrap_or_default();
         if cfg.tensorboard {
             let upto = logged.last().map(|(step, _)| *step);
             let (mut writer, last) = tensorboard::EventWriter::open(dir, upto, &config)?;
@@ -90,7 +89,7 @@ impl Tracker {
 
     /// Sends one metrics line (already in `metrics.jsonl`) to every tracker.
     pub fn log(&mut self, line: &Metrics) -> Result<()> {
-        let step = line.get("step").copied().unwrap_or_default() as i64;
+        let step = step_of(line);
         if let Some(writer) = &mut self.tensorboard {
             writer.log(line, step)?;
         }
@@ -136,6 +135,10 @@ impl Drop for Tracker {
     }
 }
 
+fn step_of(line: &Metrics) -> i64 {
+    line.get("step").copied().unwrap_or_default() as i64
+}
+
 /// `(step, line)` of each line of the run's `metrics.jsonl` (none when it is missing).
 fn logged_lines(dir: &Path) -> Result<Vec<(i64, Metrics)>> {
     let path = dir.join(METRICS_FILE);
@@ -143,5 +146,5 @@ fn logged_lines(dir: &Path) -> Result<Vec<(i64, Metrics)>> {
         return Ok(Vec::new());
     }
     let rows = crate::plot::read_metrics(&path)?;
-    Ok(rows.into_iter().map(|line| (line.get("step").copied().unwrap_or_default() as i64, line)).collect())
+    Ok(rows.into_iter().map(|line| (step_of(&line), line)).collect())
 }
