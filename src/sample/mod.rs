@@ -328,20 +328,33 @@ impl<'t> Row<'t> {
 /// take a new prompt whenever it is free. `lens` counts the tokens each row's cache holds.
 pub struct Decoder<'m> {
     model: &'m Llama,
+    /// Grown in steps of [`Decoder::GROWTH`] columns up to `capacity`.
     cache: KvCache,
+    capacity: i64,
     lens: Vec<i64>,
     /// Rows that hold no sequence: a step feeds them whatever and they do not advance.
     idle: Vec<bool>,
 }
 
 impl<'m> Decoder<'m> {
+    const GROWTH: i64 = 64;
+
     /// `rows` empty rows of up to `capacity` tokens each.
     pub fn new(model: &'m Llama, rows: usize, capacity: usize) -> Self {
         Decoder {
             model,
-            cache: model.new_cache(rows as i64, capacity as i64),
+            cache: model.new_cache(rows as i64, 0),
+            capacity: capacity as i64,
             lens: vec![0; rows],
             idle: vec![false; rows],
+        }
+    }
+
+    /// Makes room in the cache for `columns` columns, rounded up to the next growth step.
+    fn reserve(&mut self, columns: i64) {
+        if columns > self.cache.capacity() {
+            let rounded = (columns as u64).div_ceil(Self::GROWTH as u64) as i64 * Self::GROWTH;
+            self.cache.reserve(rounded.min(self.capacity.max(columns)));
         }
     }
 
@@ -368,6 +381,7 @@ impl<'m> Decoder<'m> {
         let ids = Tensor::from_slice(&ids).view([n, width]).to_device(device);
         let positions = Tensor::arange(width, (Kind::Int64, device)).unsqueeze(0).expand([n, width], false);
         let mut prefill = self.model.new_cache(n, width);
+        self.reserve(width);
         // Padding sits after each prompt, so causal attention keeps it out of the real tokens.
         let _ = self.model.forward(&ids, &positions, None, Some(CacheWrite { cache: &mut prefill, span: width }));
         let (to, from): (Vec<i64>, Vec<i64>) =
@@ -380,10 +394,17 @@ impl<'m> Decoder<'m> {
     pub fn step(&mut self, tokens: &[i64]) -> Tensor {
         let device = self.model.device();
         let n = tokens.len() as i64;
-        let span = self.lens.iter().max().map_or(0, |&l| l + 1);
+        let mut span = self.lens.iter().max().map_or(0, |&l| l + 1);
+        self.reserve(span);
+        if device == tch::Device::Cpu && self.model.kind() != Kind::Float {
+            // Attention over the whole cache: on CPU a bf16 matmul copies a narrowed (strided)
+            // one first, which cost more than the masked columns do (SmolLM2 eval: 24% of the
+            // time in that copy).
+            span = self.cache.capacity();
+        }
         let positions = Tensor::from_slice(&self.lens).to_device(device).view([n, 1]);
-        // Rows of one length see every stored key; otherwise each sees its own.
-        let mask = (self.lens.iter().any(|&l| l != self.lens[0])).then(|| {
+        // Rows that reach the span see every column; otherwise each sees its own.
+        let mask = (self.lens.iter().any(|&l| l + 1 != span)).then(|| {
             Tensor::arange(span, (Kind::Int64, device)).view([1, span]).le_tensor(&positions).view([n, 1, 1, span])
         });
         let ids = Tensor::from_slice(tokens).to_device(device).view([n, 1]);

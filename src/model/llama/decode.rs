@@ -25,6 +25,21 @@ pub struct CacheWrite<'a> {
 }
 
 impl KvCache {
+    /// The columns each row has room for.
+    pub fn capacity(&self) -> i64 {
+        self.keys.first().map_or(0, |k| k.size()[2])
+    }
+
+    /// Makes room for `columns` columns (new ones are zeros).
+    pub fn reserve(&mut self, columns: i64) {
+        for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            let [b, heads, old, dim] = t.size()[..] else { panic!("a cache is [B, heads, capacity, dim]") };
+            if columns > old {
+                *t = Tensor::cat(&[&*t, &t.new_zeros([b, heads, columns - old, dim], (t.kind(), t.device()))], 2);
+            }
+        }
+    }
+
     /// Keeps only the batch rows `rows` (an int64 index tensor): finished sequences stop costing
     /// compute.
     pub fn select_rows(&mut self, rows: &Tensor) {
