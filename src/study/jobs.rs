@@ -67,7 +67,7 @@ pub(super) fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
     let task = format!("task={}", quoted(&cfg.task));
     let engine = rollout_sets(&cfg.rollout);
     match &job.action {
-        Action::Pretrain { size } => {
+        Action::Pretrained { source: ModelSource::Preset(size) } => {
             let c: pretrain::PretrainConfig = stage_config(
                 &cfg.pretrain,
                 None,
@@ -76,14 +76,13 @@ pub(super) fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
             )?;
             pretrain::run(&c, resume, !resume)
         }
-        Action::Import { source: ModelSource::Gguf(file) } => {
+        Action::Pretrained { source: ModelSource::Folder(folder) } => Ok(folder.clone()),
+        Action::Pretrained { source: ModelSource::Gguf(file) } => {
             let out = job.dir.join("model");
             std::fs::create_dir_all(&job.dir).map_err(|e| Error::io(&job.dir, e))?;
             crate::model::gguf_import::convert(file, &out, true)?;
             Ok(out)
         }
-        Action::Import { source: ModelSource::Folder(folder) } => Ok(folder.clone()),
-        Action::Import { source: ModelSource::Preset(size) } => unreachable!("the plan pretrains preset {size}"),
         Action::Sft { pretrained, prompt } => {
             let model = format!("model={}", quoted(output_of(pretrained)?.display()));
             let set = [run, vec![task, model], prompt_set(prompt)].concat();

@@ -203,35 +203,15 @@ pub struct Job {
     pub action: Action,
 }
 
+/// What a job does. `Pretrained` yields a size's pretrained model: a preset pretrained from
+/// scratch, a model folder as it is, or a GGUF file converted into the job's folder.
 #[derive(Debug, Clone)]
 pub enum Action {
-    Pretrain {
-        size: String,
-    },
-    /// A pretrained model: a folder used as it is, or a GGUF file converted into the job's.
-    Import {
-        source: ModelSource,
-    },
-    Sft {
-        pretrained: PathBuf,
-        prompt: PromptConfig,
-    },
-    Orm {
-        policy: PathBuf,
-        prompt: PromptConfig,
-    },
-    Train {
-        experiment: Experiment,
-        seed: u64,
-        init: PathBuf,
-        orm: Option<PathBuf>,
-        prompt: PromptConfig,
-    },
-    Eval {
-        model: PathBuf,
-        scorer: Option<PathBuf>,
-        prompt: PromptConfig,
-    },
+    Pretrained { source: ModelSource },
+    Sft { pretrained: PathBuf, prompt: PromptConfig },
+    Orm { policy: PathBuf, prompt: PromptConfig },
+    Train { experiment: Experiment, seed: u64, init: PathBuf, orm: Option<PathBuf>, prompt: PromptConfig },
+    Eval { model: PathBuf, scorer: Option<PathBuf>, prompt: PromptConfig },
 }
 
 /// A row of the report: where a model came from and the folders of its run and its evaluation.
@@ -293,11 +273,7 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
         sizes.push(size.clone());
         let at = |name: &str| dir.join(size).join(name);
         let (sft_prompt, pretrained_prompt) = source.prompts()?;
-        let action = match source {
-            ModelSource::Preset(size) => Action::Pretrain { size },
-            source => Action::Import { source },
-        };
-        jobs.push(Job { dir: at("pretrain"), action });
+        jobs.push(Job { dir: at("pretrain"), action: Action::Pretrained { source } });
         if cfg.inits.contains(&Init::Sft) {
             let action = Action::Sft { pretrained: at("pretrain"), prompt: sft_prompt.clone() };
             jobs.push(Job { dir: at("sft"), action });
