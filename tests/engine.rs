@@ -403,7 +403,9 @@ fn grpo_and_ppo_correct_the_gap_to_a_q8_0_engine() {
         eprintln!("{name}: gap {gap:.2e}, mean weight {weight:.5}, masked {masked:.3}");
         assert!(gap > 1e-3, "{name}: a Q8_0 engine differs from the trainer: {line}");
         if name == "tis" {
-            assert!((weight - 1.0).abs() > 1e-5 && masked == 0.0, "{line}");
+            // Ratios of exp(+-1e-3) average out close to 1 (4e-6 away in one CI-like run): any
+            // departure shows the weights were applied; cap 2 truncates none of them.
+            assert!((weight - 1.0).abs() > 1e-9 && masked == 0.0, "{line}");
         } else {
             assert!(masked > 0.0 && masked < 1.0 && (weight - (1.0 - masked)).abs() < 1e-9, "{line}");
         }
