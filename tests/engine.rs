@@ -105,7 +105,9 @@ fn llama_cpp_serves_every_family_with_the_local_greedy_tokens() {
         // A random tiny model has near-ties that llama-server's batching order tips either way
         // (Gemma 3: 22-24 of 24 over repeated runs of the same build); a wrong conversion agrees on none.
         assert!(same.len() * 100 >= local.len() * 90, "{family}: {} of {} agree", same.len(), local.len());
-        assert!(gap <= 1e-3, "{family}: log-probs differ by {gap}");
+        // Measured 3.5e-4 to 1.03e-3 across runs (llama-server's batching order); a wrong
+        // conversion is off by far more.
+        assert!(gap <= 2e-3, "{family}: log-probs differ by {gap}");
     }
 }
 
