@@ -47,27 +47,16 @@ impl MlflowRun {
         let uri = uri.trim_end_matches('/');
         let old: Option<State> =
             std::fs::read_to_string(&state_path).ok().and_then(|text| serde_json::from_str(&text).ok());
-        if let Some(state) = old.filter(|s| s.uri == uri) {
-            let run = MlflowRun {
-                agent,
-                state,
-                state_path,
-                pending: Vec::new(),
-                pending_through: None,
-                flushed: std::time::Instant::now(),
-            };
+        let resumed = old.filter(|s| s.uri == uri);
+        let fresh =
+            || State { uri: uri.into(), run_id: String::new(), artifact_uri: String::new(), sent_through: None };
+        let state = resumed.clone().unwrap_or_else(fresh);
+        let flushed = std::time::Instant::now();
+        let mut run = MlflowRun { agent, state, state_path, pending: Vec::new(), pending_through: None, flushed };
+        if resumed.is_some() {
             run.post("runs/update", json!({"run_id": run.state.run_id, "status": "RUNNING"}))?;
             return Ok(run);
         }
-        let state = State { uri: uri.into(), run_id: String::new(), artifact_uri: String::new(), sent_through: None };
-        let mut run = MlflowRun {
-            agent,
-            state,
-            state_path,
-            pending: Vec::new(),
-            pending_through: None,
-            flushed: std::time::Instant::now(),
-        };
         let experiment_id = run.experiment_id(experiment)?;
         let tags = [("mlflow.source.name", "reasonrl"), ("reasonrl.run_dir", &dir.display().to_string())];
         let created = run.post(
