@@ -131,17 +131,26 @@ fn a_study_starts_from_model_folders_and_gguf_files() {
     tokenizer["chat_template"] = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}".into();
     std::fs::write(&config, tokenizer.to_string()).unwrap();
 
+    // A transfer set in SVAMP's format: its test split is the problems whose ID hashes to 0 mod 5.
+    let svamp = dir.path().join("svamp.jsonl");
+    let problem = |i: usize| {
+        let (body, question) = (format!("Tom has {i} apples."), "He gets 2 more. How many apples does he have?");
+        serde_json::json!({"ID": format!("chal-{i}"), "Body": body, "Question": question, "Equation": format!("( {i} + 2 )"), "Answer": i + 2})
+    };
+    std::fs::write(&svamp, (0..30).map(|i| format!("{}\n", problem(i))).collect::<String>()).unwrap();
+
     let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
     let short = r#""eval.problems=4", "eval.max_new_tokens=16""#;
     let text = format!(
         "name = \"real\"\nout_dir = {:?}\ntask = \"builtin:1\"\nsizes = [{:?}, {:?}]\ninits = [\"sft\", \"pretrained\"]\n\
-         rerank = \"mean-logprob\"\nexperiments = [{{ algorithm = \"ei\" }}]\n\
+         rerank = \"mean-logprob\"\nexperiments = [{{ algorithm = \"ei\" }}]\ntransfer = [\"svamp:{}\"]\n\
          [eval]\nproblems = 4\nsamples_per_prompt = 2\nks = [1, 2]\nmax_new_tokens = 16\n\
          [sft]\nconfig = {:?}\nset = [\"train.max_steps=2\", {short}]\n\
          [ei]\nconfig = {:?}\nset = [\"questions=4\", \"rounds=1\", \"train.max_steps=1\", \"sampling.max_new_tokens=16\", {short}]\n",
         s(dir.path()),
         s(&model),
         s(&gguf),
+        s(&svamp),
         s(&configs.join("sft.toml")),
         s(&configs.join("ei.toml")),
     );
@@ -170,4 +179,23 @@ fn a_study_starts_from_model_folders_and_gguf_files() {
         let line = report.lines().find(|l| l.contains(row)).unwrap_or_else(|| panic!("no row {row}: {report}"));
         assert!(!line.contains("not run") && !line.contains("failed"), "{line}");
     }
+    // Every model is also evaluated greedily on the whole test split of the transfer task, in its
+    // prompts, and each run is paired against its start there.
+    let task = reasonrl::task::TaskSpec::parse(&format!("svamp:{}", s(&svamp))).unwrap();
+    let test_split = task.load(reasonrl::task::Split::Test, None).unwrap().len();
+    assert!(test_split > 0);
+    for eval in ["chatty/sft-eval-svamp", "chatty/pretrained-ei-sparse-s0/eval-svamp", "plain.Q8_0/sft-eval-svamp"] {
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(real.join(eval).join("summary.json")).unwrap()).unwrap();
+        assert_eq!(
+            (summary["problems"].as_u64(), summary["samples_per_prompt"].as_u64()),
+            (Some(test_split as u64), Some(0))
+        );
+    }
+    assert_eq!(prompt("chatty/pretrained-ei-sparse-s0/eval-svamp"), ("chat".into(), 4), "the run's own prompts");
+    let transfer =
+        report.split("## Transfer to svamp:").nth(1).unwrap_or_else(|| panic!("no transfer table: {report}"));
+    let line = transfer.lines().find(|l| l.starts_with("| chatty | sft | ei |")).unwrap();
+    let delta = line.split('|').nth(7).unwrap().trim();
+    assert!(delta.starts_with('+') || delta.starts_with('-') && delta.len() > 1, "a paired difference: {line}");
 }

@@ -127,7 +127,7 @@ pub(super) fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
                 }
             }
         }
-        Action::Eval { model, scorer, prompt } => {
+        Action::Eval { model, scorer, prompt, task, spec } => {
             // Without its ORM (failed) the evaluation still runs; rerank@k is left out.
             let (scorer, orm) = match scorer.as_deref().map(output_of) {
                 Some(Ok(orm)) => (ScorerKind::Orm, orm),
@@ -139,8 +139,8 @@ pub(super) fn run_job(cfg: &StudyConfig, job: &Job) -> Result<PathBuf> {
             };
             let eval = EvalConfig {
                 model: output_of(model)?,
-                task: cfg.task.clone(),
-                eval: cfg.eval.clone(),
+                task: task.clone(),
+                eval: spec.clone(),
                 scorer,
                 orm,
                 prompt: prompt.clone(),
@@ -217,6 +217,13 @@ mod tests {
         let odd = Experiment { name: Some("da po".into()), ..dapo.clone() };
         let err = super::super::plan(&StudyConfig { experiments: vec![odd], ..cfg.clone() }).unwrap_err().to_string();
         assert!(err.contains("experiment name `da po`"), "{err}");
+        let svamp = |file: &str| format!("svamp:{file}");
+        let twice = StudyConfig { transfer: vec![svamp("a.json"), svamp("b.json")], ..cfg.clone() };
+        let err = super::super::plan(&twice).unwrap_err().to_string();
+        assert!(err.contains("two transfer tasks are `svamp` tasks"), "{err}");
+        let odd = StudyConfig { transfer: vec!["svam:a.json".into()], ..cfg.clone() };
+        let err = super::super::plan(&odd).unwrap_err().to_string();
+        assert!(err.contains("transfer task") && err.contains("svam"), "{err}");
         let typo = Experiment { set: vec!["clip_hihg=0.3".into()], ..dapo };
         let err = super::super::check_stages(&StudyConfig { experiments: vec![typo], ..cfg }).unwrap_err().to_string();
         assert!(err.contains("[grpo, experiment dapo]") && err.contains("clip_hihg"), "{err}");

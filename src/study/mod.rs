@@ -47,6 +47,10 @@ pub struct StudyConfig {
     pub rerank: Rerank,
     /// The final test evaluation of every model (the same settings as a run's evaluation).
     pub eval: EvalSpec,
+    /// Other tasks every model is also evaluated on, greedily on their whole test split, to see
+    /// whether gains transfer (e.g. `svamp:../shared/data/svamp/SVAMP.json`); each in folders
+    /// named after its kind (`sft-eval-svamp`, `RUN/eval-svamp`).
+    pub transfer: Vec<String>,
     /// The engine that samples in every stage that samples (ORM, the algorithms, the final
     /// evaluations); a stage's own `rollout.*` overrides win.
     pub rollout: crate::engine::RolloutConfig,
@@ -78,6 +82,7 @@ impl Default for StudyConfig {
             experiments: vec![Experiment::default()],
             rerank: Rerank::Orm,
             eval: EvalSpec::default(),
+            transfer: Vec::new(),
             rollout: crate::engine::RolloutConfig::default(),
             pretrain: Stage::default(),
             sft: Stage::default(),
@@ -211,7 +216,7 @@ pub enum Action {
     Sft { pretrained: PathBuf, prompt: PromptConfig },
     Orm { policy: PathBuf, prompt: PromptConfig },
     Train { experiment: Experiment, seed: u64, init: PathBuf, orm: Option<PathBuf>, prompt: PromptConfig },
-    Eval { model: PathBuf, scorer: Option<PathBuf>, prompt: PromptConfig },
+    Eval { model: PathBuf, scorer: Option<PathBuf>, prompt: PromptConfig, task: String, spec: EvalSpec },
 }
 
 /// A row of the report: where a model came from and the folders of its run and its evaluation.
@@ -228,6 +233,8 @@ pub struct Row {
     /// The training run (None for the starting model).
     pub run: Option<PathBuf>,
     pub eval: PathBuf,
+    /// The evaluation folder of each of the study's `transfer` tasks.
+    pub transfer: Vec<PathBuf>,
 }
 
 /// The study laid out: its jobs in the order they run, and the rows of its table.
@@ -265,6 +272,13 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
             )));
         }
     }
+    let transfer = transfer_tasks(cfg)?;
+    let greedy = EvalSpec {
+        problems: 0,
+        sampled_problems: 0,
+        ks: Vec::new(),
+        sampling: crate::sample::Sampling { samples_per_prompt: 0, ..cfg.eval.sampling.clone() },
+    };
     let needs_orm = cfg.rerank == Rerank::Orm || cfg.experiments.iter().any(|e| e.reward == RewardKind::Orm);
     let (mut jobs, mut rows, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
     for size in &cfg.sizes {
@@ -292,9 +306,19 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
                 });
             }
             let scorer = orm.clone().filter(|_| cfg.rerank == Rerank::Orm);
-            let eval = |model: &Path, out: PathBuf, prompt: PromptConfig, scorer: Option<PathBuf>| Job {
-                dir: out,
-                action: Action::Eval { model: model.to_path_buf(), scorer, prompt },
+            // The test evaluation, then a greedy pass over each transfer task; their folders.
+            let eval = |jobs: &mut Vec<Job>, model: &Path, out: PathBuf, prompt: &PromptConfig, scorer| {
+                let mut job = |dir: PathBuf, task: &str, spec: EvalSpec, scorer: Option<PathBuf>| {
+                    let (model, prompt, task) = (model.to_path_buf(), prompt.clone(), task.to_string());
+                    jobs.push(Job { dir: dir.clone(), action: Action::Eval { model, scorer, prompt, task, spec } });
+                    dir
+                };
+                job(out.clone(), &cfg.task, cfg.eval.clone(), scorer);
+                let name = out.file_name().expect("evaluations have names").to_string_lossy();
+                let transfer = transfer
+                    .iter()
+                    .map(|(tag, task)| job(out.with_file_name(format!("{name}-{tag}")), task, greedy.clone(), None));
+                transfer.collect::<Vec<_>>()
             };
             let start = Row {
                 size: size.clone(),
@@ -305,9 +329,10 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
                 seed: None,
                 run: None,
                 eval: at(&format!("{init}-eval")),
+                transfer: Vec::new(),
             };
-            jobs.push(eval(&model, start.eval.clone(), prompt.clone(), scorer.clone()));
-            rows.push(start.clone());
+            let transfer = eval(&mut jobs, &model, start.eval.clone(), &prompt, scorer.clone());
+            rows.push(Row { transfer, ..start.clone() });
             for experiment in &cfg.experiments {
                 for &seed in &cfg.seeds {
                     let (name, reward) = (experiment.name(), name_of(&experiment.reward));
@@ -328,7 +353,7 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
                         eval_prompt.condition_every_step = experiment.reward != RewardKind::Sparse;
                         eval_scorer = None;
                     }
-                    jobs.push(eval(&run, run.join("eval"), eval_prompt, eval_scorer));
+                    let transfer = eval(&mut jobs, &run, run.join("eval"), &eval_prompt, eval_scorer);
                     rows.push(Row {
                         algorithm: name_of(&experiment.algorithm),
                         name,
@@ -336,6 +361,7 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
                         seed: Some(seed),
                         run: Some(run.clone()),
                         eval: run.join("eval"),
+                        transfer,
                         ..start.clone()
                     });
                 }
@@ -343,6 +369,21 @@ pub fn plan(cfg: &StudyConfig) -> Result<Plan> {
         }
     }
     Ok(Plan { dir, jobs, rows, sizes })
+}
+
+/// The study's `transfer` tasks, each with the tag that names its folders (its kind: `svamp`);
+/// a malformed task or two of one kind are refused.
+fn transfer_tasks(cfg: &StudyConfig) -> Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for task in &cfg.transfer {
+        crate::task::TaskSpec::parse(task).map_err(|e| Error::Invalid(format!("study: transfer task: {e}")))?;
+        let tag = task.split(':').next().unwrap_or_default().to_string();
+        if out.iter().any(|(t, _)| *t == tag) {
+            return Err(Error::Invalid(format!("study: two transfer tasks are `{tag}` tasks: keep one")));
+        }
+        out.push((tag, task.clone()));
+    }
+    Ok(out)
 }
 
 /// How a study ended.

@@ -2,7 +2,7 @@
 //! checked against this study's numbers.
 
 use super::findings::{count, findings, largest_pass_key, paired, pct, show_diff, RowResult};
-use super::{Plan, StudyConfig, DONE_FILE};
+use super::{Plan, Row, StudyConfig, DONE_FILE};
 use crate::error::Result;
 use crate::eval::Metric;
 use crate::fsutil::write_atomic;
@@ -28,11 +28,7 @@ pub fn table(results: &[RowResult], k: usize) -> String {
             (None, None) => "not run".into(),
         };
         let row = &r.row;
-        let start = results.iter().find(|s| s.row.seed.is_none() && s.row.size == row.size && s.row.init == row.init);
-        let delta = |metric: &str| match start.filter(|_| row.seed.is_some()).and_then(|s| paired(r, s, metric)) {
-            Some(d) => show_diff(&d),
-            None => "-".into(),
-        };
+        let delta = |metric: &str| delta_vs_start(results, r, metric);
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {status} |",
@@ -51,6 +47,38 @@ pub fn table(results: &[RowResult], k: usize) -> String {
             s.map_or("-".into(), |s| format!("{:.2}", s.mean_distinct_correct)),
             count(r.samples),
             count(r.samples_to_95),
+        );
+    }
+    out
+}
+
+/// A run's paired difference in `metric` from its starting model (same size and init), or "-".
+fn delta_vs_start(results: &[RowResult], r: &RowResult, metric: &str) -> String {
+    let row = &r.row;
+    let start = results.iter().find(|s| s.row.seed.is_none() && s.row.size == row.size && s.row.init == row.init);
+    match start.filter(|_| row.seed.is_some()).and_then(|s| paired(r, s, metric)) {
+        Some(d) => show_diff(&d),
+        None => "-".into(),
+    }
+}
+
+/// Greedy maj@1 on a transfer task, each run paired against its start.
+pub fn transfer_table(results: &[RowResult]) -> String {
+    let mut out =
+        "| size | init | algorithm | reward | seed | maj@1 | Δ maj@1 vs start |\n|---|---|---|---|---|---|---|\n"
+            .to_string();
+    for r in results {
+        let row = &r.row;
+        let maj1 = if r.error.is_some() { "failed".into() } else { pct(r.maj1()) };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {maj1} | {} |",
+            row.size,
+            row.init,
+            row.name,
+            row.reward,
+            row.seed.map_or("-".into(), |s| s.to_string()),
+            delta_vs_start(results, r, "maj@1"),
         );
     }
     out
@@ -91,6 +119,15 @@ pub fn write(cfg: &StudyConfig, plan: &Plan) -> Result<String> {
             let what = format!("{}/{} {}-{}", row.size, row.init, row.name, row.reward);
             let _ = writeln!(md, "- {what}: {}", r.error.as_deref().unwrap_or_default());
         }
+    }
+
+    for (i, task) in cfg.transfer.iter().enumerate() {
+        let rows =
+            plan.rows.iter().map(|r| Row { run: None, eval: r.transfer[i].clone(), transfer: Vec::new(), ..r.clone() });
+        let results = rows.map(|r| RowResult::read(&r)).collect::<Result<Vec<_>>>()?;
+        let _ =
+            writeln!(md, "\n## Transfer to {task}\n\nGreedy maj@1 on its whole test split, with the same prompts.\n");
+        md.push_str(&transfer_table(&results));
     }
 
     md.push_str("\n## The paper's findings, checked\n");
@@ -238,6 +275,7 @@ mod tests {
                 seed: (!start).then_some(0),
                 run: None,
                 eval: PathBuf::from(format!("{algorithm}-{reward}")),
+                transfer: Vec::new(),
             },
             summary: Some(summary),
             error: None,
