@@ -317,7 +317,12 @@ fn minibatch_step(
     let kl_estimator = cfg.kl_estimator.unwrap_or(KlEstimator::K3);
     let world = crate::dist::world();
     optimizer.zero_grad();
-    let parts = micro_batches(mb, episodes, pg.optim.batch_tokens);
+    // Without a KL term, a response whose advantage is zero adds nothing to the gradient (its
+    // loss is 0 x ratio): it skips the forward and backward passes, which at a low solve rate
+    // are most of an update's. Its tokens still count in the weights above.
+    let trains = |i: &&usize| ref_logprobs.is_some() || batch.advantages[**i].iter().any(|&a| a != 0.0);
+    let informative: Vec<usize> = mb.iter().filter(trains).copied().collect();
+    let parts = micro_batches(&informative, episodes, pg.optim.batch_tokens);
     let mut logged = [0.0; 7];
     for (mb, share) in &parts {
         let share = *share;
@@ -382,6 +387,53 @@ mod tests {
         assert!(close(&grpo_advantages(&[1.0; 4], true), &[0.0; 4]));
         assert!(close(&grpo_advantages(&[0.0; 4], false), &[0.0; 4]));
         assert!(close(&rloo_advantages(&[1.0; 3]), &[0.0; 3]));
+    }
+
+    #[test]
+    fn without_kl_a_zero_advantage_response_skips_the_passes_and_the_step_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::model::ModelConfig::llama(40, 16, 32, 1, 2, 1, 32, true);
+        tch::manual_seed(0);
+        CausalLm::new(&config, tch::Device::Cpu, false).unwrap().save(dir.path()).unwrap();
+        let episode = |response: Vec<u32>| Episode {
+            problem_id: "p".into(),
+            sample_index: 0,
+            prompt_tokens: vec![1, 2, 3],
+            logprobs: vec![-1.0; response.len()],
+            response_tokens: response,
+            text: String::new(),
+            finish: Finish::Stop,
+            extracted_answer: None,
+            reference_answer: "1".into(),
+            correct: false,
+        };
+        // Two groups of two: rewards 1, 0 (advantages +1, -1) and 0, 0 (nothing to learn).
+        let episodes = [episode(vec![4, 5]), episode(vec![6, 7, 8]), episode(vec![9]), episode(vec![10, 11])];
+        let per_token = |values: [f32; 4]| -> PerToken {
+            episodes.iter().zip(values).map(|(e, v)| vec![v; e.response_tokens.len()]).collect()
+        };
+        let (old, advantages, correction) =
+            (per_token([-1.0; 4]), per_token([1.0, -1.0, 0.0, 0.0]), per_token([1.0; 4]));
+        let batch = Batch { episodes: &episodes, old_logprobs: &old, advantages: &advantages, correction: &correction };
+        let mut cfg = GrpoConfig::default();
+        cfg.pg.kl_coef = 0.0;
+        cfg.pg.optim.batch_tokens = 6; // one response per micro-batch
+                                       // The same step with the KL term present at weight 0, which keeps every response.
+        let step = |reference: Option<&PerToken>| {
+            let policy = CausalLm::load(dir.path(), tch::Device::Cpu, false).unwrap();
+            let mut optimizer = AdamW::new(&policy);
+            let logged = minibatch_step(&cfg, &batch, reference, &[0, 1, 2, 3], &policy, &mut optimizer, 1e-2).unwrap();
+            (policy.vs.variables(), logged[7].1)
+        };
+        let ((skipped, skipped_parts), (kept, kept_parts)) = (step(None), step(Some(&old)));
+        assert_eq!((skipped_parts, kept_parts), (2.0, 4.0), "the zero-advantage group ran no passes");
+        let before = CausalLm::load(dir.path(), tch::Device::Cpu, false).unwrap().vs.variables();
+        for (name, w) in &skipped {
+            let gap = (w - &kept[name]).abs().max().double_value(&[]);
+            assert!(gap < 1e-7, "{name} differs by {gap}");
+        }
+        let moved = skipped.iter().any(|(name, w)| !w.equal(&before[name]));
+        assert!(moved, "the step trained");
     }
 
     #[test]
