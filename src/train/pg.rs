@@ -14,20 +14,31 @@ use tch::{Device, Kind, Tensor};
 pub type PerToken = Vec<Vec<f32>>;
 
 /// Log-probs of the sampled tokens (and the head's values, if any) of every episode under
-/// `model`, without gradients, in chunks of `chunk` episodes.
+/// `model`, without gradients, in chunks of at most `batch_tokens` tokens.
 pub fn score_episodes(
     model: &Llama,
     episodes: &[&Episode],
     temperature: f64,
-    chunk: usize,
+    batch_tokens: usize,
 ) -> Result<(PerToken, Option<PerToken>)> {
-    // Chunks of episodes of similar length, so that little of each forward is padding.
+    // Chunks of episodes of similar length, so that little of each forward is padding, each
+    // within `batch_tokens` (rows x longest): a forward's logits are that many vocabulary rows.
     let mut order: Vec<usize> = (0..episodes.len()).collect();
     order.sort_by_key(|&i| episodes[i].sequence_len());
+    let mut parts: Vec<&[usize]> = Vec::new();
+    let mut start = 0;
+    for (n, &i) in order.iter().enumerate() {
+        // Sorted, so episode i is the longest of the chunk it would join.
+        if n > start && (n + 1 - start) * episodes[i].sequence_len() > batch_tokens {
+            parts.push(&order[start..n]);
+            start = n;
+        }
+    }
+    parts.push(&order[start..]);
     let (mut logprobs, mut values) =
         (vec![Vec::new(); episodes.len()], model.has_head().then(|| vec![Vec::new(); episodes.len()]));
     tch::no_grad(|| -> Result<()> {
-        for part in order.chunks(chunk.max(1)) {
+        for part in parts.into_iter().filter(|p| !p.is_empty()) {
             let rows: Vec<&Episode> = part.iter().map(|&i| episodes[i]).collect();
             let lens: Vec<usize> = rows.iter().map(|e| e.response_tokens.len()).collect();
             let scored = score_responses(model, &rows, temperature);
@@ -337,6 +348,35 @@ mod tests {
 
     fn close(a: &[f32], b: &[f32]) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
+    }
+
+    #[test]
+    fn scoring_in_chunks_of_a_token_budget_gives_every_episode_its_own_log_probs() {
+        let config = crate::model::ModelConfig::llama(40, 16, 32, 1, 2, 1, 32, true);
+        tch::manual_seed(0);
+        let model = crate::model::CausalLm::new(&config, Device::Cpu, false).unwrap();
+        let episode = |prompt: Vec<u32>, response: Vec<u32>| Episode {
+            problem_id: "p".into(),
+            sample_index: 0,
+            prompt_tokens: prompt,
+            logprobs: vec![0.0; response.len()],
+            response_tokens: response,
+            text: String::new(),
+            finish: crate::sample::Finish::Stop,
+            extracted_answer: None,
+            reference_answer: "1".into(),
+            correct: false,
+        };
+        let episodes =
+            [episode(vec![1, 2, 3], vec![4, 5, 6, 7]), episode(vec![8], vec![9]), episode(vec![10, 11], vec![12, 13])];
+        let refs: Vec<&Episode> = episodes.iter().collect();
+        let (whole, _) = score_episodes(&model, &refs, 1.0, usize::MAX).unwrap();
+        // A budget of 4 tokens puts 2 + 4 in one chunk and each longer episode alone.
+        let (chunked, _) = score_episodes(&model, &refs, 1.0, 4).unwrap();
+        for (i, (a, b)) in whole.iter().zip(&chunked).enumerate() {
+            assert_eq!(a.len(), episodes[i].response_tokens.len());
+            assert!(close(a, b), "episode {i}: {a:?} vs {b:?}");
+        }
     }
 
     #[test]

@@ -223,7 +223,7 @@ impl<'a> PgRun<'a> {
 
     /// Log-probs (and values) of the episodes under `model` at the sampling temperature.
     pub fn score(&self, model: &Llama, episodes: &[&Episode]) -> Result<(PerToken, Option<PerToken>)> {
-        score_episodes(model, episodes, self.settings.sampling.temperature, self.settings.sampling.batch_size)
+        score_episodes(model, episodes, self.settings.sampling.temperature, self.settings.optim.batch_tokens)
     }
 
     /// The reference policy's log-probs of the episodes' responses; None without a KL penalty.
