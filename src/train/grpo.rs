@@ -434,6 +434,11 @@ mod tests {
         }
         let moved = skipped.iter().any(|(name, w)| !w.equal(&before[name]));
         assert!(moved, "the step trained");
+        // A first step with nothing to learn runs no pass at all and changes nothing.
+        let policy = CausalLm::load(dir.path(), tch::Device::Cpu, false).unwrap();
+        let logged = minibatch_step(&cfg, &batch, None, &[2, 3], &policy, &mut AdamW::new(&policy), 1e-2).unwrap();
+        assert_eq!((logged[6].1, logged[7].1), (0.0, 0.0), "no gradient, no micro-batch");
+        assert!(policy.vs.variables().iter().all(|(name, w)| w.equal(&before[name])));
     }
 
     #[test]

@@ -124,6 +124,10 @@ impl AdamW {
                 .filter(|g| g.defined())
                 .map(|g| g.square().sum(Kind::Float))
                 .collect();
+            // No gradient at all: a first step whose every response had nothing to learn.
+            if squares.is_empty() {
+                return 0.0;
+            }
             let norm = Tensor::stack(&squares, 0).sum(Kind::Float).sqrt().double_value(&[]);
             if max_norm > 0.0 && norm > max_norm {
                 for (_, p) in &self.params {
