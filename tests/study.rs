@@ -179,6 +179,8 @@ fn a_study_starts_from_model_folders_and_gguf_files() {
         let line = report.lines().find(|l| l.contains(row)).unwrap_or_else(|| panic!("no row {row}: {report}"));
         assert!(!line.contains("not run") && !line.contains("failed"), "{line}");
     }
+    let took = report.split("The finished jobs took ").nth(1).and_then(|t| t.split(' ').next()?.parse::<f64>().ok());
+    assert!(took.is_some_and(|s| s > 0.0), "the jobs' time in all: {report}");
     // Every model is also evaluated greedily on the whole test split of the transfer task, in its
     // prompts, and each run is paired against its start there.
     let task = reasonrl::task::TaskSpec::parse(&format!("svamp:{}", s(&svamp))).unwrap();

@@ -69,7 +69,8 @@ impl RowResult {
     }
 }
 
-fn read_seconds(dir: &Path) -> Option<f64> {
+/// The wall time a finished job's `done.json` records.
+pub(super) fn read_seconds(dir: &Path) -> Option<f64> {
     let done: super::Done = serde_json::from_str(&std::fs::read_to_string(dir.join(DONE_FILE)).ok()?).ok()?;
     Some(done.seconds)
 }

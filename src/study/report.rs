@@ -1,7 +1,7 @@
 //! The study's `report.md`: the paper-style table, the plots, and each of the paper's findings
 //! checked against this study's numbers.
 
-use super::findings::{count, findings, largest_pass_key, paired, pct, show_diff, RowResult};
+use super::findings::{count, findings, largest_pass_key, paired, pct, read_seconds, show_diff, RowResult};
 use super::{Plan, Row, StudyConfig, DONE_FILE};
 use crate::error::Result;
 use crate::eval::Metric;
@@ -111,6 +111,12 @@ pub fn write(cfg: &StudyConfig, plan: &Plan) -> Result<String> {
         }
     );
     md.push_str(&table);
+    let seconds: f64 = plan.jobs.iter().filter_map(|j| read_seconds(&j.dir)).sum();
+    let _ = writeln!(
+        md,
+        "\nThe finished jobs took {seconds:.0} s ({:.1} h) in all, each timed by itself.",
+        seconds / 3600.0
+    );
     let failed: Vec<&RowResult> = results.iter().filter(|r| r.error.is_some()).collect();
     if !failed.is_empty() {
         md.push_str("\nFailed (rerunning the study retries them):\n\n");
