@@ -56,13 +56,13 @@ fn shipped_configs_parse() {
     }
     // study-real.toml leaves `sizes` to scripts/real.sh, which passes the fetched model.
     for (name, set) in [
-        ("study.toml", ""),
-        ("study-full.toml", ""),
-        ("study-recipes.toml", ""),
-        ("study-real.toml", "sizes=[\"tiny\"]"),
+        ("study.toml", None),
+        ("study-full.toml", None),
+        ("study-recipes.toml", None),
+        ("study-real.toml", Some("sizes=[\"tiny\"]")),
     ] {
-        let s: reasonrl::study::StudyConfig =
-            load(Some(&config(name)), &[set.into()][..(!set.is_empty()) as usize]).unwrap();
+        let sets: Vec<String> = set.into_iter().map(String::from).collect();
+        let s: reasonrl::study::StudyConfig = load(Some(&config(name)), &sets).unwrap();
         // Stage configs are relative to the repository root, where cargo runs tests.
         reasonrl::study::check_stages(&s).unwrap_or_else(|e| panic!("{name}: {e}"));
         let plan = reasonrl::study::plan(&s).unwrap();

@@ -417,8 +417,9 @@ mod tests {
         let batch = Batch { episodes: &episodes, old_logprobs: &old, advantages: &advantages, correction: &correction };
         let mut cfg = GrpoConfig::default();
         cfg.pg.kl_coef = 0.0;
-        cfg.pg.optim.batch_tokens = 6; // one response per micro-batch
-                                       // The same step with the KL term present at weight 0, which keeps every response.
+        // One response per micro-batch.
+        cfg.pg.optim.batch_tokens = 6;
+        // The same step with the KL term present at weight 0, which keeps every response.
         let step = |reference: Option<&PerToken>| {
             let policy = CausalLm::load(dir.path(), tch::Device::Cpu, false).unwrap();
             let mut optimizer = AdamW::new(&policy);

@@ -12,25 +12,31 @@ use crate::rollout::Episode;
 /// loss: the gradients that accumulate are the one update's, whatever the split and the world.
 pub fn micro_batches(mb: &[usize], episodes: &[Episode], budget: usize) -> Vec<(Vec<usize>, f64)> {
     let len = |i: usize| episodes[i].sequence_len();
-    let mut mine = mb[crate::dist::world().shard(mb.len())].to_vec();
-    mine.sort_by_key(|&i| len(i));
+    let mine = mb[crate::dist::world().shard(mb.len())].to_vec();
     let tokens = |rows: &[usize]| rows.iter().map(|&i| episodes[i].response_tokens.len()).sum::<usize>();
     let whole = tokens(mb).max(1) as f64;
-    let mut parts: Vec<Vec<usize>> = Vec::new();
-    for i in mine {
-        // Sorted, so this episode is the longest of the part it joins.
-        match parts.last_mut() {
-            Some(part) if len(i) * (part.len() + 1) <= budget => part.push(i),
-            _ => parts.push(vec![i]),
-        }
-    }
-    parts
+    by_length(mine, len, budget)
         .into_iter()
         .map(|part| {
             let share = tokens(&part) as f64 / whole;
             (part, share)
         })
         .collect()
+}
+
+/// `rows` shortest first (by `len`), cut into parts of at most `budget` tokens (rows x longest;
+/// a longer row is a part alone).
+pub fn by_length(mut rows: Vec<usize>, len: impl Fn(usize) -> usize, budget: usize) -> Vec<Vec<usize>> {
+    rows.sort_by_key(|&i| len(i));
+    let mut parts: Vec<Vec<usize>> = Vec::new();
+    for i in rows {
+        // Sorted, so this row is the longest of the part it joins.
+        match parts.last_mut() {
+            Some(part) if len(i) * (part.len() + 1) <= budget => part.push(i),
+            _ => parts.push(vec![i]),
+        }
+    }
+    parts
 }
 
 /// Refuses minibatches smaller than the world: every rank needs an episode of each.

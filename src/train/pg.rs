@@ -5,6 +5,7 @@
 //! variance. PPO and GRPO/RLOO build on
 //! these.
 
+use super::minibatch::by_length;
 use crate::error::Result;
 use crate::model::Llama;
 use crate::rollout::Episode;
@@ -23,22 +24,11 @@ pub fn score_episodes(
 ) -> Result<(PerToken, Option<PerToken>)> {
     // Chunks of episodes of similar length, so that little of each forward is padding, each
     // within `batch_tokens` (rows x longest): a forward's logits are that many vocabulary rows.
-    let mut order: Vec<usize> = (0..episodes.len()).collect();
-    order.sort_by_key(|&i| episodes[i].sequence_len());
-    let mut parts: Vec<&[usize]> = Vec::new();
-    let mut start = 0;
-    for (n, &i) in order.iter().enumerate() {
-        // Sorted, so episode i is the longest of the chunk it would join.
-        if n > start && (n + 1 - start) * episodes[i].sequence_len() > batch_tokens {
-            parts.push(&order[start..n]);
-            start = n;
-        }
-    }
-    parts.push(&order[start..]);
+    let parts = by_length((0..episodes.len()).collect(), |i| episodes[i].sequence_len(), batch_tokens);
     let (mut logprobs, mut values) =
         (vec![Vec::new(); episodes.len()], model.has_head().then(|| vec![Vec::new(); episodes.len()]));
     tch::no_grad(|| -> Result<()> {
-        for part in parts.into_iter().filter(|p| !p.is_empty()) {
+        for part in parts {
             let rows: Vec<&Episode> = part.iter().map(|&i| episodes[i]).collect();
             let lens: Vec<usize> = rows.iter().map(|e| e.response_tokens.len()).collect();
             let scored = score_responses(model, &rows, temperature);
