@@ -12,42 +12,51 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 /// The paper-style table: one row per model, with 95% intervals, and each run's paired
-/// difference from its starting model (same size and init) on the same problems.
-pub fn table(results: &[RowResult], k: usize) -> String {
-    let mut out = format!(
-        "| size | init | algorithm | reward | seed | maj@1 | Δ maj@1 vs start | maj@{k} | rerank@{k} | wmaj@{k} | \
-         pass@{k} | Δ pass@{k} vs start | distinct correct | samples | samples to 95% | time |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---:|---:|---:|---|\n"
-    );
+/// difference from its starting model (same size and init) on the same problems. The sampled
+/// columns (maj@k to distinct correct) only when the models were sampled: `k` is Some.
+pub fn table(results: &[RowResult], k: Option<usize>) -> String {
+    let mut head =
+        ["size", "init", "algorithm", "reward", "seed", "maj@1", "Δ maj@1 vs start"].map(String::from).to_vec();
+    if let Some(k) = k {
+        let names = ["maj", "rerank", "wmaj", "pass"].map(|m| format!("{m}@{k}"));
+        head.extend(names.into_iter().chain([format!("Δ pass@{k} vs start"), "distinct correct".into()]));
+    }
+    head.extend(["samples", "samples to 95%", "time"].map(String::from));
+    let rule: Vec<&str> = head
+        .iter()
+        .map(|h| if ["distinct correct", "samples", "samples to 95%"].contains(&h.as_str()) { "---:" } else { "---" })
+        .collect();
+    let mut out = format!("| {} |\n|{}|\n", head.join(" | "), rule.join("|"));
     for r in results {
-        let s = r.summary.as_ref();
-        let at = |map: Option<&BTreeMap<usize, Metric>>| pct(map.and_then(|m| m.get(&k)));
+        let (row, s) = (&r.row, r.summary.as_ref());
+        let delta = |metric: &str| delta_vs_start(results, r, metric);
+        let mut cells = vec![
+            row.size.clone(),
+            row.init.to_string(),
+            row.name.clone(),
+            row.reward.clone(),
+            row.seed.map_or("-".into(), |s| s.to_string()),
+            pct(r.maj1()),
+            delta("maj@1"),
+        ];
+        if let Some(k) = k {
+            let at = |map: Option<&BTreeMap<usize, Metric>>| pct(map.and_then(|m| m.get(&k)));
+            cells.extend([
+                at(s.map(|s| &s.maj)),
+                at(s.map(|s| &s.rerank)),
+                at(s.map(|s| &s.wmaj)),
+                at(s.map(|s| &s.pass)),
+                delta(&format!("pass@{k}")),
+                s.map_or("-".into(), |s| format!("{:.2}", s.mean_distinct_correct)),
+            ]);
+        }
         let status = match (&r.error, s) {
             (Some(_), _) => "failed (below)".into(),
             (None, Some(_)) => format!("{:.0} s", r.seconds),
             (None, None) => "not run".into(),
         };
-        let row = &r.row;
-        let delta = |metric: &str| delta_vs_start(results, r, metric);
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {status} |",
-            row.size,
-            row.init,
-            row.name,
-            row.reward,
-            row.seed.map_or("-".into(), |s| s.to_string()),
-            pct(r.maj1()),
-            delta("maj@1"),
-            at(s.map(|s| &s.maj)),
-            at(s.map(|s| &s.rerank)),
-            at(s.map(|s| &s.wmaj)),
-            at(s.map(|s| &s.pass)),
-            delta(&format!("pass@{k}")),
-            s.map_or("-".into(), |s| format!("{:.2}", s.mean_distinct_correct)),
-            count(r.samples),
-            count(r.samples_to_95),
-        );
+        cells.extend([count(r.samples), count(r.samples_to_95), status]);
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
     }
     out
 }
@@ -87,28 +96,35 @@ pub fn transfer_table(results: &[RowResult]) -> String {
 /// Writes `report.md` and the plots into the study folder; returns the table.
 pub fn write(cfg: &StudyConfig, plan: &Plan) -> Result<String> {
     let results = plan.rows.iter().map(RowResult::read).collect::<Result<Vec<_>>>()?;
-    let table = table(&results, cfg.eval.ks().iter().copied().max().unwrap_or(1));
+    let sampled = cfg.eval.sampling.samples_per_prompt > 0;
+    let table = table(&results, sampled.then(|| cfg.eval.ks().iter().copied().max().unwrap_or(1)));
     let mut md = format!("# Study `{}` on {}\n\n", cfg.name, cfg.task);
+    let problems = if cfg.eval.problems == 0 { "all".into() } else { cfg.eval.problems.to_string() };
+    let _ = write!(md, "Every model is evaluated on {problems} test problems: maj@1 is greedy on all of them");
+    if sampled {
+        let _ = write!(
+            md,
+            "; maj@k, rerank@k and wmaj@k (by {}) and pass@k (unbiased) come from {} samples at temperature {} on {}",
+            if cfg.rerank == super::Rerank::Orm {
+                "an ORM trained on the starting model's samples; RCRL's samples, which hold control tokens the ORM \
+                 never saw, by mean log-prob"
+            } else {
+                "mean log-prob"
+            },
+            cfg.eval.sampling.samples_per_prompt,
+            cfg.eval.sampling.temperature,
+            match cfg.eval.sampled_problems {
+                0 => "every problem".to_string(),
+                n => format!("the first {n}"),
+            }
+        );
+    }
     let _ = writeln!(
         md,
-        "Every model is evaluated on {} test problems: maj@1 is greedy on all of them; maj@k, rerank@k and wmaj@k \
-         (by {}) and pass@k (unbiased) come from {} samples at temperature {} on {}. Intervals are 95% bootstrap \
-         intervals over problems; a Δ column is the paired difference from the starting model on the same problems. \
-         `samples` counts the solutions a run generated; `samples to 95%` is the first in-run evaluation that \
-         reached 95% of the run's final in-run maj@1 (for runs that ended above their start).\n",
-        if cfg.eval.problems == 0 { "all".into() } else { cfg.eval.problems.to_string() },
-        if cfg.rerank == super::Rerank::Orm {
-            "an ORM trained on the starting model's samples; RCRL's samples, which hold control tokens the ORM \
-             never saw, by mean log-prob"
-        } else {
-            "mean log-prob"
-        },
-        cfg.eval.sampling.samples_per_prompt,
-        cfg.eval.sampling.temperature,
-        match cfg.eval.sampled_problems {
-            0 => "every problem".to_string(),
-            n => format!("the first {n}"),
-        }
+        ". Intervals are 95% bootstrap intervals over problems; a Δ column is the paired difference from the \
+         starting model on the same problems. `samples` counts the solutions a run generated; `samples to 95%` is \
+         the first in-run evaluation that reached 95% of the run's final in-run maj@1 (for runs that ended above \
+         their start).\n"
     );
     md.push_str(&table);
     let seconds: f64 = plan.jobs.iter().filter_map(|j| read_seconds(&j.dir)).sum();
@@ -410,8 +426,14 @@ mod tests {
     fn the_table_shows_paired_differences_from_the_start() {
         let start = row("none", "sparse", None, N, tenths(3), |_| 0.5);
         let ei = row("ei", "sparse", Some(20_000.0), N, tenths(5), |_| 0.5);
-        let table = table(&[start, ei], 8);
-        assert!(table.contains("Δ maj@1 vs start"));
+        let rows = [start, ei];
+        let greedy = table(&rows, None);
+        assert!(!greedy.contains("pass@") && !greedy.contains("distinct"), "no sampled columns: {greedy}");
+        let cells = |line: &str| line.matches('|').count();
+        assert!(greedy.lines().all(|l| cells(l) == 11), "every line has the 10 greedy columns: {greedy}");
+        let table = table(&rows, Some(8));
+        assert!(table.contains("Δ maj@1 vs start") && table.contains("| pass@8 |"));
+        assert!(table.lines().all(|l| cells(l) == 17), "{table}");
         let ei_line = table.lines().find(|l| l.contains("| ei |")).unwrap();
         assert!(ei_line.contains("| +20.0 [+1"), "{ei_line}");
         let start_line = table.lines().find(|l| l.contains("| none |")).unwrap();
