@@ -7,7 +7,7 @@ use reasonrl::run::Metrics;
 use reasonrl::task::{synth, Split};
 use reasonrl::tokenizer::Tokenizer;
 use reasonrl::train::checkpoint::{load_checkpoint, Checkpoints, TrainerState};
-use reasonrl::train::{AdamW, Example, TrainConfig, Trainer};
+use reasonrl::train::{AdamW, Example, Objective, TrainConfig, Trainer};
 use std::path::Path;
 use tch::Device;
 
@@ -133,8 +133,7 @@ fn the_loss_covers_the_response_tokens_only() {
     let config = ModelConfig::llama(50, 32, 64, 2, 4, 2, 64, true);
     let model = CausalLm::new(&config, Device::Cpu, false).unwrap();
     let example = Example::new(vec![1, 7, 9, 11, 13, 21, 23, 25], 5);
-    let (inputs, targets) = reasonrl::train::objective::collate(&[&example], 0, &[], Device::Cpu);
-    let loss = reasonrl::train::objective::masked_lm_loss(&model, &inputs, &targets).double_value(&[]);
+    let loss = Objective::default().loss(&model, &[&example], 0).unwrap().double_value(&[]);
     let ids: Vec<i64> = example.tokens.iter().map(|&t| t as i64).collect();
     let logp = model.forward_logits(&tch::Tensor::from_slice(&ids[..7]).unsqueeze(0)).log_softmax(-1, tch::Kind::Float);
     // Positions 4, 5, 6 predict tokens 5, 6, 7: the response. Positions 0-3 (the prompt) do not count.
@@ -156,8 +155,7 @@ fn the_orm_loss_covers_the_response_tokens_only_and_reaches_every_used_parameter
     assert!((loss.double_value(&[]) - expected).abs() < 1e-4, "{loss} vs {expected}");
     // The joint objective adds exactly the language-model loss on the response.
     let joint = reasonrl::train::objective::outcome_loss(&model, &[&example], 0, 2.0, 0.5, 0.0).unwrap();
-    let (inputs, targets) = reasonrl::train::objective::collate(&[&example], 0, &[], Device::Cpu);
-    let lm = reasonrl::train::objective::masked_lm_loss(&model, &inputs, &targets);
+    let lm = Objective::default().loss(&model, &[&example], 0).unwrap();
     assert!((joint.double_value(&[]) - loss.double_value(&[]) - 0.5 * lm.double_value(&[])).abs() < 1e-3);
     loss.backward();
     for (name, p) in model.vs.variables() {
