@@ -12,15 +12,16 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
-/// The original GGUF and the folder converted from it.
-fn gemma3() -> (PathBuf, PathBuf) {
+/// The original GGUF, and a folder (removed when dropped: 1.4 GB by the end) holding the model
+/// converted from it in `model/`.
+fn gemma3() -> (PathBuf, tempfile::TempDir) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = std::process::Command::new(root.join("scripts/fetch-gemma3.sh")).output().expect("run the fetch script");
     assert!(out.status.success(), "fetching Gemma 3 failed: {}", String::from_utf8_lossy(&out.stderr));
     let gguf = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gemma-3-270m");
-    reasonrl::model::gguf_import::convert(&gguf, &dir, true).unwrap();
-    (gguf, dir)
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    reasonrl::model::gguf_import::convert(&gguf, &work.path().join("model"), false).unwrap();
+    (gguf, work)
 }
 
 /// llama-server on `gguf`, killed when dropped.
@@ -79,7 +80,8 @@ fn gsm8k(n: usize) -> Vec<Value> {
 
 #[test]
 fn converted_gemma3_tokenizes_and_continues_as_llama_cpp_does() {
-    let (gguf, dir) = gemma3();
+    let (gguf, work) = gemma3();
+    let dir = work.path().join("model");
     let (model, tokenizer) = CausalLm::load_with_tokenizer(&dir, tch::Device::Cpu, false).unwrap();
     let server = Server::start(&gguf);
 
@@ -123,7 +125,7 @@ fn converted_gemma3_tokenizes_and_continues_as_llama_cpp_does() {
 
     // Exported back to GGUF, the tokenizer travels as SentencePiece pieces with scores, and
     // llama-server tokenizes with it as with the original.
-    let back = dir.parent().unwrap().join("gemma-3-270m-back.gguf");
+    let back = work.path().join("back.gguf");
     reasonrl::model::gguf_export::export_dir(&dir, &back, reasonrl::model::gguf_export::GgufDtype::Q8_0, true).unwrap();
     drop(server);
     let exported = Server::start(&back);
