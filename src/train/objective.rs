@@ -79,13 +79,16 @@ impl Objective {
     }
 }
 
-/// Right-padded inputs `[B, T-1]` and, on the host, their flattened next-token targets (-100
-/// where no loss is taken: the prompt, the padding and `context_only` tokens).
+/// A position whose next token is not learned.
+pub const NO_TARGET: i64 = -100;
+
+/// Right-padded inputs `[B, T-1]` and, on the host, their flattened next-token targets
+/// ([`NO_TARGET`] where no loss is taken: the prompt, the padding and `context_only` tokens).
 pub fn collate(examples: &[&Example], pad: u32, context_only: &[u32], device: tch::Device) -> (Tensor, Vec<i64>) {
     let t = examples.iter().map(|e| e.tokens.len()).max().unwrap_or(2).max(2);
     let b = examples.len();
     let mut inputs = vec![pad as i64; b * (t - 1)];
-    let mut targets = vec![-100i64; b * (t - 1)];
+    let mut targets = vec![NO_TARGET; b * (t - 1)];
     for (r, e) in examples.iter().enumerate() {
         for j in 0..e.tokens.len().saturating_sub(1) {
             inputs[r * (t - 1) + j] = e.tokens[j] as i64;
@@ -98,11 +101,11 @@ pub fn collate(examples: &[&Example], pad: u32, context_only: &[u32], device: tc
 }
 
 /// Summed next-token cross-entropy of the hidden states `[B, T, H]` against the flattened
-/// `targets` (-100: no loss). Only the positions with a target go through the head: prompts and
+/// `targets` ([`NO_TARGET`]: no loss). Only the positions with a target go through the head: prompts and
 /// padding are about half of SFT's tokens, and a real model's head is a large share of its step.
 pub fn next_token_loss(model: &CausalLm, hidden: &Tensor, targets: &[i64]) -> Tensor {
     let (positions, tokens): (Vec<i64>, Vec<i64>) =
-        targets.iter().enumerate().filter(|(_, &t)| t != -100).map(|(i, &t)| (i as i64, t)).unzip();
+        targets.iter().enumerate().filter(|(_, &t)| t != NO_TARGET).map(|(i, &t)| (i as i64, t)).unzip();
     let device = hidden.device();
     let hidden =
         hidden.reshape([-1, hidden.size()[2]]).index_select(0, &Tensor::from_slice(&positions).to_device(device));
@@ -110,7 +113,7 @@ pub fn next_token_loss(model: &CausalLm, hidden: &Tensor, targets: &[i64]) -> Te
         &Tensor::from_slice(&tokens).to_device(device),
         None,
         Reduction::Sum,
-        -100,
+        NO_TARGET,
         0.0,
     )
 }
@@ -157,7 +160,7 @@ pub fn outcome_loss(
         return Ok(loss);
     }
     // Next-token targets on the responses of right solutions only.
-    let mut targets = vec![-100i64; b * t];
+    let mut targets = vec![NO_TARGET; b * t];
     for (r, e) in batch.iter().enumerate() {
         if e.label.unwrap_or(0.0) >= 0.5 {
             for j in e.targets_from.max(1)..e.tokens.len() {
