@@ -453,6 +453,9 @@ fn ppo_and_grpo_run_their_updates() {
         "reward.kind=heuristic".into(),
         "critic=separate".into(),
         "sampling.samples_per_prompt=1".into(),
+        // Mixed precision: the policy, critic and reference score and train with bf16 matmuls,
+        // so the f32 sampler's log-probs are not the trainer's and their gap is logged.
+        "optim.precision=bf16".into(),
     ]);
     ok(&strs(&with_sets(&["ppo"], &ppo, &[])));
     let mut grpo = common.to_vec();
@@ -477,6 +480,7 @@ fn ppo_and_grpo_run_their_updates() {
                 "ppo/value_loss",
                 "kl/reference",
                 "value/explained_variance",
+                "rollout/logprob_diff_mean",
             ][..],
         ),
         (
@@ -490,6 +494,7 @@ fn ppo_and_grpo_run_their_updates() {
         assert!(keys.iter().all(|k| last.get(*k).is_some()), "{run}: {last}");
         assert!(last["reward/mean"].is_number() && last["eval/maj@1"].is_number(), "{run}: {last}");
         assert_eq!(last.get("kl/reference").is_some(), run == "ppo", "{run}: {last}");
+        assert_eq!(last.get("rollout/logprob_diff_mean").is_some(), run == "ppo", "f32 samples exactly: {last}");
         let per_update = if run == "ppo" { 4.0 } else { 12.0 };
         assert_eq!(last["samples_seen"].as_f64(), Some(2.0 * per_update), "{run}");
         assert!(dir.path().join(run).join("final/model.safetensors").exists());

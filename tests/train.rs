@@ -244,6 +244,14 @@ fn the_trainers_log_probs_equal_the_samplers_and_a_mismatch_is_refused() {
     let mut episodes = sample(SamplingDtype::F32);
     let refs: Vec<_> = episodes.iter().collect();
     let lens: Vec<usize> = refs.iter().map(|e| e.response_tokens.len()).collect();
+    // A trainer with bf16 matmuls (`optim.precision`) is not what an f32 copy samples either.
+    let f32_engine = reasonrl::engine::Engine::Local(SamplingDtype::F32);
+    assert!(f32_engine.samples_exactly(&model));
+    model.net.set_bf16_matmuls(true);
+    assert!(!f32_engine.samples_exactly(&model));
+    let (mean, max) = reasonrl::train::pg_run::logprob_gap(&refs, &score(&episodes).0);
+    assert!(max > 1e-4 && mean < 0.02, "bf16-matmul trainer's log-prob gap: mean {mean}, max {max}");
+    model.net.set_bf16_matmuls(false);
     let (recomputed, scored) = score(&episodes);
     assert!(check_behaviour_logprobs(&refs, &recomputed, 1e-4).unwrap() < 1e-4);
     assert_eq!(scored.values.unwrap().size(), scored.mask.size(), "one value per response token");

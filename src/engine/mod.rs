@@ -238,9 +238,10 @@ impl Engine {
     }
 
     /// Whether the engine samples with the trainer's numerics: the same weights in the same
-    /// dtype, so its log-probs are the trainer's (otherwise their gap is worth logging).
+    /// dtype, matmuls included, so its log-probs are the trainer's (otherwise their gap is worth
+    /// logging).
     pub fn samples_exactly(&self, model: &Llama) -> bool {
-        matches!(self, Engine::Local(dtype) if dtype.kind(model) == model.kind())
+        matches!(self, Engine::Local(dtype) if dtype.kind(model) == model.kind()) && !model.bf16_matmuls()
     }
 
     /// `samples_per_prompt` responses to every prompt, ordered by prompt, then sample. Locally,

@@ -24,11 +24,13 @@ struct Linear {
     adapter: Option<Adapter>,
 }
 
-/// How a forward pass uses the adapters: at all, and with their dropout (training).
+/// How a forward pass runs: with the adapters at all, with their dropout (training), and with
+/// its matmuls in bf16 over f32 weights (mixed-precision training).
 #[derive(Debug, Clone, Copy)]
-struct AdapterUse {
-    on: bool,
+struct Pass {
+    adapters: bool,
     dropout: bool,
+    bf16: bool,
 }
 
 impl Linear {
@@ -38,15 +40,18 @@ impl Linear {
         Linear { weight, bias, adapter: None }
     }
 
-    fn forward(&self, x: &Tensor, adapters: AdapterUse) -> Tensor {
-        // A trained head stays f32 over a bf16 base.
-        let y = if x.kind() == self.weight.kind() {
+    fn forward(&self, x: &Tensor, pass: Pass) -> Tensor {
+        let y = if pass.bf16 && self.weight.kind() == Kind::Float {
+            let bias = self.bias.as_ref().map(bf16);
+            bf16(x).linear(&bf16(&self.weight), bias.as_ref()).to_kind(Kind::Float)
+        } else if x.kind() == self.weight.kind() {
             x.linear(&self.weight, self.bias.as_ref())
         } else {
+            // A trained head stays f32 over a bf16 base.
             x.to_kind(self.weight.kind()).linear(&self.weight, self.bias.as_ref())
         };
         match &self.adapter {
-            Some(a) if adapters.on => y + a.forward(x, adapters.dropout),
+            Some(a) if pass.adapters => y + a.forward(x, pass.dropout),
             _ => y,
         }
     }
@@ -87,7 +92,7 @@ struct Block {
 
 impl Block {
     /// The MLP's gate and up projections of `x`.
-    fn gate_up(&self, x: &Tensor, a: AdapterUse) -> (Tensor, Tensor) {
+    fn gate_up(&self, x: &Tensor, a: Pass) -> (Tensor, Tensor) {
         match &self.fused {
             Some((_, gate_up)) => {
                 let y = gate_up.forward(x, a);
@@ -116,6 +121,8 @@ pub struct Llama {
     adapters_off: AtomicBool,
     /// Whether the adapters' dropout is on (a supervised trainer is training).
     adapter_dropout: AtomicBool,
+    /// Whether matmuls run in bf16 over the f32 weights (`train.precision = "bf16"`).
+    bf16_matmuls: AtomicBool,
 }
 
 /// Variable-name prefix of the scalar head; it is saved in its own file.
@@ -179,6 +186,7 @@ impl Llama {
             gemma,
             adapters_off: AtomicBool::new(false),
             adapter_dropout: AtomicBool::new(false),
+            bf16_matmuls: AtomicBool::new(false),
         }
     }
 
@@ -215,10 +223,21 @@ impl Llama {
         self.adapter_dropout.store(on, Ordering::SeqCst);
     }
 
-    fn adapter_use(&self) -> AdapterUse {
-        AdapterUse {
-            on: !self.adapters_off.load(Ordering::SeqCst),
+    /// Turns mixed precision on (matmuls in bf16, all else f32) or off; gradients still reach
+    /// the f32 weights.
+    pub fn set_bf16_matmuls(&self, on: bool) {
+        self.bf16_matmuls.store(on, Ordering::SeqCst);
+    }
+
+    pub fn bf16_matmuls(&self) -> bool {
+        self.bf16_matmuls.load(Ordering::SeqCst)
+    }
+
+    fn pass(&self) -> Pass {
+        Pass {
+            adapters: !self.adapters_off.load(Ordering::SeqCst),
             dropout: self.adapter_dropout.load(Ordering::SeqCst),
+            bf16: self.bf16_matmuls(),
         }
     }
 
@@ -238,7 +257,7 @@ impl Llama {
         let global = self.rope(positions, &self.inv_freq);
         let local = self.gemma.as_ref().map(|(_, f)| self.rope(positions, f));
         let rows = cache.as_ref().map(|c| c.cache.rows_for(positions));
-        let a = self.adapter_use();
+        let a = self.pass();
         let mut x = Tensor::embedding(&self.embed, ids, -1, false, false);
         if self.gemma.is_some() {
             // sqrt(hidden), rounded to the weights' dtype as transformers does.
@@ -308,7 +327,7 @@ impl Llama {
         mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize, &Tensor, i64)>,
     ) -> Tensor {
-        let a = self.adapter_use();
+        let a = self.pass();
         let (bs, t, _) = x.size3().expect("hidden is [B, T, H]");
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
@@ -367,14 +386,17 @@ impl Llama {
     /// Next-token logits `[B, T, V]` from hidden states.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
         match &self.lm_head {
-            Some(head) => head.forward(hidden, self.adapter_use()),
+            Some(head) => head.forward(hidden, self.pass()),
+            None if self.bf16_matmuls() && self.embed.kind() == Kind::Float => {
+                bf16(hidden).matmul(&bf16(&self.embed).tr()).to_kind(Kind::Float)
+            }
             None => hidden.matmul(&self.embed.tr()),
         }
     }
 
     /// The scalar head's values `[B, T]`, if the model has one.
     pub fn head_values(&self, hidden: &Tensor) -> Option<Tensor> {
-        self.head.as_ref().map(|h| h.forward(hidden, self.adapter_use()).squeeze_dim(-1))
+        self.head.as_ref().map(|h| h.forward(hidden, self.pass()).squeeze_dim(-1))
     }
 
     /// The weights' dtype (a LoRA adapter's and a scalar head's may be f32 over it).
@@ -417,6 +439,10 @@ fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, s
         None => scores,
     };
     scores.softmax(-1, Kind::Float).to_kind(v.kind()).matmul(v).reshape([b, heads, 1, dim])
+}
+
+fn bf16(x: &Tensor) -> Tensor {
+    x.to_kind(Kind::BFloat16)
 }
 
 fn rotate_half(x: &Tensor) -> Tensor {

@@ -272,6 +272,33 @@ mod tests {
     }
 
     #[test]
+    fn bf16_matmuls_keep_the_f32_loss_and_gradients_within_bf16_rounding() {
+        for tied in [true, false] {
+            let config = crate::model::ModelConfig::llama(40, 64, 96, 2, 4, 2, 32, tied);
+            tch::manual_seed(0);
+            let model = CausalLm::new(&config, tch::Device::Cpu, true).unwrap();
+            let a = Example::new(vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 3);
+            let (inputs, targets) = collate(&[&a], 0, &[], tch::Device::Cpu);
+            let params = model.vs.trainable_variables();
+            let run = |bf16: bool| {
+                model.net.set_bf16_matmuls(bf16);
+                let hidden = model.forward_hidden(&inputs);
+                let values = model.head_values(&hidden).unwrap().sum(Kind::Float);
+                let loss = next_token_loss(&model, &hidden, &targets) + values;
+                model.net.set_bf16_matmuls(false);
+                (loss.double_value(&[]), Tensor::run_backward(&[&loss], &params, false, false))
+            };
+            let ((want, want_grads), (got, got_grads)) = (run(false), run(true));
+            assert!(got != want && (got - want).abs() < 1e-2 * want.abs(), "tied {tied}: {got} vs {want}");
+            for (g, w) in got_grads.iter().zip(&want_grads) {
+                assert_eq!(g.kind(), Kind::Float, "f32 gradients for the f32 weights");
+                let cosine = (g * w).sum(Kind::Float) / (g.norm() * w.norm());
+                assert!(cosine.double_value(&[]) > 0.999, "tied {tied}: a gradient's direction moved: {cosine}");
+            }
+        }
+    }
+
+    #[test]
     fn collate_masks_the_prompt_and_the_padding() {
         let a = Example::new(vec![1, 2, 3, 4, 5], 3);
         let b = Example::new(vec![1, 6, 7], 1);

@@ -90,10 +90,12 @@ impl<'a> PgRun<'a> {
         let common = &s.common;
         let Run { setup, policy, tokenizer } = common.open(config, resume, force, value_head)?;
         let device = setup.device;
+        // Every pass that scores or trains (policy, reference, critic) in the one precision.
+        policy.net.set_bf16_matmuls(s.optim.bf16_matmuls());
         let reference = match common.lora {
             _ if s.kl_coef == 0.0 => Reference::Off,
             Some(_) => Reference::WithoutAdapters,
-            None => Reference::Frozen(Box::new(CausalLm::load(&common.model, device, false)?)),
+            None => Reference::Frozen(Box::new(s.load_scorer(&common.model, device, false)?)),
         };
         let rewarder = Rewarder::new(&s.reward, &tokenizer, device, &setup.dir)?;
         let questions = setup.load(Split::Train, s.questions)?;

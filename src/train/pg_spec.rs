@@ -4,10 +4,13 @@
 use super::optim::{Schedule, TrainConfig};
 use super::pg::{correction_weights, Clip, Correction, PerToken, RatioLevel};
 use crate::eval::policy::EvalSpec;
+use crate::model::CausalLm;
 use crate::reward::RewardConfig;
 use crate::rollout::Episode;
 use crate::run::RunSpec;
 use crate::sample::Sampling;
+use std::path::Path;
+use tch::Device;
 
 /// What PPO and GRPO/RLOO configs share (flattened into each).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -142,6 +145,14 @@ impl PgSpec {
     }
 
     /// Episodes per update.
+    /// A model that scores or trains beside the policy (the frozen reference, PPO's critic), its
+    /// matmuls in the run's precision.
+    pub fn load_scorer(&self, folder: &Path, device: Device, value_head: bool) -> crate::error::Result<CausalLm> {
+        let model = CausalLm::load(folder, device, value_head)?;
+        model.net.set_bf16_matmuls(self.optim.bf16_matmuls());
+        Ok(model)
+    }
+
     pub fn episodes_per_update(&self) -> usize {
         self.prompts_per_update * self.sampling.samples_per_prompt
     }

@@ -112,7 +112,7 @@ pub fn run(cfg: &PpoConfig, resume: bool, force: bool) -> Result<PathBuf> {
     let separate = cfg.critic == Critic::Separate;
     let (mut run, mut policy) = PgRun::start(pg, cfg, !separate, resume, force)?;
     let mut critic = if separate {
-        let mut critic = CausalLm::load(&pg.common.model, run.device, true)?;
+        let mut critic = pg.load_scorer(&pg.common.model, run.device, true)?;
         critic.maybe_add_lora(pg.common.lora.as_ref(), &pg.common.model)?;
         Some(critic)
     } else {

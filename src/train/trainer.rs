@@ -118,6 +118,7 @@ impl<'a> Trainer<'a> {
                 tch::manual_seed((self.cfg.seed ^ (self.state.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
             }
             self.model.net.set_adapter_dropout(true);
+            self.model.net.set_bf16_matmuls(self.cfg.bf16_matmuls());
             for batch in &micro {
                 let mine = rank_share(batch, &groups);
                 if mine.is_empty() {
@@ -129,6 +130,7 @@ impl<'a> Trainer<'a> {
                 (loss / weight).backward();
             }
             self.model.net.set_adapter_dropout(false);
+            self.model.net.set_bf16_matmuls(false);
             let sync = Instant::now();
             world.all_reduce_grads(&self.model.vs)?;
             let loss_sum = world.sum(&[loss_sum])?[0];

@@ -182,6 +182,7 @@ impl Llama {
             gemma: self.gemma.as_ref().map(|(g, f)| (g.clone(), f.shallow_clone())),
             adapters_off: AtomicBool::new(self.adapters_off.load(Ordering::SeqCst)),
             adapter_dropout: AtomicBool::new(false),
+            bf16_matmuls: AtomicBool::new(false),
         })
     }
 }
