@@ -144,7 +144,6 @@ impl PgSpec {
             .collect()
     }
 
-    /// Episodes per update.
     /// A model that scores or trains beside the policy (the frozen reference, PPO's critic), its
     /// matmuls in the run's precision.
     pub fn load_scorer(&self, folder: &Path, device: Device, value_head: bool) -> crate::error::Result<CausalLm> {
@@ -153,6 +152,7 @@ impl PgSpec {
         Ok(model)
     }
 
+    /// Episodes per update.
     pub fn episodes_per_update(&self) -> usize {
         self.prompts_per_update * self.sampling.samples_per_prompt
     }
