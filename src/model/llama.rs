@@ -42,8 +42,7 @@ impl Linear {
 
     fn forward(&self, x: &Tensor, pass: Pass) -> Tensor {
         let y = if pass.bf16 && self.weight.kind() == Kind::Float {
-            let bias = self.bias.as_ref().map(bf16);
-            bf16(x).linear(&bf16(&self.weight), bias.as_ref()).to_kind(Kind::Float)
+            bf16_linear(x, &self.weight, self.bias.as_ref())
         } else if x.kind() == self.weight.kind() {
             x.linear(&self.weight, self.bias.as_ref())
         } else {
@@ -387,9 +386,7 @@ impl Llama {
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
         match &self.lm_head {
             Some(head) => head.forward(hidden, self.pass()),
-            None if self.bf16_matmuls() && self.embed.kind() == Kind::Float => {
-                bf16(hidden).matmul(&bf16(&self.embed).tr()).to_kind(Kind::Float)
-            }
+            None if self.bf16_matmuls() && self.embed.kind() == Kind::Float => bf16_linear(hidden, &self.embed, None),
             None => hidden.matmul(&self.embed.tr()),
         }
     }
@@ -441,8 +438,11 @@ fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, s
     scores.softmax(-1, Kind::Float).to_kind(v.kind()).matmul(v).reshape([b, heads, 1, dim])
 }
 
-fn bf16(x: &Tensor) -> Tensor {
-    x.to_kind(Kind::BFloat16)
+/// `x W^T + b` in bf16, the result back in f32 (mixed precision): gradients reach the f32 `weight`
+/// and `bias` through the casts.
+fn bf16_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let bf16 = |t: &Tensor| t.to_kind(Kind::BFloat16);
+    bf16(x).linear(&bf16(weight), bias.map(bf16).as_ref()).to_kind(Kind::Float)
 }
 
 fn rotate_half(x: &Tensor) -> Tensor {
